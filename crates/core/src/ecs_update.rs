@@ -1,0 +1,515 @@
+//! `ecs_updater`: roll the nginx service onto a newly rendered configuration.
+//!
+//! For an S3 `ObjectCreated` event of a `.conf` key: register a new revision of
+//! `TASK_DEFINITION_FAMILY` whose first container has `S3_CONFIG_PATH=s3://bucket/key`, move the
+//! service to it, and deregister the family's other revisions except the one the service ran
+//! before. Duplicate, stale and dangling events change nothing; AWS failures are errors, so
+//! Lambda retries.
+
+use aws_sdk_ecs::error::DisplayErrorContext;
+use aws_sdk_ecs::types::{KeyValuePair, TaskDefinition, TaskDefinitionStatus};
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::config_bucket::{BucketError, ConfigBucket};
+
+/// The environment variable the nginx container reads its configuration location from.
+pub const CONFIG_PATH_VARIABLE: &str = "S3_CONFIG_PATH";
+/// Keys that are configurations end with this.
+pub const CONFIG_SUFFIX: &str = ".conf";
+/// Longest S3 key.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The event is not an S3 notification this function can use.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum S3EventError {
+    /// Not an object with a `Records` list.
+    #[error("event is not an S3 notification: {0}")]
+    Shape(String),
+    /// A key does not decode to a usable S3 key.
+    #[error("record {index}: object key is invalid: {problem}")]
+    Key {
+        /// Index of the record.
+        index: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One configuration object named by an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigObject {
+    /// The bucket.
+    pub bucket: String,
+    /// The decoded key.
+    pub key: String,
+    /// The record's `eventTime`, as given.
+    pub event_time: String,
+}
+
+impl ConfigObject {
+    /// `s3://bucket/key`.
+    pub fn s3_path(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// Decodes an S3 event key: `+` is a space, then percent-escapes are UTF-8 bytes.
+pub fn decode_s3_key(raw: &str) -> Result<String, String> {
+    let spaced = raw.replace('+', " ");
+    let key = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map_err(|_| "percent-escapes do not decode to UTF-8".to_owned())?
+        .into_owned();
+    if key.is_empty() {
+        return Err("key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("key is longer than {MAX_KEY_BYTES} bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains a control character".into());
+    }
+    Ok(key)
+}
+
+/// The configuration objects an event names, in record order; records for other keys or
+/// other event types are left out.
+pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> {
+    let records = event
+        .get("Records")
+        .and_then(Value::as_array)
+        .ok_or_else(|| S3EventError::Shape("no \"Records\" list".into()))?;
+    let mut objects = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let event_name = record
+            .get("eventName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !event_name.starts_with("ObjectCreated") {
+            tracing::info!(
+                index,
+                event_name,
+                "ignoring a record that is not ObjectCreated"
+            );
+            continue;
+        }
+        let s3 = record
+            .get("s3")
+            .ok_or_else(|| S3EventError::Shape(format!("record {index} has no \"s3\"")))?;
+        let bucket = s3
+            .pointer("/bucket/name")
+            .and_then(Value::as_str)
+            .filter(|b| valid_bucket_name(b))
+            .ok_or_else(|| {
+                S3EventError::Shape(format!("record {index} has no valid s3.bucket.name"))
+            })?;
+        let raw_key = s3
+            .pointer("/object/key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| S3EventError::Shape(format!("record {index} has no s3.object.key")))?;
+        let key = decode_s3_key(raw_key).map_err(|problem| S3EventError::Key { index, problem })?;
+        if !key.ends_with(CONFIG_SUFFIX) {
+            tracing::info!(index, key, "ignoring a key that is not a .conf");
+            continue;
+        }
+        objects.push(ConfigObject {
+            bucket: bucket.to_owned(),
+            key,
+            event_time: record
+                .get("eventTime")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        });
+    }
+    Ok(objects)
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// Parses `s3://bucket/key`.
+pub fn parse_s3_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_owned(), key.to_owned()))
+}
+
+/// An ECS or S3 call failed.
+#[derive(Debug, Error)]
+pub enum EcsUpdateError {
+    /// The event is unusable (not retried: it would fail the same way).
+    #[error(transparent)]
+    Event(#[from] S3EventError),
+    /// An ECS call failed.
+    #[error("ECS {operation} failed: {message}")]
+    Ecs {
+        /// The operation.
+        operation: &'static str,
+        /// The SDK's error.
+        message: String,
+    },
+    /// An S3 call failed.
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    /// ECS returned something unusable.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+fn ecs_error<E, R>(
+    operation: &'static str,
+    error: &aws_sdk_ecs::error::SdkError<E, R>,
+) -> EcsUpdateError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    EcsUpdateError::Ecs {
+        operation,
+        message: DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// What the updater did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateSummary {
+    /// `deployed`, `duplicate`, `stale`, `missing` or `no_config`.
+    pub outcome: &'static str,
+    /// The configuration acted on.
+    pub config: Option<String>,
+    /// The revision the service runs now.
+    pub task_definition: Option<String>,
+    /// Revisions deregistered.
+    pub deregistered: Vec<String>,
+}
+
+/// The updater; build once per process.
+#[derive(Debug, Clone)]
+pub struct EcsUpdater {
+    /// ECS.
+    pub ecs: aws_sdk_ecs::Client,
+    /// S3 (buckets come from the events).
+    pub s3: aws_sdk_s3::Client,
+    /// `TASK_DEFINITION_FAMILY`.
+    pub family: String,
+    /// `CLUSTER_ARN`.
+    pub cluster: String,
+    /// `ECS_SERVICE`.
+    pub service: String,
+}
+
+impl EcsUpdater {
+    /// Handles one S3 event. Of several configuration records, the last one is deployed
+    /// (records of one event are in order; older ones would be replaced at once).
+    pub async fn handle_event(&self, event: &Value) -> Result<UpdateSummary, EcsUpdateError> {
+        let objects = config_objects(event)?;
+        let Some(object) = objects.last() else {
+            return Ok(UpdateSummary {
+                outcome: "no_config",
+                config: None,
+                task_definition: None,
+                deregistered: Vec::new(),
+            });
+        };
+        self.deploy(object).await
+    }
+
+    /// Rolls the service onto `object`, unless it is already there, newer config is there, or
+    /// the object no longer exists.
+    pub async fn deploy(&self, object: &ConfigObject) -> Result<UpdateSummary, EcsUpdateError> {
+        let path = object.s3_path();
+        let bucket = ConfigBucket::new(self.s3.clone(), &object.bucket);
+        let summary = |outcome, task_definition: Option<String>| UpdateSummary {
+            outcome,
+            config: Some(path.clone()),
+            task_definition,
+            deregistered: Vec::new(),
+        };
+
+        let Some(new_info) = bucket.head(&object.key).await? else {
+            tracing::warn!(config = %path, "config object no longer exists; not deploying it");
+            return Ok(summary("missing", None));
+        };
+
+        let running_arn = self.running_task_definition().await?;
+        let running = self.describe_task_definition(&running_arn).await?;
+        let running_path = config_path_of(&running);
+
+        if running_path.as_deref() == Some(path.as_str()) {
+            tracing::info!(config = %path, "service already runs this config");
+            return Ok(summary("duplicate", Some(running_arn)));
+        }
+        if let Some((running_bucket, running_key)) = running_path.as_deref().and_then(parse_s3_path)
+        {
+            let running_info = ConfigBucket::new(self.s3.clone(), running_bucket)
+                .head(&running_key)
+                .await?;
+            let newer_is_running = matches!(
+                (running_info.and_then(|i| i.last_modified_secs), new_info.last_modified_secs),
+                (Some(running_time), Some(new_time)) if running_time > new_time
+            );
+            if newer_is_running {
+                tracing::warn!(config = %path, "the service runs a newer config; ignoring this stale event");
+                return Ok(summary("stale", Some(running_arn)));
+            }
+        }
+
+        let template = self.describe_task_definition(&self.family).await?;
+        let new_arn = self.register_revision(&template, &path).await?;
+        self.ecs
+            .update_service()
+            .cluster(&self.cluster)
+            .service(&self.service)
+            .task_definition(&new_arn)
+            .send()
+            .await
+            .map_err(|e| ecs_error("UpdateService", &e))?;
+        tracing::info!(config = %path, task_definition = %new_arn, previous = %running_arn, "service updated");
+
+        let deregistered = self
+            .deregister_others(&[new_arn.as_str(), running_arn.as_str()])
+            .await?;
+        Ok(UpdateSummary {
+            deregistered,
+            ..summary("deployed", Some(new_arn))
+        })
+    }
+
+    async fn running_task_definition(&self) -> Result<String, EcsUpdateError> {
+        let output = self
+            .ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&self.service)
+            .send()
+            .await
+            .map_err(|e| ecs_error("DescribeServices", &e))?;
+        output
+            .services()
+            .first()
+            .and_then(|s| s.task_definition())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                EcsUpdateError::Unexpected(format!(
+                    "service {:?} not found in the cluster",
+                    self.service
+                ))
+            })
+    }
+
+    async fn describe_task_definition(&self, name: &str) -> Result<TaskDefinition, EcsUpdateError> {
+        self.ecs
+            .describe_task_definition()
+            .task_definition(name)
+            .send()
+            .await
+            .map_err(|e| ecs_error("DescribeTaskDefinition", &e))?
+            .task_definition
+            .ok_or_else(|| {
+                EcsUpdateError::Unexpected(format!("task definition {name:?} not returned"))
+            })
+    }
+
+    async fn register_revision(
+        &self,
+        template: &TaskDefinition,
+        config_path: &str,
+    ) -> Result<String, EcsUpdateError> {
+        let mut containers = template.container_definitions().to_vec();
+        let Some(first) = containers.first_mut() else {
+            return Err(EcsUpdateError::Unexpected(format!(
+                "task definition family {:?} has no container",
+                self.family
+            )));
+        };
+        let mut environment: Vec<KeyValuePair> = first
+            .environment()
+            .iter()
+            .filter(|kv| kv.name() != Some(CONFIG_PATH_VARIABLE))
+            .cloned()
+            .collect();
+        environment.push(
+            KeyValuePair::builder()
+                .name(CONFIG_PATH_VARIABLE)
+                .value(config_path)
+                .build(),
+        );
+        first.environment = Some(environment);
+
+        let output = self
+            .ecs
+            .register_task_definition()
+            .family(template.family().unwrap_or(&self.family))
+            .set_task_role_arn(template.task_role_arn().map(str::to_owned))
+            .set_execution_role_arn(template.execution_role_arn().map(str::to_owned))
+            .set_network_mode(template.network_mode().cloned())
+            .set_container_definitions(Some(containers))
+            .set_volumes(Some(template.volumes().to_vec()))
+            .set_placement_constraints(Some(template.placement_constraints().to_vec()))
+            .set_requires_compatibilities(Some(template.requires_compatibilities().to_vec()))
+            .set_cpu(template.cpu().map(str::to_owned))
+            .set_memory(template.memory().map(str::to_owned))
+            .set_pid_mode(template.pid_mode().cloned())
+            .set_ipc_mode(template.ipc_mode().cloned())
+            .set_runtime_platform(template.runtime_platform().cloned())
+            .set_ephemeral_storage(template.ephemeral_storage().cloned())
+            .send()
+            .await
+            .map_err(|e| ecs_error("RegisterTaskDefinition", &e))?;
+        output
+            .task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                EcsUpdateError::Unexpected("RegisterTaskDefinition returned no ARN".into())
+            })
+    }
+
+    /// Deregisters every active revision of the family except `keep`; returns their ARNs.
+    async fn deregister_others(&self, keep: &[&str]) -> Result<Vec<String>, EcsUpdateError> {
+        let mut arns = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ecs
+                .list_task_definitions()
+                .family_prefix(&self.family)
+                .status(TaskDefinitionStatus::Active)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| ecs_error("ListTaskDefinitions", &e))?;
+            arns.extend(page.task_definition_arns().iter().cloned());
+            match page.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        let mut deregistered = Vec::new();
+        for arn in arns {
+            if keep.contains(&arn.as_str()) || family_of_arn(&arn) != Some(self.family.as_str()) {
+                continue;
+            }
+            self.ecs
+                .deregister_task_definition()
+                .task_definition(&arn)
+                .send()
+                .await
+                .map_err(|e| ecs_error("DeregisterTaskDefinition", &e))?;
+            deregistered.push(arn);
+        }
+        if !deregistered.is_empty() {
+            tracing::info!(
+                count = deregistered.len(),
+                "old task definition revisions deregistered"
+            );
+        }
+        Ok(deregistered)
+    }
+}
+
+/// The family of a task definition ARN (`…:task-definition/family:revision`).
+pub fn family_of_arn(arn: &str) -> Option<&str> {
+    let (_, tail) = arn.rsplit_once("task-definition/")?;
+    let (family, revision) = tail.rsplit_once(':')?;
+    revision.parse::<u32>().ok().map(|_| family)
+}
+
+/// The `S3_CONFIG_PATH` of a task definition's first container.
+pub fn config_path_of(definition: &TaskDefinition) -> Option<String> {
+    definition
+        .container_definitions()
+        .first()?
+        .environment()
+        .iter()
+        .find(|kv| kv.name() == Some(CONFIG_PATH_VARIABLE))
+        .and_then(|kv| kv.value())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(name: &str, bucket: &str, key: &str) -> Value {
+        json!({
+            "eventName": name,
+            "eventTime": "2026-11-24T03:00:00.000Z",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": key}}
+        })
+    }
+
+    #[test]
+    fn decodes_keys() {
+        assert_eq!(decode_s3_key("abc_nginx.conf").unwrap(), "abc_nginx.conf");
+        assert_eq!(decode_s3_key("a+b%2Bc%3D.conf").unwrap(), "a b+c=.conf");
+        assert_eq!(decode_s3_key("caf%C3%A9.conf").unwrap(), "café.conf");
+        assert!(decode_s3_key("%FF.conf").is_err());
+        assert!(decode_s3_key("").is_err());
+        assert!(decode_s3_key("a%0A.conf").is_err());
+        assert!(decode_s3_key(&"a".repeat(1100)).is_err());
+    }
+
+    #[test]
+    fn picks_conf_objects_only() {
+        let event = json!({"Records": [
+            record("ObjectCreated:Put", "cfg-bucket", "one_nginx.conf"),
+            record("ObjectCreated:Put", "cfg-bucket", "latest.json"),
+            record("ObjectRemoved:Delete", "cfg-bucket", "gone_nginx.conf"),
+            record("ObjectCreated:Put", "cfg-bucket", "two+words_nginx.conf"),
+        ]});
+        let objects = config_objects(&event).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[1].key, "two words_nginx.conf");
+        assert_eq!(objects[1].s3_path(), "s3://cfg-bucket/two words_nginx.conf");
+    }
+
+    #[test]
+    fn refuses_malformed_events() {
+        assert!(config_objects(&json!({})).is_err());
+        assert!(config_objects(&json!({"Records": "x"})).is_err());
+        assert!(config_objects(&json!([1])).is_err());
+        assert!(config_objects(&json!({"Records": [{"eventName": "ObjectCreated:Put"}]})).is_err());
+        assert!(config_objects(
+            &json!({"Records": [record("ObjectCreated:Put", "Bad_Bucket", "a.conf")]})
+        )
+        .is_err());
+        assert!(matches!(
+            config_objects(
+                &json!({"Records": [record("ObjectCreated:Put", "bucket", "%FF.conf")]})
+            ),
+            Err(S3EventError::Key { index: 0, .. })
+        ));
+        assert_eq!(config_objects(&json!({"Records": []})).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn arns_and_paths() {
+        assert_eq!(
+            family_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy-dev:7"),
+            Some("proxy-dev")
+        );
+        assert_eq!(
+            family_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy-dev-x:1"),
+            Some("proxy-dev-x")
+        );
+        assert_eq!(
+            family_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy"),
+            None
+        );
+        assert_eq!(
+            parse_s3_path("s3://b/k/x.conf"),
+            Some(("b".into(), "k/x.conf".into()))
+        );
+        assert_eq!(parse_s3_path("s3://b/"), None);
+        assert_eq!(parse_s3_path("https://b/k"), None);
+    }
+}

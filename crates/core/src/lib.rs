@@ -1,0 +1,32 @@
+//! # jsonrpc-proxy core
+//!
+//! The shared library of the jsonrpc-proxy Lambda functions: a control plane that keeps one
+//! JSON-RPC endpoint (nginx) in front of a fleet of Ethereum nodes pointed at the healthy ones.
+//!
+//! - Pure parts, tested without I/O: [`backend_url`] (validation and redaction),
+//!   [`health`] (verdicts), [`nginx`] (routing plan and config rendering), [`metrics`]
+//!   (data points), [`admin`] event parsing, [`ecs_update`] event parsing.
+//! - Adapters, one per AWS service: [`store`] (DynamoDB), [`config_bucket`] (S3),
+//!   [`metrics::MetricsPublisher`] (CloudWatch), [`renderer_trigger`] (Lambda),
+//!   [`ecs_update::EcsUpdater`] (ECS), and [`probe`] (the nodes, over HTTP).
+//! - Function bodies: [`admin`] (`add_backend`, `list_backends`, `remove_backend`),
+//!   [`health_check`], [`render_config`], [`ecs_update`].
+//! - [`settings`]: the environment-variable contract.
+
+pub mod admin;
+pub mod backend;
+pub mod backend_url;
+pub mod config_bucket;
+pub mod ecs_update;
+pub mod health;
+pub mod health_check;
+pub mod metrics;
+pub mod nginx;
+pub mod probe;
+pub mod render_config;
+pub mod renderer_trigger;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+pub use lambda_runtime;

@@ -1,0 +1,262 @@
+//! CloudWatch metrics of a health-check round: the original's four, with its names and
+//! dimensions, built purely and sent in batches within the API's limits.
+
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use aws_smithy_types::DateTime;
+use thiserror::Error;
+
+use crate::backend_url::redact_unvalidated;
+use crate::backend_url::BackendUrl;
+use crate::health::RoundAssessment;
+
+/// `ETH node block number`, per `Node URL`.
+pub const METRIC_BLOCK_NUMBER: &str = "ETH node block number";
+/// `eth_getBlockNumber response time`, per `Node URL`, in milliseconds.
+pub const METRIC_RESPONSE_TIME: &str = "eth_getBlockNumber response time";
+/// `Number of healthy ETH nodes`, per `Stack name`.
+pub const METRIC_HEALTHY_NODES: &str = "Number of healthy ETH nodes";
+/// `ETH node block difference` (reference minus node), per `Node URL`, non-leaders only.
+pub const METRIC_BLOCK_DIFFERENCE: &str = "ETH node block difference";
+/// Dimension naming a node: its redacted URL, never the URL itself.
+pub const DIMENSION_NODE_URL: &str = "Node URL";
+/// Dimension naming the stack.
+pub const DIMENSION_STACK_NAME: &str = "Stack name";
+/// Most data points `PutMetricData` accepts in one call.
+pub const MAX_DATA_PER_CALL: usize = 1000;
+
+/// One data point, independent of the SDK so that it can be built and tested purely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// Metric name.
+    pub name: &'static str,
+    /// Dimension name and value.
+    pub dimension: (&'static str, String),
+    /// The value.
+    pub value: f64,
+    /// The unit.
+    pub unit: MetricUnit,
+}
+
+/// Units used by the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricUnit {
+    /// No unit (counts and block numbers, as the original).
+    None,
+    /// Milliseconds.
+    Milliseconds,
+}
+
+/// Builds the round's data points. Node dimensions are redacted labels.
+pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoint> {
+    let mut points = Vec::with_capacity(round.verdicts.len() * 3 + 1);
+    for verdict in &round.verdicts {
+        let label = match BackendUrl::parse(&verdict.url) {
+            Ok(url) => url.redacted(),
+            Err(_) => redact_unvalidated(&verdict.url),
+        };
+        let node = |name, value, unit| MetricPoint {
+            name,
+            dimension: (DIMENSION_NODE_URL, label.clone()),
+            value,
+            unit,
+        };
+        if let Some(block) = verdict.observed_block {
+            points.push(node(METRIC_BLOCK_NUMBER, block as f64, MetricUnit::None));
+        }
+        if let Some(ms) = verdict.response_time_ms {
+            points.push(node(METRIC_RESPONSE_TIME, ms, MetricUnit::Milliseconds));
+        }
+        if let (false, Some(difference)) = (verdict.is_leader, verdict.difference) {
+            points.push(node(
+                METRIC_BLOCK_DIFFERENCE,
+                difference as f64,
+                MetricUnit::None,
+            ));
+        }
+    }
+    points.push(MetricPoint {
+        name: METRIC_HEALTHY_NODES,
+        dimension: (DIMENSION_STACK_NAME, stack_name.to_owned()),
+        value: round.healthy_count() as f64,
+        unit: MetricUnit::None,
+    });
+    points
+}
+
+/// Publishing metrics failed.
+#[derive(Debug, Error)]
+#[error("PutMetricData failed for batch {batch} of {batches}: {message}")]
+pub struct MetricsError {
+    /// 1-based batch number.
+    pub batch: usize,
+    /// Number of batches.
+    pub batches: usize,
+    /// The SDK's error, displayed.
+    pub message: String,
+}
+
+/// Sends data points to CloudWatch.
+#[derive(Debug, Clone)]
+pub struct MetricsPublisher {
+    client: aws_sdk_cloudwatch::Client,
+    namespace: String,
+}
+
+impl MetricsPublisher {
+    /// A publisher for one namespace (`CLOUDWATCH_NAMESPACE`).
+    pub fn new(client: aws_sdk_cloudwatch::Client, namespace: impl Into<String>) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    /// Sends every point, stamped `at`, in calls of at most [`MAX_DATA_PER_CALL`]; returns the
+    /// number of calls made. Every batch is attempted; the first failure is returned.
+    pub async fn publish(
+        &self,
+        points: &[MetricPoint],
+        at: std::time::SystemTime,
+    ) -> Result<usize, MetricsError> {
+        let timestamp = DateTime::from(at);
+        let batches: Vec<&[MetricPoint]> = points.chunks(MAX_DATA_PER_CALL).collect();
+        let count = batches.len();
+        let mut first_error = None;
+        for (index, batch) in batches.iter().enumerate() {
+            let data: Vec<MetricDatum> = batch.iter().map(|p| to_datum(p, timestamp)).collect();
+            let result = self
+                .client
+                .put_metric_data()
+                .namespace(&self.namespace)
+                .set_metric_data(Some(data))
+                .send()
+                .await;
+            if let Err(error) = result {
+                let message = aws_sdk_cloudwatch::error::DisplayErrorContext(&error).to_string();
+                tracing::error!(batch = index + 1, batches = count, error = %message, "PutMetricData failed");
+                first_error.get_or_insert(MetricsError {
+                    batch: index + 1,
+                    batches: count,
+                    message,
+                });
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(count),
+        }
+    }
+}
+
+fn to_datum(point: &MetricPoint, timestamp: DateTime) -> MetricDatum {
+    MetricDatum::builder()
+        .metric_name(point.name)
+        .dimensions(
+            Dimension::builder()
+                .name(point.dimension.0)
+                .value(&point.dimension.1)
+                .build(),
+        )
+        .value(point.value)
+        .unit(match point.unit {
+            MetricUnit::None => StandardUnit::None,
+            MetricUnit::Milliseconds => StandardUnit::Milliseconds,
+        })
+        .storage_resolution(60)
+        .timestamp(timestamp)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::health::{assess, Observation};
+    use crate::probe::{ProbeFailure, ProbeOutcome};
+    use std::time::Duration;
+
+    fn backend(url: &str, is_leader: bool) -> Backend {
+        Backend {
+            url: url.into(),
+            is_leader,
+            is_healthy: false,
+            when_added: String::new(),
+            block_number: None,
+            last_checked: None,
+            response_time_ms: None,
+            lag_blocks: None,
+            health_reason: None,
+            last_checked_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_original_metric_set_with_redacted_dimensions() {
+        let backends = [
+            backend("https://mainnet.infura.io/v3/SECRETKEY", true),
+            backend("http://10.0.0.1:8545", false),
+            backend("http://10.0.0.2:8545", false),
+        ];
+        let observations: Vec<Observation> = vec![
+            Ok(ProbeOutcome {
+                result: Ok(100),
+                elapsed: Duration::from_micros(12_500),
+            }),
+            Ok(ProbeOutcome {
+                result: Ok(97),
+                elapsed: Duration::from_millis(3),
+            }),
+            Ok(ProbeOutcome {
+                result: Err(ProbeFailure::Timeout(2000)),
+                elapsed: Duration::from_secs(2),
+            }),
+        ];
+        let round = assess(&backends, &observations, 10);
+        let points = round_metrics(&round, "jsonrpc-proxy-dev");
+
+        let find = |name: &str, label: &str| {
+            points
+                .iter()
+                .find(|p| p.name == name && p.dimension.1 == label)
+                .map(|p| (p.value, p.unit))
+        };
+        let leader = BackendUrl::parse("https://mainnet.infura.io/v3/SECRETKEY")
+            .unwrap()
+            .redacted();
+        assert_eq!(
+            find(METRIC_BLOCK_NUMBER, &leader),
+            Some((100.0, MetricUnit::None))
+        );
+        assert_eq!(
+            find(METRIC_RESPONSE_TIME, &leader),
+            Some((12.5, MetricUnit::Milliseconds))
+        );
+        assert_eq!(
+            find(METRIC_BLOCK_DIFFERENCE, &leader),
+            None,
+            "no difference for the leader"
+        );
+        assert_eq!(
+            find(METRIC_BLOCK_DIFFERENCE, "http://10.0.0.1:8545"),
+            Some((3.0, MetricUnit::None))
+        );
+        assert_eq!(
+            find(METRIC_BLOCK_NUMBER, "http://10.0.0.2:8545"),
+            None,
+            "no block for a timeout"
+        );
+        assert_eq!(
+            find(METRIC_RESPONSE_TIME, "http://10.0.0.2:8545"),
+            Some((2000.0, MetricUnit::Milliseconds))
+        );
+        assert_eq!(
+            find(METRIC_HEALTHY_NODES, "jsonrpc-proxy-dev"),
+            Some((2.0, MetricUnit::None))
+        );
+        assert_eq!(points.len(), 7);
+        assert!(points.iter().all(|p| !p.dimension.1.contains("SECRETKEY")));
+        assert!(points
+            .iter()
+            .all(|p| p.dimension.0 == DIMENSION_NODE_URL || p.name == METRIC_HEALTHY_NODES));
+    }
+}

@@ -1,0 +1,551 @@
+//! The routing plan and its nginx configuration: pure functions of the backends' health.
+//!
+//! [`RoutingPlan::from_backends`] decides who gets traffic (the original's four cases);
+//! [`render`] turns a plan into an nginx `http`-context configuration that replaces the
+//! container's default server.
+//!
+//! Unlike the original, every backend is reached at its full URL: scheme, host, port, path and
+//! query are kept, https gets SNI and certificate verification, `user:pass@` credentials become
+//! a basic `Authorization` header. That is done with one small internal server per backend,
+//! listening on a unix socket, that the public server's `upstream` balances across. The public
+//! server retries a failed request on the next backend (POST included), keeps connections to
+//! both layers alive, and the leader stands by as a `backup` server when nodes are healthy.
+//!
+//! Only URLs that pass [`BackendUrl::parse`] reach the renderer, and those contain nothing
+//! nginx would read as syntax, so a rendered configuration is always well formed.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::backend::Backend;
+use crate::backend_url::BackendUrl;
+
+/// Name of the upstream that balances across the backends.
+pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
+
+/// A backend the plan routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// The validated URL.
+    pub url: BackendUrl,
+    /// Whether it is the leader.
+    pub is_leader: bool,
+}
+
+/// Who receives traffic: primaries share it, the backup takes it when all primaries fail.
+///
+/// - nothing healthy: empty plan, the proxy answers 404 (the original's first case);
+/// - only the leader healthy: the leader is the only primary;
+/// - one or more healthy nodes: they are the primaries, a healthy leader is the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingPlan {
+    /// Backends that share the traffic, sorted by URL.
+    pub primaries: Vec<RouteTarget>,
+    /// The leader, standing by, when nodes are the primaries.
+    pub backup: Option<RouteTarget>,
+}
+
+impl RoutingPlan {
+    /// The plan implied by the backends' stored health. Backends whose URL does not validate
+    /// are left out (they can never be rendered safely).
+    pub fn from_backends(backends: &[Backend]) -> Self {
+        let mut healthy: Vec<RouteTarget> = backends
+            .iter()
+            .filter(|b| b.is_healthy)
+            .filter_map(|b| {
+                b.parsed_url().ok().map(|url| RouteTarget {
+                    url,
+                    is_leader: b.is_leader,
+                })
+            })
+            .collect();
+        healthy.sort_by(|a, b| a.url.as_str().cmp(b.url.as_str()));
+        healthy.dedup_by(|a, b| a.url == b.url);
+        let (leaders, nodes): (Vec<_>, Vec<_>) = healthy.into_iter().partition(|t| t.is_leader);
+        let leader = leaders.into_iter().next();
+        if nodes.is_empty() {
+            Self {
+                primaries: leader.into_iter().collect(),
+                backup: None,
+            }
+        } else {
+            Self {
+                primaries: nodes,
+                backup: leader,
+            }
+        }
+    }
+
+    /// `true` when nothing is routable.
+    pub fn is_empty(&self) -> bool {
+        self.primaries.is_empty()
+    }
+
+    /// Every routed backend: primaries first, then the backup.
+    pub fn targets(&self) -> impl Iterator<Item = (&RouteTarget, bool)> {
+        self.primaries
+            .iter()
+            .map(|t| (t, false))
+            .chain(self.backup.iter().map(|t| (t, true)))
+    }
+
+    /// A stable identity of the plan: equal plans give equal fingerprints.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"jsonrpc-proxy routing plan v1\n");
+        for (target, backup) in self.targets() {
+            hasher.update(if backup { b"backup " } else { b"member " });
+            hasher.update(if target.is_leader {
+                b"leader "
+            } else {
+                b"node   "
+            });
+            hasher.update(target.url.as_str().as_bytes());
+            hasher.update(b"\n");
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// Redacted labels of the routed backends, for logs and the config pointer.
+    pub fn labels(&self) -> Vec<String> {
+        self.targets()
+            .map(|(t, backup)| {
+                let role = match (t.is_leader, backup) {
+                    (_, true) => "backup",
+                    (true, false) => "leader",
+                    (false, false) => "node",
+                };
+                format!("{} ({role})", t.url.redacted())
+            })
+            .collect()
+    }
+}
+
+/// Where and how the rendered configuration runs; fixed per deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Port the public server listens on (`NGINX_LISTEN_PORT`, default 80).
+    pub listen_port: u16,
+    /// Directory for the per-backend unix sockets (`NGINX_SOCKET_DIR`).
+    pub socket_dir: String,
+    /// CA bundle used to verify https backends (`NGINX_CA_BUNDLE`).
+    pub ca_bundle: String,
+    /// Seconds to wait for a backend connection.
+    pub connect_timeout_secs: u32,
+    /// Seconds to wait for a backend's answer.
+    pub read_timeout_secs: u32,
+    /// Most backends one request is tried on.
+    pub retry_tries: u32,
+    /// Longest time, in seconds, spent retrying one request.
+    pub retry_timeout_secs: u32,
+    /// Failures within `fail_timeout_secs` after which a backend is skipped for that long.
+    pub max_fails: u32,
+    /// See `max_fails`.
+    pub fail_timeout_secs: u32,
+    /// Idle keepalive connections kept per worker to each layer.
+    pub keepalive: u32,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            listen_port: 80,
+            socket_dir: "/var/run/jsonrpc-proxy".into(),
+            ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
+            connect_timeout_secs: 2,
+            read_timeout_secs: 30,
+            retry_tries: 3,
+            retry_timeout_secs: 10,
+            max_fails: 1,
+            fail_timeout_secs: 10,
+            keepalive: 32,
+        }
+    }
+}
+
+/// Render options that would not give a valid, safe configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RenderOptionsError {
+    /// The socket directory is not an absolute path of plain characters, or is too long for
+    /// unix socket paths.
+    #[error("socket directory {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.', at most 80 bytes")]
+    SocketDir(String),
+    /// The CA bundle path is not an absolute path of plain characters.
+    #[error(
+        "CA bundle path {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.'"
+    )]
+    CaBundle(String),
+    /// The listen port is 0.
+    #[error("listen port must be between 1 and 65535")]
+    ListenPort,
+    /// A timeout or count is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl RenderOptions {
+    /// Checks that every value is safe to put into the configuration.
+    pub fn validate(&self) -> Result<(), RenderOptionsError> {
+        let plain_path = |p: &str| {
+            p.starts_with('/')
+                && !p.contains("..")
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        };
+        if !plain_path(&self.socket_dir) || self.socket_dir.len() > 80 {
+            return Err(RenderOptionsError::SocketDir(self.socket_dir.clone()));
+        }
+        if !plain_path(&self.ca_bundle) {
+            return Err(RenderOptionsError::CaBundle(self.ca_bundle.clone()));
+        }
+        if self.listen_port == 0 {
+            return Err(RenderOptionsError::ListenPort);
+        }
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout_secs),
+            ("read timeout", self.read_timeout_secs),
+            ("retry tries", self.retry_tries),
+            ("retry timeout", self.retry_timeout_secs),
+            ("max fails", self.max_fails),
+            ("fail timeout", self.fail_timeout_secs),
+            ("keepalive", self.keepalive),
+        ] {
+            if value == 0 {
+                return Err(RenderOptionsError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    fn socket_path(&self, index: usize) -> String {
+        format!(
+            "{}/backend-{index}.sock",
+            self.socket_dir.trim_end_matches('/')
+        )
+    }
+}
+
+/// Renders the nginx configuration for a plan.
+///
+/// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): upstreams and
+/// servers only. `options` must have passed [`RenderOptions::validate`].
+pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
+    let mut out = String::with_capacity(1024 + plan.primaries.len() * 900);
+    out.push_str(
+        "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
+    );
+    let _ = writeln!(out, "# Routing plan {}", plan.fingerprint());
+    for label in plan.labels() {
+        let _ = writeln!(out, "#   {label}");
+    }
+    out.push('\n');
+
+    if plan.is_empty() {
+        render_no_backend_server(&mut out, options);
+        return out;
+    }
+
+    let targets: Vec<(&RouteTarget, bool)> = plan.targets().collect();
+    let _ = writeln!(out, "upstream {UPSTREAM_NAME} {{");
+    for (index, (_, backup)) in targets.iter().enumerate() {
+        let path = options.socket_path(index);
+        if *backup {
+            let _ = writeln!(out, "    server unix:{path} backup;");
+        } else {
+            let _ = writeln!(
+                out,
+                "    server unix:{path} max_fails={} fail_timeout={}s;",
+                options.max_fails, options.fail_timeout_secs
+            );
+        }
+    }
+    let _ = writeln!(out, "    keepalive {};", options.keepalive);
+    out.push_str("}\n\n");
+
+    render_public_server(&mut out, options);
+
+    for (index, (target, backup)) in targets.iter().enumerate() {
+        render_backend_server(&mut out, options, index, target, *backup);
+    }
+    out
+}
+
+fn render_no_backend_server(out: &mut String, options: &RenderOptions) {
+    let _ = write!(
+        out,
+        "server {{
+    listen {port} default_server;
+    server_name _;
+
+    location / {{
+        return 404;
+    }}
+}}
+",
+        port = options.listen_port
+    );
+}
+
+fn render_public_server(out: &mut String, options: &RenderOptions) {
+    let _ = write!(
+        out,
+        "server {{
+    listen {port} default_server;
+    server_name _;
+
+    location / {{
+        proxy_pass http://{UPSTREAM_NAME};
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+        proxy_next_upstream_tries {tries};
+        proxy_next_upstream_timeout {retry_timeout}s;
+        proxy_connect_timeout {connect}s;
+        proxy_send_timeout {read}s;
+        proxy_read_timeout {read}s;
+    }}
+}}
+
+",
+        port = options.listen_port,
+        tries = options.retry_tries,
+        retry_timeout = options.retry_timeout_secs,
+        connect = options.connect_timeout_secs,
+        read = options.read_timeout_secs,
+    );
+}
+
+fn render_backend_server(
+    out: &mut String,
+    options: &RenderOptions,
+    index: usize,
+    target: &RouteTarget,
+    backup: bool,
+) {
+    let url = &target.url;
+    let role = match (target.is_leader, backup) {
+        (_, true) => "backup",
+        (true, false) => "leader",
+        (false, false) => "node",
+    };
+    let _ = writeln!(out, "# backend-{index}: {} ({role})", url.redacted());
+    let _ = writeln!(out, "upstream backend_{index}_origin {{");
+    let _ = writeln!(out, "    server {}:{};", url.host(), url.port());
+    let _ = writeln!(out, "    keepalive {};", options.keepalive);
+    out.push_str("}\n\n");
+
+    let _ = writeln!(out, "server {{");
+    let _ = writeln!(out, "    listen unix:{};", options.socket_path(index));
+    out.push_str("    access_log off;\n\n");
+    out.push_str("    location / {\n");
+    let _ = writeln!(
+        out,
+        "        proxy_pass {}://backend_{index}_origin{};",
+        url.scheme(),
+        url.path_and_query()
+    );
+    out.push_str("        proxy_http_version 1.1;\n");
+    out.push_str("        proxy_set_header Connection \"\";\n");
+    let _ = writeln!(out, "        proxy_set_header Host {};", url.host_header());
+    if let Some(authorization) = url.basic_authorization() {
+        let _ = writeln!(
+            out,
+            "        proxy_set_header Authorization \"{authorization}\";"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "        proxy_connect_timeout {}s;",
+        options.connect_timeout_secs
+    );
+    let _ = writeln!(
+        out,
+        "        proxy_send_timeout {}s;",
+        options.read_timeout_secs
+    );
+    let _ = writeln!(
+        out,
+        "        proxy_read_timeout {}s;",
+        options.read_timeout_secs
+    );
+    if url.is_https() {
+        out.push_str("        proxy_ssl_server_name on;\n");
+        let _ = writeln!(out, "        proxy_ssl_name {};", url.host_name());
+        out.push_str("        proxy_ssl_verify on;\n");
+        out.push_str("        proxy_ssl_verify_depth 4;\n");
+        let _ = writeln!(
+            out,
+            "        proxy_ssl_trusted_certificate {};",
+            options.ca_bundle
+        );
+        out.push_str("        proxy_ssl_session_reuse on;\n");
+    }
+    out.push_str("    }\n}\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str, is_leader: bool, is_healthy: bool) -> Backend {
+        Backend {
+            url: url.into(),
+            is_leader,
+            is_healthy,
+            when_added: String::new(),
+            block_number: None,
+            last_checked: None,
+            response_time_ms: None,
+            lag_blocks: None,
+            health_reason: None,
+            last_checked_ms: None,
+        }
+    }
+
+    const LEADER: &str = "https://mainnet.infura.io/v3/0123456789abcdef";
+
+    #[test]
+    fn nothing_healthy_is_the_404_server() {
+        let plan = RoutingPlan::from_backends(&[
+            backend(LEADER, true, false),
+            backend("http://10.0.0.1:8545", false, false),
+        ]);
+        assert!(plan.is_empty());
+        let conf = render(&plan, &RenderOptions::default());
+        assert!(conf.contains("return 404;"));
+        assert!(!conf.contains("upstream"));
+        assert!(!conf.contains("proxy_pass"));
+    }
+
+    #[test]
+    fn leader_only_proxies_to_the_leaders_full_url() {
+        let plan = RoutingPlan::from_backends(&[
+            backend(LEADER, true, true),
+            backend("http://10.0.0.1:8545", false, false),
+        ]);
+        assert_eq!(plan.primaries.len(), 1);
+        assert!(plan.backup.is_none());
+        let conf = render(&plan, &RenderOptions::default());
+        assert!(conf.contains("server mainnet.infura.io:443;"));
+        assert!(conf.contains("proxy_pass https://backend_0_origin/v3/0123456789abcdef;"));
+        assert!(conf.contains("proxy_set_header Host mainnet.infura.io;"));
+        assert!(conf.contains("proxy_ssl_server_name on;"));
+        assert!(conf.contains("proxy_ssl_name mainnet.infura.io;"));
+        assert!(conf.contains("proxy_ssl_verify on;"));
+        assert!(!conf.contains(" backup;"));
+        // The key appears only where it must: in the proxy_pass line.
+        assert_eq!(conf.matches("0123456789abcdef").count(), 1);
+    }
+
+    #[test]
+    fn one_node_takes_traffic_and_the_leader_stands_by() {
+        let plan = RoutingPlan::from_backends(&[
+            backend(LEADER, true, true),
+            backend("http://10.0.0.1:8545", false, true),
+        ]);
+        assert_eq!(plan.primaries.len(), 1);
+        assert!(!plan.primaries[0].is_leader);
+        assert!(plan.backup.as_ref().is_some_and(|b| b.is_leader));
+        let conf = render(&plan, &RenderOptions::default());
+        assert!(conf.contains(
+            "server unix:/var/run/jsonrpc-proxy/backend-0.sock max_fails=1 fail_timeout=10s;"
+        ));
+        assert!(conf.contains("server unix:/var/run/jsonrpc-proxy/backend-1.sock backup;"));
+        assert!(conf.contains("proxy_pass http://backend_0_origin/;"));
+        assert!(conf.contains("server 10.0.0.1:8545;"));
+    }
+
+    #[test]
+    fn several_nodes_are_load_balanced_at_their_full_urls() {
+        let plan = RoutingPlan::from_backends(&[
+            backend("http://10.0.0.2:8545", false, true),
+            backend(
+                "https://user:pa%3Ass@node.example:8443/rpc?key=k1",
+                false,
+                true,
+            ),
+            backend("http://10.0.0.1:8545/", false, true),
+            backend("http://10.0.0.3:8545", false, false),
+            backend(LEADER, true, false),
+        ]);
+        assert_eq!(plan.primaries.len(), 3);
+        assert!(plan.backup.is_none(), "an unhealthy leader is not a backup");
+        let conf = render(&plan, &RenderOptions::default());
+        assert!(conf.contains(
+            "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+        ));
+        assert!(conf.contains("keepalive 32;"));
+        assert!(conf.contains("proxy_pass https://backend_2_origin/rpc?key=k1;"));
+        assert!(conf.contains("proxy_set_header Host node.example:8443;"));
+        assert!(conf.contains("proxy_set_header Authorization \"Basic dXNlcjpwYTpzcw==\";"));
+        assert!(!conf.contains("10.0.0.3"));
+        assert!(!conf.contains("infura"));
+    }
+
+    #[test]
+    fn plans_are_order_independent_and_fingerprinted() {
+        let a = [
+            backend("http://b:1", false, true),
+            backend("http://a:1", false, true),
+        ];
+        let b = [
+            backend("http://a:1", false, true),
+            backend("http://b:1", false, true),
+        ];
+        let plan_a = RoutingPlan::from_backends(&a);
+        assert_eq!(plan_a, RoutingPlan::from_backends(&b));
+        assert_eq!(
+            plan_a.fingerprint(),
+            RoutingPlan::from_backends(&b).fingerprint()
+        );
+        assert_eq!(
+            render(&plan_a, &RenderOptions::default()),
+            render(&RoutingPlan::from_backends(&b), &RenderOptions::default())
+        );
+        let other = RoutingPlan::from_backends(&[backend("http://a:1", false, true)]);
+        assert_ne!(plan_a.fingerprint(), other.fingerprint());
+        assert_ne!(plan_a.fingerprint(), RoutingPlan::default().fingerprint());
+    }
+
+    #[test]
+    fn invalid_stored_urls_are_never_rendered() {
+        let plan = RoutingPlan::from_backends(&[
+            backend("http://evil;}server{listen 81;", false, true),
+            backend("http://10.0.0.1:8545", false, true),
+        ]);
+        assert_eq!(plan.primaries.len(), 1);
+        let conf = render(&plan, &RenderOptions::default());
+        assert!(!conf.contains("evil"));
+    }
+
+    #[test]
+    fn labels_are_redacted() {
+        let plan = RoutingPlan::from_backends(&[backend(LEADER, true, true)]);
+        let conf = render(&plan, &RenderOptions::default());
+        let comments: String = conf
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .collect();
+        assert!(!comments.contains("0123456789abcdef"));
+        assert!(comments.contains("https://mainnet.infura.io/[redacted:"));
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert_eq!(RenderOptions::default().validate(), Ok(()));
+        let bad = |f: fn(&mut RenderOptions)| {
+            let mut options = RenderOptions::default();
+            f(&mut options);
+            options.validate().is_err()
+        };
+        assert!(bad(|o| o.socket_dir = "relative".into()));
+        assert!(bad(|o| o.socket_dir = "/tmp/a;b".into()));
+        assert!(bad(|o| o.socket_dir = "/tmp/../etc".into()));
+        assert!(bad(|o| o.socket_dir = format!("/{}", "a".repeat(90))));
+        assert!(bad(|o| o.ca_bundle = "/etc/x y".into()));
+        assert!(bad(|o| o.listen_port = 0));
+        assert!(bad(|o| o.retry_tries = 0));
+    }
+}

@@ -1,0 +1,382 @@
+//! Asking a node how high its chain is: `eth_blockNumber` over HTTP, bounded in time and size.
+//!
+//! Every probe has its own deadline that starts when the probe itself starts (not while it
+//! waits for a free slot), and a cap on the bytes it will read, so hung, slow or hostile nodes
+//! cost the round nothing but their own slot.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::backend_url::BackendUrl;
+
+/// The JSON-RPC request every probe sends, byte for byte the original's.
+pub const BLOCK_NUMBER_REQUEST: &str =
+    r#"{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}"#;
+
+/// Highest block number believed: 2^53 - 1, the largest integer every JSON reader keeps exact.
+pub const MAX_PLAUSIBLE_BLOCK: u64 = (1 << 53) - 1;
+
+/// Limits of one probing round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Total time one probe may take: connect, send, and read the whole answer.
+    pub timeout: Duration,
+    /// Most bytes of an answer read before the node is judged hostile.
+    pub max_body_bytes: usize,
+    /// Most probes in flight at once (Lambda allows 1 024 open files).
+    pub concurrency: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            max_body_bytes: 64 * 1024,
+            concurrency: 512,
+        }
+    }
+}
+
+/// Why a probe got no usable block number. The `Display` form is what is stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProbeFailure {
+    /// No complete answer within the deadline.
+    #[error("timeout after {0} ms")]
+    Timeout(u64),
+    /// The connection could not be made (refused, DNS, TLS).
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The HTTP exchange failed after connecting.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The node answered with a status other than 200 (a redirect included).
+    #[error("http status {0}")]
+    HttpStatus(u16),
+    /// The answer was larger than the cap.
+    #[error("answer larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The answer was not JSON.
+    #[error("answer is not JSON")]
+    InvalidJson,
+    /// The node answered with a JSON-RPC error object.
+    #[error("json-rpc error {code}: {message}")]
+    RpcError {
+        /// The error's code.
+        code: i64,
+        /// The error's message, shortened.
+        message: String,
+    },
+    /// The answer's `result` is not a plausible hex block number.
+    #[error("invalid result: {0}")]
+    InvalidResult(String),
+}
+
+/// What one probe found out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOutcome {
+    /// The block number, or why there is none.
+    pub result: Result<u64, ProbeFailure>,
+    /// Wall time of the probe, from its start to its answer, failure or deadline.
+    pub elapsed: Duration,
+}
+
+impl ProbeOutcome {
+    /// The elapsed time in milliseconds, with microsecond precision.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1000.0
+    }
+}
+
+/// Sends probes. Cheap to clone; build one per process and reuse it across invocations.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+    settings: ProbeSettings,
+}
+
+/// The HTTP client could not be built (TLS roots unavailable).
+#[derive(Debug, Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ProberBuildError(String);
+
+impl Prober {
+    /// Builds a prober with its own HTTP client: no redirects, no proxy, rustls.
+    pub fn new(settings: ProbeSettings) -> Result<Self, ProberBuildError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(settings.timeout)
+            .timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!(
+                "jsonrpc-proxy-health-checker/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| ProberBuildError(e.without_url().to_string()))?;
+        Ok(Self { client, settings })
+    }
+
+    /// The settings this prober enforces.
+    pub fn settings(&self) -> &ProbeSettings {
+        &self.settings
+    }
+
+    /// Probes one node.
+    pub async fn probe(&self, url: &BackendUrl) -> ProbeOutcome {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.settings.timeout, self.exchange(url)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeFailure::Timeout(duration_ms(self.settings.timeout))),
+        };
+        ProbeOutcome {
+            result,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Probes every node, at most `concurrency` at once; outcomes in the order of `urls`.
+    pub async fn probe_all(&self, urls: &[BackendUrl]) -> Vec<ProbeOutcome> {
+        let concurrency = self.settings.concurrency.max(1);
+        let mut indexed: Vec<(usize, ProbeOutcome)> = stream::iter(urls.iter().enumerate())
+            .map(|(index, url)| async move { (index, self.probe(url).await) })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        indexed.sort_by_key(|(index, _)| *index);
+        indexed.into_iter().map(|(_, outcome)| outcome).collect()
+    }
+
+    async fn exchange(&self, url: &BackendUrl) -> Result<u64, ProbeFailure> {
+        let mut request = self
+            .client
+            .post(url.request_url())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json, text/plain")
+            .body(BLOCK_NUMBER_REQUEST);
+        if let Some((user, password)) = url.credentials() {
+            request = request.basic_auth(user, Some(password));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| classify_error(e, self.settings.timeout))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(ProbeFailure::HttpStatus(status.as_u16()));
+        }
+        let cap = self.settings.max_body_bytes;
+        if response
+            .content_length()
+            .is_some_and(|len| len > cap as u64)
+        {
+            return Err(ProbeFailure::BodyTooLarge(cap));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify_error(e, self.settings.timeout))?
+        {
+            if body.len() + chunk.len() > cap {
+                return Err(ProbeFailure::BodyTooLarge(cap));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse_block_number_answer(&body)
+    }
+}
+
+/// Reads a block number out of a JSON-RPC answer body (whatever its content type said).
+pub fn parse_block_number_answer(body: &[u8]) -> Result<u64, ProbeFailure> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| ProbeFailure::InvalidJson)?;
+    let Some(object) = value.as_object() else {
+        return Err(ProbeFailure::InvalidResult(
+            "answer is not a JSON object".into(),
+        ));
+    };
+    if let Some(error) = object.get("error").filter(|e| !e.is_null()) {
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        return Err(ProbeFailure::RpcError {
+            code,
+            message: shorten(message, 120),
+        });
+    }
+    match object.get("result") {
+        Some(Value::String(hex)) => parse_hex_quantity(hex),
+        Some(other) => Err(ProbeFailure::InvalidResult(format!(
+            "result is {}, not a hex string",
+            json_kind(other)
+        ))),
+        None => Err(ProbeFailure::InvalidResult("answer has no result".into())),
+    }
+}
+
+/// Parses a JSON-RPC hex quantity (`0x1b4`) into a plausible block number.
+pub fn parse_hex_quantity(text: &str) -> Result<u64, ProbeFailure> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .ok_or_else(|| {
+            ProbeFailure::InvalidResult(format!("{:?} is not 0x-prefixed", shorten(text, 40)))
+        })?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ProbeFailure::InvalidResult(format!(
+            "{:?} is not a hex number",
+            shorten(text, 40)
+        )));
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 16 {
+        return Err(ProbeFailure::InvalidResult(
+            "block number is absurdly large".into(),
+        ));
+    }
+    let number = u64::from_str_radix(
+        if significant.is_empty() {
+            "0"
+        } else {
+            significant
+        },
+        16,
+    )
+    .map_err(|_| ProbeFailure::InvalidResult("block number is absurdly large".into()))?;
+    if number > MAX_PLAUSIBLE_BLOCK {
+        return Err(ProbeFailure::InvalidResult(
+            "block number is absurdly large".into(),
+        ));
+    }
+    Ok(number)
+}
+
+fn classify_error(error: reqwest::Error, timeout: Duration) -> ProbeFailure {
+    // Never keep the URL: it may hold a key.
+    let error = error.without_url();
+    if error.is_timeout() {
+        ProbeFailure::Timeout(duration_ms(timeout))
+    } else if error.is_connect() {
+        ProbeFailure::Connect(root_cause(&error))
+    } else {
+        ProbeFailure::Request(root_cause(&error))
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    shorten(&cause.to_string(), 160)
+}
+
+fn shorten(text: &str, max_chars: usize) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if cleaned.chars().count() <= max_chars {
+        cleaned
+    } else {
+        let mut cut: String = cleaned.chars().take(max_chars).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_answers() {
+        assert_eq!(
+            parse_block_number_answer(br#"{"jsonrpc":"2.0","id":1,"result":"0x1b4"}"#),
+            Ok(436)
+        );
+        assert_eq!(parse_block_number_answer(br#"{"result":"0x0"}"#), Ok(0));
+        assert_eq!(
+            parse_block_number_answer(br#"{"result":"0x000000000000000000ff"}"#),
+            Ok(255)
+        );
+        assert_eq!(
+            parse_block_number_answer(br#"{"result":"0X10","error":null}"#),
+            Ok(16)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_answers_with_reasons() {
+        assert_eq!(
+            parse_block_number_answer(b"<html>"),
+            Err(ProbeFailure::InvalidJson)
+        );
+        assert_eq!(
+            parse_block_number_answer(b""),
+            Err(ProbeFailure::InvalidJson)
+        );
+        let cases: &[&[u8]] = &[
+            br#"[{"result":"0x1"}]"#,
+            br#"{"result":"1b4"}"#,
+            br#"{"result":"0x"}"#,
+            br#"{"result":"-0x1"}"#,
+            br#"{"result":"0xzz"}"#,
+            br#"{"result":436}"#,
+            br#"{"result":null}"#,
+            br#"{"id":1}"#,
+            br#"{"result":"0x10000000000000000"}"#,
+            br#"{"result":"0x20000000000000"}"#,
+        ];
+        for body in cases {
+            let err = parse_block_number_answer(body).expect_err(&String::from_utf8_lossy(body));
+            assert!(matches!(err, ProbeFailure::InvalidResult(_)), "{err:?}");
+        }
+        assert_eq!(
+            parse_block_number_answer(br#"{"error":{"code":-32000,"message":"header not found"}}"#),
+            Err(ProbeFailure::RpcError {
+                code: -32000,
+                message: "header not found".into()
+            })
+        );
+    }
+
+    #[test]
+    fn largest_plausible_block_passes() {
+        assert_eq!(
+            parse_hex_quantity("0x1fffffffffffff"),
+            Ok(MAX_PLAUSIBLE_BLOCK)
+        );
+    }
+
+    #[test]
+    fn failure_reasons_read_well() {
+        assert_eq!(
+            ProbeFailure::Timeout(2000).to_string(),
+            "timeout after 2000 ms"
+        );
+        assert_eq!(ProbeFailure::HttpStatus(503).to_string(), "http status 503");
+        assert_eq!(shorten("a\nb", 10), "a b");
+        assert_eq!(shorten("abcdef", 3), "abc…");
+    }
+}

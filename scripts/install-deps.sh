@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything the local stack and the test suite need on a fresh Debian machine:
+# nginx (apt), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil + osls (npm, into
+# .tools/node). Idempotent: already-present tools are left alone. Root or sudo required for apt.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  log "installing nginx (apt)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nginx-light >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nginx >/dev/null
+  # The Debian package starts a system nginx on :80; the project runs its own instances.
+  $sudo_cmd service nginx stop >/dev/null 2>&1 || true
+fi
+
+py_missing=()
+python3 -c 'import moto.server, flask_cors' >/dev/null 2>&1 || py_missing+=("moto[server]>=5.1,<6")
+python3 -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
+command -v cargo-lambda >/dev/null 2>&1 || py_missing+=("cargo-lambda")
+command -v cfn-lint >/dev/null 2>&1 || py_missing+=("cfn-lint")
+if [ ${#py_missing[@]} -gt 0 ]; then
+  log "installing ${py_missing[*]} (pip)"
+  python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+if [ ! -x "$tools/node/node_modules/.bin/anvil" ]; then
+  log "installing @foundry-rs/anvil (npm)"
+  mkdir -p "$tools/node"
+  (cd "$tools/node" && npm install --no-audit --no-fund --silent @foundry-rs/anvil >/dev/null)
+fi
+log "tools ready"
