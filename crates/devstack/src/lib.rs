@@ -1,0 +1,1 @@
+//! Local stand-ins: being written.
