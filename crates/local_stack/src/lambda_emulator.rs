@@ -1,0 +1,530 @@
+//! A local Lambda service: runs the real function binaries on the Lambda Runtime API and
+//! answers the Lambda `Invoke` API, so functions call each other exactly as on AWS.
+//!
+//! Each function is one long-lived process (a warm sandbox) polling its own Runtime API
+//! endpoint (`AWS_LAMBDA_RUNTIME_API`, one loopback port per function). Invocations queue per
+//! function and are handed out one at a time, like a function with reserved concurrency 1.
+//! `InvocationType: Event` invocations are answered 202 at once and retried twice on error,
+//! as Lambda does. A process that exits is restarted (a new sandbox) after a short pause, and
+//! the invocation it held fails.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// How a function is run.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// Function name (also what `Invoke` is called with).
+    pub name: String,
+    /// The built bootstrap binary.
+    pub binary: PathBuf,
+    /// Environment of the function (the emulator adds the Lambda runtime variables and
+    /// `AWS_ENDPOINT_URL_LAMBDA`).
+    pub env: Vec<(String, String)>,
+    /// Longest an invocation may take.
+    pub timeout: Duration,
+}
+
+/// An invocation failed.
+#[derive(Debug, Clone, Error)]
+pub enum InvokeError {
+    /// No function of that name.
+    #[error("no function named {0:?}")]
+    UnknownFunction(String),
+    /// The function returned an error (its error document).
+    #[error("function {function} failed: {error}")]
+    Function {
+        /// The function.
+        function: String,
+        /// The error document it reported.
+        error: String,
+    },
+    /// No answer within the function's timeout.
+    #[error("function {0} timed out")]
+    Timeout(String),
+    /// The emulator is stopping.
+    #[error("the Lambda emulator stopped")]
+    Stopped,
+}
+
+/// Counters for one function, for the live view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionStats {
+    /// Invocations answered successfully.
+    pub succeeded: u64,
+    /// Invocations that failed.
+    pub failed: u64,
+    /// The last error, shortened.
+    pub last_error: Option<String>,
+}
+
+type Outcome = Result<Bytes, String>;
+
+struct Invocation {
+    request_id: String,
+    payload: Bytes,
+    responder: oneshot::Sender<Outcome>,
+}
+
+struct FunctionSlot {
+    spec: FunctionSpec,
+    queue: Mutex<VecDeque<Invocation>>,
+    ready: Notify,
+    in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    stats: Mutex<FunctionStats>,
+}
+
+impl FunctionSlot {
+    fn enqueue(&self, invocation: Invocation) {
+        lock(&self.queue).push_back(invocation);
+        self.ready.notify_one();
+    }
+
+    fn record(&self, outcome: &Outcome) {
+        let mut stats = lock(&self.stats);
+        match outcome {
+            Ok(_) => stats.succeeded += 1,
+            Err(error) => {
+                stats.failed += 1;
+                stats.last_error = Some(error.chars().take(200).collect());
+            }
+        }
+    }
+
+    /// Fails every invocation the (dead) process held.
+    fn fail_in_flight(&self, why: &str) {
+        let held: Vec<_> = lock(&self.in_flight).drain().collect();
+        for (_, responder) in held {
+            let _ = responder.send(Err(why.to_owned()));
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Shared {
+    functions: HashMap<String, Arc<FunctionSlot>>,
+    next_id: AtomicU64,
+    stopping: Notify,
+}
+
+/// The running emulator. Dropping it (or [`LambdaEmulator::shutdown`]) stops every function.
+pub struct LambdaEmulator {
+    shared: Arc<Shared>,
+    endpoint: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LambdaEmulator {
+    /// Starts the Invoke API on a loopback port, one Runtime API per function, and the
+    /// function processes. Their output goes to `<log_dir>/<name>.log`.
+    pub async fn start(specs: Vec<FunctionSpec>, log_dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(log_dir)?;
+        let invoke_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", invoke_listener.local_addr()?);
+
+        let functions: HashMap<String, Arc<FunctionSlot>> = specs
+            .into_iter()
+            .map(|spec| {
+                let slot = FunctionSlot {
+                    spec: spec.clone(),
+                    queue: Mutex::new(VecDeque::new()),
+                    ready: Notify::new(),
+                    in_flight: Mutex::new(HashMap::new()),
+                    stats: Mutex::new(FunctionStats::default()),
+                };
+                (spec.name, Arc::new(slot))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            functions,
+            next_id: AtomicU64::new(1),
+            stopping: Notify::new(),
+        });
+
+        let mut tasks = Vec::new();
+        let invoke_app = Router::new()
+            .route("/2015-03-31/functions/{name}/invocations", post(invoke_api))
+            .with_state(shared.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(invoke_listener, invoke_app).await;
+        }));
+
+        for slot in shared.functions.values() {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let runtime_api = listener.local_addr()?.to_string();
+            let app = Router::new()
+                .route("/2018-06-01/runtime/invocation/next", get(runtime_next))
+                .route(
+                    "/2018-06-01/runtime/invocation/{id}/response",
+                    post(runtime_response),
+                )
+                .route(
+                    "/2018-06-01/runtime/invocation/{id}/error",
+                    post(runtime_error),
+                )
+                .route("/2018-06-01/runtime/init/error", post(runtime_init_error))
+                .with_state(slot.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+            tasks.push(tokio::spawn(supervise(
+                slot.clone(),
+                runtime_api,
+                endpoint.clone(),
+                log_dir.join(format!("{}.log", slot.spec.name)),
+                shared.clone(),
+            )));
+        }
+        Ok(Self {
+            shared,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// The Invoke API endpoint, for `AWS_ENDPOINT_URL_LAMBDA`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Invokes a function and waits for its answer (InvocationType `RequestResponse`).
+    pub async fn invoke(&self, function: &str, payload: &Value) -> Result<Value, InvokeError> {
+        let bytes = Bytes::from(payload.to_string());
+        let answer = invoke_sync(&self.shared, function, bytes).await?;
+        Ok(serde_json::from_slice(&answer).unwrap_or(Value::Null))
+    }
+
+    /// Queues an invocation without waiting (InvocationType `Event`), retried twice on error.
+    pub fn invoke_async(&self, function: &str, payload: &Value) -> Result<(), InvokeError> {
+        invoke_event(&self.shared, function, Bytes::from(payload.to_string()))
+    }
+
+    /// Counters of one function.
+    pub fn stats(&self, function: &str) -> Option<FunctionStats> {
+        self.shared
+            .functions
+            .get(function)
+            .map(|slot| lock(&slot.stats).clone())
+    }
+
+    /// Stops every function process and server.
+    pub async fn shutdown(mut self) {
+        self.stop_tasks().await;
+    }
+
+    async fn stop_tasks(&mut self) {
+        self.shared.stopping.notify_waiters();
+        for slot in self.shared.functions.values() {
+            slot.fail_in_flight("the Lambda emulator stopped");
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LambdaEmulator {
+    fn drop(&mut self) {
+        self.shared.stopping.notify_waiters();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn resolve_name<'a>(shared: &'a Shared, name: &str) -> Option<&'a Arc<FunctionSlot>> {
+    // Accept a name, a function ARN (…:function:NAME[:qualifier]) or NAME:qualifier.
+    let bare = match name.split_once(":function:") {
+        Some((_, rest)) => rest.split(':').next().unwrap_or(rest),
+        None => name.split(':').next().unwrap_or(name),
+    };
+    shared.functions.get(bare)
+}
+
+fn new_request_id(shared: &Shared) -> String {
+    let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (nanos & 0xffff_ffff) as u32,
+        n & 0xffff,
+        (n >> 16) & 0xfff,
+        (nanos >> 32) & 0xfff,
+        n
+    )
+}
+
+async fn invoke_sync(
+    shared: &Shared,
+    function: &str,
+    payload: Bytes,
+) -> Result<Bytes, InvokeError> {
+    let slot = resolve_name(shared, function)
+        .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?;
+    let (tx, rx) = oneshot::channel();
+    slot.enqueue(Invocation {
+        request_id: new_request_id(shared),
+        payload,
+        responder: tx,
+    });
+    match tokio::time::timeout(slot.spec.timeout + Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok(answer))) => Ok(answer),
+        Ok(Ok(Err(error))) => Err(InvokeError::Function {
+            function: slot.spec.name.clone(),
+            error,
+        }),
+        Ok(Err(_)) => Err(InvokeError::Stopped),
+        Err(_) => Err(InvokeError::Timeout(slot.spec.name.clone())),
+    }
+}
+
+fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<(), InvokeError> {
+    let slot = resolve_name(shared, function)
+        .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?
+        .clone();
+    let request_id = new_request_id(shared);
+    tokio::spawn(async move {
+        // Lambda runs an asynchronous invocation up to three times, the same request id each time.
+        for attempt in 1..=3u32 {
+            let (tx, rx) = oneshot::channel();
+            slot.enqueue(Invocation {
+                request_id: request_id.clone(),
+                payload: payload.clone(),
+                responder: tx,
+            });
+            match tokio::time::timeout(slot.spec.timeout + Duration::from_secs(5), rx).await {
+                Ok(Ok(Ok(_))) => return,
+                Ok(Err(_)) => return,
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(function = %slot.spec.name, attempt, %error, "asynchronous invocation failed");
+                }
+                Err(_) => {
+                    tracing::warn!(function = %slot.spec.name, attempt, "asynchronous invocation timed out")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+        }
+    });
+    Ok(())
+}
+
+async fn invoke_api(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let invocation_type = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    let not_found = || {
+        let mut response = (
+            StatusCode::NOT_FOUND,
+            format!(
+                r#"{{"Type":"User","message":"Function not found: {}"}}"#,
+                name.replace('"', "")
+            ),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ResourceNotFoundException"),
+        );
+        response
+    };
+    match invocation_type {
+        "Event" => match invoke_event(&shared, &name, body) {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(_) => not_found(),
+        },
+        "DryRun" => match resolve_name(&shared, &name) {
+            Some(_) => StatusCode::NO_CONTENT.into_response(),
+            None => not_found(),
+        },
+        _ => match invoke_sync(&shared, &name, body).await {
+            Ok(answer) => (StatusCode::OK, answer).into_response(),
+            Err(InvokeError::UnknownFunction(_)) => not_found(),
+            Err(error) => {
+                let document = serde_json::json!({"errorMessage": error.to_string(), "errorType": "Unhandled"});
+                let mut response = (StatusCode::OK, document.to_string()).into_response();
+                response.headers_mut().insert(
+                    "x-amz-function-error",
+                    HeaderValue::from_static("Unhandled"),
+                );
+                response
+            }
+        },
+    }
+}
+
+async fn runtime_next(State(slot): State<Arc<FunctionSlot>>) -> Response {
+    loop {
+        let notified = slot.ready.notified();
+        let next = lock(&slot.queue).pop_front();
+        if let Some(invocation) = next {
+            let deadline = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d + slot.spec.timeout)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            lock(&slot.in_flight).insert(invocation.request_id.clone(), invocation.responder);
+            let mut response = (StatusCode::OK, invocation.payload).into_response();
+            let headers = response.headers_mut();
+            let arn = format!(
+                "arn:aws:lambda:us-east-1:123456789012:function:{}",
+                slot.spec.name
+            );
+            for (name, value) in [
+                ("lambda-runtime-aws-request-id", invocation.request_id),
+                ("lambda-runtime-deadline-ms", deadline.to_string()),
+                ("lambda-runtime-invoked-function-arn", arn),
+                (
+                    "lambda-runtime-trace-id",
+                    "Root=1-00000000-000000000000000000000000;Sampled=0".to_owned(),
+                ),
+                ("content-type", "application/json".to_owned()),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+            return response;
+        }
+        notified.await;
+    }
+}
+
+fn finish(slot: &FunctionSlot, id: &str, outcome: Outcome) -> StatusCode {
+    slot.record(&outcome);
+    match lock(&slot.in_flight).remove(id) {
+        Some(responder) => {
+            let _ = responder.send(outcome);
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn runtime_response(
+    State(slot): State<Arc<FunctionSlot>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
+    finish(&slot, &id, Ok(body))
+}
+
+async fn runtime_error(
+    State(slot): State<Arc<FunctionSlot>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
+    finish(&slot, &id, Err(String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn runtime_init_error(State(slot): State<Arc<FunctionSlot>>, body: Bytes) -> StatusCode {
+    let error = String::from_utf8_lossy(&body).into_owned();
+    tracing::error!(function = %slot.spec.name, %error, "function failed to initialise");
+    slot.record(&Err(format!("init error: {error}")));
+    StatusCode::ACCEPTED
+}
+
+async fn supervise(
+    slot: Arc<FunctionSlot>,
+    runtime_api: String,
+    lambda_endpoint: String,
+    log_path: PathBuf,
+    shared: Arc<Shared>,
+) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::error!(path = %log_path.display(), %error, "cannot open the function log");
+                return;
+            }
+        };
+        let log_err = match log.try_clone() {
+            Ok(file) => file,
+            Err(_) => return,
+        };
+        let mut command = tokio::process::Command::new(&slot.spec.binary);
+        command
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| {
+                k == "PATH" || k == "HOME" || k == "RUST_LOG" || k == "LOG_FORMAT"
+            }))
+            .envs(slot.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", &slot.spec.name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", slot.spec.name),
+            )
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+            .env("AWS_ENDPOINT_URL_LAMBDA", &lambda_endpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        let started = std::time::Instant::now();
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::error!(function = %slot.spec.name, binary = %slot.spec.binary.display(), %error, "cannot start the function");
+                slot.record(&Err(format!("cannot start: {error}")));
+                return;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let why = format!("process exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                tracing::warn!(function = %slot.spec.name, %why, "function process ended; restarting");
+                slot.fail_in_flight(&why);
+            }
+            () = shared.stopping.notified() => {
+                let _ = child.kill().await;
+                return;
+            }
+        }
+        // A process that died at once is backed off; one that ran a while restarts quickly.
+        pause = if started.elapsed() > Duration::from_secs(10) {
+            Duration::from_millis(200)
+        } else {
+            (pause * 2).min(Duration::from_secs(5))
+        };
+        tokio::time::sleep(pause).await;
+    }
+}

@@ -1,0 +1,215 @@
+//! `jsonrpc-proxy-local`: the whole jsonrpc-proxy system on this machine.
+//!
+//! Starts moto (DynamoDB, S3, ECS), a CloudWatch recorder, three anvil nodes (or your own URLs),
+//! nginx, and the real Lambda binaries on an emulated Lambda runtime; drives them with the
+//! events AWS would deliver; shows a live view. Ctrl-C stops everything it started.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use local_stack::stack::{LocalStack, StackOptions, FUNCTIONS};
+use local_stack::view::{render_frame, Frame};
+
+const USAGE: &str = "usage: jsonrpc-proxy-local [options]
+
+  --port N          loopback port of the JSON-RPC proxy (default 18545)
+  --interval SECS   seconds between scheduled health checks (default 5)
+  --tolerance N     DIFF_TOLERANCE, blocks a node may trail the leader (default 10)
+  --probe-timeout MS  PROBE_TIMEOUT_MS (default 2000)
+  --anvil-nodes N   anvil nodes to start besides the leader (default 2)
+  --block-time SECS seconds between anvil blocks (default 1)
+  --leader URL      use this leader instead of starting anvil nodes
+  --node URL        use this node (repeatable) instead of starting anvil nodes
+  --bin-dir DIR     where the function binaries are (default: beside this binary)
+  --agent PATH      the config_agent binary (default: beside this binary)
+  --work-dir DIR    logs (default .local/run-<pid>)
+  --no-view         print transitions as log lines instead of the live view
+";
+
+fn parse_args() -> Result<(StackOptions, bool), String> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut options = StackOptions {
+        proxy_port: 18545,
+        check_interval: Duration::from_secs(5),
+        tolerance: 10,
+        probe_timeout: Duration::from_millis(2000),
+        nodes: Vec::new(),
+        leader: None,
+        anvil_nodes: 2,
+        block_time: 1,
+        bin_dir: exe_dir.clone(),
+        config_agent: exe_dir.join("config_agent"),
+        work_dir: PathBuf::from(format!(".local/run-{}", std::process::id())),
+    };
+    let mut agent_given = false;
+    let mut view = std::io::stdout().is_terminal();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"))
+        };
+        let number = |name: &str, text: String| {
+            text.parse::<u64>()
+                .map_err(|_| format!("{name} expects a whole number, not {text:?}"))
+        };
+        match flag.as_str() {
+            "--port" => {
+                let port = number("--port", value("--port")?)?;
+                options.proxy_port = u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or("--port must be between 1 and 65535")?;
+            }
+            "--interval" => {
+                options.check_interval =
+                    Duration::from_secs(number("--interval", value("--interval")?)?.max(1))
+            }
+            "--tolerance" => options.tolerance = number("--tolerance", value("--tolerance")?)?,
+            "--probe-timeout" => {
+                options.probe_timeout = Duration::from_millis(
+                    number("--probe-timeout", value("--probe-timeout")?)?.max(1),
+                )
+            }
+            "--anvil-nodes" => {
+                options.anvil_nodes =
+                    usize::try_from(number("--anvil-nodes", value("--anvil-nodes")?)?.min(16))
+                        .unwrap_or(2)
+            }
+            "--block-time" => {
+                options.block_time = number("--block-time", value("--block-time")?)?.max(1)
+            }
+            "--leader" => options.leader = Some(value("--leader")?),
+            "--node" => options.nodes.push(value("--node")?),
+            "--bin-dir" => options.bin_dir = PathBuf::from(value("--bin-dir")?),
+            "--agent" => {
+                options.config_agent = PathBuf::from(value("--agent")?);
+                agent_given = true;
+            }
+            "--work-dir" => options.work_dir = PathBuf::from(value("--work-dir")?),
+            "--no-view" => view = false,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
+        }
+    }
+    if !agent_given {
+        options.config_agent = options.bin_dir.join("config_agent");
+    }
+    for name in FUNCTIONS {
+        let path = options.bin_dir.join(name);
+        if !path.is_file() {
+            return Err(format!(
+                "function binary {} not found; build with `cargo build --release` or pass --bin-dir",
+                path.display()
+            ));
+        }
+    }
+    if !options.config_agent.is_file() {
+        return Err(format!(
+            "config agent {} not found; pass --agent",
+            options.config_agent.display()
+        ));
+    }
+    Ok((options, view))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let (options, view) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // The live view owns the terminal; without it, log lines go to stdout.
+    if !view {
+        jsonrpc_proxy::telemetry::init_tracing();
+    }
+
+    eprintln!("starting moto, the CloudWatch recorder, nodes, nginx and the functions…");
+    let stack = tokio::select! {
+        started = LocalStack::start(options.clone()) => match started {
+            Ok(stack) => stack,
+            Err(error) => {
+                eprintln!("the local stack could not start: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        () = shutdown_signal() => {
+            eprintln!("interrupted while starting; stopped everything");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("JSON-RPC proxy: {}", stack.proxy_url());
+    println!(
+        "try: curl -s -X POST -H 'Content-Type: application/json' --data '{{\"jsonrpc\":\"2.0\",\"method\":\"eth_blockNumber\",\"params\":[],\"id\":1}}' {}",
+        stack.proxy_url()
+    );
+
+    let log_dir = options.work_dir.display().to_string();
+    let mut printed = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown_signal() => break,
+        }
+        let (backends, applied, transitions, rounds) = stack.snapshot();
+        if view {
+            let errors = stack
+                .observed
+                .lock()
+                .map(|o| o.errors.clone())
+                .unwrap_or_default();
+            let functions = FUNCTIONS
+                .iter()
+                .map(|name| (*name, stack.emulator().stats(name).unwrap_or_default()))
+                .collect();
+            let frame = render_frame(&Frame {
+                proxy_url: &stack.proxy_url(),
+                interval_secs: options.check_interval.as_secs_f64(),
+                tolerance: options.tolerance,
+                log_dir: &log_dir,
+                backends: &backends,
+                applied: applied.as_ref(),
+                functions,
+                transitions: &transitions,
+                errors: &errors,
+                rounds,
+            });
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "\x1b[H\x1b[2J{frame}");
+            let _ = stdout.flush();
+        } else {
+            for transition in transitions.iter().skip(printed) {
+                println!("{}  {}", transition.at, transition.text);
+            }
+            printed = transitions.len();
+        }
+    }
+    eprintln!("\nstopping…");
+    stack.shutdown().await;
+    eprintln!("stopped: every process the local stack started has ended");
+    std::process::ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The terminal live view: backends, the config in force, function counters, transitions.
+
+use std::fmt::Write as _;
+
+use jsonrpc_proxy::backend::Backend;
+
+use crate::lambda_emulator::FunctionStats;
+use crate::stack::{AppliedConfig, Transition};
+
+/// Everything one frame shows.
+#[derive(Debug, Clone, Default)]
+pub struct Frame<'a> {
+    /// The proxy's URL.
+    pub proxy_url: &'a str,
+    /// Seconds between checks.
+    pub interval_secs: f64,
+    /// `DIFF_TOLERANCE`.
+    pub tolerance: u64,
+    /// Where the logs are.
+    pub log_dir: &'a str,
+    /// Backends as stored.
+    pub backends: &'a [Backend],
+    /// The config nginx runs.
+    pub applied: Option<&'a AppliedConfig>,
+    /// Function counters by name.
+    pub functions: Vec<(&'a str, FunctionStats)>,
+    /// Recent transitions, newest last.
+    pub transitions: &'a [Transition],
+    /// Recent background errors, newest last.
+    pub errors: &'a [String],
+    /// Rounds run.
+    pub rounds: u64,
+}
+
+/// Renders a frame as plain text (no escape codes).
+pub fn render_frame(frame: &Frame<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "jsonrpc-proxy local stack  ·  JSON-RPC at {}  ·  Ctrl-C stops everything",
+        frame.proxy_url
+    );
+    let _ = writeln!(
+        out,
+        "health check every {:.0} s (round {})  ·  DIFF_TOLERANCE {}  ·  logs in {}",
+        frame.interval_secs, frame.rounds, frame.tolerance, frame.log_dir
+    );
+    out.push('\n');
+    let leader_block = frame
+        .backends
+        .iter()
+        .find(|b| b.is_leader)
+        .and_then(|b| b.block_number);
+    let _ = writeln!(
+        out,
+        "{:<44} {:<7} {:<10} {:>8} {:>5} {:>9}  REASON",
+        "BACKEND", "ROLE", "HEALTH", "BLOCK", "LAG", "LATENCY"
+    );
+    for backend in frame.backends {
+        let lag = backend
+            .lag_blocks
+            .map(|l| l.to_string())
+            .or_else(|| {
+                leader_block
+                    .zip(backend.block_number)
+                    .map(|(l, b)| l.saturating_sub(b).to_string())
+            })
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<44} {:<7} {:<10} {:>8} {:>5} {:>9}  {}",
+            truncate(&backend.label(), 44),
+            if backend.is_leader { "leader" } else { "node" },
+            if backend.is_healthy {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            },
+            backend
+                .block_number
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            lag,
+            backend
+                .response_time_ms
+                .map(|ms| format!("{ms:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            backend.health_reason.as_deref().unwrap_or("")
+        );
+    }
+    if frame.backends.is_empty() {
+        out.push_str("(no backends)\n");
+    }
+    out.push('\n');
+    match frame.applied {
+        Some(applied) => {
+            let _ = writeln!(
+                out,
+                "config in force: {}  (applied {})",
+                applied
+                    .s3_path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&applied.s3_path),
+                applied.applied_at
+            );
+            if applied.backends.is_empty() {
+                out.push_str("  routes to: nothing (404 server)\n");
+            }
+            for label in &applied.backends {
+                let _ = writeln!(out, "  routes to: {label}");
+            }
+        }
+        None => out.push_str("config in force: initial 404 server (no config rendered yet)\n"),
+    }
+    out.push('\n');
+    let counters: Vec<String> = frame
+        .functions
+        .iter()
+        .map(|(name, stats)| format!("{name} {}✓ {}✗", stats.succeeded, stats.failed))
+        .collect();
+    let _ = writeln!(out, "functions: {}", counters.join("  "));
+    out.push('\n');
+    out.push_str("recent transitions:\n");
+    for transition in frame
+        .transitions
+        .iter()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        let _ = writeln!(
+            out,
+            "  {}  {}",
+            time_of_day(&transition.at),
+            transition.text
+        );
+    }
+    if let Some(error) = frame.errors.last() {
+        let _ = writeln!(out, "\nlast background error: {}", truncate(error, 200));
+    }
+    out
+}
+
+fn time_of_day(iso: &str) -> &str {
+    iso.get(11..19).unwrap_or(iso)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_shows_backends_config_and_transitions() {
+        let backends = vec![Backend {
+            url: "https://node.example/v3/SECRET".into(),
+            is_leader: true,
+            is_healthy: false,
+            when_added: String::new(),
+            block_number: Some(42),
+            last_checked: None,
+            response_time_ms: Some(1.25),
+            lag_blocks: None,
+            health_reason: Some("timeout after 2000 ms".into()),
+            last_checked_ms: None,
+        }];
+        let applied = AppliedConfig {
+            s3_path: "s3://b/abc_nginx.conf".into(),
+            backends: vec!["http://127.0.0.1:1 (node)".into()],
+            applied_at: "2026-11-24T03:00:00.000000Z".into(),
+        };
+        let transitions = vec![Transition {
+            at: "2026-11-24T03:00:01.000000Z".into(),
+            text: "x healthy → unhealthy".into(),
+        }];
+        let text = render_frame(&Frame {
+            proxy_url: "http://127.0.0.1:18545",
+            interval_secs: 5.0,
+            tolerance: 10,
+            log_dir: "/tmp/x",
+            backends: &backends,
+            applied: Some(&applied),
+            functions: vec![(
+                "health_checker",
+                FunctionStats {
+                    succeeded: 3,
+                    failed: 1,
+                    last_error: None,
+                },
+            )],
+            transitions: &transitions,
+            errors: &[],
+            rounds: 4,
+        });
+        assert!(text.contains("UNHEALTHY"));
+        assert!(text.contains("timeout after 2000 ms"));
+        assert!(text.contains("1.2 ms") || text.contains("1.3 ms"));
+        assert!(!text.contains("SECRET"));
+        assert!(text.contains("config in force: abc_nginx.conf"));
+        assert!(text.contains("03:00:01  x healthy → unhealthy"));
+        assert!(text.contains("health_checker 3✓ 1✗"));
+    }
+}
