@@ -1,1 +1,102 @@
-//! Local stand-ins: being written.
+//! # devstack: local stand-ins for the AWS services and the Ethereum nodes
+//!
+//! Starts and supervises real local processes on loopback (`127.0.0.1`) for the integration
+//! tests and the local stack:
+//!
+//! - [`Moto`]: `moto_server`, serving DynamoDB, S3, ECS, Lambda and IAM, with helpers that
+//!   create what `serverless.yml` creates (table, bucket, ECS cluster/task definition/service,
+//!   the renderer's Lambda function record);
+//! - [`Anvil`]: an Ethereum node that can be mined, stopped and restarted on the same port;
+//! - [`Nginx`]: `nginx -t` on a rendered configuration, and a real nginx running one;
+//! - [`MetricsRecorder`]: `scripts/cloudwatch_recorder.py`, a CloudWatch stand-in that records
+//!   `PutMetricData` calls (moto does not speak the SDK's RPC v2 CBOR protocol).
+//!
+//! Every process writes stdout and stderr to a log file in a temporary directory, is waited
+//! for with a bounded timeout (errors name the program, its log file and the log's tail), and
+//! is killed with its whole process group when its handle is dropped. A small watchdog
+//! (`sh`) kills the group as well if the owning process dies without dropping it (for
+//! example a handle kept in a `static` in a test binary), so nothing is left running.
+//!
+//! Programs are found through an environment override (`MOTO_SERVER_BIN`, `ANVIL_BIN`,
+//! `NGINX_BIN`, `PYTHON_BIN`), then the repository's `.tools` directory, then `PATH`. A
+//! missing program is an error that says to run `scripts/install-deps.sh`.
+//!
+//! Starting a process blocks the calling thread until it is ready (at most a few seconds);
+//! the AWS helpers are `async` and use the AWS SDK.
+
+#![warn(missing_docs)]
+
+mod anvil;
+mod error;
+mod http;
+mod moto;
+mod nginx;
+mod process;
+mod recorder;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::{Mutex, OnceLock};
+
+pub use anvil::{Anvil, AnvilOptions};
+pub use error::Error;
+pub use moto::{sdk_config, EcsService, Moto, TEST_REGION};
+pub use nginx::Nginx;
+pub use recorder::MetricsRecorder;
+
+/// A port on 127.0.0.1 that was free a moment ago and that this process has not handed out
+/// before (so concurrent tests in one binary never get the same port).
+///
+/// Another process may still take it before it is used; the starters retry with a fresh port
+/// when their program reports that its address is in use.
+pub fn free_port() -> Result<u16, Error> {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    for _ in 0..100 {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|source| Error::Io {
+            context: "binding 127.0.0.1:0 to find a free port".into(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| Error::Io {
+                context: "reading the address of a bound socket".into(),
+                source,
+            })?
+            .port();
+        drop(listener);
+        let mut seen = handed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(Error::Io {
+        context: "finding a free port".into(),
+        source: std::io::Error::other("no unused port after 100 attempts"),
+    })
+}
+
+/// The repository root this crate was built from (`crates/devstack/../..`).
+pub fn repo_root() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports: HashSet<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        assert_eq!(ports.len(), 20);
+    }
+
+    #[test]
+    fn repo_root_has_the_workspace_manifest() {
+        assert!(repo_root().join("Cargo.toml").is_file());
+        assert!(repo_root().join("scripts/cloudwatch_recorder.py").is_file());
+    }
+}
