@@ -131,7 +131,6 @@ pub struct Observed {
 
 impl Observed {
     fn note(&mut self, text: String) {
-        tracing::info!("{text}");
         self.transitions.push(Transition {
             at: iso8601(OffsetDateTime::now_utc()),
             text,
@@ -170,6 +169,8 @@ pub struct LocalStack {
     moto: Moto,
     recorder: MetricsRecorder,
     sdk: SdkConfig,
+    agent_env: Vec<(String, String)>,
+    socket_dir: PathBuf,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -229,6 +230,16 @@ impl LocalStack {
             &render_options,
             &ecs,
         );
+        let agent_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .cloned()
+            .chain(
+                std::env::var("NGINX_BIN")
+                    .ok()
+                    .map(|bin| ("NGINX_BIN".to_owned(), bin)),
+            )
+            .collect();
         let specs = FUNCTIONS
             .iter()
             .map(|name| FunctionSpec {
@@ -253,6 +264,8 @@ impl LocalStack {
             moto,
             recorder,
             sdk,
+            agent_env,
+            socket_dir,
             tasks: Vec::new(),
         };
         if let Some(url) = leader_url {
@@ -359,7 +372,11 @@ impl LocalStack {
             aws_sdk_ecs::Client::new(&self.sdk),
             aws_sdk_s3::Client::new(&self.sdk),
             self.nginx.clone(),
-            self.options.config_agent.clone(),
+            AgentCommand {
+                binary: self.options.config_agent.clone(),
+                env: self.agent_env.clone(),
+                socket_dir: self.socket_dir.clone(),
+            },
             self.observed.clone(),
         )));
         self.tasks.push(tokio::spawn(watch_table(
@@ -383,6 +400,7 @@ impl Drop for LocalStack {
         for task in &self.tasks {
             task.abort();
         }
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
     }
 }
 
@@ -487,7 +505,9 @@ fn function_env(
 
 /// A short directory for nginx's unix sockets (their paths must stay under 108 bytes).
 fn short_socket_dir() -> Result<PathBuf, StackError> {
-    let dir = PathBuf::from(format!("/tmp/jrp-{}", std::process::id()));
+    static STACKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(format!("/tmp/jrp-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| StackError::Io(format!("creating {}", dir.display()), e))?;
     Ok(dir)
@@ -533,7 +553,7 @@ async fn play_ecs_service(
     ecs: aws_sdk_ecs::Client,
     s3: aws_sdk_s3::Client,
     nginx: Arc<Mutex<Nginx>>,
-    agent: PathBuf,
+    agent: AgentCommand,
     observed: Arc<Mutex<Observed>>,
 ) {
     let mut running: Option<String> = None;
@@ -590,7 +610,7 @@ async fn play_ecs_service(
                 nginx.prefix().join("conf/fragment.conf"),
             )
         };
-        match apply_with_agent(&agent, &path, &prefix, &conf, &fragment).await {
+        match agent.apply(&path, &prefix, &conf, &fragment).await {
             Ok(()) => {
                 let backends = pointer_labels(&s3, &path).await;
                 let mut observed = lock(&observed);
@@ -614,35 +634,49 @@ async fn play_ecs_service(
     }
 }
 
-async fn apply_with_agent(
-    agent: &Path,
-    s3_path: &str,
-    prefix: &Path,
-    conf: &Path,
-    fragment: &Path,
-) -> Result<(), String> {
-    let output = tokio::process::Command::new(agent)
-        .arg("apply")
-        .arg("--s3-path")
-        .arg(s3_path)
-        .arg("--config-path")
-        .arg(fragment)
-        .arg("--nginx-conf")
-        .arg(conf)
-        .arg("--nginx-prefix")
-        .arg(prefix)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", agent.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .last()
-            .unwrap_or("failed")
-            .to_owned())
+/// How the stack runs the config agent: its binary, the AWS environment it needs and where
+/// the backends' sockets go.
+#[derive(Debug, Clone)]
+struct AgentCommand {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    socket_dir: PathBuf,
+}
+
+impl AgentCommand {
+    /// `config_agent apply`: fetch, `nginx -t`, install and reload; the previous config stays
+    /// when the new one is refused.
+    async fn apply(
+        &self,
+        s3_path: &str,
+        prefix: &Path,
+        conf: &Path,
+        fragment: &Path,
+    ) -> Result<(), String> {
+        let output = tokio::process::Command::new(&self.binary)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("apply")
+            .arg("--socket-dir")
+            .arg(&self.socket_dir)
+            .arg("--s3-path")
+            .arg(s3_path)
+            .arg("--config-path")
+            .arg(fragment)
+            .arg("--nginx-conf")
+            .arg(conf)
+            .arg("--nginx-prefix")
+            .arg(prefix)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            Err(text.lines().last().unwrap_or("failed").to_owned())
+        }
     }
 }
 
