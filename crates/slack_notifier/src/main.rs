@@ -1,1 +1,29 @@
-fn main() {}
+//! `slack_notifier` Lambda: posts the CloudWatch alarm transitions that SNS delivers to the
+//! Slack incoming webhook `SLACK_WEBHOOK_URL` (optional `SLACK_CHANNEL` override). A failed
+//! post fails the invocation, so it is reported and retried rather than lost.
+
+use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use jsonrpc_proxy::settings::Env;
+use jsonrpc_proxy::telemetry::init_tracing;
+use serde_json::{json, Value};
+use slack_notifier::{notify, SlackWebhook, POST_TIMEOUT};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let env = Env::process();
+    let webhook = SlackWebhook::new(
+        &env.get("SLACK_WEBHOOK_URL").unwrap_or_default(),
+        POST_TIMEOUT,
+    )?;
+    let channel = env.get("SLACK_CHANNEL");
+    tracing::info!(host = %webhook.host(), "Slack webhook configured");
+    run(service_fn(|event: LambdaEvent<Value>| {
+        let (webhook, channel) = (&webhook, channel.as_deref());
+        async move {
+            let posted = notify(webhook, channel, &event.payload).await?;
+            Ok::<_, Error>(json!({ "posted": posted }))
+        }
+    }))
+    .await
+}

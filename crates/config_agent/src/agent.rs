@@ -1,0 +1,399 @@
+//! The agent's two modes: `run` (the container's entrypoint) and `apply` (one update of a
+//! running nginx).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::install::{ensure_socket_dir, remove_stale_sockets, InstallError, Installer};
+use crate::nginx::NginxError;
+use crate::settings::{AgentSettings, S3Location};
+use crate::source::{ConfigFetcher, FetchError, FetchedConfig};
+
+/// The configuration nginx runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Where it came from; `None` for the default configuration.
+    pub location: Option<S3Location>,
+    /// SHA-256 of its text, hex.
+    pub sha256: String,
+}
+
+impl Applied {
+    /// A label for logs: the S3 location, or `default`.
+    pub fn label(&self) -> String {
+        self.location
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), ToString::to_string)
+    }
+}
+
+/// How often and how patiently the first fetch is tried when S3 fails (not when an object is
+/// missing or invalid: that does not change by waiting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Pauses between attempts; one attempt more than pauses.
+    pub pauses: Vec<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            pauses: vec![Duration::from_secs(1), Duration::from_secs(3)],
+        }
+    }
+}
+
+/// The agent failed.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// No configuration could be fetched.
+    #[error("cannot fetch a configuration: {0}")]
+    Fetch(String),
+    /// The configuration was not installed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// nginx could not be reloaded (the new configuration is installed).
+    #[error("the configuration is installed but nginx was not reloaded: {0}")]
+    Reload(NginxError),
+    /// Even the default configuration is refused: nginx itself is misconfigured.
+    #[error("the default configuration is refused too, nginx cannot start: {0}")]
+    DefaultRefused(InstallError),
+    /// nginx could not be started or supervised.
+    #[error("cannot run nginx: {0}")]
+    Process(String),
+}
+
+/// What one pointer check found.
+#[derive(Debug)]
+pub enum CheckOutcome {
+    /// Nothing new (or only what was refused before).
+    Unchanged,
+    /// A new configuration is installed; nginx must reload.
+    Installed(Applied),
+    /// A new configuration was refused; the last good one stays.
+    Refused {
+        /// Its checksum, not to be tried again.
+        sha256: String,
+    },
+    /// The pointer or the configuration could not be read; tried again next time.
+    Failed,
+}
+
+/// The agent: settings, an S3 fetcher and the installer.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// The settings.
+    pub settings: AgentSettings,
+    /// Reads S3.
+    pub fetcher: ConfigFetcher,
+    /// Writes and validates the configuration file.
+    pub installer: Installer,
+    /// First-fetch retries (run mode).
+    pub retry: RetryPolicy,
+}
+
+impl Agent {
+    /// An agent with the default retry policy.
+    pub fn new(settings: AgentSettings, s3: aws_sdk_s3::Client) -> Self {
+        let installer = Installer {
+            config_path: settings.config_path.clone(),
+            nginx: settings.nginx.clone(),
+        };
+        Self {
+            settings,
+            fetcher: ConfigFetcher::new(s3),
+            installer,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn prepare_socket_dir(&self) {
+        if let Err(error) = ensure_socket_dir(&self.settings.socket_dir) {
+            tracing::warn!(dir = %self.settings.socket_dir.display(), %error, "cannot create the socket directory; configurations that use it will be refused");
+        }
+    }
+
+    /// Start-up: installs the configuration to run (the explicit one, else the pointer's,
+    /// else the default 404 server) and says why when it falls back. Fails only when nginx
+    /// refuses even the default configuration.
+    pub async fn prepare(&self) -> Result<Applied, AgentError> {
+        self.prepare_socket_dir();
+        match self.fetch_initial().await {
+            Ok(fetched) => match self.installer.install(&fetched.text).await {
+                Ok(()) => {
+                    let applied = Applied {
+                        location: Some(fetched.location),
+                        sha256: fetched.sha256,
+                    };
+                    tracing::info!(config = %applied.label(), sha256 = %applied.sha256, "configuration installed");
+                    return Ok(applied);
+                }
+                Err(error) => tracing::error!(
+                    config = %fetched.location, %error,
+                    "configuration refused; starting on the default 404 configuration"
+                ),
+            },
+            Err(reason) => tracing::warn!(
+                %reason,
+                "no usable configuration; starting on the default 404 configuration"
+            ),
+        }
+        let default = self.settings.default_config.as_bytes();
+        self.installer
+            .install(default)
+            .await
+            .map_err(AgentError::DefaultRefused)?;
+        Ok(Applied {
+            location: None,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(default)),
+        })
+    }
+
+    /// The configuration to start with: the explicit path, else the pointer's target.
+    async fn fetch_initial(&self) -> Result<FetchedConfig, String> {
+        let sources = &self.settings.sources;
+        let mut reasons = Vec::new();
+        if let Some(location) = &sources.config {
+            match self.with_retries(|| self.fetcher.fetch(location)).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(error) => {
+                    tracing::warn!(config = %location, %error, "cannot fetch the configuration");
+                    reasons.push(error.to_string());
+                }
+            }
+        }
+        if let Some(pointer_location) = &sources.pointer {
+            let fetched = async {
+                let pointer = self
+                    .with_retries(|| self.fetcher.pointer(pointer_location))
+                    .await?
+                    .ok_or_else(|| {
+                        FetchError::Missing(format!("{pointer_location} (nothing rendered yet)"))
+                    })?;
+                self.with_retries(|| self.fetcher.fetch_pointed(pointer_location, &pointer))
+                    .await
+            }
+            .await;
+            match fetched {
+                Ok(fetched) => return Ok(fetched),
+                Err(error) => reasons.push(error.to_string()),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("neither S3_CONFIG_PATH nor CONFIG_POINTER_PATH is set".into());
+        }
+        Err(reasons.join("; "))
+    }
+
+    async fn with_retries<'a, T, F, Fut>(&'a self, attempt: F) -> Result<T, FetchError>
+    where
+        F: Fn() -> Fut + 'a,
+        Fut: Future<Output = Result<T, FetchError>> + 'a,
+    {
+        let mut pauses = self.retry.pauses.iter();
+        loop {
+            match attempt().await {
+                Err(error) if error.is_transient() => match pauses.next() {
+                    Some(pause) => {
+                        tracing::warn!(%error, retry_in = ?pause, "S3 failed; trying again");
+                        tokio::time::sleep(*pause).await;
+                    }
+                    None => return Err(error),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// `apply`: fetches the configuration (the explicit path, else the pointer's target),
+    /// installs it if `nginx -t` accepts it, and reloads nginx. On failure the previous
+    /// configuration stays installed.
+    pub async fn apply_once(&self, reload: bool) -> Result<Applied, AgentError> {
+        self.prepare_socket_dir();
+        let sources = &self.settings.sources;
+        let fetched = match (&sources.config, &sources.pointer) {
+            (Some(location), _) => self.fetcher.fetch(location).await,
+            (None, Some(pointer_location)) => match self.fetcher.pointer(pointer_location).await {
+                Ok(Some(pointer)) => self.fetcher.fetch_pointed(pointer_location, &pointer).await,
+                Ok(None) => Err(FetchError::Missing(format!(
+                    "{pointer_location} (nothing rendered yet)"
+                ))),
+                Err(error) => Err(error),
+            },
+            (None, None) => Err(FetchError::Missing("no S3 path or pointer given".into())),
+        }
+        .map_err(|e| AgentError::Fetch(e.to_string()))?;
+        self.installer.install(&fetched.text).await?;
+        let applied = Applied {
+            location: Some(fetched.location),
+            sha256: fetched.sha256,
+        };
+        if reload {
+            self.settings
+                .nginx
+                .reload()
+                .await
+                .map_err(AgentError::Reload)?;
+        }
+        tracing::info!(config = %applied.label(), sha256 = %applied.sha256, reloaded = reload, "configuration applied");
+        Ok(applied)
+    }
+
+    /// One pointer check: when the pointer names a configuration with other content than
+    /// `current` (and not one refused before), fetch, validate and install it.
+    pub async fn check_pointer(&self, current: &Applied, refused: Option<&str>) -> CheckOutcome {
+        let Some(pointer_location) = &self.settings.sources.pointer else {
+            return CheckOutcome::Unchanged;
+        };
+        let pointer = match self.fetcher.pointer(pointer_location).await {
+            Ok(Some(pointer)) => pointer,
+            Ok(None) => return CheckOutcome::Unchanged,
+            Err(error) => {
+                tracing::warn!(pointer = %pointer_location, %error, "cannot read the pointer; trying again later");
+                return CheckOutcome::Failed;
+            }
+        };
+        if pointer.sha256.eq_ignore_ascii_case(&current.sha256)
+            || refused.is_some_and(|r| pointer.sha256.eq_ignore_ascii_case(r))
+        {
+            return CheckOutcome::Unchanged;
+        }
+        let fetched = match self.fetcher.fetch_pointed(pointer_location, &pointer).await {
+            Ok(fetched) => fetched,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(key = %pointer.key, %error, "cannot fetch the new configuration; trying again later");
+                return CheckOutcome::Failed;
+            }
+            Err(error) => {
+                tracing::error!(key = %pointer.key, %error, "new configuration unusable; keeping {}", current.label());
+                return CheckOutcome::Refused {
+                    sha256: pointer.sha256,
+                };
+            }
+        };
+        match self.installer.install(&fetched.text).await {
+            Ok(()) => CheckOutcome::Installed(Applied {
+                location: Some(fetched.location),
+                sha256: fetched.sha256,
+            }),
+            Err(error) => {
+                tracing::error!(config = %fetched.location, %error, "new configuration refused; keeping {}", current.label());
+                CheckOutcome::Refused {
+                    sha256: fetched.sha256,
+                }
+            }
+        }
+    }
+
+    /// `run` without polling: prepares, then replaces this process with nginx in the
+    /// foreground (nginx gets the container's signals itself). Returns only on failure.
+    pub async fn run_exec(&self) -> AgentError {
+        if let Err(error) = self.prepare().await {
+            return error;
+        }
+        self.clear_stale_sockets();
+        use std::os::unix::process::CommandExt as _;
+        let error = self.settings.nginx.foreground().exec();
+        AgentError::Process(format!(
+            "exec {}: {error}",
+            self.settings.nginx.bin.display()
+        ))
+    }
+
+    fn clear_stale_sockets(&self) {
+        match remove_stale_sockets(&self.settings.socket_dir) {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "removed stale unix sockets"),
+            Err(error) => tracing::warn!(%error, "cannot clear the socket directory"),
+        }
+    }
+
+    /// `run` with polling: prepares, starts nginx in the foreground as a child, forwards
+    /// SIGTERM, SIGQUIT, SIGINT and SIGHUP to it, and every `poll` checks the pointer, installing
+    /// a new valid configuration with a graceful reload (SIGHUP). Returns nginx's exit status.
+    pub async fn run_supervised(&self, poll: Duration) -> Result<ExitStatus, AgentError> {
+        let mut current = self.prepare().await?;
+        self.clear_stale_sockets();
+        let mut child = tokio::process::Command::from(self.settings.nginx.foreground())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                AgentError::Process(format!("{}: {e}", self.settings.nginx.bin.display()))
+            })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| AgentError::Process("nginx exited at once".into()))?;
+        tracing::info!(pid, poll_seconds = poll.as_secs(), config = %current.label(), "nginx started; following the pointer");
+
+        let signal_stream = |kind: SignalKind| {
+            signal(kind).map_err(|e| AgentError::Process(format!("cannot handle signals: {e}")))
+        };
+        let mut terminate = signal_stream(SignalKind::terminate())?;
+        let mut quit = signal_stream(SignalKind::quit())?;
+        let mut interrupt = signal_stream(SignalKind::interrupt())?;
+        let mut hangup = signal_stream(SignalKind::hangup())?;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut refused: Option<String> = None;
+        let mut stopping = false;
+        let mut check: Option<Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>>> = None;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map_err(|e| AgentError::Process(e.to_string()))?;
+                    tracing::info!(%status, "nginx exited");
+                    return Ok(status);
+                }
+                _ = terminate.recv() => { forward(pid, libc::SIGTERM, "SIGTERM"); stopping = true; }
+                _ = quit.recv() => { forward(pid, libc::SIGQUIT, "SIGQUIT"); stopping = true; }
+                _ = interrupt.recv() => { forward(pid, libc::SIGINT, "SIGINT"); stopping = true; }
+                _ = hangup.recv() => forward(pid, libc::SIGHUP, "SIGHUP"),
+                _ = ticker.tick(), if check.is_none() && !stopping => {
+                    let (current, refused) = (current.clone(), refused.clone());
+                    check = Some(Box::pin(async move {
+                        self.check_pointer(&current, refused.as_deref()).await
+                    }));
+                }
+                outcome = async {
+                    match check.as_mut() {
+                        Some(pending) => pending.await,
+                        None => std::future::pending().await,
+                    }
+                }, if check.is_some() => {
+                    check = None;
+                    match outcome {
+                        CheckOutcome::Installed(applied) if !stopping => {
+                            forward(pid, libc::SIGHUP, "SIGHUP");
+                            tracing::info!(config = %applied.label(), sha256 = %applied.sha256, "new configuration installed; nginx reloads");
+                            current = applied;
+                            refused = None;
+                        }
+                        CheckOutcome::Installed(applied) => current = applied,
+                        CheckOutcome::Refused { sha256 } => refused = Some(sha256),
+                        CheckOutcome::Unchanged | CheckOutcome::Failed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `signal` to nginx's master process.
+fn forward(pid: u32, signal: libc::c_int, name: &str) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and has no memory effects; `pid` is our child's.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result == 0 {
+        tracing::info!(signal = name, "signal sent to nginx");
+    } else {
+        tracing::warn!(signal = name, error = %std::io::Error::last_os_error(), "cannot signal nginx");
+    }
+}

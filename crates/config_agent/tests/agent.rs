@@ -1,0 +1,411 @@
+//! The agent binary against real servers: moto_server for S3 (and DynamoDB, so that the
+//! configurations are the real renderer's), a real nginx under a temporary prefix, and
+//! JSON-RPC node stand-ins. Every server is on 127.0.0.1 and stopped when a test ends.
+
+mod support;
+
+use std::fs;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::nginx::RenderOptions;
+use jsonrpc_proxy::render_config::ConfigRenderer;
+use jsonrpc_proxy::store::BackendStore;
+use sha2::{Digest, Sha256};
+use support::{agent_bin, call, fake_node, wait_until_async, Moto, NginxPrefix};
+
+const BUCKET: &str = "agent-test-configs";
+const TABLE: &str = "agent-test-backends";
+
+/// S3 and DynamoDB on moto, with the bucket and table `serverless.yml` creates.
+struct Aws {
+    moto: Moto,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl Aws {
+    async fn start() -> Self {
+        let moto = Moto::start();
+        let config = moto.sdk_config().await;
+        let s3 = aws_sdk_s3::Client::new(&config);
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("bucket");
+        dynamodb
+            .create_table()
+            .table_name(TABLE)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("url")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attribute"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("url")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("key"),
+            )
+            .send()
+            .await
+            .expect("table");
+        Self { moto, s3, dynamodb }
+    }
+
+    /// Makes `urls` the healthy backends and runs the real renderer; returns the config key.
+    async fn render(&self, prefix: &NginxPrefix, urls: &[String], request_id: &str) -> String {
+        let existing = self
+            .dynamodb
+            .scan()
+            .table_name(TABLE)
+            .send()
+            .await
+            .expect("scan");
+        for item in existing.items() {
+            self.dynamodb
+                .delete_item()
+                .table_name(TABLE)
+                .key("url", item["url"].clone())
+                .send()
+                .await
+                .expect("delete");
+        }
+        for url in urls {
+            self.dynamodb
+                .put_item()
+                .table_name(TABLE)
+                .item("url", AttributeValue::S(url.clone()))
+                .item("is_leader", AttributeValue::Bool(false))
+                .item("is_healthy", AttributeValue::Bool(true))
+                .item(
+                    "when_added",
+                    AttributeValue::S("2026-11-24T03:00:00Z".into()),
+                )
+                .send()
+                .await
+                .expect("put");
+        }
+        let renderer = ConfigRenderer {
+            store: BackendStore::new(self.dynamodb.clone(), TABLE),
+            bucket: ConfigBucket::new(self.s3.clone(), BUCKET),
+            options: RenderOptions {
+                listen_port: prefix.port,
+                socket_dir: prefix.socket_dir().display().to_string(),
+                ..RenderOptions::default()
+            },
+        };
+        let summary = renderer
+            .render_and_publish(request_id, true)
+            .await
+            .expect("render");
+        summary.key
+    }
+
+    /// Publishes `text` under `key` with a pointer to it, as the renderer would.
+    async fn publish_raw(&self, key: &str, text: &str) {
+        let bucket = ConfigBucket::new(self.s3.clone(), BUCKET);
+        bucket.put_config(key, text).await.expect("put config");
+        bucket
+            .put_pointer(&ConfigPointer {
+                key: key.into(),
+                sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                plan_fingerprint: "test".into(),
+                rendered_at: "2026-11-24T03:00:00Z".into(),
+                backends: vec![],
+            })
+            .await
+            .expect("put pointer");
+    }
+}
+
+/// Runs `config_agent <args>` to completion (bounded) with the AWS environment `env`.
+async fn agent(args: &[String], env: &[(&'static str, String)]) -> (ExitStatus, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(agent_bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "info")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("agent finished in time")
+    .expect("agent ran");
+    let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status, log)
+}
+
+/// A running `config_agent run`, stopped (and its nginx with it) when dropped.
+struct RunningAgent<'a> {
+    child: tokio::process::Child,
+    prefix: &'a NginxPrefix,
+}
+
+impl<'a> RunningAgent<'a> {
+    fn start(prefix: &'a NginxPrefix, args: &[String], env: &[(&'static str, String)]) -> Self {
+        let log = fs::File::create(prefix.root().join("logs/agent.log")).expect("agent log");
+        let child = tokio::process::Command::new(agent_bin())
+            .arg("run")
+            .args(args)
+            .args(prefix.agent_args())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("agent log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the agent");
+        Self { child, prefix }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().expect("running") as libc::pid_t;
+        // SAFETY: kill(2) with our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("agent exited in time")
+            .expect("wait")
+    }
+}
+
+impl Drop for RunningAgent<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self.prefix.root().join("logs/agent.log"));
+            eprintln!("agent log:\n{}", log.unwrap_or_default());
+            eprintln!("nginx error log:\n{}", self.prefix.error_log());
+        }
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.child.id() {
+                // SAFETY: kill(2) with our own child's pid.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.start_kill();
+        }
+        // An nginx left behind by a failed test: stop it through its pid file.
+        let _ = std::process::Command::new(NginxPrefix::nginx_bin())
+            .arg("-p")
+            .arg(self.prefix.root())
+            .arg("-c")
+            .arg(self.prefix.root().join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn answers(port: u16, status: u16, body_part: &str) -> bool {
+    matches!(call(port).await, Some((s, body)) if s == status && body.contains(body_part))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
+    let aws = Aws::start().await;
+    let prefix = NginxPrefix::new();
+    fs::write(
+        prefix.config_path(),
+        NginxPrefix::default_config(prefix.port),
+    )
+    .expect("default");
+    let _nginx = prefix.start_daemon();
+    assert!(answers(prefix.port, 404, "").await);
+
+    let node = fake_node("0x10").await;
+    aws.render(
+        &prefix,
+        &[format!("http://127.0.0.1:{node}/rpc?key=SECRET")],
+        "first",
+    )
+    .await;
+    let mut args = vec![
+        "apply".to_owned(),
+        "--pointer".into(),
+        format!("s3://{BUCKET}/latest.json"),
+    ];
+    args.extend(prefix.agent_args());
+    let (status, log) = agent(&args, &aws.moto.env()).await;
+    assert!(status.success(), "apply failed: {log}");
+    assert!(
+        !log.contains("SECRET"),
+        "a node URL leaked into the log: {log}"
+    );
+    assert!(prefix.socket_dir().is_dir(), "socket directory not created");
+    wait_until_async(
+        "the proxy to answer from the node",
+        Duration::from_secs(10),
+        || answers(prefix.port, 200, "0x10"),
+    )
+    .await;
+    let good = prefix.installed();
+    assert!(good.contains("upstream jsonrpc_backends"), "{good}");
+
+    // An invalid configuration is refused, the good one stays installed and running.
+    aws.publish_raw(
+        "broken_nginx.conf",
+        &format!(
+            "server {{ listen {}; no_such_directive on; }}\n",
+            prefix.port
+        ),
+    )
+    .await;
+    let (status, log) = agent(&args, &aws.moto.env()).await;
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("no_such_directive"),
+        "nginx's reason is logged: {log}"
+    );
+    assert_eq!(prefix.installed(), good);
+    assert!(answers(prefix.port, 200, "0x10").await);
+
+    // A missing object is an error too, and changes nothing.
+    let mut missing = vec![
+        "apply".to_owned(),
+        "--s3-path".into(),
+        format!("s3://{BUCKET}/gone_nginx.conf"),
+    ];
+    missing.extend(prefix.agent_args());
+    let (status, log) = agent(&missing, &aws.moto.env()).await;
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("does not exist"), "{log}");
+    assert_eq!(prefix.installed(), good);
+
+    // Usage errors exit with 2.
+    let (status, _) = agent(&["apply".to_owned()], &aws.moto.env()).await;
+    assert_eq!(status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreachable() {
+    let aws = Aws::start().await;
+    aws.s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("bad_nginx.conf")
+        .body(
+            "server { listen 1; missing_semicolon }"
+                .as_bytes()
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .expect("put");
+
+    // Invalid configuration: nginx starts on the default 404 server.
+    let prefix = NginxPrefix::new();
+    fs::write(prefix.config_path(), "# left over from an earlier run\n").expect("write");
+    let mut running = RunningAgent::start(
+        &prefix,
+        &["--s3-path".into(), format!("s3://{BUCKET}/bad_nginx.conf")],
+        &aws.moto.env(),
+    );
+    wait_until_async(
+        "nginx on the default config",
+        Duration::from_secs(30),
+        || answers(prefix.port, 404, ""),
+    )
+    .await;
+    assert_eq!(prefix.installed(), NginxPrefix::default_config(prefix.port));
+    // Without polling the agent became nginx itself: SIGQUIT is nginx's graceful stop.
+    running.signal(libc::SIGQUIT);
+    assert!(running.wait(Duration::from_secs(15)).await.success());
+    drop(running);
+
+    // S3 unreachable (nothing listens at the endpoint): the default again, after retries.
+    let prefix = NginxPrefix::new();
+    let mut env = aws.moto.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", support::free_port()),
+    ));
+    let mut running = RunningAgent::start(
+        &prefix,
+        &["--s3-path".into(), format!("s3://{BUCKET}/any_nginx.conf")],
+        &env,
+    );
+    wait_until_async(
+        "nginx on the default config",
+        Duration::from_secs(60),
+        || answers(prefix.port, 404, ""),
+    )
+    .await;
+    assert_eq!(prefix.installed(), NginxPrefix::default_config(prefix.port));
+    running.signal(libc::SIGTERM);
+    running.wait(Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follows_the_pointer_with_graceful_reloads() {
+    let aws = Aws::start().await;
+    let prefix = NginxPrefix::new();
+    let node_a = fake_node("0xa").await;
+    let node_b = fake_node("0xb").await;
+    aws.render(&prefix, &[format!("http://127.0.0.1:{node_a}")], "render_a")
+        .await;
+
+    // S3_CONFIG_PATH names a key that does not exist: the pointer's config is used instead.
+    let mut running = RunningAgent::start(
+        &prefix,
+        &[
+            "--s3-path".into(),
+            format!("s3://{BUCKET}/deleted_nginx.conf"),
+            "--poll-seconds".into(),
+            "1".into(),
+        ],
+        &aws.moto.env(),
+    );
+    wait_until_async(
+        "the proxy to answer from node A",
+        Duration::from_secs(30),
+        || answers(prefix.port, 200, "0xa"),
+    )
+    .await;
+
+    // A new render is picked up and loaded without restarting nginx.
+    aws.render(&prefix, &[format!("http://127.0.0.1:{node_b}")], "render_b")
+        .await;
+    wait_until_async(
+        "the proxy to answer from node B",
+        Duration::from_secs(20),
+        || answers(prefix.port, 200, "0xb"),
+    )
+    .await;
+    let good = prefix.installed();
+
+    // An invalid render is refused; node B keeps serving.
+    aws.publish_raw("broken_nginx.conf", "events {}\n").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(prefix.installed(), good);
+    assert!(answers(prefix.port, 200, "0xb").await);
+    assert!(matches!(running.child.try_wait(), Ok(None)), "agent exited");
+
+    // SIGTERM is forwarded: nginx stops, then the agent exits with nginx's status.
+    running.signal(libc::SIGTERM);
+    let status = running.wait(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}");
+    assert!(call(prefix.port).await.is_none(), "nginx still answers");
+}

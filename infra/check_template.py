@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Asserts what the CloudFormation template that `sls package` generates must contain.
+
+Usage: check_template.py TEMPLATE.json CONFIG.yml [STAGE]
+
+TEMPLATE.json is .serverless/cloudformation-template-update-stack.json (or the --package
+directory's copy); CONFIG.yml is the configuration it was packaged with. Checks the functions
+(runtime, architecture, handler, role, environment), their events, the least-privilege IAM
+statements, and the infra/ resources (table, bucket, ECS, load balancer, monitoring). Exits 1
+with one line per failed check.
+"""
+
+import json
+import re
+import sys
+
+import yaml
+
+SERVICE = "jsonrpc-proxy"
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+    return condition
+
+
+def logical(name):
+    """The framework's logical-id prefix of a function key (add_backend -> AddUnderscorebackend)."""
+    normalized = name[0].upper() + name[1:]
+    return normalized.replace("-", "Dash").replace("_", "Underscore")
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def flatten(value):
+    """Every string inside an intrinsic-function structure, in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in flatten(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in flatten(item)]
+    return [str(value)]
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    template = json.load(open(sys.argv[1], encoding="utf-8"))
+    config = yaml.safe_load(open(sys.argv[2], encoding="utf-8"))
+    stage = sys.argv[3] if len(sys.argv) > 3 else "dev"
+    stack = f"{SERVICE}-{stage}"
+    resources = template["Resources"]
+
+    def resource(name, kind):
+        found = resources.get(name)
+        if check(found is not None, f"resource {name} is missing"):
+            check(found["Type"] == kind, f"{name} is {found['Type']}, expected {kind}")
+            return found.get("Properties", {})
+        return {}
+
+    namespace = config.get("cloudwatch_namespace", stack)
+    renderer = f"{stack}-config_renderer"
+    bucket_name = {"Fn::Join": ["-", [{"Ref": "AWS::StackName"}, {"Ref": "AWS::AccountId"},
+                                      {"Ref": "AWS::Region"}, "config"]]}
+    common = {"RUST_LOG": "info", "LOG_FORMAT": "json"}
+    functions = {
+        "add_backend": ("AddBackendRole", {"DYNAMODB_TABLE": stack}),
+        "list_backends": ("ListBackendsRole", {"DYNAMODB_TABLE": stack}),
+        "remove_backend": ("RemoveBackendRole", {
+            "DYNAMODB_TABLE": stack, "CONFIG_RENDERER_FUNCTION": renderer}),
+        "health_checker": ("HealthCheckerRole", {
+            "DYNAMODB_TABLE": stack,
+            "STACK_NAME": stack,
+            "DIFF_TOLERANCE": str(config.get("diff_tolerance", 10)),
+            "CLOUDWATCH_NAMESPACE": namespace,
+            "NGINX_CONFIG_BUCKET_NAME": bucket_name,
+            "CONFIG_RENDERER_FUNCTION": renderer,
+            "PROBE_TIMEOUT_MS": str(config.get("probe_timeout_ms", 2000)),
+        }),
+        "config_renderer": ("ConfigRendererRole", {
+            "DYNAMODB_TABLE": stack,
+            "NGINX_CONFIG_BUCKET_NAME": bucket_name,
+            "NGINX_LISTEN_PORT": "80",
+            "NGINX_SOCKET_DIR": "/var/run/jsonrpc-proxy",
+            "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+        }),
+        "ecs_updater": ("EcsUpdaterRole", {
+            "TASK_DEFINITION_FAMILY": f"{stack}-nginx",
+            "CLUSTER_ARN": config["ecs_cluster_arn"],
+            "ECS_SERVICE": f"{stack}-nginx",
+        }),
+        "slack_notifier": ("SlackNotifierRole", {
+            "SLACK_WEBHOOK_URL": config["slack_webhook_url"],
+            "SLACK_CHANNEL": config.get("slack_channel", "") or "",
+        }),
+    }
+
+    # --- Functions -----------------------------------------------------------------------
+    lambda_functions = [n for n, r in resources.items() if r["Type"] == "AWS::Lambda::Function"]
+    check(len(lambda_functions) == len(functions),
+          f"expected {len(functions)} functions, found {sorted(lambda_functions)}")
+    for name, (role, env) in functions.items():
+        props = resource(f"{logical(name)}LambdaFunction", "AWS::Lambda::Function")
+        if not props:
+            continue
+        check(props.get("FunctionName") == f"{stack}-{name}", f"{name}: FunctionName")
+        check(props.get("Runtime") == "provided.al2023", f"{name}: runtime")
+        check(props.get("Architectures") == ["arm64"], f"{name}: architecture")
+        check(props.get("Handler") == "bootstrap", f"{name}: handler")
+        check(props.get("Role") == {"Fn::GetAtt": [role, "Arn"]}, f"{name}: role is not {role}")
+        variables = props.get("Environment", {}).get("Variables", {})
+        expected = {**common, **env}
+        check(variables == expected,
+              f"{name}: environment {json.dumps(variables)} != {json.dumps(expected)}")
+        log_group = resource(f"{logical(name)}LogGroup", "AWS::Logs::LogGroup")
+        check(log_group.get("RetentionInDays") == config.get("log_retention_days", 14),
+              f"{name}: log retention")
+
+    checker = resources.get("HealthUnderscorecheckerLambdaFunction", {}).get("Properties", {})
+    check(checker.get("ReservedConcurrentExecutions")
+          == config.get("health_checker_reserved_concurrency", 1),
+          "health_checker: reserved concurrency")
+    check(checker.get("VpcConfig") == {"SecurityGroupIds": config["security_group_ids"],
+                                       "SubnetIds": config["subnet_ids"]},
+          "health_checker: VPC configuration")
+    check(checker.get("Timeout", 0) < 60, "health_checker: timeout must stay below the schedule")
+
+    # --- Events --------------------------------------------------------------------------
+    rules = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    check(len(rules) == 1, "exactly one schedule rule")
+    for rule in rules:
+        check(rule.get("ScheduleExpression") == config.get("health_check_rate", "rate(1 minute)"),
+              "schedule rate")
+        targets = [t["Arn"] for t in rule.get("Targets", [])]
+        check(targets == [{"Fn::GetAtt": ["HealthUnderscorecheckerLambdaFunction", "Arn"]}],
+              "the schedule targets the health checker only")
+
+    bucket = resource("ConfigBucket", "AWS::S3::Bucket")
+    check(bucket.get("BucketName") == bucket_name, "config bucket name")
+    check(all(bucket.get("PublicAccessBlockConfiguration", {}).get(k) for k in
+              ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"]),
+          "config bucket blocks public access")
+    notifications = bucket.get("NotificationConfiguration", {}).get("LambdaConfigurations", [])
+    check(notifications == [{
+        "Event": "s3:ObjectCreated:*",
+        "Filter": {"S3Key": {"Rules": [{"Name": "suffix", "Value": ".conf"}]}},
+        "Function": {"Fn::GetAtt": ["EcsUnderscoreupdaterLambdaFunction", "Arn"]},
+    }], f"config bucket notification: {notifications}")
+    check("EcsUpdaterS3InvokePermission" in as_list(resources["ConfigBucket"].get("DependsOn", [])),
+          "the bucket waits for the invoke permission")
+    permission = resource("EcsUpdaterS3InvokePermission", "AWS::Lambda::Permission")
+    check(permission.get("Principal") == "s3.amazonaws.com", "S3 may invoke ecs_updater")
+
+    subscriptions = [r["Properties"] for r in resources.values()
+                     if r["Type"] == "AWS::SNS::Subscription"]
+    check(subscriptions == [{
+        "TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "lambda",
+        "Endpoint": {"Fn::GetAtt": ["SlackUnderscorenotifierLambdaFunction", "Arn"]},
+    }], f"alarm topic subscription: {subscriptions}")
+
+    # --- IAM -----------------------------------------------------------------------------
+    star_allowed = {
+        "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition",
+        "ecs:ListTaskDefinitions", "ecs:DeregisterTaskDefinition",
+        "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+        "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses", "cloudwatch:PutMetricData",
+    }
+    expected_actions = {
+        "AddBackendRole": {"logs:CreateLogStream", "logs:PutLogEvents",
+                           "dynamodb:Scan", "dynamodb:UpdateItem"},
+        "ListBackendsRole": {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Scan"},
+        "RemoveBackendRole": {"logs:CreateLogStream", "logs:PutLogEvents",
+                              "dynamodb:DeleteItem", "lambda:InvokeFunction"},
+        "HealthCheckerRole": {"logs:CreateLogStream", "logs:PutLogEvents",
+                              "dynamodb:Scan", "dynamodb:UpdateItem", "s3:GetObject",
+                              "s3:ListBucket", "lambda:InvokeFunction",
+                              "cloudwatch:PutMetricData", "ec2:CreateNetworkInterface",
+                              "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+                              "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+                              "ec2:UnassignPrivateIpAddresses"},
+        "ConfigRendererRole": {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Scan",
+                               "s3:GetObject", "s3:PutObject", "s3:ListBucket"},
+        "EcsUpdaterRole": {"logs:CreateLogStream", "logs:PutLogEvents", "s3:GetObject",
+                           "s3:ListBucket", "ecs:DescribeServices", "ecs:UpdateService",
+                           "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition",
+                           "ecs:ListTaskDefinitions", "ecs:DeregisterTaskDefinition",
+                           "iam:PassRole"},
+        "SlackNotifierRole": {"logs:CreateLogStream", "logs:PutLogEvents"},
+        "NginxTaskRole": {"s3:GetObject", "s3:ListBucket"},
+    }
+    roles = [n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
+    check(sorted(roles) == sorted(expected_actions),
+          f"roles {sorted(roles)} != {sorted(expected_actions)} (no shared default role)")
+    for role_name, actions in expected_actions.items():
+        role = resource(role_name, "AWS::IAM::Role")
+        check(not role.get("ManagedPolicyArns"), f"{role_name}: no managed policies")
+        statements = [s for p in role.get("Policies", [])
+                      for s in p["PolicyDocument"]["Statement"]]
+        granted = set()
+        for statement in statements:
+            check(statement["Effect"] == "Allow", f"{role_name}: only Allow statements")
+            statement_actions = as_list(statement["Action"])
+            granted.update(statement_actions)
+            for action in statement_actions:
+                check("*" not in action, f"{role_name}: wildcard action {action}")
+            if statement["Resource"] == "*" or "*" in as_list(statement["Resource"]):
+                for action in statement_actions:
+                    check(action in star_allowed,
+                          f"{role_name}: {action} on Resource '*' although it can be named")
+                if "cloudwatch:PutMetricData" in statement_actions:
+                    check(statement.get("Condition") == {
+                        "StringEquals": {"cloudwatch:namespace": namespace}},
+                        f"{role_name}: PutMetricData not limited to the namespace")
+            if any(a.startswith("logs:") for a in statement_actions):
+                function = {v[0]: k for k, v in functions.items()}[role_name]
+                check(flatten(statement["Resource"])[0].endswith(
+                    f":log-group:/aws/lambda/{stack}-{function}:*"),
+                    f"{role_name}: logs limited to its own log group")
+            if any(a.startswith("dynamodb:") for a in statement_actions):
+                check(statement["Resource"] == {"Fn::GetAtt": ["BackendsTable", "Arn"]},
+                      f"{role_name}: table actions on the table only")
+            if "lambda:InvokeFunction" in statement_actions:
+                check(flatten(statement["Resource"])[0].endswith(f":function:{renderer}"),
+                      f"{role_name}: invokes the renderer only")
+            if "iam:PassRole" in statement_actions:
+                check(statement["Resource"] == {"Fn::GetAtt": ["NginxTaskRole", "Arn"]}
+                      and statement.get("Condition") == {
+                          "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
+                      f"{role_name}: PassRole of the task role to ECS only")
+            if "ecs:UpdateService" in statement_actions:
+                check(f"service/${{ClusterName}}/{stack}-nginx" in flatten(statement["Resource"])[0],
+                      f"{role_name}: service actions on the stack's service only")
+        check(granted == actions, f"{role_name}: actions {sorted(granted)} != {sorted(actions)}")
+
+    # --- Storage, ECS, load balancer -----------------------------------------------------
+    table = resource("BackendsTable", "AWS::DynamoDB::Table")
+    check(table.get("TableName") == stack, "table is named after the stack")
+    check(table.get("BillingMode") == "PAY_PER_REQUEST", "table on-demand billing")
+    check(table.get("KeySchema") == [{"AttributeName": "url", "KeyType": "HASH"}], "hash key url")
+    check(table.get("AttributeDefinitions") == [{"AttributeName": "url", "AttributeType": "S"}],
+          "url is a string")
+
+    task = resource("NginxTaskDefinition", "AWS::ECS::TaskDefinition")
+    check(task.get("NetworkMode") == "bridge", "bridge networking")
+    check(task.get("Family") == f"{stack}-nginx", "task family")
+    check(task.get("TaskRoleArn") == {"Fn::GetAtt": ["NginxTaskRole", "Arn"]}, "task role")
+    containers = task.get("ContainerDefinitions", [])
+    check(len(containers) == 1, "one container")
+    if containers:
+        container = containers[0]
+        check(container.get("Image") == config["ecr_image_uri"], "image from the config")
+        check(container.get("Memory") == config.get("nginx_memory_mib", 64), "memory")
+        check(container.get("PortMappings") == [{"ContainerPort": 80, "HostPort": 0,
+                                                 "Protocol": "tcp"}], "dynamic host port 80")
+        names = {e["Name"] for e in container.get("Environment", [])}
+        check(names == {"AWS_REGION", "CONFIG_POINTER_PATH", "CONFIG_POLL_SECONDS"},
+              f"container environment {names}")
+        check(container.get("LogConfiguration", {}).get("LogDriver") == "awslogs", "awslogs")
+    nginx_logs = resource("NginxLogGroup", "AWS::Logs::LogGroup")
+    check(nginx_logs.get("RetentionInDays") == config.get("log_retention_days", 14),
+          "nginx log retention")
+
+    target_group = resource("NginxTargetGroup", "AWS::ElasticLoadBalancingV2::TargetGroup")
+    check(target_group.get("VpcId") == config["vpc_id"], "target group VPC")
+    check(target_group.get("HealthCheckPath") == "/", "health check path")
+    check(target_group.get("Matcher") == {"HttpCode": "200-499"}, "health check matcher")
+    rule = resource("NginxListenerRule", "AWS::ElasticLoadBalancingV2::ListenerRule")
+    check(rule.get("ListenerArn") == config["alb_listener_arn"], "listener")
+    check(rule.get("Priority") == config["alb_rule_priority"], "rule priority")
+    check(rule.get("Conditions") == [{"Field": "host-header",
+                                      "HostHeaderConfig": {"Values": [config["host_name"]]}}],
+          "host-header condition")
+    service = resource("NginxService", "AWS::ECS::Service")
+    check(service.get("Cluster") == config["ecs_cluster_arn"], "service cluster")
+    check(service.get("ServiceName") == f"{stack}-nginx", "service name")
+    check(service.get("TaskDefinition") == {"Ref": "NginxTaskDefinition"}, "service task def")
+    check(service.get("LoadBalancers") == [{"ContainerName": "nginx", "ContainerPort": 80,
+                                            "TargetGroupArn": {"Ref": "NginxTargetGroup"}}],
+          "service load balancer")
+
+    # --- Monitoring ----------------------------------------------------------------------
+    alarm = resource("HealthyNodesAlarm", "AWS::CloudWatch::Alarm")
+    check(alarm.get("Namespace") == namespace, "alarm namespace")
+    check(alarm.get("MetricName") == "Number of healthy ETH nodes", "alarm metric")
+    check(alarm.get("Dimensions") == [{"Name": "Stack name", "Value": stack}], "alarm dimension")
+    check(alarm.get("ComparisonOperator") == "LessThanThreshold", "alarm below threshold")
+    check(alarm.get("Threshold") == config.get("alarm_healthy_nodes_threshold", 1),
+          "alarm threshold")
+    check(alarm.get("TreatMissingData") == "breaching", "missing data breaches")
+    check(alarm.get("AlarmActions") == [{"Ref": "AlarmTopic"}]
+          and alarm.get("OKActions") == [{"Ref": "AlarmTopic"}], "ALARM and OK go to the topic")
+    resource("AlarmTopic", "AWS::SNS::Topic")
+
+    dashboard = resource("Dashboard", "AWS::CloudWatch::Dashboard")
+    body_template, variables = dashboard.get("DashboardBody", {}).get("Fn::Sub", ["{}", {}])
+    names = set(re.findall(r"\$\{([^}]+)\}", body_template))
+    check(names <= set(variables) | {"AWS::Region"},
+          f"dashboard variables without values: {names - set(variables)}")
+    body = re.sub(r"\$\{[^}]+\}", "1", body_template)
+    try:
+        widgets = json.loads(body)["widgets"]
+        text = json.dumps(widgets)
+        for needed in ["RequestCount", "HTTPCode_Target_5XX_Count", "ETH node block difference",
+                       "Number of healthy ETH nodes", "SEARCH("]:
+            check(needed in text, f"dashboard lacks {needed}")
+    except (ValueError, KeyError) as error:
+        check(False, f"dashboard body is not valid JSON: {error}")
+    check(variables.get("Namespace") == namespace and variables.get("StackName") == stack,
+          "dashboard namespace and stack")
+
+    if failures:
+        for failure in failures:
+            print(f"template check failed: {failure}", file=sys.stderr)
+        return 1
+    print(f"template checks passed ({len(resources)} resources)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
