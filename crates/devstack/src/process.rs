@@ -250,7 +250,7 @@ impl Drop for Supervised {
 /// nothing outlives an owner that died without running destructors.
 fn spawn_watchdog(pgid: u32) -> Option<Child> {
     let script =
-        r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -KILL -- "-$2" 2>/dev/null"#;
+        r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null"#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
