@@ -249,8 +249,7 @@ impl Drop for Supervised {
 /// Starts `sh` that kills process group `pgid` as soon as this process is gone, so that
 /// nothing outlives an owner that died without running destructors.
 fn spawn_watchdog(pgid: u32) -> Option<Child> {
-    let script =
-        r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null"#;
+    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null"#;
     Command::new("sh")
         .arg("-c")
         .arg(script)

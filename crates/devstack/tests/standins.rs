@@ -281,3 +281,51 @@ fn nginx_checks_runs_reloads_and_cleans_up() {
     assert!(get().starts_with("HTTP/1.1 404"));
     drop(nginx);
 }
+
+#[test]
+fn the_watchdog_cleans_up_after_an_owner_that_dies_without_dropping() {
+    const CHILD: &str = "DEVSTACK_TEST_WATCHDOG_CHILD";
+    const NAME: &str = "the_watchdog_cleans_up_after_an_owner_that_dies_without_dropping";
+    if std::env::var_os(CHILD).is_some() {
+        // The owner: starts an anvil node and a (multi-process) nginx, then exits at once.
+        let anvil = Anvil::start(AnvilOptions::default()).unwrap();
+        let port = devstack::free_port().unwrap();
+        let sockets = tempfile::tempdir().unwrap();
+        let nginx = Nginx::start(
+            &format!("server {{ listen {port}; location / {{ return 404; }} }}"),
+            sockets.path(),
+        )
+        .unwrap();
+        println!("PORTS {} {port}", anvil.port());
+        std::mem::forget(anvil);
+        std::mem::forget(nginx);
+        std::process::exit(0);
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let ports: Vec<u16> = stdout
+        .lines()
+        .find_map(|l| l.split_once("PORTS ").map(|(_, ports)| ports))
+        .unwrap_or_else(|| {
+            panic!(
+                "no ports from the child: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 2);
+    let started = Instant::now();
+    while !ports.iter().all(|p| port_refuses(*p)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "processes outlived their owner: ports {ports:?} still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

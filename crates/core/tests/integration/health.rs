@@ -1,0 +1,385 @@
+//! Health-check rounds against real anvil nodes, moto and the CloudWatch recorder.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use devstack::{Anvil, AnvilOptions};
+use jsonrpc_proxy::backend_url::BackendUrl;
+use jsonrpc_proxy::health::{UnhealthyReason, Verdict};
+use jsonrpc_proxy::nginx::RenderOptions;
+use jsonrpc_proxy::probe::ProbeFailure;
+use jsonrpc_proxy::render_config::ConfigRenderer;
+use jsonrpc_proxy::store::CheckWrite;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::common::{b, n, s, stack, Stack};
+use crate::nodes::ScriptedNode;
+
+fn anvil() -> Anvil {
+    Anvil::start(AnvilOptions::default()).expect("start anvil")
+}
+
+/// The data points of some recorded calls, flattened.
+fn points(calls: &[Value]) -> Vec<Value> {
+    calls
+        .iter()
+        .flat_map(|c| c["metric_data"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The value of `metric` for dimension value `label`, if sent.
+fn point<'a>(points: &'a [Value], metric: &str, label: &str) -> Option<&'a Value> {
+    points
+        .iter()
+        .find(|p| p["MetricName"] == metric && p["Dimensions"][0]["Value"] == label)
+}
+
+fn renderer(stack: &Stack) -> ConfigRenderer {
+    ConfigRenderer {
+        store: stack.store.clone(),
+        bucket: stack.bucket.clone(),
+        options: RenderOptions {
+            listen_port: 8080,
+            socket_dir: "/tmp/jrp-health".into(),
+            ..RenderOptions::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
+    let stack = stack("health").await;
+    let mut leader = anvil();
+    let mut a = anvil();
+    let mut b_node = anvil();
+    leader.mine(50).unwrap();
+    a.mine(50).unwrap();
+    b_node.mine(45).unwrap();
+    // The leader's URL carries credentials: they must never reach a metric dimension.
+    let leader_url = format!("http://ops:SECRETPASS@127.0.0.1:{}/", leader.port());
+    let leader_label = BackendUrl::parse(&leader_url).unwrap().redacted();
+    assert!(leader_label.contains("[redacted:"));
+    let (a_url, b_url) = (a.url(), b_node.url());
+    stack.add(&leader_url, true).await;
+    stack.add(&a_url, false).await;
+    stack.add(&b_url, false).await;
+    let checker = stack.checker(Duration::from_millis(1500));
+
+    // Round 1: all healthy; nothing rendered yet, so a render is requested.
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.backends, 3);
+    assert_eq!(summary.healthy, 3);
+    assert_eq!(summary.changed, 3);
+    assert_eq!(summary.reference_block, Some(50));
+    assert_eq!(summary.reference_source, "leader");
+    assert_eq!((summary.written, summary.skipped), (3, 0));
+    assert_eq!(summary.metric_calls, 1);
+    assert_eq!(
+        summary.render_requested.as_deref(),
+        Some("no config rendered yet")
+    );
+    let items = stack.items().await;
+    for (url, block, lag) in [
+        (&leader_url, 50.0, 0.0),
+        (&a_url, 50.0, 0.0),
+        (&b_url, 45.0, 5.0),
+    ] {
+        let item = &items[url.as_str()];
+        assert_eq!(b(item, "is_healthy"), Some(true), "{url}");
+        assert_eq!(n(item, "block_number"), Some(block), "{url}");
+        assert_eq!(n(item, "lag_blocks"), Some(lag), "{url}");
+        assert!(n(item, "response_time_ms").is_some_and(|ms| ms > 0.0 && ms < 1500.0));
+        assert!(s(item, "last_checked").is_some());
+        assert!(!item.contains_key("health_reason"));
+    }
+
+    // Metrics: the original's names and dimensions, redacted, milliseconds.
+    let calls = stack.metric_calls();
+    assert_eq!(calls.len(), 1);
+    let data = points(&calls);
+    assert_eq!(
+        data.len(),
+        9,
+        "2 for the leader, 3 per node, 1 count: {data:?}"
+    );
+    let block = point(&data, "ETH node block number", &leader_label).expect("leader block");
+    assert_eq!(block["Value"], 50.0);
+    assert_eq!(block["Unit"], "None");
+    assert_eq!(block["Dimensions"][0]["Name"], "Node URL");
+    let time = point(&data, "eth_getBlockNumber response time", &leader_label).unwrap();
+    assert_eq!(time["Unit"], "Milliseconds");
+    assert!(point(&data, "ETH node block difference", &leader_label).is_none());
+    assert_eq!(
+        point(&data, "ETH node block difference", &b_url).expect("b difference")["Value"],
+        5.0
+    );
+    let healthy = point(&data, "Number of healthy ETH nodes", &stack.stack_name).unwrap();
+    assert_eq!(healthy["Dimensions"][0]["Name"], "Stack name");
+    assert_eq!(healthy["Value"], 3.0);
+    assert!(data.iter().all(|p| p["StorageResolution"] == 60));
+    let text = serde_json::to_string(&calls).unwrap();
+    assert!(
+        !text.contains("SECRETPASS") && !text.contains("ops:"),
+        "{text}"
+    );
+
+    // Rendered: the next round finds the plan unchanged and requests nothing.
+    let rendered = renderer(&stack)
+        .render_and_publish("req-1", false)
+        .await
+        .unwrap();
+    assert!(rendered.written);
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.changed, 0);
+    assert_eq!(summary.render_requested, None);
+    assert_eq!(summary.plan_fingerprint, rendered.plan_fingerprint);
+
+    // b restarts at block 0: 50 behind, unhealthy; the plan changed.
+    b_node.restart().unwrap();
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.healthy, 2);
+    assert_eq!(summary.changed, 1);
+    assert_eq!(
+        summary.render_requested.as_deref(),
+        Some("routing plan changed")
+    );
+    let items = stack.items().await;
+    let item = &items[b_url.as_str()];
+    assert_eq!(b(item, "is_healthy"), Some(false));
+    assert_eq!(
+        s(item, "health_reason"),
+        Some("lagging 50 blocks behind reference 50 (tolerance 10)")
+    );
+    assert_eq!(n(item, "block_number"), Some(0.0));
+    assert_eq!(n(item, "lag_blocks"), Some(50.0));
+
+    // b catches up: healthy again, the reason is gone, and the plan is the rendered one again
+    // (level-triggered: no render needed).
+    b_node.mine(45).unwrap();
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.healthy, 3);
+    assert_eq!(summary.render_requested, None);
+    let items = stack.items().await;
+    assert_eq!(b(&items[b_url.as_str()], "is_healthy"), Some(true));
+    assert!(!items[b_url.as_str()].contains_key("health_reason"));
+
+    // a dies: unhealthy with a connection reason, its last block number kept.
+    a.stop();
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.healthy, 2);
+    assert_eq!(
+        summary.render_requested.as_deref(),
+        Some("routing plan changed")
+    );
+    let items = stack.items().await;
+    let item = &items[a_url.as_str()];
+    assert_eq!(b(item, "is_healthy"), Some(false));
+    let reason = s(item, "health_reason").unwrap();
+    assert!(
+        reason.starts_with("connection failed") || reason.starts_with("timeout"),
+        "{reason}"
+    );
+    assert_eq!(
+        n(item, "block_number"),
+        Some(50.0),
+        "kept from the last answer"
+    );
+    assert!(!item.contains_key("lag_blocks"));
+    let calls = stack.metric_calls();
+    let last = points(&calls[calls.len() - 1..]);
+    assert!(point(&last, "ETH node block number", &a_url).is_none());
+    assert!(point(&last, "eth_getBlockNumber response time", &a_url).is_some());
+    assert_eq!(
+        point(&last, "Number of healthy ETH nodes", &stack.stack_name).unwrap()["Value"],
+        2.0
+    );
+
+    // The leader dies too: the reference is the highest answer.
+    leader.stop();
+    let summary = checker.run_round().await.unwrap();
+    assert_eq!(summary.reference_source, "highest_answer");
+    assert_eq!(summary.reference_block, Some(45));
+    assert_eq!(summary.healthy, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_go_in_calls_of_at_most_1000_points() {
+    let stack = stack("health-batch").await;
+    let node = ScriptedNode::start().await;
+    let count = 400;
+    let requests: Vec<WriteRequest> = (0..count)
+        .map(|i| {
+            let url = if i == 0 {
+                node.url("/block/100/leader")
+            } else {
+                node.url(&format!("/block/{}/n{i}", 95 + i % 10))
+            };
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .item("url", AttributeValue::S(url))
+                        .item("is_leader", AttributeValue::Bool(i == 0))
+                        .item("is_healthy", AttributeValue::Bool(false))
+                        .item(
+                            "when_added",
+                            AttributeValue::S("2026-01-01T00:00:00Z".into()),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        })
+        .collect();
+    for chunk in requests.chunks(25) {
+        let output = stack
+            .aws
+            .dynamodb
+            .batch_write_item()
+            .request_items(&stack.table, chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(output.unprocessed_items().is_none_or(HashMap::is_empty));
+    }
+
+    let summary = stack
+        .checker(Duration::from_secs(2))
+        .run_round()
+        .await
+        .unwrap();
+    assert_eq!(summary.backends, count);
+    assert_eq!(summary.written, count);
+    assert_eq!(summary.reference_block, Some(100));
+    // 95..=104 against 100 with tolerance 10: all healthy.
+    assert_eq!(summary.healthy, count);
+    assert_eq!(node.requests(), count);
+    // 2 points for the leader, 3 per node, 1 count = 1200 = 1000 + 200.
+    assert_eq!(summary.metric_calls, 2);
+    let calls = stack.metric_calls();
+    let sizes: Vec<usize> = calls
+        .iter()
+        .map(|c| c["metric_data"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, vec![1000, 200]);
+    let all = points(&calls);
+    let negative = all
+        .iter()
+        .filter(|p| {
+            p["MetricName"] == "ETH node block difference" && p["Value"].as_f64() < Some(0.0)
+        })
+        .count();
+    assert!(
+        negative > 0,
+        "nodes ahead of the leader have a negative difference"
+    );
+}
+
+fn verdict(url: &str, healthy: bool, block: Option<u64>) -> Verdict {
+    Verdict {
+        url: url.to_owned(),
+        is_leader: false,
+        is_healthy: healthy,
+        health_changed: true,
+        observed_block: block,
+        stored_block: block,
+        lag: block.map(|_| 0),
+        difference: block.map(|_| 0),
+        response_time_ms: Some(1.0),
+        reason: (!healthy).then_some(UnhealthyReason::Probe(ProbeFailure::Timeout(2000))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_removed_during_a_round_is_not_recreated() {
+    let stack = stack("health-removed").await;
+    let node = ScriptedNode::start().await;
+    let (kept, removed) = (node.url("/block/7/kept"), node.url("/block/7/removed"));
+    stack.add(&kept, false).await;
+    stack.add(&removed, false).await;
+    let checker = stack.checker(Duration::from_secs(2));
+
+    let backends = stack.store.scan_all().await.unwrap();
+    let round = checker.probe_and_assess(&backends).await;
+    assert_eq!(round.healthy_count(), 2);
+    // Removed between probing and writing.
+    assert!(stack.store.delete(&removed).await.unwrap().is_some());
+    let now = OffsetDateTime::now_utc();
+    let mut outcomes = HashMap::new();
+    for verdict in &round.verdicts {
+        let outcome = stack.store.record_check(verdict, now).await.unwrap();
+        outcomes.insert(verdict.url.clone(), outcome);
+    }
+    assert_eq!(outcomes[&kept], CheckWrite::Written);
+    assert_eq!(outcomes[&removed], CheckWrite::Skipped);
+    let items = stack.items().await;
+    assert_eq!(items.len(), 1);
+    assert!(
+        !items.contains_key(&removed),
+        "the removed backend was recreated"
+    );
+
+    // A write for a URL that was never in the table creates nothing either.
+    let ghost = verdict(&node.url("/block/7/ghost"), true, Some(7));
+    assert_eq!(
+        stack.store.record_check(&ghost, now).await.unwrap(),
+        CheckWrite::Skipped
+    );
+    assert_eq!(stack.items().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_older_round_never_overwrites_a_newer_one() {
+    let stack = stack("health-order").await;
+    let url = "http://10.0.0.77:8545";
+    stack.add(url, false).await;
+    let newer_at = OffsetDateTime::now_utc();
+    let older_at = newer_at - Duration::from_secs(5);
+
+    let newer = verdict(url, true, Some(300));
+    assert_eq!(
+        stack.store.record_check(&newer, newer_at).await.unwrap(),
+        CheckWrite::Written
+    );
+    let older = verdict(url, false, Some(100));
+    assert_eq!(
+        stack.store.record_check(&older, older_at).await.unwrap(),
+        CheckWrite::Skipped
+    );
+    // The same instant is not newer either.
+    assert_eq!(
+        stack.store.record_check(&older, newer_at).await.unwrap(),
+        CheckWrite::Skipped
+    );
+    let items = stack.items().await;
+    let item = &items[url];
+    assert_eq!(b(item, "is_healthy"), Some(true));
+    assert_eq!(n(item, "block_number"), Some(300.0));
+    assert!(!item.contains_key("health_reason"));
+    assert_eq!(
+        n(item, "last_checked_ms"),
+        Some(jsonrpc_proxy::backend::epoch_millis(newer_at) as f64)
+    );
+
+    // A later round does write, and removes what no longer applies.
+    let later = verdict(url, false, None);
+    assert_eq!(
+        stack
+            .store
+            .record_check(&later, newer_at + Duration::from_secs(1))
+            .await
+            .unwrap(),
+        CheckWrite::Written
+    );
+    let items = stack.items().await;
+    let item = &items[url];
+    assert_eq!(b(item, "is_healthy"), Some(false));
+    assert_eq!(
+        n(item, "block_number"),
+        Some(300.0),
+        "kept without an answer"
+    );
+    assert_eq!(s(item, "health_reason"), Some("timeout after 2000 ms"));
+    assert!(!item.contains_key("lag_blocks"));
+}

@@ -1,0 +1,263 @@
+//! The renderer against moto's bucket and a real nginx: every case passes `nginx -t`, and a
+//! rendered proxy really balances, retries and falls back to the leader.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use devstack::{free_port, Anvil, AnvilOptions, Nginx};
+use jsonrpc_proxy::config_bucket::POINTER_KEY;
+use jsonrpc_proxy::nginx::{RenderOptions, RoutingPlan};
+use jsonrpc_proxy::render_config::ConfigRenderer;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use crate::common::{stack, Stack};
+
+/// A short socket directory (unix socket paths are limited to 108 bytes).
+fn socket_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("jrp")
+        .tempdir()
+        .expect("socket dir")
+}
+
+fn renderer(stack: &Stack, listen_port: u16, socket_dir: &TempDir) -> ConfigRenderer {
+    ConfigRenderer {
+        store: stack.store.clone(),
+        bucket: stack.bucket.clone(),
+        options: RenderOptions {
+            listen_port,
+            socket_dir: socket_dir.path().to_str().expect("utf-8 path").to_owned(),
+            ..RenderOptions::default()
+        },
+    }
+}
+
+/// Renders under `request_id`, checks what was published, returns the config text.
+async fn render_case(stack: &Stack, renderer: &ConfigRenderer, request_id: &str) -> String {
+    let summary = renderer
+        .render_and_publish(request_id, false)
+        .await
+        .unwrap();
+    assert!(summary.written, "{request_id}: {summary:?}");
+    let key = format!("{request_id}_nginx.conf");
+    assert_eq!(summary.key, key);
+    let text = String::from_utf8(
+        stack
+            .bucket
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("config object"),
+    )
+    .unwrap();
+    assert_eq!(summary.sha256, hex::encode(Sha256::digest(text.as_bytes())));
+
+    let pointer = stack.bucket.read_pointer().await.unwrap().expect("pointer");
+    assert_eq!(pointer.key, key);
+    assert_eq!(pointer.sha256, summary.sha256);
+    let plan = RoutingPlan::from_backends(&stack.store.scan_all().await.unwrap());
+    assert_eq!(pointer.plan_fingerprint, plan.fingerprint());
+    assert_eq!(pointer.backends, plan.labels());
+
+    if let Err(complaint) = Nginx::check_config(&text) {
+        panic!("{request_id}: nginx -t refused the rendered config:\n{complaint}\n{text}");
+    }
+    text
+}
+
+#[tokio::test]
+async fn each_case_is_published_and_passes_nginx_t() {
+    let stack = stack("render").await;
+    let sockets = socket_dir();
+    let port = free_port().unwrap();
+    let renderer = renderer(&stack, port, &sockets);
+
+    // Nothing healthy (empty table): the 404 server.
+    let text = render_case(&stack, &renderer, "case-404").await;
+    assert!(text.contains("return 404;"));
+    assert!(text.contains(&format!("listen {port} default_server;")));
+    assert!(!text.contains("upstream"));
+
+    // Unchanged: nothing written, the existing key reported.
+    let again = renderer
+        .render_and_publish("case-404-again", false)
+        .await
+        .unwrap();
+    assert!(!again.written);
+    assert_eq!(again.key, "case-404_nginx.conf");
+    assert!(stack
+        .bucket
+        .head("case-404-again_nginx.conf")
+        .await
+        .unwrap()
+        .is_none());
+    // Forced: written under the new key.
+    let forced = renderer
+        .render_and_publish("case-404-forced", true)
+        .await
+        .unwrap();
+    assert!(forced.written);
+    assert!(stack
+        .bucket
+        .head("case-404-forced_nginx.conf")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Only the leader healthy: everything goes to its full URL (https, path with a key).
+    let leader = "https://10.0.0.1:8443/v3/SECRETKEY";
+    stack.add(leader, true).await;
+    stack.add("http://10.0.0.2:8545", false).await;
+    stack.set_healthy(leader, true).await;
+    let text = render_case(&stack, &renderer, "case-leader").await;
+    assert!(text.contains("server 10.0.0.1:8443;"), "{text}");
+    assert!(text.contains("/v3/SECRETKEY;"), "{text}");
+    assert!(text.contains("proxy_ssl_verify on;"));
+    assert!(!text.contains("backup"));
+    assert!(!text.contains("10.0.0.2"));
+    let pointer = stack.bucket.get(POINTER_KEY).await.unwrap().unwrap();
+    let pointer = String::from_utf8(pointer).unwrap();
+    assert!(!pointer.contains("SECRETKEY"), "{pointer}");
+    let comments: String = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!comments.contains("SECRETKEY"), "{comments}");
+
+    // One healthy node: it alone takes the traffic, the healthy leader stands by.
+    stack.set_healthy(leader, false).await;
+    stack.set_healthy("http://10.0.0.2:8545", true).await;
+    let text = render_case(&stack, &renderer, "case-one-node").await;
+    assert!(text.contains("server 10.0.0.2:8545;"));
+    assert!(!text.contains("10.0.0.1"));
+    assert_eq!(text.matches("listen unix:").count(), 1);
+
+    // Several nodes (one https, one with credentials) and the leader as backup.
+    stack.set_healthy(leader, true).await;
+    for url in [
+        "https://10.0.0.3:8443/rpc",
+        "http://user:pa55@10.0.0.4:8545/",
+    ] {
+        stack.add(url, false).await;
+        stack.set_healthy(url, true).await;
+    }
+    let text = render_case(&stack, &renderer, "case-several").await;
+    assert_eq!(text.matches("listen unix:").count(), 4);
+    assert_eq!(text.matches(" backup;").count(), 1);
+    assert_eq!(text.matches("max_fails=").count(), 3);
+    assert!(text.contains("proxy_set_header Authorization \"Basic dXNlcjpwYTU1\";"));
+    assert!(text
+        .contains("proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"));
+
+    let keys = stack.object_keys().await;
+    assert_eq!(
+        keys,
+        vec![
+            "case-404-forced_nginx.conf",
+            "case-404_nginx.conf",
+            "case-leader_nginx.conf",
+            "case-one-node_nginx.conf",
+            "case-several_nginx.conf",
+            "latest.json",
+        ]
+    );
+}
+
+/// Sends `eth_chainId` through the proxy; returns the chain id that answered.
+async fn chain_id_via(client: &reqwest::Client, port: u16) -> Result<u64, String> {
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if status != reqwest::StatusCode::OK {
+        return Err(format!("status {status}: {body}"));
+    }
+    let value: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    value["result"]
+        .as_str()
+        .and_then(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| format!("no chain id in {body}"))
+}
+
+async fn tally(client: &reqwest::Client, port: u16, requests: usize) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for i in 0..requests {
+        match chain_id_via(client, port).await {
+            Ok(chain) => *seen.entry(chain).or_insert(0) += 1,
+            Err(error) => panic!("request {i} through nginx failed: {error}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
+    let stack = stack("proxy").await;
+    let start = |chain_id| {
+        Anvil::start(AnvilOptions {
+            block_time: None,
+            chain_id: Some(chain_id),
+        })
+        .expect("start anvil")
+    };
+    let mut node_a = start(1001);
+    let mut node_b = start(1002);
+    let leader = start(1003);
+    // The leader is reached with credentials (sent as basic auth by the checker and nginx).
+    let leader_url = format!("http://ops:pw@127.0.0.1:{}/", leader.port());
+    stack.add(&leader_url, true).await;
+    stack.add(&node_a.url(), false).await;
+    stack.add(&node_b.url(), false).await;
+
+    // The health checker makes them healthy, then the renderer renders.
+    let summary = stack
+        .checker(Duration::from_secs(2))
+        .run_round()
+        .await
+        .unwrap();
+    assert_eq!(summary.healthy, 3);
+    let sockets = socket_dir();
+    let port = free_port().unwrap();
+    let renderer = renderer(&stack, port, &sockets);
+    let text = render_case(&stack, &renderer, "proxy-1").await;
+    let nginx = Nginx::start(&text, sockets.path()).unwrap();
+    assert_eq!(nginx.listen_ports(), vec![port]);
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let seen = tally(&client, port, 20).await;
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![1001, 1002],
+        "both nodes share the traffic, the leader stands by: {seen:?}\n{}",
+        nginx.error_log_tail()
+    );
+
+    // A node dies: every request still succeeds, on the other node.
+    node_a.stop();
+    let seen = tally(&client, port, 10).await;
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![1002],
+        "{seen:?}"
+    );
+
+    // Both nodes die: the backup leader answers.
+    node_b.stop();
+    let seen = tally(&client, port, 5).await;
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![1003],
+        "{seen:?}"
+    );
+    drop(nginx);
+}
