@@ -3,8 +3,8 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/block/<n>/...` | 200 `application/json`, `result` = n in hex |
-//! | `/text-plain/<n>` | 200 `text/plain`, `result` = n in hex |
+//! | `/block/<n>/...` | 200 `application/json`, `result` = n in hex (batches answered as a node does) |
+//! | `/text-plain/<n>` | the same as `text/plain` |
 //! | `/hang` | reads the request, never answers |
 //! | `/trickle` | headers and then one body byte every 200 ms |
 //! | `/huge-length` | 100 MB announced by Content-Length and streamed |
@@ -66,7 +66,7 @@ impl ScriptedNode {
     }
 }
 
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let header_end = loop {
@@ -92,13 +92,13 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<String>>
                 .flatten()
         })
         .unwrap_or(0);
-    let mut body_read = buffer.len() - header_end;
-    while body_read < length.min(64 * 1024) {
+    let mut body = buffer[header_end..].to_vec();
+    while body.len() < length.min(64 * 1024) {
         let read = stream.read(&mut chunk).await?;
         if read == 0 {
             break;
         }
-        body_read += read;
+        body.extend_from_slice(&chunk[..read]);
     }
     let path = head
         .lines()
@@ -106,7 +106,32 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<String>>
         .and_then(|line| line.split_whitespace().nth(1))
         .unwrap_or("/")
         .to_owned();
-    Ok(Some(path))
+    Ok(Some((path, body)))
+}
+
+/// The answer of a well-behaved node at height `n`: one object for a single request, an
+/// array (by id) for a batch (`eth_blockNumber`, `eth_chainId` 31337, `eth_syncing` false).
+fn node_answer(request: &[u8], n: u64) -> String {
+    let Ok(serde_json::Value::Array(calls)) = serde_json::from_slice(request) else {
+        return result(&format!("\"{n:#x}\""));
+    };
+    let answers: Vec<serde_json::Value> = calls
+        .iter()
+        .map(|call| {
+            let id = call.get("id").cloned().unwrap_or(serde_json::Value::Null);
+            let value = match call.get("method").and_then(serde_json::Value::as_str) {
+                Some("eth_blockNumber") => serde_json::json!(format!("{n:#x}")),
+                Some("eth_chainId") => serde_json::json!("0x7a69"),
+                Some("eth_syncing") => serde_json::json!(false),
+                _ => {
+                    return serde_json::json!({"jsonrpc": "2.0", "id": id,
+                        "error": {"code": -32601, "message": "method not found"}})
+                }
+            };
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "result": value})
+        })
+        .collect();
+    serde_json::Value::Array(answers).to_string()
 }
 
 fn answer(status: &str, content_type: &str, body: &str) -> String {
@@ -121,7 +146,7 @@ fn result(value: &str) -> String {
 }
 
 async fn serve(mut stream: TcpStream, counter: Arc<AtomicUsize>) -> std::io::Result<()> {
-    let Some(path) = read_request(&mut stream).await? else {
+    let Some((path, request)) = read_request(&mut stream).await? else {
         return Ok(());
     };
     counter.fetch_add(1, Ordering::Relaxed);
@@ -129,14 +154,12 @@ async fn serve(mut stream: TcpStream, counter: Arc<AtomicUsize>) -> std::io::Res
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let json = "application/json";
     let reply = match segments.as_slice() {
-        ["block", n, ..] => {
-            let n: u64 = n.parse().unwrap_or(0);
-            answer("200 OK", json, &result(&format!("\"{n:#x}\"")))
-        }
-        ["text-plain", n, ..] => {
-            let n: u64 = n.parse().unwrap_or(0);
-            answer("200 OK", "text/plain", &result(&format!("\"{n:#x}\"")))
-        }
+        ["block", n, ..] => answer("200 OK", json, &node_answer(&request, n.parse().unwrap_or(0))),
+        ["text-plain", n, ..] => answer(
+            "200 OK",
+            "text/plain",
+            &node_answer(&request, n.parse().unwrap_or(0)),
+        ),
         ["hang", ..] => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return Ok(());
