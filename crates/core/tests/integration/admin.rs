@@ -161,8 +161,8 @@ async fn add_backend_refuses_bad_requests_and_writes_nothing() {
 #[tokio::test]
 async fn list_backends_is_sorted_and_complete_across_scan_pages() {
     let stack = stack("admin-list").await;
-    // 700 items of about 1.9 KB: about 1.4 MB, more than one 1 MB Scan page.
-    let count = 700;
+    // 1100 items of about 1.9 KB: about 2.2 MB, three 1 MB Scan pages.
+    let count = 1100;
     let padding = "p".repeat(1900);
     let mut urls: Vec<String> = (0..count)
         .map(|i| format!("http://10.1.{}.{}:8545/{padding}/{i:04}", i / 250, i % 250))
@@ -218,17 +218,26 @@ async fn list_backends_is_sorted_and_complete_across_scan_pages() {
         assert!(pending.is_empty(), "unprocessed writes");
     }
 
-    // The table really needs more than one page.
-    let first_page = stack
-        .aws
-        .dynamodb
-        .scan()
-        .table_name(&stack.table)
-        .send()
-        .await
-        .unwrap();
-    assert!(first_page.count() < count as i32);
-    assert!(first_page.last_evaluated_key().is_some());
+    // The table really needs several pages.
+    let mut pages = 0;
+    let mut start = None;
+    loop {
+        let page = stack
+            .aws
+            .dynamodb
+            .scan()
+            .table_name(&stack.table)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .unwrap();
+        pages += 1;
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() && pages < 100 => start = Some(key.clone()),
+            _ => break,
+        }
+    }
+    assert!(pages >= 3, "only {pages} Scan pages");
 
     let response = list_backends(&stack.store).await;
     assert_eq!(response.status_code, 200);

@@ -31,6 +31,11 @@ async fn hostile_nodes_get_reasons_and_cost_only_their_own_slot() {
             Expect::Reason("timeout after 1000 ms"),
         ),
         (
+            node.url("/endless"),
+            false,
+            Expect::Reason("timeout after 1000 ms"),
+        ),
+        (
             node.url("/huge-length"),
             false,
             Expect::Reason("answer larger than 65536 bytes"),

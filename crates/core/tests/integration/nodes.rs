@@ -7,6 +7,7 @@
 //! | `/text-plain/<n>` | the same as `text/plain` |
 //! | `/hang` | reads the request, never answers |
 //! | `/trickle` | headers and then one body byte every 200 ms |
+//! | `/endless` | a chunked answer that never ends (ten spaces every 25 ms) |
 //! | `/huge-length` | 100 MB announced by Content-Length and streamed |
 //! | `/huge-chunked` | 100 MB chunked, no length |
 //! | `/invalid-json` | 200 with an HTML body |
@@ -173,6 +174,18 @@ async fn serve(mut stream: TcpStream, counter: Arc<AtomicUsize>) -> std::io::Res
             for _ in 0..150 {
                 stream.write_all(b" ").await?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            return Ok(());
+        }
+        ["endless", ..] => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                )
+                .await?;
+            for _ in 0..1200 {
+                stream.write_all(b"a\r\n          \r\n").await?;
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
             return Ok(());
         }
