@@ -8,9 +8,12 @@ use crate::backend_url::{BackendUrl, UrlError};
 /// One backend as stored in the table (hash key `url`).
 ///
 /// The first five fields are the original's schema; the rest record the last health check.
-/// Serialised to JSON exactly as `list_backends` and `add_backend` show it: absent values are
-/// left out, numbers are JSON numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Serialised to JSON exactly as `list_backends` and `add_backend` show it: absent values (and
+/// zero counters) are left out, numbers are JSON numbers.
+///
+/// `Default` is an empty, unhealthy, never-checked backend, so that literals can name only
+/// what they need (`Backend { url, ..Default::default() }`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Backend {
     /// The node's URL, as given when it was added.
     pub url: String,
@@ -32,9 +35,22 @@ pub struct Backend {
     /// How many blocks it was behind the reference height at the last check.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lag_blocks: Option<u64>,
-    /// Why the last check found it unhealthy; absent when healthy.
+    /// Why it is unhealthy (or recovering), or the failure a healthy backend is tolerating
+    /// within its hysteresis window; absent when healthy and the last check passed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub health_reason: Option<String>,
+    /// The most recent failed check's reason, kept after recovery for diagnosis.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_failure: Option<String>,
+    /// The `eth_chainId` it last reported.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chain_id: Option<u64>,
+    /// Consecutive failed checks up to the last one (0 after a pass).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub consecutive_failures: u32,
+    /// Consecutive passed checks up to the last one (0 after a failure).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub consecutive_passes: u32,
     /// The last check's time in milliseconds since the epoch, used to order overlapping checks.
     #[serde(skip)]
     pub last_checked_ms: Option<u64>,
@@ -48,12 +64,7 @@ impl Backend {
             is_leader,
             is_healthy: false,
             when_added: iso8601(when_added),
-            block_number: None,
-            last_checked: None,
-            response_time_ms: None,
-            lag_blocks: None,
-            health_reason: None,
-            last_checked_ms: None,
+            ..Self::default()
         }
     }
 
@@ -69,6 +80,10 @@ impl Backend {
             Err(_) => crate::backend_url::redact_unvalidated(&self.url),
         }
     }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Formats a time as ISO-8601 UTC with microseconds, e.g. `2026-11-24T03:25:21.123456Z`.

@@ -1,6 +1,14 @@
-//! `health_checker`: one round of probing, judging, recording, reporting and re-rendering.
+//! `health_checker`: rounds of probing, judging, recording, reporting and re-rendering.
+//!
+//! One scheduled invocation runs [`RoundSchedule::rounds`] rounds (`ROUNDS_PER_INVOCATION`,
+//! default 1) whose starts are [`RoundSchedule::interval`] apart (`ROUND_INTERVAL_SECS`,
+//! default 15), so detection need not wait for EventBridge's one-minute floor. Each round is
+//! complete: it writes, publishes metrics and checks whether a render is needed. The Lambda
+//! timeout must exceed `ROUNDS_PER_INVOCATION × ROUND_INTERVAL_SECS` plus one round (the probe
+//! timeout and a few seconds); a round that could not finish before the invocation's deadline
+//! is not started.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -10,11 +18,14 @@ use time::OffsetDateTime;
 use crate::backend::Backend;
 use crate::backend_url::BackendUrl;
 use crate::config_bucket::{BucketError, ConfigBucket};
-use crate::health::{assess, Observation, ReferenceSource, RoundAssessment, UnhealthyReason};
+use crate::health::{
+    assess, ChainSource, HealthPolicy, LeaderStatus, Observation, RoundAssessment, UnhealthyReason,
+};
 use crate::metrics::{round_metrics, MetricsError, MetricsPublisher};
 use crate::nginx::RoutingPlan;
-use crate::probe::Prober;
+use crate::probe::{Prober, ProberBuildError};
 use crate::renderer_trigger::{RendererTrigger, TriggerError};
+use crate::settings::HealthCheckSettings;
 use crate::store::{BackendStore, CheckWrite, StoreError};
 
 /// A round failed in a way Lambda should retry. Everything that could be done was done first.
@@ -41,19 +52,66 @@ pub enum HealthCheckError {
     Trigger(#[from] TriggerError),
 }
 
+/// Default `ROUNDS_PER_INVOCATION`.
+pub const DEFAULT_ROUNDS_PER_INVOCATION: u32 = 1;
+/// Default `ROUND_INTERVAL_SECS`.
+pub const DEFAULT_ROUND_INTERVAL_SECS: u64 = 15;
+/// Largest `ROUNDS_PER_INVOCATION` accepted.
+pub const MAX_ROUNDS_PER_INVOCATION: u32 = 60;
+/// Time kept free for a round on top of the probe timeout when deciding whether it still fits
+/// before the invocation's deadline.
+const ROUND_MARGIN: Duration = Duration::from_secs(5);
+
+/// How many rounds one invocation runs, and how far apart they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundSchedule {
+    /// Rounds per invocation (at least 1).
+    pub rounds: u32,
+    /// Time between the starts of consecutive rounds.
+    pub interval: Duration,
+}
+
+impl Default for RoundSchedule {
+    fn default() -> Self {
+        Self {
+            rounds: DEFAULT_ROUNDS_PER_INVOCATION,
+            interval: Duration::from_secs(DEFAULT_ROUND_INTERVAL_SECS),
+        }
+    }
+}
+
+impl RoundSchedule {
+    /// When round `index` (0-based) starts, counted from the invocation's start.
+    pub fn offset(&self, index: u32) -> Duration {
+        self.interval.saturating_mul(index)
+    }
+}
+
 /// What a round did, returned as the function's result and logged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundSummary {
+    /// This round's number within the invocation, from 1.
+    pub round: u32,
+    /// Rounds the invocation is scheduled to run.
+    pub rounds: u32,
     /// Backends in the table.
     pub backends: usize,
     /// Backends healthy after the round.
     pub healthy: usize,
     /// Backends whose health changed.
     pub changed: usize,
+    /// Healthy backends whose check failed this round (inside their hysteresis window).
+    pub tolerating_failures: usize,
     /// The reference height.
     pub reference_block: Option<u64>,
-    /// `leader`, `highest_answer` or `none`.
+    /// `leader`, `corroborated` or `none`.
     pub reference_source: &'static str,
+    /// The corroborated head.
+    pub corroborated_head: Option<u64>,
+    /// `absent`, `unavailable`, `current`, `stalled` or `ahead`.
+    pub leader: &'static str,
+    /// The chain id the backends were held to.
+    pub expected_chain_id: Option<u64>,
     /// Items written.
     pub written: usize,
     /// Items skipped because they were removed meanwhile or a newer round wrote them.
@@ -79,8 +137,10 @@ pub struct HealthChecker {
     pub bucket: ConfigBucket,
     /// The renderer.
     pub trigger: RendererTrigger,
-    /// `DIFF_TOLERANCE`.
-    pub tolerance: u64,
+    /// `DIFF_TOLERANCE`, `UNHEALTHY_AFTER`, `HEALTHY_AFTER`, `EXPECTED_CHAIN_ID`.
+    pub policy: HealthPolicy,
+    /// `ROUNDS_PER_INVOCATION`, `ROUND_INTERVAL_SECS`.
+    pub schedule: RoundSchedule,
     /// `STACK_NAME`.
     pub stack_name: String,
     /// Table writes in flight at once.
@@ -88,12 +148,86 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
+    /// A checker for `settings`, with AWS clients built from one configuration.
+    pub fn from_settings(
+        settings: &HealthCheckSettings,
+        config: &aws_config::SdkConfig,
+    ) -> Result<Self, ProberBuildError> {
+        Ok(Self {
+            store: BackendStore::new(aws_sdk_dynamodb::Client::new(config), &settings.table),
+            prober: Prober::new(settings.probe)?,
+            metrics: MetricsPublisher::new(
+                aws_sdk_cloudwatch::Client::new(config),
+                &settings.namespace,
+            ),
+            bucket: ConfigBucket::new(aws_sdk_s3::Client::new(config), &settings.bucket),
+            trigger: RendererTrigger::new(
+                aws_sdk_lambda::Client::new(config),
+                &settings.renderer_function,
+            ),
+            policy: settings.policy(),
+            schedule: settings.schedule(),
+            stack_name: settings.stack_name.clone(),
+            write_concurrency: settings.write_concurrency,
+        })
+    }
+
+    /// Runs the scheduled rounds of one invocation; `deadline` is the invocation's (a round
+    /// that would not finish before it is not started).
+    ///
+    /// Every round runs whatever the previous one returned (each heals what an earlier one
+    /// left undone: writes, metrics, renders); the result is the last round's.
+    pub async fn run_invocation(
+        &self,
+        deadline: Option<SystemTime>,
+    ) -> Result<RoundSummary, HealthCheckError> {
+        let rounds = self.schedule.rounds.max(1);
+        let started = tokio::time::Instant::now();
+        let round_budget = self.prober.settings().timeout + ROUND_MARGIN;
+        let mut last = self.run_numbered_round(1, rounds).await;
+        for index in 1..rounds {
+            let start_at = started + self.schedule.offset(index);
+            if let Some(deadline) = deadline {
+                let wait = start_at.saturating_duration_since(tokio::time::Instant::now());
+                let remaining = deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                if remaining < wait + round_budget {
+                    tracing::warn!(
+                        round = index + 1,
+                        rounds,
+                        remaining_ms = remaining.as_millis() as u64,
+                        "not starting a round that would not finish before the invocation's \
+                         deadline; raise the Lambda timeout above ROUNDS_PER_INVOCATION × \
+                         ROUND_INTERVAL_SECS plus one round"
+                    );
+                    break;
+                }
+            }
+            if let Err(error) = &last {
+                tracing::error!(%error, round = index, "health check round failed; the next round continues");
+            }
+            tokio::time::sleep_until(start_at).await;
+            last = self.run_numbered_round(index + 1, rounds).await;
+        }
+        last
+    }
+
+    /// Runs one round (round 1 of 1).
+    pub async fn run_round(&self) -> Result<RoundSummary, HealthCheckError> {
+        self.run_numbered_round(1, 1).await
+    }
+
     /// Runs one round.
     ///
     /// Order: scan, probe, judge, write back, publish metrics, compare the implied plan with
     /// the last rendered one and request a render when they differ. A failing step does not
     /// stop the later ones; the first failure is returned at the end so Lambda retries.
-    pub async fn run_round(&self) -> Result<RoundSummary, HealthCheckError> {
+    async fn run_numbered_round(
+        &self,
+        round_number: u32,
+        rounds: u32,
+    ) -> Result<RoundSummary, HealthCheckError> {
         let backends = self
             .store
             .scan_all()
@@ -102,7 +236,7 @@ impl HealthChecker {
         let checked_at = OffsetDateTime::now_utc();
 
         let round = self.probe_and_assess(&backends).await;
-        log_round(&backends, &round);
+        log_round(&backends, &round, self.policy.tolerance);
 
         let (written, skipped, write_error) = self.write_verdicts(&round, checked_at).await;
 
@@ -112,7 +246,7 @@ impl HealthChecker {
             .publish(&points, SystemTime::from(checked_at))
             .await;
 
-        let plan = RoutingPlan::from_backends(&round.apply_to(&backends));
+        let plan = RoutingPlan::from_backends(&round.apply_to(&backends, checked_at));
         let fingerprint = plan.fingerprint();
         let render_reason = self.render_reason(&fingerprint).await;
         let trigger_result = match &render_reason {
@@ -121,15 +255,21 @@ impl HealthChecker {
         };
 
         let summary = RoundSummary {
+            round: round_number,
+            rounds,
             backends: backends.len(),
             healthy: round.healthy_count(),
             changed: round.verdicts.iter().filter(|v| v.health_changed).count(),
+            tolerating_failures: round
+                .verdicts
+                .iter()
+                .filter(|v| v.is_tolerating_failure())
+                .count(),
             reference_block: round.reference_height,
-            reference_source: match round.reference_source {
-                ReferenceSource::Leader => "leader",
-                ReferenceSource::HighestAnswer => "highest_answer",
-                ReferenceSource::None => "none",
-            },
+            reference_source: round.reference_source.as_str(),
+            corroborated_head: round.corroborated_head,
+            leader: round.leader.as_str(),
+            expected_chain_id: round.expected_chain.map(|c| c.chain_id),
             written,
             skipped,
             metric_calls: *metric_result.as_ref().unwrap_or(&0),
@@ -169,7 +309,7 @@ impl HealthChecker {
                 Err(reason) => Err(reason),
             })
             .collect();
-        assess(backends, &observations, self.tolerance)
+        assess(backends, &observations, &self.policy)
     }
 
     async fn write_verdicts(
@@ -220,24 +360,61 @@ impl HealthChecker {
     }
 }
 
-fn log_round(backends: &[Backend], round: &RoundAssessment) {
+fn log_round(backends: &[Backend], round: &RoundAssessment, tolerance: u64) {
+    match round.leader {
+        LeaderStatus::Stalled { height, behind } => tracing::warn!(
+            leader_block = height,
+            behind,
+            corroborated_head = ?round.corroborated_head,
+            tolerance,
+            "leader stalled: it trails the corroborated head; following the head instead"
+        ),
+        LeaderStatus::Ahead { height, ahead } => tracing::warn!(
+            leader_block = height,
+            ahead,
+            corroborated_head = ?round.corroborated_head,
+            tolerance,
+            "leader claims a height the other backends do not corroborate; not following it"
+        ),
+        _ => {}
+    }
+    if let Some(expected) = round.expected_chain {
+        if expected.source == (ChainSource::Majority { tied: true }) {
+            tracing::warn!(
+                expected_chain_id = expected.chain_id,
+                "no majority chain id among the nodes and no leader chain id: expecting the \
+                 smallest of the tied ids (set EXPECTED_CHAIN_ID to pin it)"
+            );
+        }
+    }
     for (backend, verdict) in backends.iter().zip(&round.verdicts) {
-        let reason = verdict.reason.as_ref().map(ToString::to_string);
+        let reason = verdict.health_reason.as_deref().unwrap_or("healthy");
         if verdict.health_changed {
             tracing::warn!(
                 backend = %backend.label(),
                 healthy = verdict.is_healthy,
                 block = ?verdict.observed_block,
+                chain_id = ?verdict.chain_id,
                 lag = ?verdict.lag,
-                reason = reason.as_deref().unwrap_or("healthy"),
+                reason,
                 "backend health changed"
+            );
+        } else if verdict.failure.is_some() {
+            tracing::info!(
+                backend = %backend.label(),
+                healthy = verdict.is_healthy,
+                block = ?verdict.observed_block,
+                chain_id = ?verdict.chain_id,
+                consecutive_failures = verdict.consecutive_failures,
+                reason,
+                "backend check failed"
             );
         } else {
             tracing::debug!(
                 backend = %backend.label(),
                 healthy = verdict.is_healthy,
                 block = ?verdict.observed_block,
-                reason = reason.as_deref().unwrap_or("healthy"),
+                reason,
                 "backend checked"
             );
         }

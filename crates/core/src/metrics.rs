@@ -1,5 +1,5 @@
 //! CloudWatch metrics of a health-check round: the original's four, with its names and
-//! dimensions, built purely and sent in batches within the API's limits.
+//! dimensions, plus `Leader stalled`, built purely and sent in batches within the API's limits.
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
@@ -17,6 +17,9 @@ pub const METRIC_RESPONSE_TIME: &str = "eth_getBlockNumber response time";
 pub const METRIC_HEALTHY_NODES: &str = "Number of healthy ETH nodes";
 /// `ETH node block difference` (reference minus node), per `Node URL`, non-leaders only.
 pub const METRIC_BLOCK_DIFFERENCE: &str = "ETH node block difference";
+/// `Leader stalled`, per `Stack name`: 1 when the leader answered but trails the corroborated
+/// head by more than the tolerance (it is reported, not followed), else 0.
+pub const METRIC_LEADER_STALLED: &str = "Leader stalled";
 /// Dimension naming a node: its redacted URL, never the URL itself.
 pub const DIMENSION_NODE_URL: &str = "Node URL";
 /// Dimension naming the stack.
@@ -46,9 +49,11 @@ pub enum MetricUnit {
     Milliseconds,
 }
 
-/// Builds the round's data points. Node dimensions are redacted labels.
+/// Builds the round's data points. Node dimensions are redacted labels. The block difference
+/// is the reference height minus the node's (the leader's height when it is current, else the
+/// corroborated head), non-leaders on the expected chain only.
 pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoint> {
-    let mut points = Vec::with_capacity(round.verdicts.len() * 3 + 1);
+    let mut points = Vec::with_capacity(round.verdicts.len() * 3 + 2);
     for verdict in &round.verdicts {
         let label = match BackendUrl::parse(&verdict.url) {
             Ok(url) => url.redacted(),
@@ -78,6 +83,12 @@ pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoi
         name: METRIC_HEALTHY_NODES,
         dimension: (DIMENSION_STACK_NAME, stack_name.to_owned()),
         value: round.healthy_count() as f64,
+        unit: MetricUnit::None,
+    });
+    points.push(MetricPoint {
+        name: METRIC_LEADER_STALLED,
+        dimension: (DIMENSION_STACK_NAME, stack_name.to_owned()),
+        value: if round.leader_stalled() { 1.0 } else { 0.0 },
         unit: MetricUnit::None,
     });
     points
@@ -171,7 +182,7 @@ fn to_datum(point: &MetricPoint, timestamp: DateTime) -> MetricDatum {
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::health::{assess, Observation};
+    use crate::health::{assess, HealthPolicy, Observation};
     use crate::probe::{ProbeFailure, ProbeOutcome};
     use std::time::Duration;
 
@@ -179,14 +190,7 @@ mod tests {
         Backend {
             url: url.into(),
             is_leader,
-            is_healthy: false,
-            when_added: String::new(),
-            block_number: None,
-            last_checked: None,
-            response_time_ms: None,
-            lag_blocks: None,
-            health_reason: None,
-            last_checked_ms: None,
+            ..Backend::default()
         }
     }
 
@@ -198,20 +202,14 @@ mod tests {
             backend("http://10.0.0.2:8545", false),
         ];
         let observations: Vec<Observation> = vec![
-            Ok(ProbeOutcome {
-                result: Ok(100),
-                elapsed: Duration::from_micros(12_500),
-            }),
-            Ok(ProbeOutcome {
-                result: Ok(97),
-                elapsed: Duration::from_millis(3),
-            }),
-            Ok(ProbeOutcome {
-                result: Err(ProbeFailure::Timeout(2000)),
-                elapsed: Duration::from_secs(2),
-            }),
+            Ok(ProbeOutcome::new(Ok(100), Duration::from_micros(12_500))),
+            Ok(ProbeOutcome::new(Ok(97), Duration::from_millis(3))),
+            Ok(ProbeOutcome::new(
+                Err(ProbeFailure::Timeout(2000)),
+                Duration::from_secs(2),
+            )),
         ];
-        let round = assess(&backends, &observations, 10);
+        let round = assess(&backends, &observations, &HealthPolicy::default());
         let points = round_metrics(&round, "jsonrpc-proxy-dev");
 
         let find = |name: &str, label: &str| {
@@ -253,10 +251,54 @@ mod tests {
             find(METRIC_HEALTHY_NODES, "jsonrpc-proxy-dev"),
             Some((2.0, MetricUnit::None))
         );
-        assert_eq!(points.len(), 7);
+        assert_eq!(
+            find(METRIC_LEADER_STALLED, "jsonrpc-proxy-dev"),
+            Some((0.0, MetricUnit::None))
+        );
+        assert_eq!(points.len(), 8);
         assert!(points.iter().all(|p| !p.dimension.1.contains("SECRETKEY")));
-        assert!(points
-            .iter()
-            .all(|p| p.dimension.0 == DIMENSION_NODE_URL || p.name == METRIC_HEALTHY_NODES));
+        assert!(points.iter().all(|p| p.dimension.0 == DIMENSION_NODE_URL
+            || p.name == METRIC_HEALTHY_NODES
+            || p.name == METRIC_LEADER_STALLED));
+    }
+
+    #[test]
+    fn a_stalled_leader_is_reported_and_the_difference_follows_the_head() {
+        let backends = [
+            backend("https://leader.example/v3/KEY", true),
+            backend("http://10.0.0.1:8545", false),
+            backend("http://10.0.0.2:8545", false),
+            backend("http://10.0.0.3:8545", false),
+        ];
+        let answered =
+            |block| Ok(ProbeOutcome::new(Ok(block), Duration::from_millis(1)).with_chain_id(1));
+        let observations: Vec<Observation> = vec![
+            answered(100),
+            answered(200),
+            answered(199),
+            Ok(ProbeOutcome::new(Ok(150), Duration::from_millis(1)).with_chain_id(5)),
+        ];
+        let round = assess(&backends, &observations, &HealthPolicy::default());
+        let points = round_metrics(&round, "s");
+        let value = |name: &str, label: &str| {
+            points
+                .iter()
+                .find(|p| p.name == name && p.dimension.1 == label)
+                .map(|p| p.value)
+        };
+        assert_eq!(value(METRIC_LEADER_STALLED, "s"), Some(1.0));
+        assert_eq!(
+            value(METRIC_BLOCK_DIFFERENCE, "http://10.0.0.2:8545"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(METRIC_BLOCK_DIFFERENCE, "http://10.0.0.3:8545"),
+            None,
+            "no difference across chains"
+        );
+        assert_eq!(
+            value(METRIC_BLOCK_NUMBER, "http://10.0.0.3:8545"),
+            Some(150.0)
+        );
     }
 }

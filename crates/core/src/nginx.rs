@@ -11,6 +11,16 @@
 //! server retries a failed request on the next backend (POST included), keeps connections to
 //! both layers alive, and the leader stands by as a `backup` server when nodes are healthy.
 //!
+//! WebSocket upgrades (`eth_subscribe`) pass through both layers: the public server hands a
+//! request whose `Upgrade` header is `websocket` to a named location that proxies, over a
+//! second upstream of the same backends, to a second internal server per backend; only those
+//! WebSocket paths have the long `websocket_timeout_secs` read timeout, plain JSON-RPC keeps
+//! the short one. The `Connection` header comes from an http-level `map`
+//! (`$jsonrpc_proxy_connection_upgrade`: `upgrade` for WebSocket upgrades, empty otherwise), so
+//! plain requests keep their upstream connections alive. `GET /healthz` on the public server
+//! answers 200 `ok` while the plan routes somewhere and 503 when it routes nowhere (the
+//! load balancer's target-group check); every other path of the 404 server still answers 404.
+//!
 //! Only URLs that pass [`BackendUrl::parse`] reach the renderer, and those contain nothing
 //! nginx would read as syntax, so a rendered configuration is always well formed.
 
@@ -24,6 +34,13 @@ use crate::backend_url::BackendUrl;
 
 /// Name of the upstream that balances across the backends.
 pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
+/// Name of the upstream that balances WebSocket connections across the backends.
+pub const WEBSOCKET_UPSTREAM_NAME: &str = "jsonrpc_backends_websocket";
+/// The http-level variable holding the `Connection` header to send upstream (prefixed so that
+/// it cannot collide with a `$connection_upgrade` of the including configuration).
+pub const CONNECTION_UPGRADE_VARIABLE: &str = "$jsonrpc_proxy_connection_upgrade";
+/// The public server's health endpoint.
+pub const HEALTH_PATH: &str = "/healthz";
 
 /// A backend the plan routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +163,8 @@ pub struct RenderOptions {
     pub fail_timeout_secs: u32,
     /// Idle keepalive connections kept per worker to each layer.
     pub keepalive: u32,
+    /// Seconds a WebSocket connection may stay silent (either way) before it is closed.
+    pub websocket_timeout_secs: u32,
 }
 
 impl Default for RenderOptions {
@@ -161,6 +180,7 @@ impl Default for RenderOptions {
             max_fails: 1,
             fail_timeout_secs: 10,
             keepalive: 32,
+            websocket_timeout_secs: 3600,
         }
     }
 }
@@ -211,6 +231,7 @@ impl RenderOptions {
             ("max fails", self.max_fails),
             ("fail timeout", self.fail_timeout_secs),
             ("keepalive", self.keepalive),
+            ("websocket timeout", self.websocket_timeout_secs),
         ] {
             if value == 0 {
                 return Err(RenderOptionsError::Zero(name));
@@ -225,14 +246,21 @@ impl RenderOptions {
             self.socket_dir.trim_end_matches('/')
         )
     }
+
+    fn websocket_socket_path(&self, index: usize) -> String {
+        format!(
+            "{}/backend-{index}-ws.sock",
+            self.socket_dir.trim_end_matches('/')
+        )
+    }
 }
 
 /// Renders the nginx configuration for a plan.
 ///
-/// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): upstreams and
-/// servers only. `options` must have passed [`RenderOptions::validate`].
+/// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
+/// upstreams and servers, included once. `options` must have passed [`RenderOptions::validate`].
 pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
-    let mut out = String::with_capacity(1024 + plan.primaries.len() * 900);
+    let mut out = String::with_capacity(2048 + plan.primaries.len() * 2048);
     out.push_str(
         "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
     );
@@ -247,10 +275,48 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
         return out;
     }
 
+    // Only WebSocket upgrades get `Connection: upgrade`; everything else an empty header, so
+    // upstream connections stay alive.
+    let _ = write!(
+        out,
+        "map $http_upgrade {CONNECTION_UPGRADE_VARIABLE} {{
+    default \"\";
+    \"~*^websocket$\" upgrade;
+}}
+
+"
+    );
+
     let targets: Vec<(&RouteTarget, bool)> = plan.targets().collect();
-    let _ = writeln!(out, "upstream {UPSTREAM_NAME} {{");
+    render_upstream(&mut out, options, UPSTREAM_NAME, &targets, |index| {
+        options.socket_path(index)
+    });
+    render_upstream(
+        &mut out,
+        options,
+        WEBSOCKET_UPSTREAM_NAME,
+        &targets,
+        |index| options.websocket_socket_path(index),
+    );
+
+    render_public_server(&mut out, options);
+
+    for (index, (target, backup)) in targets.iter().enumerate() {
+        render_backend_servers(&mut out, options, index, target, *backup);
+    }
+    out
+}
+
+fn render_upstream(
+    out: &mut String,
+    options: &RenderOptions,
+    name: &str,
+    targets: &[(&RouteTarget, bool)],
+    socket: impl Fn(usize) -> String,
+) {
+    let _ = writeln!(out, "upstream {name} {{");
     for (index, (_, backup)) in targets.iter().enumerate() {
-        let path = options.socket_path(index);
+        let path = socket(index);
         if *backup {
             let _ = writeln!(out, "    server unix:{path} backup;");
         } else {
@@ -263,13 +329,6 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
     }
     let _ = writeln!(out, "    keepalive {};", options.keepalive);
     out.push_str("}\n\n");
-
-    render_public_server(&mut out, options);
-
-    for (index, (target, backup)) in targets.iter().enumerate() {
-        render_backend_server(&mut out, options, index, target, *backup);
-    }
-    out
 }
 
 fn render_no_backend_server(out: &mut String, options: &RenderOptions) {
@@ -278,6 +337,12 @@ fn render_no_backend_server(out: &mut String, options: &RenderOptions) {
         "server {{
     listen {port} default_server;
     server_name _;
+
+    location = {HEALTH_PATH} {{
+        access_log off;
+        default_type text/plain;
+        return 503 \"no healthy backend\\n\";
+    }}
 
     location / {{
         return 404;
@@ -295,16 +360,40 @@ fn render_public_server(out: &mut String, options: &RenderOptions) {
     listen {port} default_server;
     server_name _;
 
+    location = {HEALTH_PATH} {{
+        access_log off;
+        default_type text/plain;
+        return 200 \"ok\\n\";
+    }}
+
     location / {{
+        error_page 418 = @websocket;
+        if ({CONNECTION_UPGRADE_VARIABLE}) {{
+            return 418;
+        }}
         proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
-        proxy_set_header Connection \"\";
+        proxy_set_header Upgrade \"\";
+        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
         proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
         proxy_next_upstream_tries {tries};
         proxy_next_upstream_timeout {retry_timeout}s;
         proxy_connect_timeout {connect}s;
         proxy_send_timeout {read}s;
         proxy_read_timeout {read}s;
+    }}
+
+    location @websocket {{
+        proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
+        proxy_next_upstream error timeout http_502 http_503 http_504;
+        proxy_next_upstream_tries {tries};
+        proxy_next_upstream_timeout {retry_timeout}s;
+        proxy_connect_timeout {connect}s;
+        proxy_send_timeout {websocket}s;
+        proxy_read_timeout {websocket}s;
     }}
 }}
 
@@ -314,10 +403,13 @@ fn render_public_server(out: &mut String, options: &RenderOptions) {
         retry_timeout = options.retry_timeout_secs,
         connect = options.connect_timeout_secs,
         read = options.read_timeout_secs,
+        websocket = options.websocket_timeout_secs,
     );
 }
 
-fn render_backend_server(
+/// The origin upstream of one backend and its two internal servers: plain JSON-RPC on
+/// `backend-N.sock`, WebSocket upgrades on `backend-N-ws.sock`.
+fn render_backend_servers(
     out: &mut String,
     options: &RenderOptions,
     index: usize,
@@ -336,8 +428,38 @@ fn render_backend_server(
     let _ = writeln!(out, "    keepalive {};", options.keepalive);
     out.push_str("}\n\n");
 
+    render_backend_server(
+        out,
+        options,
+        index,
+        target,
+        &options.socket_path(index),
+        "\"\"",
+        options.read_timeout_secs,
+    );
+    render_backend_server(
+        out,
+        options,
+        index,
+        target,
+        &options.websocket_socket_path(index),
+        "$http_upgrade",
+        options.websocket_timeout_secs,
+    );
+}
+
+fn render_backend_server(
+    out: &mut String,
+    options: &RenderOptions,
+    index: usize,
+    target: &RouteTarget,
+    socket: &str,
+    upgrade: &str,
+    read_timeout_secs: u32,
+) {
+    let url = &target.url;
     let _ = writeln!(out, "server {{");
-    let _ = writeln!(out, "    listen unix:{};", options.socket_path(index));
+    let _ = writeln!(out, "    listen unix:{socket};");
     out.push_str("    access_log off;\n\n");
     out.push_str("    location / {\n");
     let _ = writeln!(
@@ -347,7 +469,11 @@ fn render_backend_server(
         url.path_and_query()
     );
     out.push_str("        proxy_http_version 1.1;\n");
-    out.push_str("        proxy_set_header Connection \"\";\n");
+    let _ = writeln!(out, "        proxy_set_header Upgrade {upgrade};");
+    let _ = writeln!(
+        out,
+        "        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};"
+    );
     let _ = writeln!(out, "        proxy_set_header Host {};", url.host_header());
     if let Some(authorization) = url.basic_authorization() {
         let _ = writeln!(
@@ -360,16 +486,8 @@ fn render_backend_server(
         "        proxy_connect_timeout {}s;",
         options.connect_timeout_secs
     );
-    let _ = writeln!(
-        out,
-        "        proxy_send_timeout {}s;",
-        options.read_timeout_secs
-    );
-    let _ = writeln!(
-        out,
-        "        proxy_read_timeout {}s;",
-        options.read_timeout_secs
-    );
+    let _ = writeln!(out, "        proxy_send_timeout {read_timeout_secs}s;");
+    let _ = writeln!(out, "        proxy_read_timeout {read_timeout_secs}s;");
     if url.is_https() {
         out.push_str("        proxy_ssl_server_name on;\n");
         let _ = writeln!(out, "        proxy_ssl_name {};", url.host_name());
@@ -394,13 +512,7 @@ mod tests {
             url: url.into(),
             is_leader,
             is_healthy,
-            when_added: String::new(),
-            block_number: None,
-            last_checked: None,
-            response_time_ms: None,
-            lag_blocks: None,
-            health_reason: None,
-            last_checked_ms: None,
+            ..Backend::default()
         }
     }
 
@@ -435,8 +547,17 @@ mod tests {
         assert!(conf.contains("proxy_ssl_name mainnet.infura.io;"));
         assert!(conf.contains("proxy_ssl_verify on;"));
         assert!(!conf.contains(" backup;"));
-        // The key appears only where it must: in the proxy_pass line.
-        assert_eq!(conf.matches("0123456789abcdef").count(), 1);
+        // The key appears only where it must: in the proxy_pass lines of its two servers.
+        assert_eq!(conf.matches("0123456789abcdef").count(), 2);
+        assert_eq!(
+            conf.lines()
+                .filter(|l| l.contains("0123456789abcdef"))
+                .filter(|l| l
+                    .trim_start()
+                    .starts_with("proxy_pass https://backend_0_origin/"))
+                .count(),
+            2
+        );
     }
 
     #[test]
@@ -547,5 +668,226 @@ mod tests {
         assert!(bad(|o| o.ca_bundle = "/etc/x y".into()));
         assert!(bad(|o| o.listen_port = 0));
         assert!(bad(|o| o.retry_tries = 0));
+    }
+
+    /// The lines of the block that starts with `header` (up to its closing brace).
+    fn block<'a>(conf: &'a str, header: &str) -> Vec<&'a str> {
+        let mut lines = conf.lines().skip_while(|l| l.trim() != header);
+        let mut block = Vec::new();
+        let mut depth = 0usize;
+        for line in lines.by_ref() {
+            depth += line.matches('{').count();
+            depth = depth.saturating_sub(line.matches('}').count());
+            block.push(line.trim());
+            if depth == 0 {
+                break;
+            }
+        }
+        block
+    }
+
+    fn two_nodes_and_a_leader() -> RoutingPlan {
+        RoutingPlan::from_backends(&[
+            backend(LEADER, true, true),
+            backend("http://10.0.0.1:8545", false, true),
+            backend("https://u:p@10.0.0.2:8443/rpc", false, true),
+        ])
+    }
+
+    #[test]
+    fn websocket_upgrades_pass_through_both_layers() {
+        let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
+        // One map, with a name no including configuration uses.
+        assert_eq!(conf.matches("map $http_upgrade").count(), 1);
+        assert!(conf.contains("map $http_upgrade $jsonrpc_proxy_connection_upgrade {"));
+        assert!(!conf.contains("$connection_upgrade"));
+        let map = block(
+            &conf,
+            "map $http_upgrade $jsonrpc_proxy_connection_upgrade {",
+        );
+        assert_eq!(
+            map,
+            [
+                "map $http_upgrade $jsonrpc_proxy_connection_upgrade {",
+                "default \"\";",
+                "\"~*^websocket$\" upgrade;",
+                "}"
+            ]
+        );
+
+        // Public layer: upgrades go to the named location, over the WebSocket upstream.
+        let plain = block(&conf, "location / {");
+        assert!(plain.contains(&"error_page 418 = @websocket;"));
+        assert!(plain.contains(&"if ($jsonrpc_proxy_connection_upgrade) {"));
+        assert!(plain.contains(&"proxy_pass http://jsonrpc_backends;"));
+        assert!(plain.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;"));
+        let websocket = block(&conf, "location @websocket {");
+        assert!(websocket.contains(&"proxy_pass http://jsonrpc_backends_websocket;"));
+        assert!(websocket.contains(&"proxy_http_version 1.1;"));
+        assert!(websocket.contains(&"proxy_set_header Upgrade $http_upgrade;"));
+        assert!(
+            websocket.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
+        );
+
+        // The WebSocket upstream has the same members and backup, on the -ws sockets.
+        let upstream = block(&conf, "upstream jsonrpc_backends_websocket {");
+        assert_eq!(
+            upstream,
+            [
+                "upstream jsonrpc_backends_websocket {",
+                "server unix:/var/run/jsonrpc-proxy/backend-0-ws.sock max_fails=1 fail_timeout=10s;",
+                "server unix:/var/run/jsonrpc-proxy/backend-1-ws.sock max_fails=1 fail_timeout=10s;",
+                "server unix:/var/run/jsonrpc-proxy/backend-2-ws.sock backup;",
+                "keepalive 32;",
+                "}"
+            ]
+        );
+
+        // Internal layer: every backend has a WebSocket server passing the upgrade on.
+        for index in 0..3 {
+            let server = block(
+                &conf[conf
+                    .find(&format!(
+                        "listen unix:/var/run/jsonrpc-proxy/backend-{index}-ws.sock;"
+                    ))
+                    .map(|at| conf[..at].rfind("server {").unwrap_or(0))
+                    .unwrap()..],
+                "server {",
+            );
+            assert!(server.contains(&"proxy_set_header Upgrade $http_upgrade;"));
+            assert!(
+                server.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
+            );
+            assert!(server.contains(&"proxy_http_version 1.1;"));
+            assert!(server.contains(&"proxy_read_timeout 3600s;"));
+        }
+        assert!(conf.contains("proxy_pass https://backend_1_origin/rpc;"));
+        assert_eq!(
+            conf.matches("proxy_set_header Authorization \"Basic dTpw\";")
+                .count(),
+            2,
+            "basic auth on both internal servers of the node"
+        );
+    }
+
+    #[test]
+    fn long_read_timeouts_only_for_websockets() {
+        let options = RenderOptions {
+            read_timeout_secs: 7,
+            websocket_timeout_secs: 900,
+            ..RenderOptions::default()
+        };
+        let conf = render(&two_nodes_and_a_leader(), &options);
+        let plain = block(&conf, "location / {");
+        assert!(plain.contains(&"proxy_read_timeout 7s;"));
+        assert!(plain.contains(&"proxy_send_timeout 7s;"));
+        let websocket = block(&conf, "location @websocket {");
+        assert!(websocket.contains(&"proxy_read_timeout 900s;"));
+        assert!(websocket.contains(&"proxy_send_timeout 900s;"));
+        // 1 public WebSocket location + 3 internal WebSocket servers; the rest stays short.
+        assert_eq!(conf.matches("proxy_read_timeout 900s;").count(), 4);
+        assert_eq!(conf.matches("proxy_read_timeout 7s;").count(), 4);
+        for line in conf
+            .lines()
+            .filter(|l| l.contains("proxy_read_timeout 900s;"))
+        {
+            assert!(line.starts_with("        "), "inside a location: {line:?}");
+        }
+    }
+
+    #[test]
+    fn plain_requests_keep_connections_alive_on_both_layers() {
+        let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
+        // Plain internal servers never send an Upgrade; the map gives them an empty
+        // Connection header, so their upstream connections are kept.
+        for index in 0..3 {
+            let at = conf
+                .find(&format!(
+                    "listen unix:/var/run/jsonrpc-proxy/backend-{index}.sock;"
+                ))
+                .unwrap();
+            let server = block(&conf[conf[..at].rfind("server {").unwrap()..], "server {");
+            assert!(server.contains(&"proxy_set_header Upgrade \"\";"));
+            assert!(
+                server.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
+            );
+            assert!(server.contains(&"proxy_read_timeout 30s;"));
+        }
+        let plain = block(&conf, "location / {");
+        assert!(plain.contains(&"proxy_set_header Upgrade \"\";"));
+        assert_eq!(
+            conf.matches("keepalive 32;").count(),
+            5,
+            "2 balancers + 3 origins"
+        );
+    }
+
+    #[test]
+    fn health_endpoint_answers_200_while_there_is_somewhere_to_send_traffic() {
+        for plan in [
+            two_nodes_and_a_leader(),
+            RoutingPlan::from_backends(&[backend(LEADER, true, true)]),
+            RoutingPlan::from_backends(&[backend("http://10.0.0.1:8545", false, true)]),
+        ] {
+            let conf = render(&plan, &RenderOptions::default());
+            assert_eq!(
+                block(&conf, "location = /healthz {"),
+                [
+                    "location = /healthz {",
+                    "access_log off;",
+                    "default_type text/plain;",
+                    "return 200 \"ok\\n\";",
+                    "}"
+                ]
+            );
+            assert_eq!(conf.matches("location = /healthz").count(), 1);
+        }
+    }
+
+    #[test]
+    fn health_endpoint_answers_503_when_nothing_is_healthy_and_the_rest_404() {
+        let conf = render(&RoutingPlan::default(), &RenderOptions::default());
+        assert_eq!(
+            block(&conf, "location = /healthz {"),
+            [
+                "location = /healthz {",
+                "access_log off;",
+                "default_type text/plain;",
+                "return 503 \"no healthy backend\\n\";",
+                "}"
+            ]
+        );
+        assert_eq!(
+            block(&conf, "location / {"),
+            ["location / {", "return 404;", "}"]
+        );
+        assert!(!conf.contains("map "), "no map without a proxy");
+    }
+
+    #[test]
+    fn every_feature_is_on_by_default() {
+        let options = RenderOptions::default();
+        assert_eq!(options.websocket_timeout_secs, 3600);
+        let conf = render(&two_nodes_and_a_leader(), &options);
+        for needle in [
+            " backup;",
+            "max_fails=1 fail_timeout=10s;",
+            "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;",
+            "proxy_next_upstream_tries 3;",
+            "proxy_next_upstream_timeout 10s;",
+            "keepalive 32;",
+            "proxy_http_version 1.1;",
+            "proxy_connect_timeout 2s;",
+            "proxy_read_timeout 30s;",
+            "location @websocket {",
+            "location = /healthz {",
+        ] {
+            assert!(conf.contains(needle), "{needle}");
+        }
+        let bad = RenderOptions {
+            websocket_timeout_secs: 0,
+            ..RenderOptions::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

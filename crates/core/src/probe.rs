@@ -1,8 +1,17 @@
-//! Asking a node how high its chain is: `eth_blockNumber` over HTTP, bounded in time and size.
+//! Asking a node how it is: height, chain and sync state over HTTP, bounded in time and size.
+//!
+//! A probe sends one JSON-RPC *batch* ([`PROBE_BATCH_REQUEST`]: `eth_blockNumber`,
+//! `eth_chainId` and `eth_syncing`, ids 1, 2 and 3) in one POST and matches the answers by id.
+//! A node that does not answer the batch as a batch (a JSON answer that is not an array, or an
+//! array without an answer for id 1: some providers refuse batches) is asked again with the
+//! original's single `eth_blockNumber` request ([`BLOCK_NUMBER_REQUEST`]); its chain and sync
+//! state are then unknown, which is not a failure. A failed `eth_chainId` or `eth_syncing`
+//! sub-answer (a JSON-RPC error included) is "unknown" too; only the block number decides
+//! whether the probe failed.
 //!
 //! Every probe has its own deadline that starts when the probe itself starts (not while it
-//! waits for a free slot), and a cap on the bytes it will read, so hung, slow or hostile nodes
-//! cost the round nothing but their own slot.
+//! waits for a free slot) and covers the fallback request too, and a cap on the bytes it will
+//! read, so hung, slow or hostile nodes cost the round nothing but their own slot.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +24,13 @@ use crate::backend_url::BackendUrl;
 /// The JSON-RPC request every probe sends, byte for byte the original's.
 pub const BLOCK_NUMBER_REQUEST: &str =
     r#"{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}"#;
+
+/// The JSON-RPC batch every probe sends first: height (id 1), chain id (id 2), sync state (id 3).
+pub const PROBE_BATCH_REQUEST: &str = concat!(
+    r#"[{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1},"#,
+    r#"{"jsonrpc":"2.0","method":"eth_chainId","params":[],"id":2},"#,
+    r#"{"jsonrpc":"2.0","method":"eth_syncing","params":[],"id":3}]"#
+);
 
 /// Highest block number believed: 2^53 - 1, the largest integer every JSON reader keeps exact.
 pub const MAX_PLAUSIBLE_BLOCK: u64 = (1 << 53) - 1;
@@ -79,11 +95,42 @@ pub enum ProbeFailure {
 pub struct ProbeOutcome {
     /// The block number, or why there is none.
     pub result: Result<u64, ProbeFailure>,
+    /// The node's `eth_chainId`, when it answered one.
+    pub chain_id: Option<u64>,
+    /// The node's `eth_syncing`: `Some(true)` for a sync-status object, `Some(false)` for
+    /// `false`, `None` when unknown.
+    pub syncing: Option<bool>,
     /// Wall time of the probe, from its start to its answer, failure or deadline.
     pub elapsed: Duration,
 }
 
 impl ProbeOutcome {
+    /// An outcome with a block-number result only (chain and sync state unknown).
+    pub fn new(result: Result<u64, ProbeFailure>, elapsed: Duration) -> Self {
+        Self {
+            result,
+            chain_id: None,
+            syncing: None,
+            elapsed,
+        }
+    }
+
+    /// The same outcome with a known chain id.
+    pub fn with_chain_id(self, chain_id: u64) -> Self {
+        Self {
+            chain_id: Some(chain_id),
+            ..self
+        }
+    }
+
+    /// The same outcome with a known sync state.
+    pub fn with_syncing(self, syncing: bool) -> Self {
+        Self {
+            syncing: Some(syncing),
+            ..self
+        }
+    }
+
     /// The elapsed time in milliseconds, with microsecond precision.
     pub fn elapsed_ms(&self) -> f64 {
         self.elapsed.as_secs_f64() * 1000.0
@@ -125,15 +172,18 @@ impl Prober {
         &self.settings
     }
 
-    /// Probes one node.
+    /// Probes one node: the batch, then (if the node refuses batches) the single request, all
+    /// within one deadline.
     pub async fn probe(&self, url: &BackendUrl) -> ProbeOutcome {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.settings.timeout, self.exchange(url)).await {
-            Ok(result) => result,
-            Err(_) => Err(ProbeFailure::Timeout(duration_ms(self.settings.timeout))),
+        let status = match tokio::time::timeout(self.settings.timeout, self.exchange(url)).await {
+            Ok(status) => status,
+            Err(_) => NodeStatus::failed(ProbeFailure::Timeout(duration_ms(self.settings.timeout))),
         };
         ProbeOutcome {
-            result,
+            result: status.block,
+            chain_id: status.chain_id,
+            syncing: status.syncing,
             elapsed: started.elapsed(),
         }
     }
@@ -150,24 +200,66 @@ impl Prober {
         indexed.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
-    async fn exchange(&self, url: &BackendUrl) -> Result<u64, ProbeFailure> {
+    async fn exchange(&self, url: &BackendUrl) -> NodeStatus {
+        let response = match self.post(url, PROBE_BATCH_REQUEST).await {
+            Ok(response) => response,
+            Err(failure) => return NodeStatus::failed(failure),
+        };
+        let status = response.status();
+        let batch = if status == reqwest::StatusCode::OK {
+            match self.read_body(response).await {
+                Ok(body) => parse_batch_answer(&body),
+                Err(failure) => return NodeStatus::failed(failure),
+            }
+        } else if status.is_client_error() {
+            // A refused batch may come as a JSON error object with a 4xx status.
+            match self.read_body(response).await {
+                Ok(body) if serde_json::from_slice::<Value>(&body).is_ok() => BatchAnswer::Refused,
+                _ => return NodeStatus::failed(ProbeFailure::HttpStatus(status.as_u16())),
+            }
+        } else {
+            return NodeStatus::failed(ProbeFailure::HttpStatus(status.as_u16()));
+        };
+        match batch {
+            BatchAnswer::Answered(status) => status,
+            BatchAnswer::Failed(failure) => NodeStatus::failed(failure),
+            BatchAnswer::Refused => NodeStatus::block_only(self.single_block_number(url).await),
+        }
+    }
+
+    /// The original's single `eth_blockNumber` request, for nodes that refuse batches.
+    async fn single_block_number(&self, url: &BackendUrl) -> Result<u64, ProbeFailure> {
+        let response = self.post(url, BLOCK_NUMBER_REQUEST).await?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(ProbeFailure::HttpStatus(status.as_u16()));
+        }
+        parse_block_number_answer(&self.read_body(response).await?)
+    }
+
+    /// POSTs one JSON-RPC body (with basic auth when the URL has credentials).
+    async fn post(
+        &self,
+        url: &BackendUrl,
+        body: &'static str,
+    ) -> Result<reqwest::Response, ProbeFailure> {
         let mut request = self
             .client
             .post(url.request_url())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "application/json, text/plain")
-            .body(BLOCK_NUMBER_REQUEST);
+            .body(body);
         if let Some((user, password)) = url.credentials() {
             request = request.basic_auth(user, Some(password));
         }
-        let mut response = request
+        request
             .send()
             .await
-            .map_err(|e| classify_error(e, self.settings.timeout))?;
-        let status = response.status();
-        if status != reqwest::StatusCode::OK {
-            return Err(ProbeFailure::HttpStatus(status.as_u16()));
-        }
+            .map_err(|e| classify_error(e, self.settings.timeout))
+    }
+
+    /// Reads an answer's body, at most `max_body_bytes`.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, ProbeFailure> {
         let cap = self.settings.max_body_bytes;
         if response
             .content_length()
@@ -186,8 +278,91 @@ impl Prober {
             }
             body.extend_from_slice(&chunk);
         }
-        parse_block_number_answer(&body)
+        Ok(body)
     }
+}
+
+/// What a node told about itself: the block number decides success; chain and sync state
+/// are extra knowledge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The block number, or why there is none.
+    pub block: Result<u64, ProbeFailure>,
+    /// `eth_chainId`, when answered.
+    pub chain_id: Option<u64>,
+    /// `eth_syncing`: `true` for a sync-status object, `false` for `false`; `None` unknown.
+    pub syncing: Option<bool>,
+}
+
+impl NodeStatus {
+    /// A block-number result only: chain and sync state unknown.
+    pub fn block_only(block: Result<u64, ProbeFailure>) -> Self {
+        Self {
+            block,
+            chain_id: None,
+            syncing: None,
+        }
+    }
+
+    /// A failed probe: no block, nothing else known.
+    pub fn failed(failure: ProbeFailure) -> Self {
+        Self::block_only(Err(failure))
+    }
+}
+
+/// How a node answered the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchAnswer {
+    /// It answered the batch; the block number may still be a failure (an error for id 1).
+    Answered(NodeStatus),
+    /// It did not answer as a batch (JSON that is not an array, or an array without an answer
+    /// for id 1): ask again with the single request.
+    Refused,
+    /// The answer is unusable (not JSON).
+    Failed(ProbeFailure),
+}
+
+/// Reads the answer to [`PROBE_BATCH_REQUEST`], matching answers by id (a number or a numeric
+/// string).
+pub fn parse_batch_answer(body: &[u8]) -> BatchAnswer {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) => return BatchAnswer::Failed(ProbeFailure::InvalidJson),
+    };
+    let Some(answers) = value.as_array() else {
+        return BatchAnswer::Refused;
+    };
+    let answer_for = |wanted: u64| {
+        answers
+            .iter()
+            .filter_map(Value::as_object)
+            .find(|answer| match answer.get("id") {
+                Some(Value::Number(id)) => id.as_u64() == Some(wanted),
+                Some(Value::String(id)) => id.trim().parse::<u64>().ok() == Some(wanted),
+                _ => false,
+            })
+    };
+    let Some(block_answer) = answer_for(1) else {
+        return BatchAnswer::Refused;
+    };
+    let block = parse_block_number_object(block_answer);
+    let chain_id = answer_for(2)
+        .filter(|answer| answer.get("error").is_none_or(Value::is_null))
+        .and_then(|answer| answer.get("result"))
+        .and_then(Value::as_str)
+        .and_then(|hex| parse_hex_u64(hex, "chain id").ok());
+    let syncing = answer_for(3)
+        .filter(|answer| answer.get("error").is_none_or(Value::is_null))
+        .and_then(|answer| match answer.get("result") {
+            Some(Value::Bool(syncing)) => Some(*syncing),
+            Some(Value::Object(_)) => Some(true),
+            _ => None,
+        });
+    BatchAnswer::Answered(NodeStatus {
+        block,
+        chain_id,
+        syncing,
+    })
 }
 
 /// Reads a block number out of a JSON-RPC answer body (whatever its content type said).
@@ -198,6 +373,11 @@ pub fn parse_block_number_answer(body: &[u8]) -> Result<u64, ProbeFailure> {
             "answer is not a JSON object".into(),
         ));
     };
+    parse_block_number_object(object)
+}
+
+/// Reads a block number out of one JSON-RPC answer object (`result` or `error`).
+fn parse_block_number_object(object: &serde_json::Map<String, Value>) -> Result<u64, ProbeFailure> {
     if let Some(error) = object.get("error").filter(|e| !e.is_null()) {
         let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
         let message = error
@@ -221,6 +401,17 @@ pub fn parse_block_number_answer(body: &[u8]) -> Result<u64, ProbeFailure> {
 
 /// Parses a JSON-RPC hex quantity (`0x1b4`) into a plausible block number.
 pub fn parse_hex_quantity(text: &str) -> Result<u64, ProbeFailure> {
+    let number = parse_hex_u64(text, "block number")?;
+    if number > MAX_PLAUSIBLE_BLOCK {
+        return Err(ProbeFailure::InvalidResult(
+            "block number is absurdly large".into(),
+        ));
+    }
+    Ok(number)
+}
+
+/// Parses a JSON-RPC hex quantity (`0x1b4`) that fits in 64 bits; `what` names it in errors.
+fn parse_hex_u64(text: &str, what: &str) -> Result<u64, ProbeFailure> {
     let digits = text
         .strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
@@ -235,11 +426,11 @@ pub fn parse_hex_quantity(text: &str) -> Result<u64, ProbeFailure> {
     }
     let significant = digits.trim_start_matches('0');
     if significant.len() > 16 {
-        return Err(ProbeFailure::InvalidResult(
-            "block number is absurdly large".into(),
-        ));
+        return Err(ProbeFailure::InvalidResult(format!(
+            "{what} is absurdly large"
+        )));
     }
-    let number = u64::from_str_radix(
+    u64::from_str_radix(
         if significant.is_empty() {
             "0"
         } else {
@@ -247,13 +438,7 @@ pub fn parse_hex_quantity(text: &str) -> Result<u64, ProbeFailure> {
         },
         16,
     )
-    .map_err(|_| ProbeFailure::InvalidResult("block number is absurdly large".into()))?;
-    if number > MAX_PLAUSIBLE_BLOCK {
-        return Err(ProbeFailure::InvalidResult(
-            "block number is absurdly large".into(),
-        ));
-    }
-    Ok(number)
+    .map_err(|_| ProbeFailure::InvalidResult(format!("{what} is absurdly large")))
 }
 
 fn classify_error(error: reqwest::Error, timeout: Duration) -> ProbeFailure {
@@ -378,5 +563,124 @@ mod tests {
         assert_eq!(ProbeFailure::HttpStatus(503).to_string(), "http status 503");
         assert_eq!(shorten("a\nb", 10), "a b");
         assert_eq!(shorten("abcdef", 3), "abc…");
+    }
+
+    fn answered(
+        block: Result<u64, ProbeFailure>,
+        chain_id: Option<u64>,
+        syncing: Option<bool>,
+    ) -> BatchAnswer {
+        BatchAnswer::Answered(NodeStatus {
+            block,
+            chain_id,
+            syncing,
+        })
+    }
+
+    #[test]
+    fn the_batch_request_asks_three_questions_with_ids() {
+        let batch: Value = serde_json::from_str(PROBE_BATCH_REQUEST).unwrap();
+        let asked: Vec<(&str, u64)> = batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["method"].as_str().unwrap(), r["id"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("eth_blockNumber", 1),
+                ("eth_chainId", 2),
+                ("eth_syncing", 3)
+            ]
+        );
+        assert!(batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["jsonrpc"] == "2.0" && r["params"] == serde_json::json!([])));
+    }
+
+    #[test]
+    fn batch_answers_are_matched_by_id() {
+        let cases: &[(&str, &str, BatchAnswer)] = &[
+            (
+                "in order",
+                r#"[{"jsonrpc":"2.0","id":1,"result":"0x64"},{"jsonrpc":"2.0","id":2,"result":"0x1"},{"jsonrpc":"2.0","id":3,"result":false}]"#,
+                answered(Ok(100), Some(1), Some(false)),
+            ),
+            (
+                "out of order, string ids",
+                r#"[{"id":"3","result":false},{"id":"2","result":"0x89"},{"id":"1","result":"0x10"}]"#,
+                answered(Ok(16), Some(137), Some(false)),
+            ),
+            (
+                "syncing object",
+                r#"[{"id":1,"result":"0x10"},{"id":2,"result":"0x1"},{"id":3,"result":{"startingBlock":"0x0","currentBlock":"0x10","highestBlock":"0x20"}}]"#,
+                answered(Ok(16), Some(1), Some(true)),
+            ),
+            (
+                "methods the provider lacks are unknown",
+                r#"[{"id":1,"result":"0x10"},{"id":2,"error":{"code":-32601,"message":"no such method"}},{"id":3,"error":{"code":-32601,"message":"no such method"}}]"#,
+                answered(Ok(16), None, None),
+            ),
+            (
+                "missing sub-answers are unknown",
+                r#"[{"id":1,"result":"0x10"}]"#,
+                answered(Ok(16), None, None),
+            ),
+            (
+                "garbled sub-answers are unknown",
+                r#"[{"id":1,"result":"0x10"},{"id":2,"result":"one"},{"id":3,"result":"no"}]"#,
+                answered(Ok(16), None, None),
+            ),
+            (
+                "a block-number error is a failure",
+                r#"[{"id":1,"error":{"code":-32000,"message":"header not found"}},{"id":2,"result":"0x1"},{"id":3,"result":false}]"#,
+                answered(
+                    Err(ProbeFailure::RpcError {
+                        code: -32000,
+                        message: "header not found".into(),
+                    }),
+                    Some(1),
+                    Some(false),
+                ),
+            ),
+            (
+                "an implausible block number is a failure",
+                r#"[{"id":1,"result":"0x20000000000000"},{"id":2,"result":"0x1"}]"#,
+                answered(
+                    Err(ProbeFailure::InvalidResult(
+                        "block number is absurdly large".into(),
+                    )),
+                    Some(1),
+                    None,
+                ),
+            ),
+            (
+                "a refusal object",
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch requests are not supported"}}"#,
+                BatchAnswer::Refused,
+            ),
+            (
+                "a single answer to a batch",
+                r#"{"jsonrpc":"2.0","id":1,"result":"0x10"}"#,
+                BatchAnswer::Refused,
+            ),
+            (
+                "an array of one refusal",
+                r#"[{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"no batches"}}]"#,
+                BatchAnswer::Refused,
+            ),
+            ("an empty array", "[]", BatchAnswer::Refused),
+            (
+                "not JSON",
+                "<html>",
+                BatchAnswer::Failed(ProbeFailure::InvalidJson),
+            ),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(&parse_batch_answer(body.as_bytes()), expected, "{name}");
+        }
     }
 }

@@ -10,7 +10,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::health::DEFAULT_DIFF_TOLERANCE;
+use crate::health::{
+    HealthPolicy, DEFAULT_DIFF_TOLERANCE, DEFAULT_HEALTHY_AFTER, DEFAULT_UNHEALTHY_AFTER,
+};
+use crate::health_check::{
+    RoundSchedule, DEFAULT_ROUNDS_PER_INVOCATION, DEFAULT_ROUND_INTERVAL_SECS,
+    MAX_ROUNDS_PER_INVOCATION,
+};
 use crate::nginx::RenderOptions;
 use crate::probe::ProbeSettings;
 
@@ -87,6 +93,39 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// An optional number without a default, with a lower bound.
+    pub fn optional_number<T>(&self, name: &'static str, min: T) -> Result<Option<T>, SettingsError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => self.number(name, min, min).map(Some),
+        }
+    }
+
+    /// An optional number with a default and inclusive bounds.
+    pub fn bounded_number<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, SettingsError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        let value = self.number(name, default, min)?;
+        if value > max {
+            return Err(SettingsError::Invalid {
+                name,
+                value: value.to_string(),
+                problem: format!("expected a whole number between {min} and {max}"),
+            });
+        }
+        Ok(value)
+    }
+
     /// An optional string with a default.
     pub fn string_or(&self, name: &'static str, default: &str) -> String {
         self.get(name).unwrap_or_else(|| default.to_owned())
@@ -147,6 +186,16 @@ pub struct HealthCheckSettings {
     pub probe: ProbeSettings,
     /// `WRITE_CONCURRENCY` (16): table writes in flight at once.
     pub write_concurrency: usize,
+    /// `UNHEALTHY_AFTER` (2): consecutive soft failures before a healthy backend is unhealthy.
+    pub unhealthy_after: u32,
+    /// `HEALTHY_AFTER` (2): consecutive passed checks before an unhealthy backend is healthy.
+    pub healthy_after: u32,
+    /// `EXPECTED_CHAIN_ID` (unset): pins the chain every backend must be on.
+    pub expected_chain_id: Option<u64>,
+    /// `ROUNDS_PER_INVOCATION` (1, at most 60): rounds per scheduled event.
+    pub rounds_per_invocation: u32,
+    /// `ROUND_INTERVAL_SECS` (15): seconds between the starts of consecutive rounds.
+    pub round_interval: Duration,
 }
 
 impl HealthCheckSettings {
@@ -166,7 +215,39 @@ impl HealthCheckSettings {
                 max_body_bytes: env.number("PROBE_MAX_BODY_BYTES", defaults.max_body_bytes, 256)?,
             },
             write_concurrency: env.number("WRITE_CONCURRENCY", 16, 1)?,
+            unhealthy_after: env.number("UNHEALTHY_AFTER", DEFAULT_UNHEALTHY_AFTER, 1)?,
+            healthy_after: env.number("HEALTHY_AFTER", DEFAULT_HEALTHY_AFTER, 1)?,
+            expected_chain_id: env.optional_number("EXPECTED_CHAIN_ID", 1)?,
+            rounds_per_invocation: env.bounded_number(
+                "ROUNDS_PER_INVOCATION",
+                DEFAULT_ROUNDS_PER_INVOCATION,
+                1,
+                MAX_ROUNDS_PER_INVOCATION,
+            )?,
+            round_interval: Duration::from_secs(env.number(
+                "ROUND_INTERVAL_SECS",
+                DEFAULT_ROUND_INTERVAL_SECS,
+                1,
+            )?),
         })
+    }
+
+    /// The judging rules these settings give.
+    pub fn policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            tolerance: self.tolerance,
+            unhealthy_after: self.unhealthy_after,
+            healthy_after: self.healthy_after,
+            expected_chain_id: self.expected_chain_id,
+        }
+    }
+
+    /// The rounds-per-invocation schedule these settings give.
+    pub fn schedule(&self) -> RoundSchedule {
+        RoundSchedule {
+            rounds: self.rounds_per_invocation,
+            interval: self.round_interval,
+        }
     }
 }
 
@@ -212,6 +293,11 @@ impl RendererSettings {
                 1,
             )?,
             keepalive: env.number("PROXY_KEEPALIVE", defaults.keepalive, 1)?,
+            websocket_timeout_secs: env.number(
+                "PROXY_WEBSOCKET_TIMEOUT_SECS",
+                defaults.websocket_timeout_secs,
+                1,
+            )?,
         };
         render.validate().map_err(|e| SettingsError::Invalid {
             name: "NGINX_SOCKET_DIR/NGINX_CA_BUNDLE",
@@ -274,6 +360,67 @@ mod tests {
         assert_eq!(settings.tolerance, 10);
         assert_eq!(settings.probe.timeout, Duration::from_secs(2));
         assert_eq!(settings.probe.concurrency, 512);
+        assert_eq!(settings.policy(), HealthPolicy::default());
+        assert_eq!((settings.unhealthy_after, settings.healthy_after), (2, 2));
+        assert_eq!(settings.expected_chain_id, None);
+        assert_eq!(settings.schedule(), RoundSchedule::default());
+        assert_eq!(settings.schedule().rounds, 1);
+        assert_eq!(settings.schedule().interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn health_model_and_schedule_variables() {
+        let base = [
+            ("DYNAMODB_TABLE", "t"),
+            ("STACK_NAME", "s"),
+            ("CLOUDWATCH_NAMESPACE", "ns"),
+            ("NGINX_CONFIG_BUCKET_NAME", "b"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ];
+        let read = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            let vars = env(&pairs);
+            let settings = HealthCheckSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
+            settings
+        };
+        let settings = read(&[
+            ("DIFF_TOLERANCE", "3"),
+            ("UNHEALTHY_AFTER", "1"),
+            ("HEALTHY_AFTER", "4"),
+            ("EXPECTED_CHAIN_ID", "137"),
+            ("ROUNDS_PER_INVOCATION", "4"),
+            ("ROUND_INTERVAL_SECS", "14"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.policy(),
+            HealthPolicy {
+                tolerance: 3,
+                unhealthy_after: 1,
+                healthy_after: 4,
+                expected_chain_id: Some(137),
+            }
+        );
+        assert_eq!(
+            settings.schedule(),
+            RoundSchedule {
+                rounds: 4,
+                interval: Duration::from_secs(14)
+            }
+        );
+        for (name, value) in [
+            ("UNHEALTHY_AFTER", "0"),
+            ("HEALTHY_AFTER", "0"),
+            ("EXPECTED_CHAIN_ID", "0"),
+            ("EXPECTED_CHAIN_ID", "mainnet"),
+            ("ROUNDS_PER_INVOCATION", "0"),
+            ("ROUNDS_PER_INVOCATION", "61"),
+            ("ROUND_INTERVAL_SECS", "0"),
+        ] {
+            let err = read(&[(name, value)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]
@@ -315,5 +462,13 @@ mod tests {
         ]);
         let settings = RendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
         assert_eq!(settings.render.listen_port, 8080);
+        assert_eq!(settings.render.websocket_timeout_secs, 3600);
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "t"),
+            ("NGINX_CONFIG_BUCKET_NAME", "b"),
+            ("PROXY_WEBSOCKET_TIMEOUT_SECS", "600"),
+        ]);
+        let settings = RendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        assert_eq!(settings.render.websocket_timeout_secs, 600);
     }
 }

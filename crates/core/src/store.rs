@@ -147,19 +147,23 @@ impl BackendStore {
 
     /// Writes a health-check verdict back, only if the backend still exists and no newer
     /// round has written it (so a removed backend is never recreated and overlapping rounds
-    /// never move a backend back in time).
+    /// never move a backend back in time). Overlapping rounds may compute the hysteresis
+    /// counters from the same earlier state; the newer write wins, so at worst a transition
+    /// waits one more round.
     pub async fn record_check(
         &self,
         verdict: &Verdict,
         checked_at: OffsetDateTime,
     ) -> Result<CheckWrite, StoreError> {
+        let checked_ms = epoch_millis(checked_at);
         let mut set = vec![
             "is_healthy = :healthy",
             "last_checked = :checked",
             "last_checked_ms = :checked_ms",
+            "consecutive_failures = :failures",
+            "consecutive_passes = :passes",
         ];
         let mut remove = Vec::new();
-        let checked_ms = epoch_millis(checked_at);
         let mut request = self
             .client
             .update_item()
@@ -171,11 +175,24 @@ impl BackendStore {
             .expression_attribute_names("#url", "url")
             .expression_attribute_values(":healthy", AttributeValue::Bool(verdict.is_healthy))
             .expression_attribute_values(":checked", AttributeValue::S(iso8601(checked_at)))
-            .expression_attribute_values(":checked_ms", AttributeValue::N(checked_ms.to_string()));
+            .expression_attribute_values(":checked_ms", AttributeValue::N(checked_ms.to_string()))
+            .expression_attribute_values(
+                ":failures",
+                AttributeValue::N(verdict.consecutive_failures.to_string()),
+            )
+            .expression_attribute_values(
+                ":passes",
+                AttributeValue::N(verdict.consecutive_passes.to_string()),
+            );
         if let Some(block) = verdict.observed_block {
             set.push("block_number = :block");
             request =
                 request.expression_attribute_values(":block", AttributeValue::N(block.to_string()));
+        }
+        if let Some(chain_id) = verdict.chain_id {
+            set.push("chain_id = :chain");
+            request = request
+                .expression_attribute_values(":chain", AttributeValue::N(chain_id.to_string()));
         }
         match verdict.response_time_ms {
             Some(ms) => {
@@ -193,13 +210,17 @@ impl BackendStore {
             }
             None => remove.push("lag_blocks"),
         }
-        match &verdict.reason {
+        match &verdict.health_reason {
             Some(reason) => {
                 set.push("health_reason = :reason");
                 request = request
-                    .expression_attribute_values(":reason", AttributeValue::S(reason.to_string()));
+                    .expression_attribute_values(":reason", AttributeValue::S(reason.clone()));
             }
             None => remove.push("health_reason"),
+        }
+        if let Some(failure) = verdict.last_failure() {
+            set.push("last_failure = :failure");
+            request = request.expression_attribute_values(":failure", AttributeValue::S(failure));
         }
         let mut expression = format!("SET {}", set.join(", "));
         if !remove.is_empty() {
@@ -244,6 +265,7 @@ pub fn backend_from_item(item: &HashMap<String, AttributeValue>) -> Option<Backe
             })
         })
     };
+    let counter = |name: &str| integer(name).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
     Some(Backend {
         url: string("url")?,
         is_leader: boolean("is_leader"),
@@ -257,6 +279,10 @@ pub fn backend_from_item(item: &HashMap<String, AttributeValue>) -> Option<Backe
         lag_blocks: integer("lag_blocks"),
         health_reason: string("health_reason"),
         last_checked_ms: integer("last_checked_ms"),
+        last_failure: string("last_failure"),
+        chain_id: integer("chain_id"),
+        consecutive_failures: counter("consecutive_failures"),
+        consecutive_passes: counter("consecutive_passes"),
     })
 }
 
@@ -283,6 +309,45 @@ mod tests {
         assert_eq!(backend.response_time_ms, Some(1.25));
         assert_eq!(backend.lag_blocks, Some(2));
         assert_eq!(backend.when_added, "");
+
+        assert_eq!(backend.consecutive_failures, 0);
+        assert_eq!(backend.last_failure, None);
+
+        item.insert("chain_id".to_owned(), AttributeValue::N("137".into()));
+        item.insert(
+            "consecutive_failures".to_owned(),
+            AttributeValue::N("1".into()),
+        );
+        item.insert(
+            "consecutive_passes".to_owned(),
+            AttributeValue::N("0".into()),
+        );
+        item.insert(
+            "last_failure".to_owned(),
+            AttributeValue::S("timeout after 2000 ms".into()),
+        );
+        item.insert(
+            "health_reason".to_owned(),
+            AttributeValue::S("timeout after 2000 ms (1 of 2 failures before unhealthy)".into()),
+        );
+        let backend = backend_from_item(&item).unwrap();
+        assert_eq!(backend.chain_id, Some(137));
+        assert_eq!(backend.consecutive_failures, 1);
+        assert_eq!(
+            backend.last_failure.as_deref(),
+            Some("timeout after 2000 ms")
+        );
+        let shown = serde_json::to_value(&backend).unwrap();
+        assert_eq!(shown["chain_id"], 137);
+        assert_eq!(shown["consecutive_failures"], 1);
+        assert!(
+            shown.get("consecutive_passes").is_none(),
+            "zero counters are left out"
+        );
+        assert_eq!(
+            shown["health_reason"],
+            "timeout after 2000 ms (1 of 2 failures before unhealthy)"
+        );
 
         item.remove("url");
         assert!(backend_from_item(&item).is_none());

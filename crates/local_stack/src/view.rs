@@ -175,6 +175,7 @@ mod tests {
             lag_blocks: None,
             health_reason: Some("timeout after 2000 ms".into()),
             last_checked_ms: None,
+            ..Backend::default()
         }];
         let applied = AppliedConfig {
             s3_path: "s3://b/abc_nginx.conf".into(),

@@ -11,7 +11,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use devstack::{MetricsRecorder, Moto};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
-use jsonrpc_proxy::health_check::HealthChecker;
+use jsonrpc_proxy::health::HealthPolicy;
+use jsonrpc_proxy::health_check::{HealthChecker, RoundSchedule};
 use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::probe::{ProbeSettings, Prober};
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;
@@ -121,7 +122,9 @@ impl Stack {
             metrics: MetricsPublisher::new(self.aws.cloudwatch.clone(), &self.namespace),
             bucket: self.bucket.clone(),
             trigger: self.trigger.clone(),
-            tolerance: 10,
+            // No hysteresis: every verdict takes effect in the round that finds it.
+            policy: HealthPolicy::immediate(10),
+            schedule: RoundSchedule::default(),
             stack_name: self.stack_name.clone(),
             write_concurrency: 16,
         }

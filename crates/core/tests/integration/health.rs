@@ -101,8 +101,8 @@ async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
     let data = points(&calls);
     assert_eq!(
         data.len(),
-        9,
-        "2 for the leader, 3 per node, 1 count: {data:?}"
+        10,
+        "2 for the leader, 3 per node, 1 count, 1 leader stalled: {data:?}"
     );
     let block = point(&data, "ETH node block number", &leader_label).expect("leader block");
     assert_eq!(block["Value"], 50.0);
@@ -196,10 +196,10 @@ async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
         2.0
     );
 
-    // The leader dies too: the reference is the highest answer.
+    // The leader dies too: the reference is the highest (corroborated) answer.
     leader.stop();
     let summary = checker.run_round().await.unwrap();
-    assert_eq!(summary.reference_source, "highest_answer");
+    assert_eq!(summary.reference_source, "corroborated");
     assert_eq!(summary.reference_block, Some(45));
     assert_eq!(summary.healthy, 1);
 }
@@ -255,14 +255,14 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     // 95..=104 against 100 with tolerance 10: all healthy.
     assert_eq!(summary.healthy, count);
     assert!(node.requests() >= count, "every backend was probed");
-    // 2 points for the leader, 3 per node, 1 count = 1200 = 1000 + 200.
+    // 2 points for the leader, 3 per node, 1 count, 1 leader stalled = 1201 = 1000 + 201.
     assert_eq!(summary.metric_calls, 2);
     let calls = stack.metric_calls();
     let sizes: Vec<usize> = calls
         .iter()
         .map(|c| c["metric_data"].as_array().unwrap().len())
         .collect();
-    assert_eq!(sizes, vec![1000, 200]);
+    assert_eq!(sizes, vec![1000, 201]);
     let all = points(&calls);
     let negative = all
         .iter()
@@ -287,7 +287,9 @@ fn verdict(url: &str, healthy: bool, block: Option<u64>) -> Verdict {
         lag: block.map(|_| 0),
         difference: block.map(|_| 0),
         response_time_ms: Some(1.0),
-        reason: (!healthy).then_some(UnhealthyReason::Probe(ProbeFailure::Timeout(2000))),
+        failure: (!healthy).then_some(UnhealthyReason::Probe(ProbeFailure::Timeout(2000))),
+        health_reason: (!healthy).then(|| "timeout after 2000 ms".to_owned()),
+        ..Verdict::default()
     }
 }
 

@@ -1,0 +1,244 @@
+//! The probe over real HTTP, against tiny in-test servers: the batch, the fallback for nodes
+//! that refuse batches, and how failures are classified for the hysteresis.
+
+use std::time::Duration;
+
+use jsonrpc_proxy::backend_url::BackendUrl;
+use jsonrpc_proxy::health::{Severity, UnhealthyReason};
+use jsonrpc_proxy::probe::{
+    ProbeFailure, ProbeSettings, Prober, BLOCK_NUMBER_REQUEST, PROBE_BATCH_REQUEST,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How a fake node answers one request body: `(status, body)`.
+type Answer = fn(&str) -> (u16, String);
+
+/// Serves `answer` on a loopback port; every request body received is sent to the channel.
+async fn fake_node(answer: Answer) -> (BackendUrl, mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (seen, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let (head_end, length) = loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buffer.len() < head_end + length {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let body =
+                    String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
+                let _ = seen.send(body.clone());
+                let (status, reply) = answer(&body);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let url = BackendUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
+    (url, received)
+}
+
+fn prober() -> Prober {
+    Prober::new(ProbeSettings {
+        timeout: Duration::from_secs(2),
+        ..ProbeSettings::default()
+    })
+    .expect("prober")
+}
+
+fn bodies(received: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut all = Vec::new();
+    while let Ok(body) = received.try_recv() {
+        all.push(body);
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_batch_capable_node_answers_height_chain_and_sync_state_in_one_request() {
+    let (url, mut received) = fake_node(|_| {
+        (
+            200,
+            r#"[{"jsonrpc":"2.0","id":3,"result":false},{"jsonrpc":"2.0","id":1,"result":"0x2a"},{"jsonrpc":"2.0","id":2,"result":"0x5"}]"#.into(),
+        )
+    })
+    .await;
+    let outcome = prober().probe(&url).await;
+    assert_eq!(outcome.result, Ok(42));
+    assert_eq!(outcome.chain_id, Some(5));
+    assert_eq!(outcome.syncing, Some(false));
+    assert_eq!(bodies(&mut received), [PROBE_BATCH_REQUEST]);
+}
+
+#[tokio::test]
+async fn a_syncing_node_says_so() {
+    let (url, _received) = fake_node(|_| {
+        (
+            200,
+            r#"[{"id":1,"result":"0x10"},{"id":2,"result":"0x1"},{"id":3,"result":{"currentBlock":"0x10","highestBlock":"0x99"}}]"#.into(),
+        )
+    })
+    .await;
+    let outcome = prober().probe(&url).await;
+    assert_eq!(outcome.result, Ok(16));
+    assert_eq!(outcome.syncing, Some(true));
+}
+
+#[tokio::test]
+async fn a_node_refusing_batches_with_200_gets_the_single_request() {
+    let (url, mut received) = fake_node(|body| {
+        if body.starts_with('[') {
+            (200, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch not supported"}}"#.into())
+        } else {
+            (200, r#"{"jsonrpc":"2.0","id":1,"result":"0x10"}"#.into())
+        }
+    })
+    .await;
+    let outcome = prober().probe(&url).await;
+    assert_eq!(outcome.result, Ok(16));
+    assert_eq!(
+        (outcome.chain_id, outcome.syncing),
+        (None, None),
+        "unknown, not a failure"
+    );
+    assert_eq!(
+        bodies(&mut received),
+        [PROBE_BATCH_REQUEST, BLOCK_NUMBER_REQUEST]
+    );
+}
+
+#[tokio::test]
+async fn a_node_refusing_batches_with_400_gets_the_single_request() {
+    let (url, mut received) = fake_node(|body| {
+        if body.starts_with('[') {
+            (
+                400,
+                r#"{"error":{"code":-32600,"message":"invalid request"}}"#.into(),
+            )
+        } else {
+            (200, r#"{"result":"0xff"}"#.into())
+        }
+    })
+    .await;
+    let outcome = prober().probe(&url).await;
+    assert_eq!(outcome.result, Ok(255));
+    assert_eq!(bodies(&mut received).len(), 2);
+}
+
+#[tokio::test]
+async fn the_fallbacks_own_failures_count() {
+    let (url, _received) = fake_node(|body| {
+        if body.starts_with('[') {
+            (
+                200,
+                r#"{"error":{"code":-32600,"message":"no batches"}}"#.into(),
+            )
+        } else {
+            (503, "{}".into())
+        }
+    })
+    .await;
+    let outcome = prober().probe(&url).await;
+    assert_eq!(outcome.result, Err(ProbeFailure::HttpStatus(503)));
+    assert_eq!(
+        UnhealthyReason::Probe(outcome.result.unwrap_err()).severity(),
+        Severity::Hard
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_garbage_are_not_retried_as_single_requests() {
+    let (url, mut received) = fake_node(|_| (502, "bad gateway".into())).await;
+    assert_eq!(
+        prober().probe(&url).await.result,
+        Err(ProbeFailure::HttpStatus(502))
+    );
+    assert_eq!(bodies(&mut received).len(), 1);
+
+    let (url, mut received) = fake_node(|_| (200, "<html>".into())).await;
+    let result = prober().probe(&url).await.result;
+    assert_eq!(result, Err(ProbeFailure::InvalidJson));
+    assert_eq!(
+        UnhealthyReason::Probe(result.unwrap_err()).severity(),
+        Severity::Soft
+    );
+    assert_eq!(bodies(&mut received).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_hard_failure() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let url = BackendUrl::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+    let result = prober().probe(&url).await.result;
+    assert!(
+        matches!(result, Err(ProbeFailure::Connect(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        UnhealthyReason::Probe(result.unwrap_err()).severity(),
+        Severity::Hard
+    );
+}
+
+// The fake node sleeps in a blocking call: give the probe its own worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_the_fallback_too() {
+    let (url, _received) = fake_node(|body| {
+        if body.starts_with('[') {
+            (
+                200,
+                r#"{"error":{"code":-32600,"message":"no batches"}}"#.into(),
+            )
+        } else {
+            std::thread::sleep(Duration::from_millis(1500));
+            (200, r#"{"result":"0x1"}"#.into())
+        }
+    })
+    .await;
+    let prober = Prober::new(ProbeSettings {
+        timeout: Duration::from_millis(500),
+        ..ProbeSettings::default()
+    })
+    .expect("prober");
+    let outcome = prober.probe(&url).await;
+    assert_eq!(outcome.result, Err(ProbeFailure::Timeout(500)));
+    assert!(
+        outcome.elapsed < Duration::from_millis(1400),
+        "{:?}",
+        outcome.elapsed
+    );
+}
