@@ -686,6 +686,15 @@ mod tests {
         block
     }
 
+    /// The lines of the internal server that listens on the unix socket `path`.
+    fn server_listening_on<'a>(conf: &'a str, path: &str) -> Vec<&'a str> {
+        let listen = conf
+            .find(&format!("listen unix:{path};"))
+            .unwrap_or_else(|| panic!("no server listens on {path}"));
+        let start = conf[..listen].rfind("server {").expect("a server block");
+        block(&conf[start..], "server {")
+    }
+
     fn two_nodes_and_a_leader() -> RoutingPlan {
         RoutingPlan::from_backends(&[
             backend(LEADER, true, true),
@@ -745,14 +754,9 @@ mod tests {
 
         // Internal layer: every backend has a WebSocket server passing the upgrade on.
         for index in 0..3 {
-            let server = block(
-                &conf[conf
-                    .find(&format!(
-                        "listen unix:/var/run/jsonrpc-proxy/backend-{index}-ws.sock;"
-                    ))
-                    .map(|at| conf[..at].rfind("server {").unwrap_or(0))
-                    .unwrap()..],
-                "server {",
+            let server = server_listening_on(
+                &conf,
+                &format!("/var/run/jsonrpc-proxy/backend-{index}-ws.sock"),
             );
             assert!(server.contains(&"proxy_set_header Upgrade $http_upgrade;"));
             assert!(
@@ -801,12 +805,10 @@ mod tests {
         // Plain internal servers never send an Upgrade; the map gives them an empty
         // Connection header, so their upstream connections are kept.
         for index in 0..3 {
-            let at = conf
-                .find(&format!(
-                    "listen unix:/var/run/jsonrpc-proxy/backend-{index}.sock;"
-                ))
-                .unwrap();
-            let server = block(&conf[conf[..at].rfind("server {").unwrap()..], "server {");
+            let server = server_listening_on(
+                &conf,
+                &format!("/var/run/jsonrpc-proxy/backend-{index}.sock"),
+            );
             assert!(server.contains(&"proxy_set_header Upgrade \"\";"));
             assert!(
                 server.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
