@@ -83,6 +83,11 @@ def main():
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
             "CONFIG_RENDERER_FUNCTION": renderer,
             "PROBE_TIMEOUT_MS": str(config.get("probe_timeout_ms", 2000)),
+            "UNHEALTHY_AFTER": str(config.get("unhealthy_after", 2)),
+            "HEALTHY_AFTER": str(config.get("healthy_after", 2)),
+            "EXPECTED_CHAIN_ID": str(config.get("expected_chain_id", "") or ""),
+            "ROUNDS_PER_INVOCATION": str(config.get("rounds_per_invocation", 1)),
+            "ROUND_INTERVAL_SECS": str(config.get("round_interval_secs", 15)),
         }),
         "config_renderer": ("ConfigRendererRole", {
             "DYNAMODB_TABLE": stack,
@@ -130,7 +135,8 @@ def main():
     check(checker.get("VpcConfig") == {"SecurityGroupIds": config["security_group_ids"],
                                        "SubnetIds": config["subnet_ids"]},
           "health_checker: VPC configuration")
-    check(checker.get("Timeout", 0) < 60, "health_checker: timeout must stay below the schedule")
+    check(checker.get("Timeout") == config.get("health_checker_timeout_seconds", 50),
+          "health_checker: timeout")
 
     # --- Events --------------------------------------------------------------------------
     rules = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
@@ -270,8 +276,8 @@ def main():
 
     target_group = resource("NginxTargetGroup", "AWS::ElasticLoadBalancingV2::TargetGroup")
     check(target_group.get("VpcId") == config["vpc_id"], "target group VPC")
-    check(target_group.get("HealthCheckPath") == "/", "health check path")
-    check(target_group.get("Matcher") == {"HttpCode": "200-499"}, "health check matcher")
+    check(target_group.get("HealthCheckPath") == "/healthz", "health check path")
+    check(target_group.get("Matcher") == {"HttpCode": "200,503"}, "health check matcher")
     rule = resource("NginxListenerRule", "AWS::ElasticLoadBalancingV2::ListenerRule")
     check(rule.get("ListenerArn") == config["alb_listener_arn"], "listener")
     check(rule.get("Priority") == config["alb_rule_priority"], "rule priority")
@@ -313,7 +319,7 @@ def main():
         widgets = json.loads(body)["widgets"]
         text = json.dumps(widgets)
         for needed in ["RequestCount", "HTTPCode_Target_5XX_Count", "ETH node block difference",
-                       "Number of healthy ETH nodes", "SEARCH("]:
+                       "Number of healthy ETH nodes", "Leader stalled", "SEARCH("]:
             check(needed in text, f"dashboard lacks {needed}")
     except (ValueError, KeyError) as error:
         check(False, f"dashboard body is not valid JSON: {error}")

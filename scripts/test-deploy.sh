@@ -79,6 +79,9 @@ sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
   -e 's/^log_retention_days: .*/log_retention_days: 30/' \
   -e 's/^cloudwatch_namespace: .*/cloudwatch_namespace: EthProxy\/prod/' \
   -e 's/^health_checker_reserved_concurrency: .*/health_checker_reserved_concurrency: 2/' \
+  -e 's/^expected_chain_id: .*/expected_chain_id: 1/' \
+  -e 's/^rounds_per_invocation: .*/rounds_per_invocation: 4/' \
+  -e 's/^health_checker_timeout_seconds: .*/health_checker_timeout_seconds: 75/' \
   config.yml.sample >"$work/config.prod.yml"
 package prod "$work/config.prod.yml" "$work/prod" SKIP_CARGO_LAMBDA_BUILD=1
 lint_and_check "$work/prod/cloudformation-template-update-stack.json" "$work/config.prod.yml" prod

@@ -17,7 +17,7 @@ use jsonrpc_proxy::nginx::RenderOptions;
 use jsonrpc_proxy::render_config::ConfigRenderer;
 use jsonrpc_proxy::store::BackendStore;
 use sha2::{Digest, Sha256};
-use support::{agent_bin, call, fake_node, wait_until_async, Moto, NginxPrefix};
+use support::{agent_bin, call, fake_node, get_status, wait_until_async, Moto, NginxPrefix};
 
 const BUCKET: &str = "agent-test-configs";
 const TABLE: &str = "agent-test-backends";
@@ -261,6 +261,7 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     .await;
     let good = prefix.installed();
     assert!(good.contains("upstream jsonrpc_backends"), "{good}");
+    assert_eq!(get_status(prefix.port, "/healthz").await, Some(200));
 
     // An invalid configuration is refused, the good one stays installed and running.
     aws.publish_raw(
@@ -329,6 +330,8 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
     )
     .await;
     assert_eq!(prefix.installed(), NginxPrefix::default_config(prefix.port));
+    // The target group's check: nginx is up, nothing is routed.
+    assert_eq!(get_status(prefix.port, "/healthz").await, Some(503));
     // Without polling the agent became nginx itself: SIGQUIT is nginx's graceful stop.
     running.signal(libc::SIGQUIT);
     assert!(running.wait(Duration::from_secs(15)).await.success());

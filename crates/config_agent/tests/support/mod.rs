@@ -323,6 +323,21 @@ pub async fn call(port: u16) -> Option<(u16, String)> {
     Some((status, response.text().await.unwrap_or_default()))
 }
 
+/// GETs `path` from the proxy; returns the status.
+pub async fn get_status(port: u16, path: &str) -> Option<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .ok()?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
 /// The agent binary built by cargo for these tests.
 pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_config_agent")
