@@ -32,7 +32,13 @@ fn part(max: usize) -> impl Strategy<Value = String> {
 /// possibly containing characters that must be refused.
 fn url_like() -> impl Strategy<Value = String> {
     (
-        prop_oneof![Just("http"), Just("https"), Just("ftp"), Just("HTTP"), Just("")],
+        prop_oneof![
+            Just("http"),
+            Just("https"),
+            Just("ftp"),
+            Just("HTTP"),
+            Just("")
+        ],
         prop_oneof![
             Just("127.0.0.1".to_owned()),
             Just("[::1]".to_owned()),
@@ -66,7 +72,8 @@ fn url_like() -> impl Strategy<Value = String> {
 }
 
 fn accepted_chars_only(url: &str) -> bool {
-    url.chars().all(|c| c.is_ascii_alphanumeric() || ALLOWED.contains(c))
+    url.chars()
+        .all(|c| c.is_ascii_alphanumeric() || ALLOWED.contains(c))
 }
 
 proptest! {
@@ -87,8 +94,9 @@ proptest! {
                     prop_assert!(label.contains("[redacted:"));
                 }
                 let path = url.path_and_query();
+                let after_scheme = label.split_once("://").map_or(label.as_str(), |(_, rest)| rest);
                 if path.len() > 1 {
-                    prop_assert!(!label.contains(&path), "{label} shows {path}");
+                    prop_assert!(!after_scheme.contains(&path), "{label} shows {path}");
                 }
                 if let Some((user, password)) = url.credentials() {
                     if user.len() > 3 {
@@ -129,7 +137,9 @@ fn resolvable_url() -> impl Strategy<Value = String> {
         proptest::option::of(safe_part(10)),
     )
         .prop_map(|(scheme, host, credentials, port, path, query)| {
-            let credentials = credentials.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+            let credentials = credentials
+                .map(|(u, p)| format!("{u}:{p}@"))
+                .unwrap_or_default();
             let port = port.map(|p| format!(":{p}")).unwrap_or_default();
             let query = query.map(|q| format!("?{q}")).unwrap_or_default();
             format!("{scheme}://{credentials}{host}{port}/{path}{query}")
@@ -160,6 +170,8 @@ proptest! {
             .map(|(i, (url, (healthy, leader)))| backend(url, i == 0 && *leader, *healthy))
             .collect();
         let plan = RoutingPlan::from_backends(&backends);
+        // `nginx -t` binds the unix sockets, so their directory must exist.
+        std::fs::create_dir_all("/tmp/jrp-prop").map_err(|e| TestCaseError::fail(e.to_string()))?;
         let options = RenderOptions { listen_port: 18080, socket_dir: "/tmp/jrp-prop".into(), ..RenderOptions::default() };
         let conf = render(&plan, &options);
 
@@ -175,9 +187,11 @@ proptest! {
         let nodes = backends.iter().filter(|b| b.is_healthy && !b.is_leader).count();
         prop_assert_eq!(routed.len(), nodes + leaders);
         prop_assert!(routed.is_subset(&expected));
-        prop_assert_eq!(conf.matches("    listen unix:").count(), routed.len());
-        prop_assert_eq!(conf.matches("server unix:").count(), routed.len());
-        prop_assert_eq!(conf.matches(" backup;").count(), usize::from(nodes > 0 && leaders > 0));
+        // Each routed backend has two internal servers (JSON-RPC and WebSocket), each listed in
+        // its upstream; the leader is `backup` in both upstreams when nodes are healthy.
+        prop_assert_eq!(conf.matches("    listen unix:").count(), 2 * routed.len());
+        prop_assert_eq!(conf.matches("server unix:").count(), 2 * routed.len());
+        prop_assert_eq!(conf.matches(" backup;").count(), 2 * usize::from(nodes > 0 && leaders > 0));
         if routed.is_empty() {
             prop_assert!(conf.contains("return 404;"));
         }
@@ -193,7 +207,7 @@ proptest! {
             "proxy_http_version", "proxy_set_header", "proxy_next_upstream", "proxy_next_upstream_tries",
             "proxy_next_upstream_timeout", "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout",
             "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_verify", "proxy_ssl_verify_depth",
-            "proxy_ssl_trusted_certificate", "proxy_ssl_session_reuse", "access_log", "map", "default", "''",
+            "proxy_ssl_trusted_certificate", "proxy_ssl_session_reuse", "access_log", "map", "default", "\"~*^websocket$\"", "if", "error_page",
             "}", "add_header", "default_type", "proxy_buffering", "proxy_socket_keepalive", "keepalive_requests",
             "keepalive_timeout",
         ];
