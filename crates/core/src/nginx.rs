@@ -34,6 +34,15 @@ use crate::backend_url::BackendUrl;
 
 /// Name of the upstream that balances across the backends.
 pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
+
+/// Response header naming the routing plan that served a request (the first 16 hex digits of
+/// [`RoutingPlan::fingerprint`]): which configuration is live can be seen from outside.
+pub const PLAN_HEADER: &str = "X-Jsonrpc-Proxy-Plan";
+
+/// The short plan identifier sent in [`PLAN_HEADER`].
+pub fn plan_id(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
+}
 /// Name of the upstream that balances WebSocket connections across the backends.
 pub const WEBSOCKET_UPSTREAM_NAME: &str = "jsonrpc_backends_websocket";
 /// The http-level variable holding the `Connection` header to send upstream (prefixed so that
@@ -271,7 +280,7 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
     out.push('\n');
 
     if plan.is_empty() {
-        render_no_backend_server(&mut out, options);
+        render_no_backend_server(&mut out, options, plan_id(&plan.fingerprint()));
         return out;
     }
 
@@ -299,7 +308,7 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
         |index| options.websocket_socket_path(index),
     );
 
-    render_public_server(&mut out, options);
+    render_public_server(&mut out, options, plan_id(&plan.fingerprint()));
 
     for (index, (target, backup)) in targets.iter().enumerate() {
         render_backend_servers(&mut out, options, index, target, *backup);
@@ -331,12 +340,13 @@ fn render_upstream(
     out.push_str("}\n\n");
 }
 
-fn render_no_backend_server(out: &mut String, options: &RenderOptions) {
+fn render_no_backend_server(out: &mut String, options: &RenderOptions, plan_id: &str) {
     let _ = write!(
         out,
         "server {{
     listen {port} default_server;
     server_name _;
+    add_header {PLAN_HEADER} {plan_id} always;
 
     location = {HEALTH_PATH} {{
         access_log off;
@@ -353,12 +363,13 @@ fn render_no_backend_server(out: &mut String, options: &RenderOptions) {
     );
 }
 
-fn render_public_server(out: &mut String, options: &RenderOptions) {
+fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str) {
     let _ = write!(
         out,
         "server {{
     listen {port} default_server;
     server_name _;
+    add_header {PLAN_HEADER} {plan_id} always;
 
     location = {HEALTH_PATH} {{
         access_log off;
@@ -891,5 +902,25 @@ mod tests {
             ..RenderOptions::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn every_config_names_its_plan_in_a_response_header() {
+        let empty = RoutingPlan::default();
+        let conf = render(&empty, &RenderOptions::default());
+        let expected = format!(
+            "add_header {PLAN_HEADER} {} always;",
+            plan_id(&empty.fingerprint())
+        );
+        assert!(conf.contains(&expected), "{conf}");
+
+        let plan = RoutingPlan::from_backends(&[backend("http://10.0.0.1:8545", false, true)]);
+        let conf = render(&plan, &RenderOptions::default());
+        let expected = format!(
+            "add_header {PLAN_HEADER} {} always;",
+            plan_id(&plan.fingerprint())
+        );
+        assert!(conf.contains(&expected));
+        assert_eq!(plan_id(&plan.fingerprint()).len(), 16);
     }
 }

@@ -377,6 +377,7 @@ impl LocalStack {
                 env: self.agent_env.clone(),
                 socket_dir: self.socket_dir.clone(),
             },
+            self.options.proxy_port,
             self.observed.clone(),
         )));
         self.tasks.push(tokio::spawn(watch_table(
@@ -554,6 +555,7 @@ async fn play_ecs_service(
     s3: aws_sdk_s3::Client,
     nginx: Arc<Mutex<Nginx>>,
     agent: AgentCommand,
+    proxy_port: u16,
     observed: Arc<Mutex<Observed>>,
 ) {
     let mut running: Option<String> = None;
@@ -612,6 +614,11 @@ async fn play_ecs_service(
         };
         match agent.apply(&path, &prefix, &conf, &fragment).await {
             Ok(()) => {
+                // nginx reloads gracefully: old workers may answer for a moment. The config is
+                // in force once responses carry its plan header.
+                if let Err(error) = wait_until_serving(proxy_port, &fragment).await {
+                    lock(&observed).error(error);
+                }
                 let backends = pointer_labels(&s3, &path).await;
                 let mut observed = lock(&observed);
                 observed.note(format!(
@@ -678,6 +685,42 @@ impl AgentCommand {
             Err(text.lines().last().unwrap_or("failed").to_owned())
         }
     }
+}
+
+/// Waits (at most 10 s) until the proxy's responses carry the plan header of the installed
+/// configuration.
+async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), String> {
+    let text = tokio::fs::read_to_string(fragment)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", fragment.display()))?;
+    let fingerprint = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# Routing plan "))
+        .map(str::trim)
+        .ok_or_else(|| format!("{} names no routing plan", fragment.display()))?;
+    let expected = jsonrpc_proxy::nginx::plan_id(fingerprint).to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://127.0.0.1:{proxy_port}/healthz");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(response) = client.get(&url).send().await {
+            let served = response
+                .headers()
+                .get(jsonrpc_proxy::nginx::PLAN_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if served == Some(expected.as_str()) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "nginx did not serve plan {expected} within 10 s of the reload"
+    ))
 }
 
 async fn pointer_labels(s3: &aws_sdk_s3::Client, path: &str) -> Vec<String> {
