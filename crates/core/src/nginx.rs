@@ -249,19 +249,30 @@ impl RenderOptions {
         Ok(())
     }
 
-    fn socket_path(&self, index: usize) -> String {
+    /// The unix socket of a backend's internal JSON-RPC server. Named after the backend's URL
+    /// (a hash), not its position, so a backend keeps its socket across configurations: during
+    /// a graceful reload, old workers still route to sockets the new workers serve.
+    pub fn socket_path(&self, target: &RouteTarget) -> String {
         format!(
-            "{}/backend-{index}.sock",
-            self.socket_dir.trim_end_matches('/')
+            "{}/b-{}.sock",
+            self.socket_dir.trim_end_matches('/'),
+            socket_id(&target.url)
         )
     }
 
-    fn websocket_socket_path(&self, index: usize) -> String {
+    /// The unix socket of a backend's internal WebSocket server.
+    pub fn websocket_socket_path(&self, target: &RouteTarget) -> String {
         format!(
-            "{}/backend-{index}-ws.sock",
-            self.socket_dir.trim_end_matches('/')
+            "{}/b-{}-ws.sock",
+            self.socket_dir.trim_end_matches('/'),
+            socket_id(&target.url)
         )
     }
+}
+
+/// Twelve hex digits of the URL's SHA-256: a stable, secret-free socket name.
+fn socket_id(url: &BackendUrl) -> String {
+    hex::encode(&Sha256::digest(url.as_str().as_bytes())[..6])
 }
 
 /// Renders the nginx configuration for a plan.
@@ -297,15 +308,15 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
     );
 
     let targets: Vec<(&RouteTarget, bool)> = plan.targets().collect();
-    render_upstream(&mut out, options, UPSTREAM_NAME, &targets, |index| {
-        options.socket_path(index)
+    render_upstream(&mut out, options, UPSTREAM_NAME, &targets, |target| {
+        options.socket_path(target)
     });
     render_upstream(
         &mut out,
         options,
         WEBSOCKET_UPSTREAM_NAME,
         &targets,
-        |index| options.websocket_socket_path(index),
+        |target| options.websocket_socket_path(target),
     );
 
     render_public_server(&mut out, options, plan_id(&plan.fingerprint()));
@@ -321,11 +332,11 @@ fn render_upstream(
     options: &RenderOptions,
     name: &str,
     targets: &[(&RouteTarget, bool)],
-    socket: impl Fn(usize) -> String,
+    socket: impl Fn(&RouteTarget) -> String,
 ) {
     let _ = writeln!(out, "upstream {name} {{");
-    for (index, (_, backup)) in targets.iter().enumerate() {
-        let path = socket(index);
+    for (target, backup) in targets {
+        let path = socket(target);
         if *backup {
             let _ = writeln!(out, "    server unix:{path} backup;");
         } else {
@@ -419,7 +430,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
 }
 
 /// The origin upstream of one backend and its two internal servers: plain JSON-RPC on
-/// `backend-N.sock`, WebSocket upgrades on `backend-N-ws.sock`.
+/// `b-<hash>.sock`, WebSocket upgrades on `b-<hash>-ws.sock` (see [`RenderOptions::socket_path`]).
 fn render_backend_servers(
     out: &mut String,
     options: &RenderOptions,
@@ -444,7 +455,7 @@ fn render_backend_servers(
         options,
         index,
         target,
-        &options.socket_path(index),
+        &options.socket_path(target),
         "\"\"",
         options.read_timeout_secs,
     );
@@ -453,7 +464,7 @@ fn render_backend_servers(
         options,
         index,
         target,
-        &options.websocket_socket_path(index),
+        &options.websocket_socket_path(target),
         "$http_upgrade",
         options.websocket_timeout_secs,
     );
@@ -580,11 +591,18 @@ mod tests {
         assert_eq!(plan.primaries.len(), 1);
         assert!(!plan.primaries[0].is_leader);
         assert!(plan.backup.as_ref().is_some_and(|b| b.is_leader));
-        let conf = render(&plan, &RenderOptions::default());
-        assert!(conf.contains(
-            "server unix:/var/run/jsonrpc-proxy/backend-0.sock max_fails=1 fail_timeout=10s;"
-        ));
-        assert!(conf.contains("server unix:/var/run/jsonrpc-proxy/backend-1.sock backup;"));
+        let options = RenderOptions::default();
+        let conf = render(&plan, &options);
+        let node_socket = options.socket_path(&plan.primaries[0]);
+        let leader_socket = options.socket_path(plan.backup.as_ref().unwrap());
+        assert!(
+            node_socket.starts_with("/var/run/jsonrpc-proxy/b-") && node_socket.ends_with(".sock")
+        );
+        assert_ne!(node_socket, leader_socket);
+        assert!(conf.contains(&format!(
+            "server unix:{node_socket} max_fails=1 fail_timeout=10s;"
+        )));
+        assert!(conf.contains(&format!("server unix:{leader_socket} backup;")));
         assert!(conf.contains("proxy_pass http://backend_0_origin/;"));
         assert!(conf.contains("server 10.0.0.1:8545;"));
     }
@@ -750,25 +768,29 @@ mod tests {
         );
 
         // The WebSocket upstream has the same members and backup, on the -ws sockets.
+        let plan = two_nodes_and_a_leader();
+        let options = RenderOptions::default();
+        let ws: Vec<String> = plan
+            .targets()
+            .map(|(t, _)| options.websocket_socket_path(t))
+            .collect();
         let upstream = block(&conf, "upstream jsonrpc_backends_websocket {");
         assert_eq!(
             upstream,
             [
                 "upstream jsonrpc_backends_websocket {",
-                "server unix:/var/run/jsonrpc-proxy/backend-0-ws.sock max_fails=1 fail_timeout=10s;",
-                "server unix:/var/run/jsonrpc-proxy/backend-1-ws.sock max_fails=1 fail_timeout=10s;",
-                "server unix:/var/run/jsonrpc-proxy/backend-2-ws.sock backup;",
+                &format!("server unix:{} max_fails=1 fail_timeout=10s;", ws[0]),
+                &format!("server unix:{} max_fails=1 fail_timeout=10s;", ws[1]),
+                &format!("server unix:{} backup;", ws[2]),
                 "keepalive 32;",
                 "}"
             ]
         );
 
         // Internal layer: every backend has a WebSocket server passing the upgrade on.
-        for index in 0..3 {
-            let server = server_listening_on(
-                &conf,
-                &format!("/var/run/jsonrpc-proxy/backend-{index}-ws.sock"),
-            );
+        for path in &ws {
+            assert!(path.ends_with("-ws.sock"));
+            let server = server_listening_on(&conf, path);
             assert!(server.contains(&"proxy_set_header Upgrade $http_upgrade;"));
             assert!(
                 server.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
@@ -812,14 +834,13 @@ mod tests {
 
     #[test]
     fn plain_requests_keep_connections_alive_on_both_layers() {
-        let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
+        let plan = two_nodes_and_a_leader();
+        let options = RenderOptions::default();
+        let conf = render(&plan, &options);
         // Plain internal servers never send an Upgrade; the map gives them an empty
         // Connection header, so their upstream connections are kept.
-        for index in 0..3 {
-            let server = server_listening_on(
-                &conf,
-                &format!("/var/run/jsonrpc-proxy/backend-{index}.sock"),
-            );
+        for (target, _) in plan.targets() {
+            let server = server_listening_on(&conf, &options.socket_path(target));
             assert!(server.contains(&"proxy_set_header Upgrade \"\";"));
             assert!(
                 server.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
@@ -902,6 +923,27 @@ mod tests {
             ..RenderOptions::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_backend_keeps_its_socket_across_plans() {
+        let options = RenderOptions::default();
+        let with_node = RoutingPlan::from_backends(&[
+            backend(LEADER, true, true),
+            backend("http://10.0.0.1:8545", false, true),
+        ]);
+        let leader_only = RoutingPlan::from_backends(&[
+            backend(LEADER, true, true),
+            backend("http://10.0.0.1:8545", false, false),
+        ]);
+        let before = options.socket_path(with_node.backup.as_ref().unwrap());
+        let after = options.socket_path(&leader_only.primaries[0]);
+        assert_eq!(
+            before, after,
+            "old workers still reach the leader after a reload"
+        );
+        assert!(!before.contains("infura") && !before.contains("0123456789abcdef"));
+        assert!(render(&leader_only, &options).contains(&format!("listen unix:{after};")));
     }
 
     #[test]

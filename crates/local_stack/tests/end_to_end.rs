@@ -2,139 +2,18 @@
 //! moto, three anvil nodes, nginx, the real Lambda binaries on the emulated runtime, the config
 //! agent. One sequential scenario (the stages build on each other).
 
-use std::future::Future;
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use local_stack::stack::{LocalStack, StackOptions, FUNCTIONS};
-use serde_json::{json, Value};
-
-/// An address whose balance tells which node answered (set per node with `anvil_setBalance`).
-const MARKER: &str = "0x00000000000000000000000000000000000c0ffe";
-const INTERVAL: Duration = Duration::from_secs(2);
-const TOLERANCE: u64 = 3;
-
-fn target_dir() -> PathBuf {
-    // tests run from target/<profile>/deps/
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .expect("target dir")
-}
-
-/// Builds the function binaries and the config agent (quick when up to date).
-fn ensure_binaries(dir: &std::path::Path) {
-    let missing = FUNCTIONS
-        .iter()
-        .chain(std::iter::once(&"config_agent"))
-        .any(|name| !dir.join(name).is_file());
-    let profile_release = dir.ends_with("release");
-    if missing || std::env::var_os("LOCAL_STACK_REBUILD").is_some() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = std::process::Command::new(cargo);
-        command.arg("build").arg("--quiet");
-        if profile_release {
-            command.arg("--release");
-        }
-        for name in FUNCTIONS.iter().chain(std::iter::once(&"config_agent")) {
-            command.arg("-p").arg(name);
-        }
-        let status = command
-            .status()
-            .expect("running cargo build for the function binaries");
-        assert!(status.success(), "building the function binaries failed");
-    }
-}
-
-async fn rpc(
-    client: &reqwest::Client,
-    url: &str,
-    method: &str,
-    params: Value,
-) -> Result<(u16, Value), String> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
-/// Which node answered: the marker balance it was given.
-async fn who_answers(client: &reqwest::Client, url: &str) -> Result<u64, String> {
-    let (status, body) = rpc(client, url, "eth_getBalance", json!([MARKER, "latest"])).await?;
-    if status != 200 {
-        return Err(format!("status {status}: {body}"));
-    }
-    let hex = body["result"]
-        .as_str()
-        .ok_or_else(|| format!("no result in {body}"))?;
-    u64::from_str_radix(hex.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if condition().await {
-            eprintln!(
-                "[e2e] {what}: after {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("[e2e] timed out after {timeout:?} waiting until {what}");
-}
-
-fn routed(stack: &LocalStack) -> Vec<String> {
-    stack
-        .snapshot()
-        .1
-        .map(|applied| applied.backends)
-        .unwrap_or_default()
-}
-
-fn routes_to(stack: &LocalStack, node_url: &str, role: &str) -> bool {
-    routed(stack)
-        .iter()
-        .any(|label| label == &format!("{node_url} ({role})"))
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use common::*;
+use local_stack::stack::LocalStack;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_system_routes_around_failures() {
-    let bin_dir = target_dir();
-    ensure_binaries(&bin_dir);
     let work_dir = tempfile::tempdir().expect("temporary work dir");
-    let options = StackOptions {
-        proxy_port: devstack::free_port().expect("free port"),
-        check_interval: INTERVAL,
-        tolerance: TOLERANCE,
-        probe_timeout: Duration::from_millis(1000),
-        nodes: Vec::new(),
-        leader: None,
-        anvil_nodes: 2,
-        block_time: 1,
-        config_agent: bin_dir.join("config_agent"),
-        bin_dir,
-        work_dir: work_dir.path().to_owned(),
-    };
+    let options = options(work_dir.path());
     let mut stack = LocalStack::start(options)
         .await
         .expect("the local stack starts");
@@ -144,18 +23,8 @@ async fn the_whole_system_routes_around_failures() {
         .build()
         .expect("client");
 
-    // Mark each node: leader 1000, node A 1001, node B 1002.
+    mark_nodes(&stack);
     let urls: Vec<String> = stack.nodes.iter().map(|n| n.anvil.url()).collect();
-    for (index, node) in stack.nodes.iter().enumerate() {
-        assert_eq!(node.is_leader, index == 0);
-        blocking(|| {
-            node.anvil.rpc(
-                "anvil_setBalance",
-                json!([MARKER, format!("{:#x}", 1000 + index)]),
-            )
-        })
-        .expect("anvil_setBalance");
-    }
     let (leader, node_a, node_b) = (urls[0].clone(), urls[1].clone(), urls[2].clone());
 
     // 1. Requests are answered by the healthy nodes, spread across them; the leader stands by.
