@@ -51,7 +51,7 @@ impl Anvil {
     /// Starts a node on a free port and waits until it answers JSON-RPC (at most 30 s).
     /// Blocks the calling thread.
     pub fn start(options: AnvilOptions) -> Result<Self, Error> {
-        let bin = ANVIL.locate()?;
+        let bin = native_binary(ANVIL.locate()?);
         let dir = WorkDir::new("anvil")?;
         let mut anvil = Self {
             options,
@@ -198,6 +198,39 @@ impl Anvil {
     pub fn chain_id(&self) -> Result<u64, Error> {
         let result = self.rpc("eth_chainId", json!([]))?;
         parse_quantity("eth_chainId", &result)
+    }
+}
+
+/// The platform binary behind npm's `node_modules/.bin/anvil` shim, when it is there: it
+/// starts in a third of the time and without a node process in between.
+fn native_binary(located: PathBuf) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(bin_dir) = located
+        .parent()
+        .filter(|d| d.ends_with("node_modules/.bin"))
+    else {
+        return located;
+    };
+    let Some(modules) = bin_dir.parent() else {
+        return located;
+    };
+    let Ok(entries) = std::fs::read_dir(modules.join("@foundry-rs")) else {
+        return located;
+    };
+    let mut natives: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("anvil-"))
+        .map(|e| e.path().join("bin/anvil"))
+        .filter(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .collect();
+    natives.sort();
+    // Only one platform package is installed; with several, the shim knows best.
+    match natives.as_slice() {
+        [native] => native.clone(),
+        _ => located,
     }
 }
 

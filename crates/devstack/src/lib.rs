@@ -19,7 +19,10 @@
 //!
 //! Programs are found through an environment override (`MOTO_SERVER_BIN`, `ANVIL_BIN`,
 //! `NGINX_BIN`, `PYTHON_BIN`), then the repository's `.tools` directory, then `PATH`. A
-//! missing program is an error that says to run `scripts/install-deps.sh`.
+//! missing program is an error that says to run `scripts/install-deps.sh`. Other variables:
+//! `DEVSTACK_REPO_ROOT` (where `.tools` and `scripts/` are; default: this checkout),
+//! `CLOUDWATCH_RECORDER_SCRIPT` (the recorder script), `DEVSTACK_KEEP_LOGS=1` (keep every
+//! log directory; they are always kept when a start fails).
 //!
 //! Starting a process blocks the calling thread until it is ready (at most a few seconds);
 //! the AWS helpers are `async` and use the AWS SDK.
@@ -78,10 +81,30 @@ pub fn free_port() -> Result<u16, Error> {
     })
 }
 
-/// The repository root this crate was built from (`crates/devstack/../..`).
+/// The repository root: `$DEVSTACK_REPO_ROOT` when set, else the one this crate was built
+/// from (`crates/devstack/../..`).
 pub fn repo_root() -> std::path::PathBuf {
+    if let Some(root) = std::env::var_os("DEVSTACK_REPO_ROOT").filter(|r| !r.is_empty()) {
+        return std::path::PathBuf::from(root);
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
+}
+
+/// Where a repository file may be: under [`repo_root`], then under the current directory and
+/// its ancestors (a build artifact shared between checkouts may carry another checkout's
+/// root), without duplicates.
+pub(crate) fn repo_file_candidates(relative: &str) -> Vec<std::path::PathBuf> {
+    let mut candidates = vec![repo_root().join(relative)];
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let path = dir.join(relative);
+            if !candidates.contains(&path) {
+                candidates.push(path);
+            }
+        }
+    }
+    candidates
 }
 
 #[cfg(test)]

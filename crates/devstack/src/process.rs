@@ -40,11 +40,13 @@ impl Program {
             looked.push(format!("${} (unset)", self.env_var));
         }
         if let Some(relative) = self.repo_path {
-            let path = crate::repo_root().join(relative);
-            if is_executable(&path) {
-                return Ok(path);
+            let candidates = crate::repo_file_candidates(relative);
+            if let Some(path) = candidates.iter().find(|p| is_executable(p)) {
+                return Ok(path.clone());
             }
-            looked.push(path.display().to_string());
+            if let Some(first) = candidates.first() {
+                looked.push(first.display().to_string());
+            }
         }
         if let Some(paths) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&paths) {
@@ -231,6 +233,11 @@ impl Supervised {
             }
             let _ = child.kill();
             let _ = child.wait();
+            // Grandchildren (anvil's real binary under its node wrapper, nginx's workers) die
+            // asynchronously; their sockets close only when they are gone.
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                wait_group_gone(pgid, Duration::from_secs(3));
+            }
             tracing::debug!(program = %self.name, "stopped");
         }
         if let Some(mut watchdog) = self.watchdog.take() {
@@ -243,6 +250,40 @@ impl Supervised {
 impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop(None, Duration::ZERO);
+    }
+}
+
+/// Whether a live (not zombie) process is in process group `pgid`. Reads `/proc`; where
+/// there is none, asks kill(2) (which also counts zombies).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        // SAFETY: kill(2) with signal 0 only checks for existence.
+        return unsafe { libc::kill(-pgid, 0) } == 0;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        group == Some(pgid) && state != "Z" && state != "X"
+    })
+}
+
+/// Waits until no live process is left in group `pgid`, at most `timeout`.
+fn wait_group_gone(pgid: i32, timeout: Duration) {
+    let started = Instant::now();
+    while group_alive(pgid) {
+        if started.elapsed() >= timeout {
+            tracing::warn!(pgid, "processes of the group outlived SIGKILL");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -364,16 +405,10 @@ mod tests {
         assert!(matches!(error, Error::NotReady { .. }), "{error}");
         drop(process);
         // The whole group is gone: no process is left in it.
-        // (An orphan is reaped by init shortly after it dies.)
         let group = i32::try_from(pid).unwrap();
-        let started = Instant::now();
-        // SAFETY: kill(2) with signal 0 only checks for existence.
-        while unsafe { libc::kill(-group, 0) } == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "process group {group} still has members"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            !group_alive(group),
+            "process group {group} still has live members"
+        );
     }
 }

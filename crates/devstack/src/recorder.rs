@@ -22,10 +22,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The recorder script: `$CLOUDWATCH_RECORDER_SCRIPT`, else the repository's copy.
 fn script() -> PathBuf {
-    std::env::var_os("CLOUDWATCH_RECORDER_SCRIPT")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("scripts/cloudwatch_recorder.py"))
+    const RELATIVE: &str = "scripts/cloudwatch_recorder.py";
+    if let Some(path) = std::env::var_os("CLOUDWATCH_RECORDER_SCRIPT").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let candidates = crate::repo_file_candidates(RELATIVE);
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| crate::repo_root().join(RELATIVE))
 }
 
 /// A running CloudWatch recorder on 127.0.0.1, killed when dropped.

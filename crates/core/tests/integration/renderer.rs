@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::nginx::{RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{RenderOptions, RoutingPlan, UPSTREAM_NAME};
 use jsonrpc_proxy::render_config::ConfigRenderer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -32,6 +32,19 @@ fn renderer(stack: &Stack, listen_port: u16, socket_dir: &TempDir) -> ConfigRend
             ..RenderOptions::default()
         },
     }
+}
+
+/// The server lines of the public upstream (`upstream jsonrpc_backends { ... }`).
+fn public_upstream_servers(text: &str) -> Vec<String> {
+    let start = format!("upstream {UPSTREAM_NAME} {{");
+    text.lines()
+        .skip_while(|line| line.trim() != start)
+        .skip(1)
+        .take_while(|line| line.trim() != "}")
+        .map(str::trim)
+        .filter(|line| line.starts_with("server "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Renders under `request_id`, checks what was published, returns the config text.
@@ -78,7 +91,8 @@ async fn each_case_is_published_and_passes_nginx_t() {
     let text = render_case(&stack, &renderer, "case-404").await;
     assert!(text.contains("return 404;"));
     assert!(text.contains(&format!("listen {port} default_server;")));
-    assert!(!text.contains("upstream"));
+    assert!(public_upstream_servers(&text).is_empty());
+    assert!(!text.contains("proxy_pass"));
 
     // Unchanged: nothing written, the existing key reported.
     let again = renderer
@@ -115,7 +129,9 @@ async fn each_case_is_published_and_passes_nginx_t() {
     assert!(text.contains("server 10.0.0.1:8443;"), "{text}");
     assert!(text.contains("/v3/SECRETKEY;"), "{text}");
     assert!(text.contains("proxy_ssl_verify on;"));
-    assert!(!text.contains("backup"));
+    let servers = public_upstream_servers(&text);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(!servers[0].contains("backup"));
     assert!(!text.contains("10.0.0.2"));
     let pointer = stack.bucket.get(POINTER_KEY).await.unwrap().unwrap();
     let pointer = String::from_utf8(pointer).unwrap();
@@ -132,7 +148,9 @@ async fn each_case_is_published_and_passes_nginx_t() {
     let text = render_case(&stack, &renderer, "case-one-node").await;
     assert!(text.contains("server 10.0.0.2:8545;"));
     assert!(!text.contains("10.0.0.1"));
-    assert_eq!(text.matches("listen unix:").count(), 1);
+    let servers = public_upstream_servers(&text);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(!servers[0].contains("backup"));
 
     // Several nodes (one https, one with credentials) and the leader as backup.
     stack.set_healthy(leader, true).await;
@@ -144,9 +162,16 @@ async fn each_case_is_published_and_passes_nginx_t() {
         stack.set_healthy(url, true).await;
     }
     let text = render_case(&stack, &renderer, "case-several").await;
-    assert_eq!(text.matches("listen unix:").count(), 4);
-    assert_eq!(text.matches(" backup;").count(), 1);
-    assert_eq!(text.matches("max_fails=").count(), 3);
+    let servers = public_upstream_servers(&text);
+    assert_eq!(servers.len(), 4, "{servers:?}");
+    assert_eq!(
+        servers.iter().filter(|s| s.ends_with(" backup;")).count(),
+        1
+    );
+    assert_eq!(
+        servers.iter().filter(|s| s.contains("max_fails=")).count(),
+        3
+    );
     assert!(text.contains("proxy_set_header Authorization \"Basic dXNlcjpwYTU1\";"));
     assert!(text
         .contains("proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"));
@@ -165,12 +190,13 @@ async fn each_case_is_published_and_passes_nginx_t() {
     );
 }
 
-/// Sends `eth_chainId` through the proxy; returns the chain id that answered.
-async fn chain_id_via(client: &reqwest::Client, port: u16) -> Result<u64, String> {
+/// Sends `eth_blockNumber` through the proxy; returns the height that answered (the nodes
+/// are told apart by height: they share one chain, as the health checker requires).
+async fn height_via(client: &reqwest::Client, port: u16) -> Result<u64, String> {
     let response = client
         .post(format!("http://127.0.0.1:{port}/"))
         .header("Content-Type", "application/json")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#)
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -183,14 +209,14 @@ async fn chain_id_via(client: &reqwest::Client, port: u16) -> Result<u64, String
     value["result"]
         .as_str()
         .and_then(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
-        .ok_or_else(|| format!("no chain id in {body}"))
+        .ok_or_else(|| format!("no block number in {body}"))
 }
 
 async fn tally(client: &reqwest::Client, port: u16, requests: usize) -> BTreeMap<u64, usize> {
     let mut seen = BTreeMap::new();
     for i in 0..requests {
-        match chain_id_via(client, port).await {
-            Ok(chain) => *seen.entry(chain).or_insert(0) += 1,
+        match height_via(client, port).await {
+            Ok(height) => *seen.entry(height).or_insert(0) += 1,
             Err(error) => panic!("request {i} through nginx failed: {error}"),
         }
     }
@@ -200,16 +226,14 @@ async fn tally(client: &reqwest::Client, port: u16, requests: usize) -> BTreeMap
 #[tokio::test]
 async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
     let stack = stack("proxy").await;
-    let start = |chain_id| {
-        Anvil::start(AnvilOptions {
-            block_time: None,
-            chain_id: Some(chain_id),
-        })
-        .expect("start anvil")
+    let start = |height| {
+        let node = Anvil::start(AnvilOptions::default()).expect("start anvil");
+        node.mine(height).expect("mine");
+        node
     };
-    let mut node_a = start(1001);
-    let mut node_b = start(1002);
-    let leader = start(1003);
+    let mut node_a = start(10);
+    let mut node_b = start(11);
+    let leader = start(12);
     // The leader is reached with credentials (sent as basic auth by the checker and nginx).
     let leader_url = format!("http://ops:pw@127.0.0.1:{}/", leader.port());
     stack.add(&leader_url, true).await;
@@ -222,7 +246,7 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
         .run_round()
         .await
         .unwrap();
-    assert_eq!(summary.healthy, 3);
+    assert_eq!(summary.healthy, 3, "{summary:?}");
     let sockets = socket_dir();
     let port = free_port().unwrap();
     let renderer = renderer(&stack, port, &sockets);
@@ -237,7 +261,7 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
     let seen = tally(&client, port, 20).await;
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
-        vec![1001, 1002],
+        vec![10, 11],
         "both nodes share the traffic, the leader stands by: {seen:?}\n{}",
         nginx.error_log_tail()
     );
@@ -247,7 +271,7 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
     let seen = tally(&client, port, 10).await;
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
-        vec![1002],
+        vec![11],
         "{seen:?}"
     );
 
@@ -256,7 +280,7 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
     let seen = tally(&client, port, 5).await;
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
-        vec![1003],
+        vec![12],
         "{seen:?}"
     );
     drop(nginx);
