@@ -31,6 +31,7 @@
 
 mod anvil;
 mod error;
+mod fault;
 mod http;
 mod moto;
 mod nginx;
@@ -43,6 +44,7 @@ use std::sync::{Mutex, OnceLock};
 
 pub use anvil::{Anvil, AnvilOptions};
 pub use error::Error;
+pub use fault::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use moto::{sdk_config, EcsService, Moto, TEST_REGION};
 pub use nginx::Nginx;
 pub use recorder::MetricsRecorder;
@@ -55,6 +57,9 @@ pub use recorder::MetricsRecorder;
 pub fn free_port() -> Result<u16, Error> {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    // Listeners stay bound until the loop ends, so the kernel offers a different port on every
+    // attempt instead of the same recently freed one.
+    let mut held = Vec::new();
     for _ in 0..100 {
         let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|source| Error::Io {
             context: "binding 127.0.0.1:0 to find a free port".into(),
@@ -67,7 +72,7 @@ pub fn free_port() -> Result<u16, Error> {
                 source,
             })?
             .port();
-        drop(listener);
+        held.push(listener);
         let mut seen = handed_out
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
