@@ -107,7 +107,7 @@ impl Anvil {
         }
         let process = self
             .process
-            .insert(Supervised::spawn("anvil", command, &log)?);
+            .insert(Supervised::spawn("anvil", command, &log, &self.dir)?);
         let port = self.port;
         process.wait_ready(START_TIMEOUT, || {
             rpc_call(port, "eth_blockNumber", json!([]), Duration::from_secs(2)).is_ok()

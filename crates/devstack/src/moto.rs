@@ -96,7 +96,7 @@ impl Moto {
             command
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("PYTHONUNBUFFERED", "1");
-            let mut process = Supervised::spawn("moto_server", command, &log)
+            let mut process = Supervised::spawn("moto_server", command, &log, &dir)
                 .map_err(|e| report_failure(&mut dir, e))?;
             let ready = process.wait_ready(START_TIMEOUT, || {
                 http::request(port, "GET", "/moto-api/", &[], b"", Duration::from_secs(2)).is_ok()

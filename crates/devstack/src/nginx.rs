@@ -201,7 +201,7 @@ impl Nginx {
             .arg("-e")
             .arg(prefix.path().join("logs/error.log"))
             .args(["-g", "daemon off;"]);
-        let mut process = match Supervised::spawn("nginx", command, &log) {
+        let mut process = match Supervised::spawn("nginx", command, &log, &prefix) {
             Ok(process) => process,
             Err(error) => return Err(report_failure(&mut prefix, error)),
         };

@@ -78,6 +78,9 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A file in a work directory that says: keep it (a start failed, or logs were asked for).
+const KEEP_MARKER: &str = ".keep";
+
 /// A temporary directory for logs (and nginx's prefix) that is kept, not deleted, when a
 /// start fails or `DEVSTACK_KEEP_LOGS` is set, so its logs can be read.
 #[derive(Debug)]
@@ -88,14 +91,15 @@ pub(crate) struct WorkDir {
 impl WorkDir {
     /// A fresh directory under the system temporary directory, named after `program`.
     pub fn new(program: &str) -> Result<Self, Error> {
-        let mut dir = tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix(&format!("devstack-{program}-"))
             .tempdir()
             .map_err(|e| Error::io(format!("creating a temporary directory for {program}"), e))?;
+        let mut dir = Self { dir };
         if std::env::var_os("DEVSTACK_KEEP_LOGS").is_some_and(|v| !v.is_empty()) {
-            dir.disable_cleanup(true);
+            dir.keep();
         }
-        Ok(Self { dir })
+        Ok(dir)
     }
 
     /// The directory.
@@ -103,9 +107,10 @@ impl WorkDir {
         self.dir.path()
     }
 
-    /// Keeps the directory after drop.
+    /// Keeps the directory after drop, and tells the watchdogs not to remove it either.
     pub fn keep(&mut self) {
         self.dir.disable_cleanup(true);
+        let _ = File::create(self.dir.path().join(KEEP_MARKER));
     }
 }
 
@@ -120,7 +125,14 @@ pub(crate) struct Supervised {
 
 impl Supervised {
     /// Starts `command` in a new process group with stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self, Error> {
+    /// Should the owner die without dropping the handle, the watchdog kills the group and
+    /// removes `dir` (unless it is marked to be kept).
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        dir: &WorkDir,
+    ) -> Result<Self, Error> {
         let file = File::options()
             .create(true)
             .append(true)
@@ -140,7 +152,7 @@ impl Supervised {
             path: program,
             source,
         })?;
-        let watchdog = spawn_watchdog(child.id());
+        let watchdog = spawn_watchdog(child.id(), dir.path());
         tracing::debug!(program = name, pid = child.id(), log = %log.display(), "started");
         Ok(Self {
             name: name.to_owned(),
@@ -287,16 +299,23 @@ fn wait_group_gone(pgid: i32, timeout: Duration) {
     }
 }
 
-/// Starts `sh` that kills process group `pgid` as soon as this process is gone, so that
-/// nothing outlives an owner that died without running destructors.
-fn spawn_watchdog(pgid: u32) -> Option<Child> {
-    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null"#;
+/// Starts `sh` that, as soon as this process is gone, kills process group `pgid` and removes
+/// the work directory `dir` (unless it holds the keep marker), so that nothing outlives an
+/// owner that died or exited without running destructors (a handle in a `static`).
+fn spawn_watchdog(pgid: u32, dir: &Path) -> Option<Child> {
+    // dash's kill takes "-PGID" without "--".
+    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+kill -9 "-$2" 2>/dev/null
+case "$3" in
+  */devstack-*) [ -e "$3/.keep" ] || rm -rf -- "$3" ;;
+esac"#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg("devstack-watchdog")
         .arg(std::process::id().to_string())
         .arg(pgid.to_string())
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -381,7 +400,7 @@ mod tests {
         let log = dir.path().join("x.log");
         let mut command = Command::new("sh");
         command.args(["-c", "echo boom: address already in use >&2; exit 3"]);
-        let mut process = Supervised::spawn("sh", command, &log).unwrap();
+        let mut process = Supervised::spawn("sh", command, &log, &dir).unwrap();
         let error = process
             .wait_ready(Duration::from_secs(5), || false)
             .unwrap_err();
@@ -397,7 +416,7 @@ mod tests {
         let log = dir.path().join("x.log");
         let mut command = Command::new("sh");
         command.args(["-c", "sleep 30 & sleep 30"]);
-        let mut process = Supervised::spawn("sleeper", command, &log).unwrap();
+        let mut process = Supervised::spawn("sleeper", command, &log, &dir).unwrap();
         let pid = process.pid().unwrap();
         let error = process
             .wait_ready(Duration::from_millis(200), || false)

@@ -72,7 +72,7 @@ impl MetricsRecorder {
                 .arg(&script)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .env("PYTHONUNBUFFERED", "1");
-            let mut process = Supervised::spawn("cloudwatch_recorder.py", command, &log)
+            let mut process = Supervised::spawn("cloudwatch_recorder.py", command, &log, &dir)
                 .map_err(|e| report_failure(&mut dir, e))?;
             let ready = process.wait_ready(START_TIMEOUT, || {
                 http::request(port, "GET", "/health", &[], b"", Duration::from_secs(2))

@@ -297,6 +297,11 @@ fn the_watchdog_cleans_up_after_an_owner_that_dies_without_dropping() {
         )
         .unwrap();
         println!("PORTS {} {port}", anvil.port());
+        println!(
+            "DIRS {} {}",
+            anvil.log_path().unwrap().parent().unwrap().display(),
+            nginx.prefix().display()
+        );
         std::mem::forget(anvil);
         std::mem::forget(nginx);
         std::process::exit(0);
@@ -320,11 +325,19 @@ fn the_watchdog_cleans_up_after_an_owner_that_dies_without_dropping() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(ports.len(), 2);
+    let dirs: Vec<std::path::PathBuf> = stdout
+        .lines()
+        .find_map(|l| l.split_once("DIRS ").map(|(_, dirs)| dirs))
+        .expect("no directories from the child")
+        .split_whitespace()
+        .map(std::path::PathBuf::from)
+        .collect();
+    assert_eq!(dirs.len(), 2);
     let started = Instant::now();
-    while !ports.iter().all(|p| port_refuses(*p)) {
+    while !ports.iter().all(|p| port_refuses(*p)) || dirs.iter().any(|d| d.exists()) {
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "processes outlived their owner: ports {ports:?} still open"
+            "processes or their directories outlived their owner: ports {ports:?}, dirs {dirs:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
