@@ -2,9 +2,16 @@
 //!
 //! For an S3 `ObjectCreated` event of a `.conf` key: register a new revision of
 //! `TASK_DEFINITION_FAMILY` whose first container has `S3_CONFIG_PATH=s3://bucket/key`, move the
-//! service to it, and deregister the family's other revisions except the one the service ran
+//! service to it, and deregister the family's revisions older than the one the service ran
 //! before. Duplicate, stale and dangling events change nothing; AWS failures are errors, so
 //! Lambda retries.
+//!
+//! S3 delivers events at least once, out of order and concurrently, and ECS has no
+//! compare-and-set, so two updates may run at once: after its `UpdateService`, an update looks
+//! at the revisions registered since it read the service and, if one of them carries a newer
+//! config, moves the service there (whichever update finishes last, the service ends on the
+//! newest config); and it only deregisters revisions older than the one the service ran when
+//! it started, never the one the service runs when it deregisters.
 
 use aws_sdk_ecs::error::DisplayErrorContext;
 use aws_sdk_ecs::types::{KeyValuePair, TaskDefinition, TaskDefinitionStatus};
@@ -263,23 +270,83 @@ impl EcsUpdater {
 
         let template = self.describe_task_definition(&self.family).await?;
         let new_arn = self.register_revision(&template, &path).await?;
+        self.update_service(&new_arn).await?;
+        tracing::info!(config = %path, task_definition = %new_arn, previous = %running_arn, "service updated");
+
+        // A concurrent update may have registered a newer config meanwhile and lost the race
+        // to this UpdateService: end on the newest config either way.
+        let revisions = self.active_revisions().await?;
+        let since = revision_of_arn(&running_arn).unwrap_or(0);
+        let newest = self
+            .newest_config_revision(&revisions, since, &new_arn, new_info.last_modified_secs)
+            .await?;
+        if newest != new_arn {
+            tracing::warn!(config = %path, task_definition = %newest, "a concurrent update registered a newer config; moving the service to it");
+            self.update_service(&newest).await?;
+        }
+
+        let in_use = self.running_task_definition().await?;
+        let keep = [
+            new_arn.as_str(),
+            running_arn.as_str(),
+            newest.as_str(),
+            in_use.as_str(),
+        ];
+        let deregistered = self.deregister_older(&revisions, since, &keep).await?;
+        Ok(UpdateSummary {
+            deregistered,
+            ..summary("deployed", Some(newest))
+        })
+    }
+
+    async fn update_service(&self, task_definition: &str) -> Result<(), EcsUpdateError> {
         self.ecs
             .update_service()
             .cluster(&self.cluster)
             .service(&self.service)
-            .task_definition(&new_arn)
+            .task_definition(task_definition)
             .send()
             .await
-            .map_err(|e| ecs_error("UpdateService", &e))?;
-        tracing::info!(config = %path, task_definition = %new_arn, previous = %running_arn, "service updated");
+            .map(|_| ())
+            .map_err(|e| ecs_error("UpdateService", &e))
+    }
 
-        let deregistered = self
-            .deregister_others(&[new_arn.as_str(), running_arn.as_str()])
-            .await?;
-        Ok(UpdateSummary {
-            deregistered,
-            ..summary("deployed", Some(new_arn))
-        })
+    /// Of `ours` (whose config was modified at `our_time`) and the family's revisions newer
+    /// than revision `since` (registered by concurrent updates), the one whose config is the
+    /// newest; `ours` on ties and when nothing newer is known.
+    async fn newest_config_revision(
+        &self,
+        revisions: &[String],
+        since: u32,
+        ours: &str,
+        our_time: Option<i64>,
+    ) -> Result<String, EcsUpdateError> {
+        let mut best = (ours.to_owned(), our_time);
+        for arn in revisions {
+            let concurrent = arn != ours
+                && family_of_arn(arn) == Some(self.family.as_str())
+                && revision_of_arn(arn).is_some_and(|r| r > since);
+            if !concurrent {
+                continue;
+            }
+            let definition = self.describe_task_definition(arn).await?;
+            let Some((bucket, key)) = config_path_of(&definition)
+                .as_deref()
+                .and_then(parse_s3_path)
+            else {
+                continue;
+            };
+            let modified = ConfigBucket::new(self.s3.clone(), bucket)
+                .head(&key)
+                .await?
+                .and_then(|info| info.last_modified_secs);
+            if let (Some(theirs), Some(current)) = (modified, best.1) {
+                if theirs > current {
+                    best = (arn.clone(), Some(theirs));
+                }
+            }
+        }
+        Ok(best.0)
     }
 
     async fn running_task_definition(&self) -> Result<String, EcsUpdateError> {
@@ -372,8 +439,8 @@ impl EcsUpdater {
             })
     }
 
-    /// Deregisters every active revision of the family except `keep`; returns their ARNs.
-    async fn deregister_others(&self, keep: &[&str]) -> Result<Vec<String>, EcsUpdateError> {
+    /// Every active revision of the family.
+    async fn active_revisions(&self) -> Result<Vec<String>, EcsUpdateError> {
         let mut arns = Vec::new();
         let mut token = None;
         loop {
@@ -392,18 +459,31 @@ impl EcsUpdater {
                 _ => break,
             }
         }
+        Ok(arns)
+    }
+
+    /// Deregisters the family's `revisions` numbered below `below`, except `keep`; returns
+    /// their ARNs. Revisions registered since (by this or a concurrent update) stay.
+    async fn deregister_older(
+        &self,
+        revisions: &[String],
+        below: u32,
+        keep: &[&str],
+    ) -> Result<Vec<String>, EcsUpdateError> {
         let mut deregistered = Vec::new();
-        for arn in arns {
-            if keep.contains(&arn.as_str()) || family_of_arn(&arn) != Some(self.family.as_str()) {
+        for arn in revisions {
+            let older = family_of_arn(arn) == Some(self.family.as_str())
+                && revision_of_arn(arn).is_some_and(|r| r < below);
+            if !older || keep.contains(&arn.as_str()) {
                 continue;
             }
             self.ecs
                 .deregister_task_definition()
-                .task_definition(&arn)
+                .task_definition(arn)
                 .send()
                 .await
                 .map_err(|e| ecs_error("DeregisterTaskDefinition", &e))?;
-            deregistered.push(arn);
+            deregistered.push(arn.clone());
         }
         if !deregistered.is_empty() {
             tracing::info!(
@@ -420,6 +500,13 @@ pub fn family_of_arn(arn: &str) -> Option<&str> {
     let (_, tail) = arn.rsplit_once("task-definition/")?;
     let (family, revision) = tail.rsplit_once(':')?;
     revision.parse::<u32>().ok().map(|_| family)
+}
+
+/// The revision number of a task definition ARN (`…:task-definition/family:revision`).
+pub fn revision_of_arn(arn: &str) -> Option<u32> {
+    let (_, tail) = arn.rsplit_once("task-definition/")?;
+    let (_, revision) = tail.rsplit_once(':')?;
+    revision.parse().ok()
 }
 
 /// The `S3_CONFIG_PATH` of a task definition's first container.
@@ -503,6 +590,14 @@ mod tests {
         );
         assert_eq!(
             family_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy"),
+            None
+        );
+        assert_eq!(
+            revision_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy-dev:12"),
+            Some(12)
+        );
+        assert_eq!(
+            revision_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy"),
             None
         );
         assert_eq!(

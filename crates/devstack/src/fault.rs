@@ -160,6 +160,8 @@ struct Shared {
     rules: Mutex<Vec<ActiveRule>>,
     seen: Mutex<Vec<SeenRequest>>,
     stopping: AtomicBool,
+    serialized: AtomicBool,
+    one_at_a_time: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,6 +242,8 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            serialized: AtomicBool::new(false),
+            one_at_a_time: Mutex::new(()),
         });
         let accepting = shared.clone();
         let accept = std::thread::Builder::new()
@@ -277,6 +281,16 @@ impl FaultProxy {
     /// Adds a rule (after the existing ones).
     pub fn inject(&self, rule: FaultRule) {
         lock(&self.shared.rules).push(ActiveRule { rule, matched: 0 });
+    }
+
+    /// Forwards one request at a time when `on` (clients still overlap: they queue here).
+    ///
+    /// moto evaluates a conditional write's condition and applies the write without a lock, so
+    /// two concurrent `UpdateItem`s on one item can both pass their conditions; DynamoDB never
+    /// lets that happen. Serializing the requests gives moto the per-request atomicity of the
+    /// real service, for tests of overlapping writers.
+    pub fn set_serialized(&self, on: bool) {
+        self.shared.serialized.store(on, Ordering::SeqCst);
     }
 
     /// Removes every rule: everything passes through again.
@@ -630,17 +644,17 @@ fn serve(stream: TcpStream, shared: &Shared) {
             Ok(None) | Err(_) => break,
         };
         let answer = match shared.decide(&request) {
-            None => forward(&request, shared.upstream),
+            None => forward(&request, shared),
             Some(Fault::InternalError) => Ok(error_answer(&request, false)),
             Some(Fault::Throttle) => Ok(error_answer(&request, true)),
             Some(Fault::Drop) => break,
             Some(Fault::LoseResponse) => {
-                let _ = forward(&request, shared.upstream);
+                let _ = forward(&request, shared);
                 break;
             }
             Some(Fault::Delay(delay)) => {
                 std::thread::sleep(delay);
-                forward(&request, shared.upstream)
+                forward(&request, shared)
             }
         };
         let Ok(answer) = answer else { break };
@@ -663,7 +677,12 @@ fn serve(stream: TcpStream, shared: &Shared) {
 
 /// Sends `request` to the upstream on a fresh connection and returns the answer re-framed
 /// with a `Content-Length` (so the client connection can stay open).
-fn forward(request: &Request, upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+fn forward(request: &Request, shared: &Shared) -> std::io::Result<Vec<u8>> {
+    let _turn = shared
+        .serialized
+        .load(Ordering::SeqCst)
+        .then(|| lock(&shared.one_at_a_time));
+    let upstream = shared.upstream;
     let mut connection = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
     connection.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
     connection.set_write_timeout(Some(UPSTREAM_TIMEOUT))?;
@@ -848,6 +867,8 @@ mod tests {
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            serialized: AtomicBool::new(false),
+            one_at_a_time: Mutex::new(()),
         };
         let update = request(
             "POST",
