@@ -235,10 +235,7 @@ async fn the_deadline_covers_the_fallback_too() {
     })
     .expect("prober");
     let outcome = prober.probe(&url).await;
+    // Without a deadline over the fallback, the answer "0x1" would arrive after 1.5 s. (No
+    // bound on the elapsed time: timings are for benchmarks, not tests.)
     assert_eq!(outcome.result, Err(ProbeFailure::Timeout(500)));
-    assert!(
-        outcome.elapsed < Duration::from_millis(1400),
-        "{:?}",
-        outcome.elapsed
-    );
 }
