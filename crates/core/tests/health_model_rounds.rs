@@ -464,6 +464,7 @@ async fn a_round_that_would_not_finish_before_the_deadline_is_not_started() {
         .await
         .expect("invocation");
     assert_eq!((summary.round, summary.rounds), (1, 4));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // It returns instead of sleeping toward a round it cannot finish (the deadline is 6 s away).
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(real.stack_metric("Number of healthy ETH nodes"), [1.0]);
 }
