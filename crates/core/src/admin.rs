@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::backend::Backend;
 use crate::backend_url::BackendUrl;
+use crate::json_kind;
 use crate::renderer_trigger::RendererTrigger;
 use crate::store::{BackendStore, StoreError};
 
@@ -112,7 +113,7 @@ pub fn request_body(event: &Value) -> Result<Map<String, Value>, AdminError> {
     let Some(event) = event.as_object() else {
         return Err(AdminError::Validation(format!(
             "event must be a JSON object with a \"body\", not {}",
-            kind(event)
+            json_kind(event)
         )));
     };
     let body = match event.get("body") {
@@ -135,7 +136,7 @@ pub fn request_body(event: &Value) -> Result<Map<String, Value>, AdminError> {
         Value::Object(map) => Ok(map),
         other => Err(AdminError::Validation(format!(
             "body must be a JSON object, not {}",
-            kind(&other)
+            json_kind(&other)
         ))),
     }
 }
@@ -161,7 +162,7 @@ pub fn parse_add_request(event: &Value) -> Result<AddRequest, AdminError> {
         Some(other) => {
             return Err(AdminError::Validation(format!(
                 "\"is_leader\" must be a boolean, not {}",
-                kind(other)
+                json_kind(other)
             )));
         }
         None => return Err(AdminError::Validation("\"is_leader\" is required".into())),
@@ -190,20 +191,9 @@ fn required_url(body: &Map<String, Value>) -> Result<String, AdminError> {
         Some(Value::String(_)) => Err(AdminError::Validation("url is empty".into())),
         Some(other) => Err(AdminError::Validation(format!(
             "\"url\" must be a string, not {}",
-            kind(other)
+            json_kind(other)
         ))),
         None => Err(AdminError::Validation("\"url\" is required".into())),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -30,3 +30,16 @@ pub mod store;
 pub mod telemetry;
 
 pub use lambda_runtime;
+
+/// "a string", "an object", …: how error messages name the JSON type they got.
+pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

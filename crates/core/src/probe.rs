@@ -20,6 +20,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::backend_url::BackendUrl;
+use crate::json_kind;
 
 /// The JSON-RPC request every probe sends, byte for byte the original's.
 pub const BLOCK_NUMBER_REQUEST: &str =
@@ -472,17 +473,6 @@ fn shorten(text: &str, max_chars: usize) -> String {
         let mut cut: String = cleaned.chars().take(max_chars).collect();
         cut.push('…');
         cut
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
