@@ -74,16 +74,7 @@ async fn no_request_fails_while_nodes_die_and_a_foreign_chain_is_never_served() 
         .await
         .expect("add the foreign node");
 
-    wait_for(
-        "both nodes are routed with the leader as backup",
-        Duration::from_secs(30),
-        || async {
-            routes_to(&stack, &node_a, "node")
-                && routes_to(&stack, &node_b, "node")
-                && routes_to(&stack, &leader, "backup")
-        },
-    )
-    .await;
+    wait_until_fully_routed(&stack, &leader, &node_a, &node_b).await;
 
     // Killing node A under load: passive detection and retry hide it; the config drops it.
     let load = start_load(&proxy, 8);

@@ -28,16 +28,7 @@ async fn the_whole_system_routes_around_failures() {
     let (leader, node_a, node_b) = (urls[0].clone(), urls[1].clone(), urls[2].clone());
 
     // 1. Requests are answered by the healthy nodes, spread across them; the leader stands by.
-    wait_for(
-        "both nodes are routed with the leader as backup",
-        Duration::from_secs(30),
-        || async {
-            routes_to(&stack, &node_a, "node")
-                && routes_to(&stack, &node_b, "node")
-                && routes_to(&stack, &leader, "backup")
-        },
-    )
-    .await;
+    wait_until_fully_routed(&stack, &leader, &node_a, &node_b).await;
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..40 {
         let who = who_answers(&client, &proxy)

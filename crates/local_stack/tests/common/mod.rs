@@ -148,3 +148,17 @@ pub fn mark_nodes(stack: &LocalStack) {
         .expect("anvil_setBalance");
     }
 }
+
+/// Waits (at most 30 s) until both nodes are routed with the leader as backup.
+pub async fn wait_until_fully_routed(stack: &LocalStack, leader: &str, node_a: &str, node_b: &str) {
+    wait_for(
+        "both nodes are routed with the leader as backup",
+        Duration::from_secs(30),
+        || async {
+            routes_to(stack, node_a, "node")
+                && routes_to(stack, node_b, "node")
+                && routes_to(stack, leader, "backup")
+        },
+    )
+    .await;
+}
