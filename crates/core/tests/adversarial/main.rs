@@ -7,3 +7,4 @@
 mod concurrency;
 mod faults;
 mod support;
+mod tls;

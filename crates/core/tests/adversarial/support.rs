@@ -105,9 +105,17 @@ impl Env {
         moto.create_bucket(&bucket_name)
             .await
             .expect("create bucket");
-        moto.create_lambda_function(&function)
-            .await
-            .expect("create function");
+        // moto now and then answers the first CreateFunction of a fresh server without an
+        // ARN; a second attempt works.
+        let mut created = moto.create_lambda_function(&function).await;
+        for _ in 0..3 {
+            if created.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            created = moto.create_lambda_function(&function).await;
+        }
+        created.expect("create function");
         let moto_proxy = FaultProxy::start(&moto.endpoint()).expect("fault proxy for moto");
         let metrics_proxy =
             FaultProxy::start(&recorder().endpoint()).expect("fault proxy for the recorder");
