@@ -41,7 +41,10 @@ fi
 if [ ! -x "$tools/node/node_modules/.bin/anvil" ]; then
   log "installing @foundry-rs/anvil (npm)"
   mkdir -p "$tools/node"
-  (cd "$tools/node" && npm install --no-audit --no-fund --silent @foundry-rs/anvil >/dev/null)
+  # A package.json of its own, so npm does not walk up to the repository's (the Serverless CLI's).
+  [ -f "$tools/node/package.json" ] || printf '{"private": true}\n' > "$tools/node/package.json"
+  npm install --prefix "$tools/node" --no-audit --no-fund --silent @foundry-rs/anvil@1.7.1 >/dev/null
+  [ -x "$tools/node/node_modules/.bin/anvil" ] || { log "anvil did not install into $tools/node"; exit 1; }
 fi
 if command -v rustup >/dev/null 2>&1 \
   && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
