@@ -200,7 +200,7 @@ def main():
                            "ecs:ListTaskDefinitions", "ecs:DeregisterTaskDefinition",
                            "iam:PassRole"},
         "SlackNotifierRole": {"logs:CreateLogStream", "logs:PutLogEvents"},
-        "NginxTaskRole": {"s3:GetObject", "s3:ListBucket"},
+        "NginxTaskRole": {"s3:GetObject", "s3:ListBucket", "cloudwatch:PutMetricData"},
     }
     roles = [n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
     check(sorted(roles) == sorted(expected_actions),
@@ -267,7 +267,8 @@ def main():
         check(container.get("PortMappings") == [{"ContainerPort": 80, "HostPort": 0,
                                                  "Protocol": "tcp"}], "dynamic host port 80")
         names = {e["Name"] for e in container.get("Environment", [])}
-        check(names == {"AWS_REGION", "CONFIG_POINTER_PATH", "CONFIG_POLL_SECONDS"},
+        check(names == {"AWS_REGION", "CONFIG_POINTER_PATH", "CONFIG_POLL_SECONDS",
+                        "CLOUDWATCH_NAMESPACE", "STACK_NAME"},
               f"container environment {names}")
         check(container.get("LogConfiguration", {}).get("LogDriver") == "awslogs", "awslogs")
     nginx_logs = resource("NginxLogGroup", "AWS::Logs::LogGroup")

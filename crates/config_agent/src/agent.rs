@@ -13,6 +13,7 @@ use crate::install::{ensure_socket_dir, remove_stale_sockets, InstallError, Inst
 use crate::nginx::NginxError;
 use crate::settings::{AgentSettings, S3Location};
 use crate::source::{ConfigFetcher, FetchError, FetchedConfig};
+use crate::status::{ConfigStatus, StatusReporter};
 
 /// The configuration nginx runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub struct Agent {
     pub installer: Installer,
     /// First-fetch retries (run mode).
     pub retry: RetryPolicy,
+    /// Publishes whether the configuration in force is the newest (run mode with polling).
+    pub reporter: Option<StatusReporter>,
 }
 
 impl Agent {
@@ -109,7 +112,36 @@ impl Agent {
             fetcher: ConfigFetcher::new(s3),
             installer,
             retry: RetryPolicy::default(),
+            reporter: None,
         }
+    }
+
+    /// Compares the configuration in force with the pointer, logs the result (hash, age, and
+    /// how long a newer render has waited) and publishes it when a reporter is set.
+    pub async fn report_status(&self, applied_sha256: &str) -> Option<ConfigStatus> {
+        let location = self.settings.sources.pointer.as_ref()?;
+        let pointer = self.fetcher.pointer(location).await.ok().flatten();
+        let status = ConfigStatus::evaluate(
+            applied_sha256,
+            pointer.as_ref(),
+            time::OffsetDateTime::now_utc(),
+        );
+        match status.current {
+            Some(false) => tracing::warn!(
+                sha256 = %status.applied_sha256,
+                newest_waiting_secs = ?status.staleness_secs,
+                "the configuration in force is not the newest render"
+            ),
+            _ => tracing::info!(
+                sha256 = %status.applied_sha256,
+                age_secs = ?status.age_secs,
+                "configuration in force is the newest render"
+            ),
+        }
+        if let Some(reporter) = &self.reporter {
+            reporter.publish(&status).await;
+        }
+        Some(status)
     }
 
     fn prepare_socket_dir(&self) {
@@ -357,7 +389,13 @@ impl Agent {
                 _ = ticker.tick(), if check.is_none() && !stopping => {
                     let (current, refused) = (current.clone(), refused.clone());
                     check = Some(Box::pin(async move {
-                        self.check_pointer(&current, refused.as_deref()).await
+                        let outcome = self.check_pointer(&current, refused.as_deref()).await;
+                        let in_force = match &outcome {
+                            CheckOutcome::Installed(applied) => &applied.sha256,
+                            _ => &current.sha256,
+                        };
+                        self.report_status(in_force).await;
+                        outcome
                     }));
                 }
                 outcome = async {

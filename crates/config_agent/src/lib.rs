@@ -25,6 +25,7 @@ pub mod install;
 pub mod nginx;
 pub mod settings;
 pub mod source;
+pub mod status;
 
 pub use agent::{Agent, Applied, CheckOutcome};
 pub use settings::{parse_args, Mode, S3Location};

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use config_agent::settings::USAGE;
+use config_agent::status::StatusReporter;
 use config_agent::{parse_args, Agent, Mode};
+use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 
@@ -34,7 +36,22 @@ async fn main() -> ExitCode {
             }
         }
         Mode::Run { settings, poll } => {
-            let agent = Agent::new(settings, aws_sdk_s3::Client::new(&aws_config().await));
+            let config = aws_config().await;
+            let mut agent = Agent::new(settings, aws_sdk_s3::Client::new(&config));
+            // With CLOUDWATCH_NAMESPACE and STACK_NAME set, the agent publishes whether the
+            // configuration in force is the newest render (a stuck agent becomes visible).
+            let env = Env::process();
+            if let (Some(namespace), Some(stack_name)) =
+                (env.get("CLOUDWATCH_NAMESPACE"), env.get("STACK_NAME"))
+            {
+                agent.reporter = Some(StatusReporter {
+                    publisher: MetricsPublisher::new(
+                        aws_sdk_cloudwatch::Client::new(&config),
+                        namespace,
+                    ),
+                    stack_name,
+                });
+            }
             match poll {
                 None => {
                     let error = agent.run_exec().await;

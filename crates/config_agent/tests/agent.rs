@@ -370,6 +370,24 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     aws.render(&prefix, &[format!("http://127.0.0.1:{node_a}")], "render_a")
         .await;
 
+    // The agent reports whether the configuration in force is the newest render.
+    let recorder = devstack::MetricsRecorder::start().expect("CloudWatch recorder");
+    let mut env = aws.moto.env();
+    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.endpoint()));
+    env.push(("CLOUDWATCH_NAMESPACE", "agent-test".into()));
+    env.push(("STACK_NAME", "agent-test".into()));
+    let staleness = || -> Vec<f64> {
+        recorder
+            .recorded()
+            .expect("recorded metrics")
+            .iter()
+            .filter(|call| call["namespace"] == "agent-test")
+            .flat_map(|call| call["metric_data"].as_array().cloned().unwrap_or_default())
+            .filter(|point| point["MetricName"] == config_agent::status::METRIC_STALENESS)
+            .filter_map(|point| point["Value"].as_f64())
+            .collect()
+    };
+
     // S3_CONFIG_PATH names a key that does not exist: the pointer's config is used instead.
     let mut running = RunningAgent::start(
         &prefix,
@@ -379,7 +397,7 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
             "--poll-seconds".into(),
             "1".into(),
         ],
-        &aws.moto.env(),
+        &env,
     );
     wait_until_async(
         "the proxy to answer from node A",
@@ -399,12 +417,26 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     .await;
     let good = prefix.installed();
 
+    wait_until_async(
+        "a current config is reported as 0 s stale",
+        Duration::from_secs(10),
+        || async { staleness().contains(&0.0) },
+    )
+    .await;
+
     // An invalid render is refused; node B keeps serving.
     aws.publish_raw("broken_nginx.conf", "events {}\n").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(prefix.installed(), good);
     assert!(answers(prefix.port, 200, "0xb").await);
     assert!(matches!(running.child.try_wait(), Ok(None)), "agent exited");
+    // ... and the agent reports that the newest render (dated 03:00 today) waits.
+    wait_until_async(
+        "the refused render is reported as waiting",
+        Duration::from_secs(10),
+        || async { staleness().iter().any(|seconds| *seconds > 60.0) },
+    )
+    .await;
 
     // SIGTERM is forwarded: nginx stops, then the agent exits with nginx's status.
     running.signal(libc::SIGTERM);

@@ -47,6 +47,8 @@ pub enum MetricUnit {
     None,
     /// Milliseconds.
     Milliseconds,
+    /// Seconds.
+    Seconds,
 }
 
 /// Builds the round's data points. Node dimensions are redacted labels. The block difference
@@ -172,6 +174,7 @@ fn to_datum(point: &MetricPoint, timestamp: DateTime) -> MetricDatum {
         .unit(match point.unit {
             MetricUnit::None => StandardUnit::None,
             MetricUnit::Milliseconds => StandardUnit::Milliseconds,
+            MetricUnit::Seconds => StandardUnit::Seconds,
         })
         .storage_resolution(60)
         .timestamp(timestamp)
