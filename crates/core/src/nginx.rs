@@ -444,7 +444,12 @@ fn render_backend_servers(
         (true, false) => "leader",
         (false, false) => "node",
     };
-    let _ = writeln!(out, "# backend-{index}: {} ({role})", url.redacted());
+    let _ = writeln!(
+        out,
+        "# backend-{index}: {} ({role}), socket {}",
+        url.redacted(),
+        options.socket_path(target)
+    );
     let _ = writeln!(out, "upstream backend_{index}_origin {{");
     let _ = writeln!(out, "    server {}:{};", url.host(), url.port());
     let _ = writeln!(out, "    keepalive {};", options.keepalive);
@@ -482,7 +487,11 @@ fn render_backend_server(
     let url = &target.url;
     let _ = writeln!(out, "server {{");
     let _ = writeln!(out, "    listen unix:{socket};");
-    out.push_str("    access_log off;\n\n");
+    out.push_str("    access_log off;\n");
+    // nginx names the full upstream URL (path and query: a provider's key) in its error lines;
+    // this server's are dropped. The public server still logs every failure, naming the
+    // backend by its secret-free socket, and the health checker records why (redacted).
+    out.push_str("    error_log /dev/null emerg;\n\n");
     out.push_str("    location / {\n");
     let _ = writeln!(
         out,
@@ -964,5 +973,25 @@ mod tests {
         );
         assert!(conf.contains(&expected));
         assert_eq!(plan_id(&plan.fingerprint()).len(), 16);
+    }
+
+    #[test]
+    fn internal_servers_never_log_the_full_upstream_url() {
+        let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
+        let plan = two_nodes_and_a_leader();
+        let options = RenderOptions::default();
+        for (target, _) in plan.targets() {
+            for socket in [
+                options.socket_path(target),
+                options.websocket_socket_path(target),
+            ] {
+                let server = server_listening_on(&conf, &socket);
+                assert!(server.contains(&"error_log /dev/null emerg;"), "{server:?}");
+                assert!(server.contains(&"access_log off;"));
+            }
+        }
+        // The public server keeps nginx's error log.
+        let public = block(&conf, "server {");
+        assert!(!public.iter().any(|line| line.starts_with("error_log")));
     }
 }

@@ -207,7 +207,7 @@ proptest! {
             "proxy_http_version", "proxy_set_header", "proxy_next_upstream", "proxy_next_upstream_tries",
             "proxy_next_upstream_timeout", "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout",
             "proxy_ssl_server_name", "proxy_ssl_name", "proxy_ssl_verify", "proxy_ssl_verify_depth",
-            "proxy_ssl_trusted_certificate", "proxy_ssl_session_reuse", "access_log", "map", "default", "\"~*^websocket$\"", "if", "error_page",
+            "proxy_ssl_trusted_certificate", "proxy_ssl_session_reuse", "access_log", "error_log", "map", "default", "\"~*^websocket$\"", "if", "error_page",
             "}", "add_header", "default_type", "proxy_buffering", "proxy_socket_keepalive", "keepalive_requests",
             "keepalive_timeout",
         ];
