@@ -124,8 +124,11 @@ async fn hostile_nodes_get_reasons_and_cost_only_their_own_slot() {
     let started = Instant::now();
     let summary = checker.run_round().await.unwrap();
     let took = started.elapsed();
+    // Bounded: without per-probe deadlines and the body cap, the endless, trickling and
+    // hanging nodes would hold the round for minutes or forever. The margin covers the round's
+    // moto writes on a loaded 2-core machine (not a speed claim: see docs/benchmarks.md).
     assert!(
-        took < timeout + Duration::from_millis(2500),
+        took < timeout + Duration::from_secs(8),
         "the round took {took:?}"
     );
     assert_eq!(summary.backends, cases.len());
