@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the benchmarks kept in the repository (crates/bench) and rewrites the generated part of
+# docs/benchmarks.md: health-check fan-out (1 to 10 000 backends, 10 % hanging), proxy overhead
+# (wrk through nginx vs straight to anvil), switch time through the local stack, and the Lambda
+# functions' footprint (arm64 zips, start-up, memory). Prints one report; takes ~15 minutes.
+#
+# Usage: scripts/bench.sh [jsonrpc-proxy-bench options]   (e.g. --only proxy; see --help)
+# Installs what it needs: the project's tools (scripts/install-deps.sh) and wrk (apt).
+# Measure on a quiet machine: the load average is printed first and recorded in the report.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+for arg in "$@"; do
+  if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
+    cargo run --quiet --release -p bench -- --help || true
+    exit 0
+  fi
+done
+
+scripts/install-deps.sh
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk (apt)"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
+fi
+
+functions=(add_backend list_backends remove_backend health_checker config_renderer ecs_updater)
+packages=()
+for f in "${functions[@]}"; do packages+=(-p "$f"); done
+
+log "building the bench, the functions and the config agent (release)"
+cargo build --release -p bench -p config_agent "${packages[@]}"
+
+log "building the deployment zips (cargo lambda build --release --arm64 --output-format zip)"
+if ! cargo lambda build --release --arm64 --output-format zip "${packages[@]}" >&2; then
+  log "cargo lambda build failed: the report will say the zips are not built"
+fi
+
+log "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
+exec "$CARGO_TARGET_DIR/release/jsonrpc-proxy-bench" \
+  --out "$root/docs/benchmarks.md" \
+  --json "$CARGO_TARGET_DIR/bench-results.json" \
+  --command "scripts/bench.sh${*:+ $*}" \
+  "$@"
