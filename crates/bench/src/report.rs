@@ -591,6 +591,15 @@ impl Results {
                     .map_or("—".to_owned(), |n| n.to_string())
             );
         }
+        if let Some((healthy, routed)) = switch.recovery {
+            let _ = writeln!(
+                out,
+                "\nBetween the two, the killed node was restarted and caught up with the leader: \
+                 healthy in the table after {}, routed again after {}.",
+                s(healthy),
+                s(routed)
+            );
+        }
     }
 
     fn lambda_section(&self, out: &mut String) {

@@ -64,6 +64,9 @@ pub struct SwitchReport {
     pub tolerance: u64,
     /// Node death, then lag.
     pub rows: Vec<SwitchRow>,
+    /// The dead node restarted and caught up: seconds until the table marks it healthy, and
+    /// until nginx routes to it again.
+    pub recovery: Option<(Option<f64>, Option<f64>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +310,38 @@ async fn scenario(
             .map(|log| log_lines_naming(log, &needle).saturating_sub(before)),
     }];
 
+    // Node A comes back (a fresh chain, mined up to the leader), so that two nodes share the
+    // traffic again before node B starts lagging.
+    let recovery = {
+        tokio::task::block_in_place(|| {
+            let node = &mut stack.nodes[1].anvil;
+            node.restart()?;
+            node.rpc("evm_setIntervalMining", json!([0]))?;
+            node.rpc("anvil_setBalance", json!([MARKER, "0x3e9"]))?;
+            let height = stack.nodes[0].anvil.block_number()?;
+            stack.nodes[1].anvil.mine(height + 1)?;
+            stack.nodes[1]
+                .anvil
+                .rpc("evm_setIntervalMining", json!([1]))
+                .map(|_| ())
+        })
+        .map_err(|e| e.to_string())?;
+        let back = Instant::now();
+        let healthy = wait_until("the restarted node is healthy", || {
+            stack
+                .snapshot()
+                .0
+                .iter()
+                .any(|b| b.url == node_a && b.is_healthy)
+        })
+        .await;
+        let routed = wait_until("the restarted node is routed", || routes_to(stack, &node_a)).await;
+        (
+            healthy.ok().map(|t| (t - back).as_secs_f64()),
+            routed.ok().map(|t| (t - back).as_secs_f64()),
+        )
+    };
+
     // Lag: node B stops mining; measured from the moment it is more than the tolerance behind.
     tokio::task::block_in_place(|| {
         stack.nodes[2]
@@ -364,6 +399,7 @@ async fn scenario(
         interval_secs: options.interval_secs,
         tolerance,
         rows,
+        recovery: Some(recovery),
     })
 }
 
