@@ -115,7 +115,7 @@ impl Results {
             line(
                 "1",
                 "one round, 1 000 backends",
-                format!("{} ({:.0}× faster)", secs(ms), 10_000.0 / ms.max(1.0)),
+                format!("{} ({:.1}× faster)", secs(ms), 10_000.0 / ms.max(1.0)),
                 "~10 s",
                 "≥ 5× faster (≤ 2 s)",
                 Some(ms <= 2000.0),
@@ -200,10 +200,9 @@ impl Results {
                     thousands(row.backends as u64)
                 ),
                 match &row.cold.error {
-                    Some(error) => format!(
-                        "round failed: {}",
-                        error.chars().take(90).collect::<String>()
-                    ),
+                    Some(error) => {
+                        format!("round failed: {}", error.split(';').next().unwrap_or(error))
+                    }
                     None => format!("{} unhealthy", row.cold.unhealthy),
                 },
                 "—",
