@@ -88,6 +88,7 @@ def main():
             "EXPECTED_CHAIN_ID": str(config.get("expected_chain_id", "") or ""),
             "ROUNDS_PER_INVOCATION": str(config.get("rounds_per_invocation", 1)),
             "ROUND_INTERVAL_SECS": str(config.get("round_interval_secs", 15)),
+            "ROW_REFRESH_SECS": str(config.get("row_refresh_secs", 300)),
         }),
         "config_renderer": ("ConfigRendererRole", {
             "DYNAMODB_TABLE": stack,

@@ -425,6 +425,36 @@ impl RoundAssessment {
     }
 }
 
+/// Whether `verdict` records anything its stored row (`previous`, as the round read it) does
+/// not already say, so that the row must be written this round.
+///
+/// Timing alone is not news: `last_checked` and `response_time_ms` change every round. Nor
+/// are counters past their threshold: the hysteresis only asks whether
+/// `consecutive_failures` reached `UNHEALTHY_AFTER` and `consecutive_passes` reached
+/// `HEALTHY_AFTER`, so a row left at the threshold judges the next round exactly as the
+/// exact count would. Everything else the write would store is compared: health, reason,
+/// last failure, stored block, chain id, lag, and the counters below their thresholds. A row
+/// never checked always needs its first write.
+pub fn verdict_changes_row(previous: &Backend, verdict: &Verdict, policy: &HealthPolicy) -> bool {
+    let never_checked = previous.last_checked_ms.is_none() && previous.last_checked.is_none();
+    let failures_limit = policy.unhealthy_after.max(1);
+    let passes_limit = policy.healthy_after.max(1);
+    never_checked
+        || verdict.is_healthy != previous.is_healthy
+        || verdict.health_reason != previous.health_reason
+        || verdict
+            .last_failure()
+            .or_else(|| previous.last_failure.clone())
+            != previous.last_failure
+        || verdict.stored_block != previous.block_number
+        || verdict.chain_id.or(previous.chain_id) != previous.chain_id
+        || verdict.lag != previous.lag_blocks
+        || verdict.consecutive_failures.min(failures_limit)
+            != previous.consecutive_failures.min(failures_limit)
+        || verdict.consecutive_passes.min(passes_limit)
+            != previous.consecutive_passes.min(passes_limit)
+}
+
 /// A probe's outcome for one backend, or the reason it was not probed.
 pub type Observation = Result<ProbeOutcome, UnhealthyReason>;
 
@@ -1540,5 +1570,112 @@ mod tests {
             Some("2026-11-24T03:00:00.000000Z")
         );
         assert_eq!(stored[0].consecutive_passes, 1);
+    }
+
+    /// Per round: `(is_healthy, health_reason)` of one backend.
+    type History = Vec<(bool, Option<String>)>;
+
+    /// Runs `observations` (one per round, for one node beside a leader at block 100) through
+    /// rounds twice: storing every verdict, and storing only verdicts that
+    /// [`verdict_changes_row`] says change the row. Returns both histories of
+    /// `(is_healthy, health_reason)`.
+    fn histories(observations: &[Observation], policy: &HealthPolicy) -> (History, History, usize) {
+        let start = vec![leader(Was::Fresh), node(1, Was::Fresh)];
+        let mut every = start.clone();
+        let mut changed_only = start;
+        let (mut every_history, mut changed_history, mut writes) = (vec![], vec![], 0);
+        for (round, observation) in observations.iter().enumerate() {
+            let at_time = T0 + time::Duration::minutes(round as i64);
+            let seen = [at(100), observation.clone()];
+            let all = assess(&every, &seen, policy);
+            every_history.push((
+                all.verdicts[1].is_healthy,
+                all.verdicts[1].health_reason.clone(),
+            ));
+            every = all.apply_to(&every, at_time);
+
+            let some = assess(&changed_only, &seen, policy);
+            changed_history.push((
+                some.verdicts[1].is_healthy,
+                some.verdicts[1].health_reason.clone(),
+            ));
+            let applied = some.apply_to(&changed_only, at_time);
+            for (index, verdict) in some.verdicts.iter().enumerate() {
+                if verdict_changes_row(&changed_only[index], verdict, policy) {
+                    changed_only[index] = applied[index].clone();
+                    writes += usize::from(index == 1);
+                }
+            }
+        }
+        (every_history, changed_history, writes)
+    }
+
+    #[test]
+    fn skipping_rows_with_nothing_new_never_changes_a_judgement() {
+        // Every sequence of 6 rounds over: at the head, 20 blocks behind, a timeout (soft), a
+        // refused connection (hard); with the default policy and a slower one.
+        let kinds: [fn() -> Observation; 4] = [
+            || at(100),
+            || at(80),
+            || failed(ProbeFailure::Timeout(2000)),
+            refused,
+        ];
+        let policies = [
+            policy(),
+            HealthPolicy {
+                unhealthy_after: 3,
+                healthy_after: 4,
+                ..policy()
+            },
+        ];
+        let mut skipped_somewhere = false;
+        for policy in &policies {
+            for code in 0..4usize.pow(6) {
+                let observations: Vec<Observation> = (0..6)
+                    .map(|round| kinds[(code / 4usize.pow(round)) % 4]())
+                    .collect();
+                let (every, changed_only, writes) = histories(&observations, policy);
+                assert_eq!(every, changed_only, "sequence {code} under {policy:?}");
+                skipped_somewhere |= writes < observations.len();
+            }
+        }
+        assert!(skipped_somewhere, "some rounds had nothing new to write");
+    }
+
+    #[test]
+    fn a_steady_node_has_nothing_new_and_a_change_is_news() {
+        let policy = policy();
+        let (_, _, writes) = histories(&vec![at(100); 8], &policy);
+        // First check (healthy at once), second (passes 1 → 2 = HEALTHY_AFTER), then nothing new.
+        assert_eq!(writes, 2);
+
+        let mut rows = vec![leader(Was::Healthy), node(1, Was::Healthy)];
+        rows[1].block_number = Some(100);
+        rows[1].chain_id = Some(1);
+        rows[1].lag_blocks = Some(0);
+        rows[1].consecutive_passes = 7;
+        let steady = assess(&rows, &[at(100), at(100)], &policy);
+        assert!(!verdict_changes_row(&rows[1], &steady.verdicts[1], &policy));
+
+        for (what, observation) in [
+            ("a new block", at(101)),
+            ("a lag", at(99)),
+            ("another chain", on_chain(100, 5)),
+            ("a tolerated failure", failed(ProbeFailure::Timeout(2000))),
+            ("a hard failure", refused()),
+        ] {
+            let round = assess(&rows, &[at(101), observation], &policy);
+            assert!(
+                verdict_changes_row(&rows[1], &round.verdicts[1], &policy),
+                "{what}"
+            );
+        }
+        let never_checked = node(1, Was::Fresh);
+        let first = assess(std::slice::from_ref(&never_checked), &[at(100)], &policy);
+        assert!(verdict_changes_row(
+            &never_checked,
+            &first.verdicts[0],
+            &policy
+        ));
     }
 }

@@ -15,11 +15,12 @@ use serde::Serialize;
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::backend::Backend;
+use crate::backend::{epoch_millis, Backend};
 use crate::backend_url::BackendUrl;
 use crate::config_bucket::{BucketError, ConfigBucket};
 use crate::health::{
-    assess, ChainSource, HealthPolicy, LeaderStatus, Observation, RoundAssessment, UnhealthyReason,
+    assess, verdict_changes_row, ChainSource, HealthPolicy, LeaderStatus, Observation,
+    RoundAssessment, UnhealthyReason, Verdict,
 };
 use crate::metrics::{round_metrics, MetricsError, MetricsPublisher};
 use crate::nginx::RoutingPlan;
@@ -56,6 +57,8 @@ pub enum HealthCheckError {
 pub const DEFAULT_ROUNDS_PER_INVOCATION: u32 = 1;
 /// Default `ROUND_INTERVAL_SECS`.
 pub const DEFAULT_ROUND_INTERVAL_SECS: u64 = 15;
+/// Default `ROW_REFRESH_SECS`.
+pub const DEFAULT_ROW_REFRESH_SECS: u64 = 300;
 /// Largest `ROUNDS_PER_INVOCATION` accepted.
 pub const MAX_ROUNDS_PER_INVOCATION: u32 = 60;
 /// Time kept free for a round on top of the probe timeout when deciding whether it still fits
@@ -116,6 +119,9 @@ pub struct RoundSummary {
     pub written: usize,
     /// Items skipped because they were removed meanwhile or a newer round wrote them.
     pub skipped: usize,
+    /// Items not written because the check found nothing their row does not already say
+    /// (see [`verdict_changes_row`]) and their last write is younger than `ROW_REFRESH_SECS`.
+    pub unchanged: usize,
     /// `PutMetricData` calls made.
     pub metric_calls: usize,
     /// Whether a render was requested, and why.
@@ -145,6 +151,9 @@ pub struct HealthChecker {
     pub stack_name: String,
     /// Table writes in flight at once.
     pub write_concurrency: usize,
+    /// `ROW_REFRESH_SECS`: how old a row's last write may get before a check with nothing new
+    /// rewrites it anyway (zero: every row every round).
+    pub row_refresh: Duration,
 }
 
 impl HealthChecker {
@@ -169,6 +178,7 @@ impl HealthChecker {
             schedule: settings.schedule(),
             stack_name: settings.stack_name.clone(),
             write_concurrency: settings.write_concurrency,
+            row_refresh: settings.row_refresh,
         })
     }
 
@@ -238,7 +248,7 @@ impl HealthChecker {
         let round = self.probe_and_assess(&backends).await;
         log_round(&backends, &round, self.policy.tolerance);
 
-        let (written, skipped, write_error) = self.write_verdicts(&round, checked_at).await;
+        let writes = self.write_verdicts(&backends, &round, checked_at).await;
 
         let points = round_metrics(&round, &self.stack_name);
         let metric_result = self
@@ -270,15 +280,16 @@ impl HealthChecker {
             corroborated_head: round.corroborated_head,
             leader: round.leader.as_str(),
             expected_chain_id: round.expected_chain.map(|c| c.chain_id),
-            written,
-            skipped,
+            written: writes.written,
+            skipped: writes.skipped,
+            unchanged: writes.unchanged,
             metric_calls: *metric_result.as_ref().unwrap_or(&0),
             render_requested: render_reason,
             plan_fingerprint: fingerprint,
         };
         tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "health check round done");
 
-        if let Some(error) = write_error {
+        if let Some(error) = writes.error {
             return Err(error);
         }
         metric_result?;
@@ -312,12 +323,30 @@ impl HealthChecker {
         assess(backends, &observations, &self.policy)
     }
 
+    /// Writes back every verdict with something new for its row, or whose row's last write
+    /// is older than [`HealthChecker::row_refresh`], `write_concurrency` at a time.
     async fn write_verdicts(
         &self,
+        backends: &[Backend],
         round: &RoundAssessment,
         checked_at: OffsetDateTime,
-    ) -> (usize, usize, Option<HealthCheckError>) {
-        let results: Vec<Result<CheckWrite, StoreError>> = stream::iter(&round.verdicts)
+    ) -> WriteOutcome {
+        let checked_ms = epoch_millis(checked_at);
+        let refresh_ms = u64::try_from(self.row_refresh.as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<&Verdict> = backends
+            .iter()
+            .zip(&round.verdicts)
+            .filter(|(previous, verdict)| {
+                let last_write_age = previous
+                    .last_checked_ms
+                    .map(|at| checked_ms.saturating_sub(at));
+                verdict_changes_row(previous, verdict, &self.policy)
+                    || last_write_age.is_none_or(|age| age >= refresh_ms)
+            })
+            .map(|(_, verdict)| verdict)
+            .collect();
+        let unchanged = round.verdicts.len() - due.len();
+        let results: Vec<Result<CheckWrite, StoreError>> = stream::iter(due)
             .map(|verdict| self.store.record_check(verdict, checked_at))
             .buffer_unordered(self.write_concurrency.max(1))
             .collect()
@@ -340,7 +369,12 @@ impl HealthChecker {
         if let Some(error) = &error {
             tracing::error!(%error, "health writes failed");
         }
-        (written, skipped, error)
+        WriteOutcome {
+            written,
+            skipped,
+            unchanged,
+            error,
+        }
     }
 
     /// Why a render is needed, or `None` when the last rendered plan is the current one.
@@ -358,6 +392,14 @@ impl HealthChecker {
             }
         }
     }
+}
+
+/// What [`HealthChecker::write_verdicts`] did.
+struct WriteOutcome {
+    written: usize,
+    skipped: usize,
+    unchanged: usize,
+    error: Option<HealthCheckError>,
 }
 
 fn log_round(backends: &[Backend], round: &RoundAssessment, tolerance: u64) {

@@ -15,7 +15,7 @@ use crate::health::{
 };
 use crate::health_check::{
     RoundSchedule, DEFAULT_ROUNDS_PER_INVOCATION, DEFAULT_ROUND_INTERVAL_SECS,
-    MAX_ROUNDS_PER_INVOCATION,
+    DEFAULT_ROW_REFRESH_SECS, MAX_ROUNDS_PER_INVOCATION,
 };
 use crate::nginx::RenderOptions;
 use crate::probe::ProbeSettings;
@@ -186,6 +186,9 @@ pub struct HealthCheckSettings {
     pub probe: ProbeSettings,
     /// `WRITE_CONCURRENCY` (16): table writes in flight at once.
     pub write_concurrency: usize,
+    /// `ROW_REFRESH_SECS` (300): a row whose check found nothing new is still rewritten when
+    /// its last write is this old (0 writes every row every round, as the original did).
+    pub row_refresh: Duration,
     /// `UNHEALTHY_AFTER` (2): consecutive soft failures before a healthy backend is unhealthy.
     pub unhealthy_after: u32,
     /// `HEALTHY_AFTER` (2): consecutive passed checks before an unhealthy backend is healthy.
@@ -215,6 +218,11 @@ impl HealthCheckSettings {
                 max_body_bytes: env.number("PROBE_MAX_BODY_BYTES", defaults.max_body_bytes, 256)?,
             },
             write_concurrency: env.number("WRITE_CONCURRENCY", 16, 1)?,
+            row_refresh: Duration::from_secs(env.number(
+                "ROW_REFRESH_SECS",
+                DEFAULT_ROW_REFRESH_SECS,
+                0,
+            )?),
             unhealthy_after: env.number("UNHEALTHY_AFTER", DEFAULT_UNHEALTHY_AFTER, 1)?,
             healthy_after: env.number("HEALTHY_AFTER", DEFAULT_HEALTHY_AFTER, 1)?,
             expected_chain_id: env.optional_number("EXPECTED_CHAIN_ID", 1)?,
@@ -391,8 +399,14 @@ mod tests {
             ("EXPECTED_CHAIN_ID", "137"),
             ("ROUNDS_PER_INVOCATION", "4"),
             ("ROUND_INTERVAL_SECS", "14"),
+            ("ROW_REFRESH_SECS", "0"),
         ])
         .unwrap();
+        assert_eq!(settings.row_refresh, Duration::ZERO);
+        assert_eq!(
+            read(&[]).unwrap().row_refresh,
+            Duration::from_secs(DEFAULT_ROW_REFRESH_SECS)
+        );
         assert_eq!(
             settings.policy(),
             HealthPolicy {
@@ -417,6 +431,7 @@ mod tests {
             ("ROUNDS_PER_INVOCATION", "0"),
             ("ROUNDS_PER_INVOCATION", "61"),
             ("ROUND_INTERVAL_SECS", "0"),
+            ("ROW_REFRESH_SECS", "-1"),
         ] {
             let err = read(&[(name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

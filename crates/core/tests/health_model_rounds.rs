@@ -268,6 +268,9 @@ async fn real(schedule: RoundSchedule) -> Real {
         schedule,
         stack_name: "health-model-stack".into(),
         write_concurrency: 4,
+        row_refresh: std::time::Duration::from_secs(
+            jsonrpc_proxy::health_check::DEFAULT_ROW_REFRESH_SECS,
+        ),
     };
     Real {
         _moto: moto,
@@ -394,8 +397,11 @@ async fn one_invocation_runs_its_rounds_at_the_interval_with_hysteresis_through_
         Some("wrong chain: 5, expected 31337")
     );
     assert_eq!(number(wrong, "chain_id"), Some(5.0));
-    assert_eq!(number(wrong, "consecutive_failures"), Some(3.0));
-    assert_eq!(number(&items[&a.url()], "consecutive_passes"), Some(3.0));
+    // Counters count up to their threshold (UNHEALTHY_AFTER, HEALTHY_AFTER = 2): the third
+    // round found nothing new for any row, so it wrote none (ROW_REFRESH_SECS is 300).
+    assert_eq!(number(wrong, "consecutive_failures"), Some(2.0));
+    assert_eq!(number(&items[&a.url()], "consecutive_passes"), Some(2.0));
+    assert_eq!((summary.written, summary.unchanged), (0, 4), "{summary:?}");
     assert_eq!(real.stack_metric("Leader stalled"), [0.0, 0.0, 0.0]);
 
     // The leader stalls while the nodes move on; b falls behind with it.

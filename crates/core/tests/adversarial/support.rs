@@ -165,6 +165,8 @@ impl Env {
             schedule: RoundSchedule::default(),
             stack_name: self.stack_name.clone(),
             write_concurrency: 16,
+            // These scenarios exercise the write path under faults: every row every round.
+            row_refresh: Duration::ZERO,
         }
     }
 

@@ -12,7 +12,7 @@ use devstack::{MetricsRecorder, Moto};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::HealthPolicy;
-use jsonrpc_proxy::health_check::{HealthChecker, RoundSchedule};
+use jsonrpc_proxy::health_check::{HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS};
 use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::probe::{ProbeSettings, Prober};
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;
@@ -127,6 +127,7 @@ impl Stack {
             schedule: RoundSchedule::default(),
             stack_name: self.stack_name.clone(),
             write_concurrency: 16,
+            row_refresh: Duration::from_secs(DEFAULT_ROW_REFRESH_SECS),
         }
     }
 

@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::health::{UnhealthyReason, Verdict};
+use jsonrpc_proxy::health_check::HealthChecker;
 use jsonrpc_proxy::nginx::RenderOptions;
 use jsonrpc_proxy::probe::ProbeFailure;
 use jsonrpc_proxy::render_config::ConfigRenderer;
@@ -384,4 +385,62 @@ async fn an_older_round_never_overwrites_a_newer_one() {
     );
     assert_eq!(s(item, "health_reason"), Some("timeout after 2000 ms"));
     assert!(!item.contains_key("lag_blocks"));
+}
+
+/// A round writes only rows with something new (the original wrote every row every round),
+/// and rewrites an unchanged row once its last write is `ROW_REFRESH_SECS` old.
+#[tokio::test]
+async fn rows_with_nothing_new_are_not_rewritten_until_their_refresh_is_due() {
+    let stack = stack("unchanged").await;
+    let (leader, a) = (anvil(), anvil());
+    leader.mine(20).unwrap();
+    a.mine(20).unwrap();
+    stack.add(&leader.url(), true).await;
+    stack.add(&a.url(), false).await;
+    let checker = stack.checker(Duration::from_millis(1500));
+
+    let first = checker.run_round().await.unwrap();
+    assert_eq!((first.written, first.unchanged), (2, 0), "{first:?}");
+    let stamps = |items: &HashMap<String, HashMap<String, AttributeValue>>| {
+        let mut stamps: Vec<f64> = items
+            .values()
+            .map(|item| n(item, "last_checked_ms").expect("stamp"))
+            .collect();
+        stamps.sort_by(f64::total_cmp);
+        stamps
+    };
+    let after_first = stack.items().await;
+
+    // Nothing moved: nothing is written, the rows keep the first round's check.
+    let steady = checker.run_round().await.unwrap();
+    assert_eq!((steady.written, steady.unchanged), (0, 2), "{steady:?}");
+    assert_eq!(steady.healthy, 2);
+    let after_steady = stack.items().await;
+    assert_eq!(after_steady, after_first, "no item changed");
+    // Metrics are still published every round.
+    assert_eq!(steady.metric_calls, 1);
+
+    // A new block is news for the node that has it (and for the leader's lag reference, not
+    // for the leader's row): only a's row is written.
+    a.mine(1).unwrap();
+    let moved = checker.run_round().await.unwrap();
+    assert_eq!((moved.written, moved.unchanged), (1, 1), "{moved:?}");
+    let items = stack.items().await;
+    assert_eq!(n(&items[&a.url()], "block_number"), Some(21.0));
+
+    // A refresh period of zero rewrites every row every round, as the original did.
+    let always = HealthChecker {
+        row_refresh: Duration::ZERO,
+        ..checker.clone()
+    };
+    let refreshed = always.run_round().await.unwrap();
+    assert_eq!((refreshed.written, refreshed.unchanged), (2, 0));
+    let after_refresh = stack.items().await;
+    assert!(
+        stamps(&after_refresh)
+            .iter()
+            .zip(stamps(&items))
+            .all(|(new, old)| *new > old),
+        "every row carries the new check: {after_refresh:?}"
+    );
 }
