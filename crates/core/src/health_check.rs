@@ -230,9 +230,10 @@ impl HealthChecker {
 
     /// Runs one round.
     ///
-    /// Order: scan, probe, judge, write back, publish metrics, compare the implied plan with
-    /// the last rendered one and request a render when they differ. A failing step does not
-    /// stop the later ones; the first failure is returned at the end so Lambda retries.
+    /// Order: scan, probe, judge; then together: write back, publish metrics, read the last
+    /// rendered plan; then request a render when the implied plan differs from it. A failing
+    /// step does not stop the later ones; the first failure is returned at the end so Lambda
+    /// retries.
     async fn run_numbered_round(
         &self,
         round_number: u32,
@@ -248,17 +249,16 @@ impl HealthChecker {
         let round = self.probe_and_assess(&backends).await;
         log_round(&backends, &round, self.policy.tolerance);
 
-        let writes = self.write_verdicts(&backends, &round, checked_at).await;
-
+        // The writes, the metrics and the pointer read are independent: run them together.
+        // The render request waits for the writes (the renderer reads the table).
         let points = round_metrics(&round, &self.stack_name);
-        let metric_result = self
-            .metrics
-            .publish(&points, SystemTime::from(checked_at))
-            .await;
-
         let plan = RoutingPlan::from_backends(&round.apply_to(&backends, checked_at));
         let fingerprint = plan.fingerprint();
-        let render_reason = self.render_reason(&fingerprint).await;
+        let (writes, metric_result, render_reason) = tokio::join!(
+            self.write_verdicts(&backends, &round, checked_at),
+            self.metrics.publish(&points, SystemTime::from(checked_at)),
+            self.render_reason(&fingerprint),
+        );
         let trigger_result = match &render_reason {
             Some(reason) => self.trigger.request_render(reason).await,
             None => Ok(()),
