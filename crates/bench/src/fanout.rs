@@ -5,8 +5,9 @@
 //! (`jsonrpc-proxy-bench __round`) built exactly like the `health_checker` Lambda (settings
 //! from the environment, AWS endpoints from `AWS_ENDPOINT_URL*`), so the child's peak RSS
 //! (`VmHWM`) is the round's alone. Every round is timed by the child; where the time went is
-//! read from the arrival times of the requests (first probe at the fleet, first `UpdateItem`,
-//! first `PutMetricData`, first S3 read at the proxies).
+//! read from the arrival times of the requests (first probe at the fleet, then the first of
+//! the requests that follow the probes: `UpdateItem`, `PutMetricData`, the S3 pointer read,
+//! which the round sends together, at the proxies).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,14 +79,13 @@ impl Scenario {
 pub struct Phases {
     /// Start → first probe at the fleet (settings, Scan, URL validation).
     pub scan_ms: f64,
-    /// First probe → first `UpdateItem` (probing and judging).
+    /// First probe → the first request that follows the probes (probing and judging).
     pub probe_ms: f64,
-    /// First `UpdateItem` → first `PutMetricData` (the table writes).
-    pub write_ms: f64,
-    /// First `PutMetricData` → first S3 read (the metrics).
-    pub metrics_ms: f64,
-    /// First S3 read → end (pointer compare, render request).
-    pub tail_ms: f64,
+    /// That request → end: the table writes, the metrics and the pointer read (sent
+    /// together), then the render request.
+    pub record_ms: f64,
+    /// First → last `UpdateItem` arrival (0 when at most one row was written).
+    pub write_span_ms: f64,
     /// First → last probe arrival at the fleet.
     pub probe_arrivals_ms: f64,
 }
@@ -606,41 +606,44 @@ fn passed_through(name: &str) -> bool {
         || name.starts_with("BENCH_")
 }
 
-/// Splits a round into phases using the first arrival of each kind of request.
+/// Splits a round into phases: the first probe, then the first request of the ones the
+/// round sends after probing (writes, metrics, pointer read, render request).
 pub fn phases(report: &ChildReport, calls: &[Call], first_probe: u128, last_probe: u128) -> Phases {
-    let first = |operation: &str| {
-        calls
-            .iter()
-            .find(|c| c.operation == operation)
-            .map(|c| c.at_ns)
-    };
-    let marks = [
-        Some(report.started_ns),
-        (first_probe > 0).then_some(first_probe),
-        first("DynamoDB UpdateItem"),
-        first("CloudWatch PutMetricData"),
-        first("S3 GET"),
-        Some(report.ended_ns),
+    const AFTER_PROBES: [&str; 4] = [
+        "DynamoDB UpdateItem",
+        "CloudWatch PutMetricData",
+        "S3 GET",
+        "Lambda Invoke",
     ];
-    // A missing mark takes the next present one (that phase lasted 0); marks never go back.
-    let mut resolved = [report.started_ns; 6];
-    let mut next = report.ended_ns;
-    for index in (0..marks.len()).rev() {
-        if let Some(mark) = marks[index] {
-            next = mark.clamp(report.started_ns, report.ended_ns.max(report.started_ns));
-        }
-        resolved[index] = next;
-    }
-    for index in 1..resolved.len() {
-        resolved[index] = resolved[index].max(resolved[index - 1]);
-    }
+    let start = report.started_ns;
+    let end = report.ended_ns.max(start);
+    let probes_began = if first_probe > 0 {
+        first_probe.clamp(start, end)
+    } else {
+        start
+    };
+    let recording_began = calls
+        .iter()
+        .filter(|c| AFTER_PROBES.contains(&c.operation.as_str()))
+        .map(|c| c.at_ns)
+        .filter(|at| *at >= probes_began)
+        .min()
+        .unwrap_or(end)
+        .clamp(probes_began, end);
+    let writes: Vec<u128> = calls
+        .iter()
+        .filter(|c| c.operation == "DynamoDB UpdateItem")
+        .map(|c| c.at_ns)
+        .collect();
     let ms = |a: u128, b: u128| b.saturating_sub(a) as f64 / 1e6;
     Phases {
-        scan_ms: ms(resolved[0], resolved[1]),
-        probe_ms: ms(resolved[1], resolved[2]),
-        write_ms: ms(resolved[2], resolved[3]),
-        metrics_ms: ms(resolved[3], resolved[4]),
-        tail_ms: ms(resolved[4], resolved[5]),
+        scan_ms: ms(start, probes_began),
+        probe_ms: ms(probes_began, recording_began),
+        record_ms: ms(recording_began, end),
+        write_span_ms: match (writes.iter().min(), writes.iter().max()) {
+            (Some(first), Some(last)) => ms(*first, *last),
+            _ => 0.0,
+        },
         probe_arrivals_ms: if first_probe > 0 {
             ms(first_probe, last_probe)
         } else {
@@ -759,10 +762,17 @@ mod tests {
         let p = phases(&report, &calls, 10_000_000, 20_000_000);
         assert_eq!(p.scan_ms, 10.0);
         assert_eq!(p.probe_ms, 20.0);
-        assert_eq!(p.write_ms, 50.0);
-        assert_eq!(p.metrics_ms, 10.0);
-        assert_eq!(p.tail_ms, 10.0);
+        assert_eq!(p.record_ms, 70.0);
+        assert_eq!(p.write_span_ms, 1.0);
         assert_eq!(p.probe_arrivals_ms, 10.0);
+
+        // The metrics may go out before the first write: recording starts with them.
+        let calls = vec![
+            call(25_000_000, "CloudWatch PutMetricData"),
+            call(30_000_000, "DynamoDB UpdateItem"),
+        ];
+        let p = phases(&report, &calls, 10_000_000, 20_000_000);
+        assert_eq!((p.probe_ms, p.record_ms), (15.0, 75.0));
     }
 
     #[test]
@@ -773,8 +783,9 @@ mod tests {
             ..ChildReport::default()
         };
         let p = phases(&report, &[call(40_000_000, "S3 GET")], 0, 0);
-        assert_eq!(p.scan_ms, 40.0);
-        assert_eq!(p.probe_ms + p.write_ms + p.metrics_ms, 0.0);
-        assert_eq!(p.tail_ms, 10.0);
+        assert_eq!(p.scan_ms, 0.0);
+        assert_eq!(p.probe_ms, 40.0);
+        assert_eq!(p.record_ms, 10.0);
+        assert_eq!(p.write_span_ms, 0.0);
     }
 }
