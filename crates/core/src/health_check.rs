@@ -8,9 +8,10 @@
 //! timeout and a few seconds); a round that could not finish before the invocation's deadline
 //! is not started.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -61,6 +62,9 @@ pub const DEFAULT_ROUND_INTERVAL_SECS: u64 = 15;
 pub const DEFAULT_ROW_REFRESH_SECS: u64 = 300;
 /// Largest `ROUNDS_PER_INVOCATION` accepted.
 pub const MAX_ROUNDS_PER_INVOCATION: u32 = 60;
+/// Items per Scan page of the health check: small enough that probing starts after the first
+/// page while the next ones are read (DynamoDB's own cap is 1 MB, about 2 500 backends).
+const SCAN_PAGE_ITEMS: i32 = 250;
 /// Time kept free for a round on top of the probe timeout when deciding whether it still fits
 /// before the invocation's deadline.
 const ROUND_MARGIN: Duration = Duration::from_secs(5);
@@ -239,14 +243,13 @@ impl HealthChecker {
         round_number: u32,
         rounds: u32,
     ) -> Result<RoundSummary, HealthCheckError> {
-        let backends = self
-            .store
-            .scan_all()
+        let (backends, observations) = self
+            .scan_and_probe()
             .await
             .map_err(HealthCheckError::Scan)?;
         let checked_at = OffsetDateTime::now_utc();
 
-        let round = self.probe_and_assess(&backends).await;
+        let round = assess(&backends, &observations, &self.policy);
         log_round(&backends, &round, self.policy.tolerance);
 
         // The writes, the metrics and the pointer read are independent: run them together.
@@ -295,6 +298,49 @@ impl HealthChecker {
         metric_result?;
         trigger_result?;
         Ok(summary)
+    }
+
+    /// Reads the table and probes each backend as soon as its page arrives (at most
+    /// `PROBE_CONCURRENCY` probes in flight), so reading the next pages overlaps with probing.
+    /// Returns the backends sorted by URL and their observations in the same order. A failed
+    /// page fails the whole scan: probes in flight are dropped and nothing is judged.
+    async fn scan_and_probe(&self) -> Result<(Vec<Backend>, Vec<Observation>), StoreError> {
+        let concurrency = self.prober.settings().concurrency.max(1);
+        let pages = self.store.scan_pages(Some(SCAN_PAGE_ITEMS));
+        futures::pin_mut!(pages);
+        let mut waiting: VecDeque<Backend> = VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut scanned = false;
+        let mut pairs = Vec::new();
+        loop {
+            while in_flight.len() < concurrency {
+                match waiting.pop_front() {
+                    Some(backend) => in_flight.push(self.observe(backend)),
+                    None => break,
+                }
+            }
+            if scanned && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                page = pages.next(), if !scanned => match page {
+                    Some(page) => waiting.extend(page?),
+                    None => scanned = true,
+                },
+                Some(pair) = in_flight.next(), if !in_flight.is_empty() => pairs.push(pair),
+            }
+        }
+        pairs.sort_by(|a, b| a.0.url.cmp(&b.0.url));
+        Ok(pairs.into_iter().unzip())
+    }
+
+    /// Probes one backend, or says why it cannot be probed.
+    async fn observe(&self, backend: Backend) -> (Backend, Observation) {
+        let observation = match backend.parsed_url() {
+            Ok(url) => Ok(self.prober.probe(&url).await),
+            Err(error) => Err(UnhealthyReason::InvalidUrl(error.to_string())),
+        };
+        (backend, observation)
     }
 
     /// Probes every backend with a valid URL and judges them all.
@@ -346,11 +392,23 @@ impl HealthChecker {
             .map(|(_, verdict)| verdict)
             .collect();
         let unchanged = round.verdicts.len() - due.len();
-        let results: Vec<Result<CheckWrite, StoreError>> = stream::iter(due)
-            .map(|verdict| self.store.record_check(verdict, checked_at))
-            .buffer_unordered(self.write_concurrency.max(1))
-            .collect()
-            .await;
+        // A plain loop over a FuturesUnordered (rather than stream combinators over borrowed
+        // verdicts) keeps the round's future `Send` for any caller, `tokio::spawn` included.
+        let mut due = due.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut results: Vec<Result<CheckWrite, StoreError>> = Vec::new();
+        loop {
+            while in_flight.len() < self.write_concurrency.max(1) {
+                match due.next() {
+                    Some(verdict) => in_flight.push(self.store.record_check(verdict, checked_at)),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                Some(result) => results.push(result),
+                None => break,
+            }
+        }
         let written = results
             .iter()
             .filter(|r| matches!(r, Ok(CheckWrite::Written)))

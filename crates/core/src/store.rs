@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use futures::stream::{self, Stream, StreamExt};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -67,30 +68,51 @@ impl BackendStore {
     /// Every backend, following Scan pages to the end, sorted by URL.
     pub async fn scan_all(&self) -> Result<Vec<Backend>, StoreError> {
         let mut backends = Vec::new();
-        let mut start_key: Option<HashMap<String, AttributeValue>> = None;
-        loop {
+        let pages = self.scan_pages(None);
+        futures::pin_mut!(pages);
+        while let Some(page) = pages.next().await {
+            backends.extend(page?);
+        }
+        backends.sort_by(|a, b| a.url.cmp(&b.url));
+        Ok(backends)
+    }
+
+    /// The table page by page (consistent reads), each page as soon as it arrives, so that a
+    /// caller can start working on the first page while the next one is read. `page_items`
+    /// caps the items per page (DynamoDB's own cap is 1 MB). Ends after the first error.
+    pub fn scan_pages(
+        &self,
+        page_items: Option<i32>,
+    ) -> impl Stream<Item = Result<Vec<Backend>, StoreError>> + '_ {
+        // State: the next page's start key; `None` once the last page was read.
+        let first: Option<Option<HashMap<String, AttributeValue>>> = Some(None);
+        stream::try_unfold(first, move |state| async move {
+            let Some(start_key) = state else {
+                return Ok(None);
+            };
             let page = self
                 .client
                 .scan()
                 .table_name(&self.table)
                 .consistent_read(true)
-                .set_exclusive_start_key(start_key.take())
+                .set_limit(page_items)
+                .set_exclusive_start_key(start_key)
                 .send()
                 .await
                 .map_err(|e| StoreError::from_sdk("Scan", &e))?;
+            let mut backends = Vec::with_capacity(page.items().len());
             for item in page.items() {
                 match backend_from_item(item) {
                     Some(backend) => backends.push(backend),
                     None => tracing::warn!("skipping a table item without a string url"),
                 }
             }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start_key = Some(key.clone()),
-                _ => break,
-            }
-        }
-        backends.sort_by(|a, b| a.url.cmp(&b.url));
-        Ok(backends)
+            let next = match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => Some(Some(key.clone())),
+                _ => None,
+            };
+            Ok(Some((backends, next)))
+        })
     }
 
     /// Adds a backend, or updates `is_leader` of a known one keeping its history.

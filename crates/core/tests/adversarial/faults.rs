@@ -654,3 +654,77 @@ async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() 
     }
     figure("ECS update: faults injected", faults);
 }
+
+/// The round reads the table page by page (250 items) and probes each page as it arrives:
+/// while the second page is held back, the first page's backends are already being probed.
+/// A scan that fails after its first page fails the round with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_starts_with_the_first_scan_page() {
+    use futures::stream::StreamExt;
+    let env = Env::new("adv-pages").await;
+    let node = ControlledNode::start().await;
+    node.set("leader", Answer::Height(100));
+    env.add(&node.url("leader"), true).await;
+    let names: Vec<String> = (0..600).map(|i| format!("n{i}")).collect();
+    for name in &names {
+        node.set(name, Answer::Height(100));
+    }
+    futures::stream::iter(&names)
+        .for_each_concurrent(8, |name| {
+            let url = node.url(name);
+            let env = &env;
+            async move { env.add(&url, false).await }
+        })
+        .await;
+    let proxy = &env.moto_proxy;
+    proxy.forget_requests();
+    let hold = Duration::from_secs(3);
+    proxy.inject(FaultRule::new(Fault::Delay(hold)).operation(SCAN).nth(2));
+    let checker = env.checker();
+    let round = tokio::spawn(async move { checker.run_round().await });
+
+    // The second page is requested and held back for 3 s…
+    for _ in 0..400 {
+        if proxy.attempts(SCAN) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.attempts(SCAN), 2, "the second page was requested");
+    // …meanwhile the first page's 250 backends are probed (one batch request each).
+    let mut probed = node.total_requests();
+    for _ in 0..50 {
+        if probed >= 250 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        probed = node.total_requests();
+    }
+    assert_eq!(
+        proxy.attempts(SCAN),
+        2,
+        "still holding the second page back (the check above must finish within {hold:?})"
+    );
+    assert!(
+        probed >= 250,
+        "only {probed} probes during the held-back page"
+    );
+    let summary = round.await.expect("join").expect("round");
+    assert_eq!((summary.backends, summary.healthy), (601, 601));
+    assert_eq!(proxy.attempts(SCAN), 3, "pages of 250, 250 and 101");
+    proxy.clear();
+
+    // The third page fails for good: the round fails, nothing is written.
+    let before = env.items().await;
+    proxy.forget_requests();
+    proxy.inject(FaultRule::new(Fault::InternalError).operation(SCAN).skip(2));
+    let error = env
+        .checker()
+        .run_round()
+        .await
+        .expect_err("a failed page fails the round");
+    assert!(matches!(error, HealthCheckError::Scan(_)), "{error}");
+    assert_eq!(proxy.attempts(UPDATE_ITEM), 0);
+    assert_eq!(env.items().await, before, "nothing written");
+    proxy.clear();
+}

@@ -387,6 +387,11 @@ impl ControlledNode {
         format!("http://127.0.0.1:{}/n/{name}", self.port)
     }
 
+    /// Requests received so far, all names together (counts reset by [`Self::set`] excluded).
+    pub fn total_requests(&self) -> u64 {
+        lock(&self.state).requests.values().sum()
+    }
+
     /// Sets how `name` answers, and resets its request count.
     pub fn set(&self, name: &str, answer: Answer) {
         let mut state = lock(&self.state);
