@@ -54,6 +54,10 @@ pub enum UrlError {
     /// The URL has a user name but an empty one, or a password without a user name.
     #[error("url credentials must be given as user:password@ with a non-empty user")]
     BadCredentials,
+    /// The host, once its percent-escapes are decoded (as every URL parser does), contains a
+    /// character that is not allowed: `http://a%3Bb` names the host `a;b`.
+    #[error("url host contains {0:?} once percent-decoded, which is not allowed in a backend url")]
+    EncodedHostCharacter(char),
 }
 
 /// A backend URL that passed validation.
@@ -88,6 +92,16 @@ impl BackendUrl {
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(UrlError::MissingHost);
+        }
+        // The host is decoded: `%3B` in the input is `;` in the host that nginx and the
+        // HTTP client see, so the decoded host must pass the same character check.
+        if let Some(ch) = parsed
+            .host_str()
+            .unwrap_or_default()
+            .chars()
+            .find(|ch| !(ch.is_ascii_alphanumeric() || ALLOWED_PUNCTUATION.contains(*ch)))
+        {
+            return Err(UrlError::EncodedHostCharacter(ch));
         }
         if parsed.port() == Some(0) {
             return Err(UrlError::ZeroPort);
@@ -291,6 +305,13 @@ mod tests {
     }
 
     #[test]
+    fn a_harmless_escape_in_the_host_is_decoded() {
+        let url = BackendUrl::parse("http://node%2Da:8545/").unwrap();
+        assert_eq!(url.host(), "node-a");
+        assert_eq!(url.host_header(), "node-a:8545");
+    }
+
+    #[test]
     fn keeps_query_and_ipv6() {
         let url = BackendUrl::parse("https://[::1]:8443/rpc?apikey=s3cr3t").unwrap();
         assert_eq!(url.host(), "[::1]");
@@ -372,6 +393,26 @@ mod tests {
             ("http://a:0", |e| *e == UrlError::ZeroPort),
             ("http://a:70000", |e| matches!(e, UrlError::Unparsable(_))),
             ("http://:pw@a", |e| *e == UrlError::BadCredentials),
+            // Percent-escapes in the host are decoded by the parser: the decoded host must
+            // hold only allowed characters too.
+            ("http://a%3Bb:8545/", |e| {
+                *e == UrlError::EncodedHostCharacter(';')
+            }),
+            ("http://x%7Dserver%7B/", |e| {
+                *e == UrlError::EncodedHostCharacter('}')
+            }),
+            ("http://a%27b%28%29/", |e| {
+                *e == UrlError::EncodedHostCharacter('\'')
+            }),
+            ("http://a%24host/", |e| {
+                *e == UrlError::EncodedHostCharacter('$')
+            }),
+            ("http://a%22b/", |e| {
+                *e == UrlError::EncodedHostCharacter('"')
+            }),
+            ("http://a%7Bb:1/", |e| {
+                *e == UrlError::EncodedHostCharacter('{')
+            }),
         ];
         for (input, check) in cases {
             let err = BackendUrl::parse(input).expect_err(input);
