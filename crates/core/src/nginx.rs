@@ -6,14 +6,37 @@
 //!
 //! Unlike the original, every backend is reached at its full URL: scheme, host, port, path and
 //! query are kept, https gets SNI and certificate verification, `user:pass@` credentials become
-//! a basic `Authorization` header. That is done with one small internal server per backend,
-//! listening on a unix socket, that the public server's `upstream` balances across. The public
-//! server retries a failed request on the next backend (POST included), keeps connections to
-//! both layers alive, and the leader stands by as a `backup` server when nodes are healthy.
+//! a basic `Authorization` header. The public server balances over two upstreams (plain
+//! JSON-RPC and WebSocket) whose members are of two kinds (see [`direct_address`]):
 //!
-//! WebSocket upgrades (`eth_subscribe`) pass through both layers: the public server hands a
-//! request whose `Upgrade` header is `websocket` to a named location that proxies, over a
-//! second upstream of the same backends, to a second internal server per backend; only those
+//! - **Direct members**: a backend whose URL is plain `http://host[:port]` (path `/` or none,
+//!   no query, no credentials) is a member itself, `server host:port …;` (IPv6 as
+//!   `[::1]:8545`, port 80 when none is given). One proxy hop, the cheapest path.
+//! - **Internal servers**: every other backend (https, a keyed path, a query, basic auth) gets
+//!   two small internal servers listening on unix sockets (`b-<hash>.sock` for JSON-RPC,
+//!   `b-<hash>-ws.sock` for WebSocket upgrades), which proxy to its full URL with its own
+//!   `Host` header; the upstreams list those sockets.
+//!
+//! A mixed fleet mixes both kinds in the same upstreams. The public server retries a failed
+//! request on the next member (POST included), keeps connections to every member alive
+//! (`keepalive` in the upstreams: to the nodes themselves for direct members), detects failed
+//! members passively (`max_fails`/`fail_timeout`), and the leader stands by as a `backup`
+//! member when nodes are healthy.
+//!
+//! **The `Host` header of direct members.** One request goes to whichever member nginx picks,
+//! so the public server sends every direct member the same `Host`: [`DIRECT_HOST_HEADER`]
+//! (`127.0.0.1`). Nodes accept it by default: geth and erigon accept any IP-address `Host`
+//! whatever `--http.vhosts` says (their check is a DNS-rebinding guard for names only), Besu's
+//! default `--host-allowlist` is `localhost,127.0.0.1`, Nethermind, reth and anvil do not check.
+//! Caveat: a node that only accepts its own name (Besu with a `--host-allowlist` that lists
+//! only its address, or a plain-http endpoint behind name-based virtual hosting) refuses it;
+//! the health checker, which sends the URL's own host, does not see that. Such a node must
+//! accept `127.0.0.1` (or `*`) too, or be registered under a URL that is not plain, which
+//! goes through an internal server. Internal servers keep sending each backend its own `Host`.
+//!
+//! WebSocket upgrades (`eth_subscribe`) pass through: the public server hands a request whose
+//! `Upgrade` header is `websocket` to a named location that proxies over the WebSocket
+//! upstream (the same members, direct or the backends' `-ws` internal servers); only those
 //! WebSocket paths have the long `websocket_timeout_secs` read timeout, plain JSON-RPC keeps
 //! the short one. The `Connection` header comes from an http-level `map`
 //! (`$jsonrpc_proxy_connection_upgrade`: `upgrade` for WebSocket upgrades, empty otherwise), so
@@ -21,8 +44,15 @@
 //! answers 200 `ok` while the plan routes somewhere and 503 when it routes nowhere (the
 //! load balancer's target-group check); every other path of the 404 server still answers 404.
 //!
+//! Logging: nginx names a failed member in the public server's error lines. A direct member is
+//! named by its address (`upstream: "http://10.0.0.1:8545/"`; a DNS name's resolved address),
+//! which holds no secret by construction; an internal server is named by its socket, and the
+//! internal servers drop their own error lines (they would name the full upstream URL, a
+//! provider's key included).
+//!
 //! Only URLs that pass [`BackendUrl::parse`] reach the renderer, and those contain nothing
-//! nginx would read as syntax, so a rendered configuration is always well formed.
+//! nginx would read as syntax (nor does their decoded host), so a rendered configuration is
+//! always well formed.
 
 use std::fmt::Write as _;
 
@@ -50,6 +80,53 @@ pub const WEBSOCKET_UPSTREAM_NAME: &str = "jsonrpc_backends_websocket";
 pub const CONNECTION_UPGRADE_VARIABLE: &str = "$jsonrpc_proxy_connection_upgrade";
 /// The public server's health endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
+/// The `Host` header the public server sends upstream, which is what every direct member
+/// receives (see the module documentation for why this value and its caveat). Internal
+/// servers replace it with their backend's own.
+pub const DIRECT_HOST_HEADER: &str = "127.0.0.1";
+
+/// The `host:port` at which the public upstreams reach `url` directly, or `None` when the
+/// backend needs its internal servers.
+///
+/// Direct: `http` (not https), no credentials, path `/` or none, no query (not even an
+/// empty `?`). The port is the URL's, or 80; an IPv6 host keeps its brackets
+/// (`[::1]:8545`); a DNS name is resolved by nginx when it loads the configuration, as the
+/// internal servers' upstreams always were. Nothing in the address is secret, and it comes
+/// from the validated URL, so it is a safe bare token.
+pub fn direct_address(url: &BackendUrl) -> Option<String> {
+    // `path_and_query` is "/" for a path of "/" or none without a query; `has_secret_parts`
+    // says the same of path, query and credentials, and is checked too so that a URL a log
+    // line would redact is never a direct member, whatever either check becomes.
+    let plain = url.scheme() == "http"
+        && url.credentials().is_none()
+        && url.path_and_query() == "/"
+        && !url.has_secret_parts();
+    plain.then(|| format!("{}:{}", url.host(), url.port()))
+}
+
+/// Which backends the rendered configuration reaches through their internal servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layering {
+    /// Plain `http://host[:port]` backends are direct members of the public upstreams; the
+    /// others go through their internal servers. What [`render`] does, and what is deployed.
+    #[default]
+    DirectWherePossible,
+    /// Every backend goes through its internal servers, plain ones included: the rendering
+    /// from before plain backends skipped that layer. For comparison and diagnostics only
+    /// (the benchmark's two-layer row); never deployed.
+    InternalForAll,
+}
+
+impl Layering {
+    /// The address `target` is a direct member at, or `None` when it goes through its
+    /// internal servers under this layering.
+    pub fn direct_address(self, target: &RouteTarget) -> Option<String> {
+        match self {
+            Self::DirectWherePossible => direct_address(&target.url),
+            Self::InternalForAll => None,
+        }
+    }
+}
 
 /// A backend the plan routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +231,7 @@ impl RoutingPlan {
 pub struct RenderOptions {
     /// Port the public server listens on (`NGINX_LISTEN_PORT`, default 80).
     pub listen_port: u16,
-    /// Directory for the per-backend unix sockets (`NGINX_SOCKET_DIR`).
+    /// Directory for the unix sockets of the backends' internal servers (`NGINX_SOCKET_DIR`).
     pub socket_dir: String,
     /// CA bundle used to verify https backends (`NGINX_CA_BUNDLE`).
     pub ca_bundle: String,
@@ -170,7 +247,8 @@ pub struct RenderOptions {
     pub max_fails: u32,
     /// See `max_fails`.
     pub fail_timeout_secs: u32,
-    /// Idle keepalive connections kept per worker to each layer.
+    /// Idle keepalive connections kept per worker by each upstream (the public ones, to their
+    /// members; each internal server's, to its backend).
     pub keepalive: u32,
     /// Seconds a WebSocket connection may stay silent (either way) before it is closed.
     pub websocket_timeout_secs: u32,
@@ -249,7 +327,8 @@ impl RenderOptions {
         Ok(())
     }
 
-    /// The unix socket of a backend's internal JSON-RPC server. Named after the backend's URL
+    /// The unix socket of a backend's internal JSON-RPC server (backends that are not direct
+    /// members, see [`direct_address`]). Named after the backend's URL
     /// (a hash), not its position, so a backend keeps its socket across configurations: during
     /// a graceful reload, old workers still route to sockets the new workers serve.
     pub fn socket_path(&self, target: &RouteTarget) -> String {
@@ -275,11 +354,18 @@ fn socket_id(url: &BackendUrl) -> String {
     hex::encode(&Sha256::digest(url.as_str().as_bytes())[..6])
 }
 
-/// Renders the nginx configuration for a plan.
+/// Renders the nginx configuration for a plan, plain backends as direct members
+/// ([`Layering::DirectWherePossible`]).
 ///
 /// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
 /// upstreams and servers, included once. `options` must have passed [`RenderOptions::validate`].
 pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
+    render_with(plan, options, Layering::default())
+}
+
+/// Renders the nginx configuration for a plan with the given [`Layering`]; [`render`] is this
+/// with the default. `options` must have passed [`RenderOptions::validate`].
+pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layering) -> String {
     let mut out = String::with_capacity(2048 + plan.primaries.len() * 2048);
     out.push_str(
         "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
@@ -307,42 +393,83 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
 "
     );
 
-    let targets: Vec<(&RouteTarget, bool)> = plan.targets().collect();
-    render_upstream(&mut out, options, UPSTREAM_NAME, &targets, |target| {
-        options.socket_path(target)
+    // Each target with its direct address (`None`: through its internal servers).
+    let members: Vec<Member<'_>> = plan
+        .targets()
+        .map(|(target, backup)| Member {
+            target,
+            backup,
+            direct: layering.direct_address(target),
+        })
+        .collect();
+    render_upstream(&mut out, options, UPSTREAM_NAME, &members, |target| {
+        format!("unix:{}", options.socket_path(target))
     });
     render_upstream(
         &mut out,
         options,
         WEBSOCKET_UPSTREAM_NAME,
-        &targets,
-        |target| options.websocket_socket_path(target),
+        &members,
+        |target| format!("unix:{}", options.websocket_socket_path(target)),
     );
 
     render_public_server(&mut out, options, plan_id(&plan.fingerprint()));
 
-    for (index, (target, backup)) in targets.iter().enumerate() {
-        render_backend_servers(&mut out, options, index, target, *backup);
+    for (index, member) in members.iter().enumerate() {
+        match &member.direct {
+            Some(address) => {
+                let _ = writeln!(
+                    out,
+                    "# backend-{index}: {} ({}), direct member {address}\n",
+                    member.target.url.redacted(),
+                    role(member.target, member.backup),
+                );
+            }
+            None => {
+                render_backend_servers(&mut out, options, index, member.target, member.backup);
+            }
+        }
     }
     out
 }
 
+/// One member of the public upstreams.
+struct Member<'a> {
+    target: &'a RouteTarget,
+    backup: bool,
+    /// `host:port` for a direct member; `None` when it is reached through its internal servers.
+    direct: Option<String>,
+}
+
+fn role(target: &RouteTarget, backup: bool) -> &'static str {
+    match (target.is_leader, backup) {
+        (_, true) => "backup",
+        (true, false) => "leader",
+        (false, false) => "node",
+    }
+}
+
+/// An upstream of every member: direct ones at their `host:port`, the others at the internal
+/// server `socket` names.
 fn render_upstream(
     out: &mut String,
     options: &RenderOptions,
     name: &str,
-    targets: &[(&RouteTarget, bool)],
+    members: &[Member<'_>],
     socket: impl Fn(&RouteTarget) -> String,
 ) {
     let _ = writeln!(out, "upstream {name} {{");
-    for (target, backup) in targets {
-        let path = socket(target);
-        if *backup {
-            let _ = writeln!(out, "    server unix:{path} backup;");
+    for member in members {
+        let address = member
+            .direct
+            .clone()
+            .unwrap_or_else(|| socket(member.target));
+        if member.backup {
+            let _ = writeln!(out, "    server {address} backup;");
         } else {
             let _ = writeln!(
                 out,
-                "    server unix:{path} max_fails={} fail_timeout={}s;",
+                "    server {address} max_fails={} fail_timeout={}s;",
                 options.max_fails, options.fail_timeout_secs
             );
         }
@@ -395,6 +522,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
         }}
         proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
+        proxy_set_header Host {DIRECT_HOST_HEADER};
         proxy_set_header Upgrade \"\";
         proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
         proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
@@ -408,6 +536,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
     location @websocket {{
         proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
         proxy_http_version 1.1;
+        proxy_set_header Host {DIRECT_HOST_HEADER};
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
         proxy_next_upstream error timeout http_502 http_503 http_504;
@@ -439,15 +568,11 @@ fn render_backend_servers(
     backup: bool,
 ) {
     let url = &target.url;
-    let role = match (target.is_leader, backup) {
-        (_, true) => "backup",
-        (true, false) => "leader",
-        (false, false) => "node",
-    };
     let _ = writeln!(
         out,
-        "# backend-{index}: {} ({role}), socket {}",
+        "# backend-{index}: {} ({}), socket {}",
         url.redacted(),
+        role(target, backup),
         options.socket_path(target)
     );
     let _ = writeln!(out, "upstream backend_{index}_origin {{");
@@ -604,16 +729,42 @@ mod tests {
         let conf = render(&plan, &options);
         let node_socket = options.socket_path(&plan.primaries[0]);
         let leader_socket = options.socket_path(plan.backup.as_ref().unwrap());
+        let leader_ws_socket = options.websocket_socket_path(plan.backup.as_ref().unwrap());
         assert!(
-            node_socket.starts_with("/var/run/jsonrpc-proxy/b-") && node_socket.ends_with(".sock")
+            leader_socket.starts_with("/var/run/jsonrpc-proxy/b-")
+                && leader_socket.ends_with(".sock")
         );
-        assert_ne!(node_socket, leader_socket);
-        assert!(conf.contains(&format!(
-            "server unix:{node_socket} max_fails=1 fail_timeout=10s;"
-        )));
-        assert!(conf.contains(&format!("server unix:{leader_socket} backup;")));
-        assert!(conf.contains("proxy_pass http://backend_0_origin/;"));
-        assert!(conf.contains("server 10.0.0.1:8545;"));
+        // The plain node is a direct member of both upstreams; the keyed https leader stands
+        // by through its internal servers.
+        assert_eq!(
+            block(&conf, "upstream jsonrpc_backends {"),
+            [
+                "upstream jsonrpc_backends {",
+                "server 10.0.0.1:8545 max_fails=1 fail_timeout=10s;",
+                &format!("server unix:{leader_socket} backup;"),
+                "keepalive 32;",
+                "}"
+            ]
+        );
+        assert_eq!(
+            block(&conf, "upstream jsonrpc_backends_websocket {"),
+            [
+                "upstream jsonrpc_backends_websocket {",
+                "server 10.0.0.1:8545 max_fails=1 fail_timeout=10s;",
+                &format!("server unix:{leader_ws_socket} backup;"),
+                "keepalive 32;",
+                "}"
+            ]
+        );
+        assert!(
+            !conf.contains(&node_socket),
+            "no internal server for the node"
+        );
+        assert!(!conf.contains("backend_0_origin"));
+        assert!(conf.contains(&format!("listen unix:{leader_socket};")));
+        assert!(conf.contains("proxy_pass https://backend_1_origin/v3/0123456789abcdef;"));
+        assert!(conf
+            .contains("# backend-0: http://10.0.0.1:8545 (node), direct member 10.0.0.1:8545\n"));
     }
 
     #[test]
@@ -672,6 +823,7 @@ mod tests {
     fn invalid_stored_urls_are_never_rendered() {
         let plan = RoutingPlan::from_backends(&[
             backend("http://evil;}server{listen 81;", false, true),
+            backend("http://evil%3B%7Dserver%7Blisten:8545/", false, true),
             backend("http://10.0.0.1:8545", false, true),
         ]);
         assert_eq!(plan.primaries.len(), 1);
@@ -741,8 +893,17 @@ mod tests {
         ])
     }
 
+    /// The backends of `two_nodes_and_a_leader` that go through internal servers (the https
+    /// node with credentials and the keyed leader), with the plain node direct.
+    fn internal_targets(plan: &RoutingPlan) -> Vec<&RouteTarget> {
+        plan.targets()
+            .map(|(t, _)| t)
+            .filter(|t| direct_address(&t.url).is_none())
+            .collect()
+    }
+
     #[test]
-    fn websocket_upgrades_pass_through_both_layers() {
+    fn websocket_upgrades_pass_through_both_kinds_of_members() {
         let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
         // One map, with a name no including configuration uses.
         assert_eq!(conf.matches("map $http_upgrade").count(), 1);
@@ -775,28 +936,31 @@ mod tests {
         assert!(
             websocket.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;")
         );
+        assert!(websocket.contains(&"proxy_set_header Host 127.0.0.1;"));
 
-        // The WebSocket upstream has the same members and backup, on the -ws sockets.
+        // The WebSocket upstream has the same members and backup: the plain node directly,
+        // the others on their -ws sockets.
         let plan = two_nodes_and_a_leader();
         let options = RenderOptions::default();
-        let ws: Vec<String> = plan
-            .targets()
-            .map(|(t, _)| options.websocket_socket_path(t))
+        let ws: Vec<String> = internal_targets(&plan)
+            .into_iter()
+            .map(|t| options.websocket_socket_path(t))
             .collect();
         let upstream = block(&conf, "upstream jsonrpc_backends_websocket {");
         assert_eq!(
             upstream,
             [
                 "upstream jsonrpc_backends_websocket {",
+                "server 10.0.0.1:8545 max_fails=1 fail_timeout=10s;",
                 &format!("server unix:{} max_fails=1 fail_timeout=10s;", ws[0]),
-                &format!("server unix:{} max_fails=1 fail_timeout=10s;", ws[1]),
-                &format!("server unix:{} backup;", ws[2]),
+                &format!("server unix:{} backup;", ws[1]),
                 "keepalive 32;",
                 "}"
             ]
         );
 
-        // Internal layer: every backend has a WebSocket server passing the upgrade on.
+        // Internal layer: every backend that has one has a WebSocket server passing the
+        // upgrade on.
         for path in &ws {
             assert!(path.ends_with("-ws.sock"));
             let server = server_listening_on(&conf, path);
@@ -807,6 +971,11 @@ mod tests {
             assert!(server.contains(&"proxy_http_version 1.1;"));
             assert!(server.contains(&"proxy_read_timeout 3600s;"));
         }
+        assert_eq!(
+            conf.matches("-ws.sock").count(),
+            2 * ws.len(),
+            "listen + upstream"
+        );
         assert!(conf.contains("proxy_pass https://backend_1_origin/rpc;"));
         assert_eq!(
             conf.matches("proxy_set_header Authorization \"Basic dTpw\";")
@@ -830,9 +999,10 @@ mod tests {
         let websocket = block(&conf, "location @websocket {");
         assert!(websocket.contains(&"proxy_read_timeout 900s;"));
         assert!(websocket.contains(&"proxy_send_timeout 900s;"));
-        // 1 public WebSocket location + 3 internal WebSocket servers; the rest stays short.
-        assert_eq!(conf.matches("proxy_read_timeout 900s;").count(), 4);
-        assert_eq!(conf.matches("proxy_read_timeout 7s;").count(), 4);
+        // 1 public WebSocket location + 2 internal WebSocket servers (the plain node is a
+        // direct member, without internal servers); the rest stays short.
+        assert_eq!(conf.matches("proxy_read_timeout 900s;").count(), 3);
+        assert_eq!(conf.matches("proxy_read_timeout 7s;").count(), 3);
         for line in conf
             .lines()
             .filter(|l| l.contains("proxy_read_timeout 900s;"))
@@ -842,13 +1012,13 @@ mod tests {
     }
 
     #[test]
-    fn plain_requests_keep_connections_alive_on_both_layers() {
+    fn plain_requests_keep_connections_alive_to_every_member() {
         let plan = two_nodes_and_a_leader();
         let options = RenderOptions::default();
         let conf = render(&plan, &options);
         // Plain internal servers never send an Upgrade; the map gives them an empty
         // Connection header, so their upstream connections are kept.
-        for (target, _) in plan.targets() {
+        for target in internal_targets(&plan) {
             let server = server_listening_on(&conf, &options.socket_path(target));
             assert!(server.contains(&"proxy_set_header Upgrade \"\";"));
             assert!(
@@ -856,12 +1026,16 @@ mod tests {
             );
             assert!(server.contains(&"proxy_read_timeout 30s;"));
         }
+        // The public location does the same for every member, direct ones included: HTTP/1.1,
+        // no Upgrade, and (upgrades being sent to @websocket) an empty Connection header.
         let plain = block(&conf, "location / {");
+        assert!(plain.contains(&"proxy_http_version 1.1;"));
         assert!(plain.contains(&"proxy_set_header Upgrade \"\";"));
+        assert!(plain.contains(&"proxy_set_header Connection $jsonrpc_proxy_connection_upgrade;"));
         assert_eq!(
             conf.matches("keepalive 32;").count(),
-            5,
-            "2 balancers + 3 origins"
+            4,
+            "2 balancers (which keep the direct member's connections) + 2 origins"
         );
     }
 
@@ -980,7 +1154,7 @@ mod tests {
         let conf = render(&two_nodes_and_a_leader(), &RenderOptions::default());
         let plan = two_nodes_and_a_leader();
         let options = RenderOptions::default();
-        for (target, _) in plan.targets() {
+        for target in internal_targets(&plan) {
             for socket in [
                 options.socket_path(target),
                 options.websocket_socket_path(target),
@@ -990,8 +1164,173 @@ mod tests {
                 assert!(server.contains(&"access_log off;"));
             }
         }
-        // The public server keeps nginx's error log.
+        // The public server keeps nginx's error log: it names direct members by `host:port`
+        // (nothing secret) and the others by their sockets.
         let public = block(&conf, "server {");
         assert!(!public.iter().any(|line| line.starts_with("error_log")));
+        for upstream in [
+            "upstream jsonrpc_backends {",
+            "upstream jsonrpc_backends_websocket {",
+        ] {
+            for line in block(&conf, upstream) {
+                assert!(!line.contains("0123456789abcdef") && !line.contains("u:p"));
+            }
+        }
+    }
+
+    fn url(input: &str) -> BackendUrl {
+        BackendUrl::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"))
+    }
+
+    #[test]
+    fn plain_http_backends_are_direct_and_the_rest_internal() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("http://h:8545/", Some("h:8545")),
+            ("http://h:8545", Some("h:8545")),
+            ("http://h", Some("h:80")),
+            ("http://h/", Some("h:80")),
+            ("http://h:80", Some("h:80")),
+            ("http://Node.Example:8545", Some("node.example:8545")),
+            ("http://10.0.0.1:8545", Some("10.0.0.1:8545")),
+            ("http://[::1]:8545", Some("[::1]:8545")),
+            ("http://[2001:db8::1]", Some("[2001:db8::1]:80")),
+            ("http://h:8545/key", None),
+            ("http://h:8545/v3/0123456789abcdef", None),
+            ("http://h:8545//", None),
+            ("http://u:p@h:8545", None),
+            ("http://u@h:8545/", None),
+            ("https://h", None),
+            ("https://h:8545/", None),
+            ("https://[::1]:8545", None),
+            ("http://h:8545?x=1", None),
+            ("http://h:8545/?x=1", None),
+            ("http://h:8545/?", None),
+        ];
+        for (input, expected) in cases {
+            let parsed = url(input);
+            assert_eq!(
+                direct_address(&parsed).as_deref(),
+                *expected,
+                "{input} (has secret parts: {})",
+                parsed.has_secret_parts()
+            );
+            if expected.is_some() {
+                assert!(!parsed.has_secret_parts(), "{input}");
+            }
+            // Diagnostics can force the internal layer for any backend.
+            let target = RouteTarget {
+                url: parsed,
+                is_leader: false,
+            };
+            assert_eq!(Layering::InternalForAll.direct_address(&target), None);
+            assert_eq!(
+                Layering::DirectWherePossible
+                    .direct_address(&target)
+                    .as_deref(),
+                *expected
+            );
+        }
+    }
+
+    #[test]
+    fn a_mixed_fleet_mixes_direct_members_and_internal_servers() {
+        let plan = RoutingPlan::from_backends(&[
+            backend("http://[::1]:8545", false, true),
+            backend("http://10.0.0.1", false, true),
+            backend("http://10.0.0.2:8545/key", false, true),
+            backend("http://10.0.0.3:8545?x=1", false, true),
+            backend("http://10.0.0.9:8545/", true, true),
+        ]);
+        let options = RenderOptions::default();
+        let conf = render(&plan, &options);
+        let socket = |u: &str| {
+            options.socket_path(&RouteTarget {
+                url: url(u),
+                is_leader: false,
+            })
+        };
+        // Primaries sorted by URL, then the backup leader (plain, so direct too).
+        assert_eq!(
+            block(&conf, "upstream jsonrpc_backends {"),
+            [
+                "upstream jsonrpc_backends {",
+                "server 10.0.0.1:80 max_fails=1 fail_timeout=10s;",
+                &format!(
+                    "server unix:{} max_fails=1 fail_timeout=10s;",
+                    socket("http://10.0.0.2:8545/key")
+                ),
+                &format!(
+                    "server unix:{} max_fails=1 fail_timeout=10s;",
+                    socket("http://10.0.0.3:8545?x=1")
+                ),
+                "server [::1]:8545 max_fails=1 fail_timeout=10s;",
+                "server 10.0.0.9:8545 backup;",
+                "keepalive 32;",
+                "}"
+            ]
+        );
+        // Two internal servers (JSON-RPC, WebSocket) for each of the two keyed backends only.
+        assert_eq!(conf.matches("    listen unix:").count(), 4);
+        assert_eq!(conf.matches("server unix:").count(), 4);
+        assert_eq!(conf.matches(" backup;").count(), 2);
+        assert!(conf.contains("proxy_pass http://backend_1_origin/key;"));
+        assert!(conf.contains("proxy_pass http://backend_2_origin/?x=1;"));
+        // The keyed backends still get their own Host; the direct ones the public server's.
+        assert!(conf.contains("proxy_set_header Host 10.0.0.2:8545;"));
+        assert!(conf.contains("proxy_set_header Host 10.0.0.3:8545;"));
+        assert_eq!(
+            block(&conf, "location / {")
+                .iter()
+                .filter(|l| l.starts_with("proxy_set_header Host "))
+                .collect::<Vec<_>>(),
+            [&"proxy_set_header Host 127.0.0.1;"]
+        );
+        // Retries (POST included), passive failure detection and the plan header as before.
+        let public = block(&conf, "server {");
+        assert!(public.contains(
+            &"proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+        ));
+        assert!(public.contains(
+            &format!(
+                "add_header {PLAN_HEADER} {} always;",
+                plan_id(&plan.fingerprint())
+            )
+            .as_str()
+        ));
+        for direct in ["[::1]:8545", "10.0.0.1:80", "10.0.0.9:8545"] {
+            assert!(
+                conf.contains(&format!("direct member {direct}\n")),
+                "{direct}"
+            );
+        }
+    }
+
+    #[test]
+    fn internal_for_all_renders_every_backend_through_its_internal_servers() {
+        let plan = RoutingPlan::from_backends(&[
+            backend("http://10.0.0.1:8545", false, true),
+            backend("http://10.0.0.2:8545/key", false, true),
+            backend("http://10.0.0.9:8545", true, true),
+        ]);
+        let options = RenderOptions::default();
+        let conf = render_with(&plan, &options, Layering::InternalForAll);
+        assert_eq!(conf.matches("    listen unix:").count(), 6);
+        assert_eq!(conf.matches("server unix:").count(), 6);
+        assert!(conf.contains(&format!(
+            "server unix:{} max_fails=1 fail_timeout=10s;",
+            options.socket_path(&plan.primaries[0])
+        )));
+        assert!(
+            conf.contains("server 10.0.0.1:8545;"),
+            "its origin upstream"
+        );
+        assert!(!conf.contains("server 10.0.0.1:8545 max_fails"));
+        assert!(!conf.contains("direct member"));
+        // The default is the direct rendering.
+        assert_eq!(
+            render(&plan, &options),
+            render_with(&plan, &options, Layering::DirectWherePossible)
+        );
+        assert_ne!(render(&plan, &options), conf);
     }
 }

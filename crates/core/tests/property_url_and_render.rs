@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::backend_url::{BackendUrl, MAX_URL_BYTES};
-use jsonrpc_proxy::nginx::{render, RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{direct_address, render_with, Layering, RenderOptions, RoutingPlan};
 use proptest::prelude::*;
 
 const ALLOWED: &str = "-._~:/?[]@!&*+,=%";
@@ -43,6 +43,9 @@ fn url_like() -> impl Strategy<Value = String> {
             Just("127.0.0.1".to_owned()),
             Just("[::1]".to_owned()),
             Just("node.example".to_owned()),
+            // Percent-escapes in a host are decoded by the parser (`%3B` is `;`).
+            Just("x%3B%7Dy".to_owned()),
+            Just("node%2Da".to_owned()),
             part(12),
         ],
         proptest::option::of((part(6), part(6))),
@@ -84,6 +87,15 @@ proptest! {
         match BackendUrl::parse(&input) {
             Ok(url) => {
                 prop_assert!(accepted_chars_only(url.as_str()), "accepted {:?}", url.as_str());
+                // What the config is written from, the decoded host included, is as safe.
+                prop_assert!(accepted_chars_only(&url.host()), "host {:?} of {:?}", url.host(), url.as_str());
+                prop_assert!(accepted_chars_only(&url.host_header()));
+                prop_assert!(accepted_chars_only(&url.path_and_query()));
+                if let Some(address) = direct_address(&url) {
+                    prop_assert!(accepted_chars_only(&address));
+                    prop_assert!(!url.has_secret_parts() && !url.is_https());
+                    prop_assert_eq!(address, format!("{}:{}", url.host(), url.port()));
+                }
                 prop_assert!(url.as_str().len() <= MAX_URL_BYTES);
                 prop_assert!(matches!(url.scheme(), "http" | "https"));
                 prop_assert!(!url.host().is_empty());
@@ -161,6 +173,7 @@ proptest! {
     fn every_rendered_config_passes_nginx_and_holds_exactly_the_plan(
         urls in proptest::collection::btree_set(resolvable_url(), 0..6),
         flags in proptest::collection::vec((any::<bool>(), any::<bool>()), 6),
+        internal_for_all in proptest::bool::weighted(0.25),
     ) {
         let urls: Vec<String> = urls.into_iter().collect();
         let backends: Vec<Backend> = urls
@@ -173,7 +186,8 @@ proptest! {
         // `nginx -t` binds the unix sockets, so their directory must exist.
         std::fs::create_dir_all("/tmp/jrp-prop").map_err(|e| TestCaseError::fail(e.to_string()))?;
         let options = RenderOptions { listen_port: 18080, socket_dir: "/tmp/jrp-prop".into(), ..RenderOptions::default() };
-        let conf = render(&plan, &options);
+        let layering = if internal_for_all { Layering::InternalForAll } else { Layering::DirectWherePossible };
+        let conf = render_with(&plan, &options, layering);
 
         // nginx accepts it.
         if let Err(complaint) = devstack::Nginx::check_config(&conf) {
@@ -187,17 +201,50 @@ proptest! {
         let nodes = backends.iter().filter(|b| b.is_healthy && !b.is_leader).count();
         prop_assert_eq!(routed.len(), nodes + leaders);
         prop_assert!(routed.is_subset(&expected));
-        // Each routed backend has two internal servers (JSON-RPC and WebSocket), each listed in
-        // its upstream; the leader is `backup` in both upstreams when nodes are healthy.
-        prop_assert_eq!(conf.matches("    listen unix:").count(), 2 * routed.len());
-        prop_assert_eq!(conf.matches("server unix:").count(), 2 * routed.len());
+        // A plain http backend is a direct member of both upstreams (unless every backend is
+        // forced through the internal layer); every other one has two internal servers
+        // (JSON-RPC and WebSocket), each listed in its upstream. The leader is `backup` in both
+        // upstreams when nodes are healthy.
+        let direct: Vec<String> = plan
+            .targets()
+            .filter_map(|(t, _)| layering.direct_address(t))
+            .collect();
+        let internal = routed.len() - direct.len();
+        if internal_for_all {
+            prop_assert!(direct.is_empty());
+        }
+        prop_assert_eq!(conf.matches("    listen unix:").count(), 2 * internal);
+        prop_assert_eq!(conf.matches("server unix:").count(), 2 * internal);
         prop_assert_eq!(conf.matches(" backup;").count(), 2 * usize::from(nodes > 0 && leaders > 0));
         if routed.is_empty() {
             prop_assert!(conf.contains("return 404;"));
         }
-        for (target, _) in plan.targets() {
-            let path_line = format!("{};", target.url.path_and_query());
-            prop_assert!(conf.contains(&path_line), "missing {} in\n{}", path_line, conf);
+        for (target, backup) in plan.targets() {
+            match layering.direct_address(target) {
+                Some(address) => {
+                    let line = if backup {
+                        format!("    server {address} backup;\n")
+                    } else {
+                        format!("    server {address} max_fails=")
+                    };
+                    prop_assert_eq!(conf.matches(&line).count(), 2, "{} in\n{}", line, conf);
+                    prop_assert!(!conf.contains(&options.socket_path(target)));
+                }
+                None => {
+                    let path_line = format!("{};", target.url.path_and_query());
+                    prop_assert!(conf.contains(&path_line), "missing {} in\n{}", path_line, conf);
+                    let listen = format!("listen unix:{};", options.socket_path(target));
+                    prop_assert!(conf.contains(&listen));
+                }
+            }
+        }
+        if !routed.is_empty() {
+            // Both public locations send direct members the one fixed Host.
+            let public_start = conf.find("server {\n    listen 18080 default_server;").unwrap_or(0);
+            let public = &conf[public_start..];
+            let public = &public[..public.find("\n}\n").unwrap_or(public.len())];
+            prop_assert_eq!(public.matches("proxy_set_header Host ").count(), 2);
+            prop_assert_eq!(public.matches("proxy_set_header Host 127.0.0.1;").count(), 2);
         }
 
         // Nothing injected: every directive line starts with a directive the renderer writes,

@@ -1,14 +1,19 @@
 //! Every rendered variant passes `nginx -t` (nginx 1.22), and a real nginx running the
 //! rendered configuration answers `/healthz`, proxies plain JSON-RPC and passes WebSocket
-//! upgrades through both layers to a real anvil node.
+//! upgrades to a real anvil node, both as a direct member of the public upstreams and
+//! through an internal server; a plain node and a keyed one share one upstream, and a POST
+//! that meets a killed direct member is retried on the other.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::nginx::{render, RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{render, render_with, Layering, RenderOptions, RoutingPlan};
 
 fn backend(url: &str, is_leader: bool) -> Backend {
     Backend {
@@ -35,6 +40,15 @@ fn plans() -> Vec<(&'static str, RoutingPlan)> {
         (
             "one node, no leader",
             RoutingPlan::from_backends(&[backend("http://localhost:8545/rpc?key=k", false)]),
+        ),
+        (
+            "plain nodes and a plain leader: direct members only, no internal server",
+            RoutingPlan::from_backends(&[
+                backend("http://127.0.0.1:8545", false),
+                backend("http://localhost", false),
+                backend("http://[::1]:8546/", false),
+                backend("http://127.0.0.9:8545/", true),
+            ]),
         ),
         (
             "several nodes: https, basic auth, query, ipv6, leader as backup",
@@ -96,12 +110,32 @@ fn every_rendered_variant_passes_nginx_t() {
     for (plan_name, plan) in plans() {
         for (options_name, options, _dir) in option_sets() {
             options.validate().expect("valid options");
-            let text = render(&plan, &options);
-            if let Err(complaint) = Nginx::check_config(&text) {
-                panic!("{plan_name} / {options_name}: nginx -t refused:\n{complaint}\n{text}");
+            // The deployed rendering, and the diagnostic one with every backend internal.
+            for layering in [Layering::DirectWherePossible, Layering::InternalForAll] {
+                let text = render_with(&plan, &options, layering);
+                if let Err(complaint) = Nginx::check_config(&text) {
+                    panic!("{plan_name} / {options_name} / {layering:?}: nginx -t refused:\n{complaint}\n{text}");
+                }
             }
         }
     }
+}
+
+#[test]
+fn plain_backends_are_direct_members_and_the_others_internal() {
+    let (_, options, _dir) = option_sets().swap_remove(0);
+    let plans = plans();
+    let (_, several) = plans.last().expect("a plan");
+    let text = render(several, &options);
+    // The two plain nodes are listed at their addresses, the https and keyed ones at sockets.
+    assert!(text.contains("    server 127.0.0.2:8545 max_fails=1 fail_timeout=10s;\n"));
+    assert!(text.contains("    server [::1]:8545 max_fails=1 fail_timeout=10s;\n"));
+    assert_eq!(text.matches("    listen unix:").count(), 2 * 3, "{text}");
+    let (_, plain_only) = &plans[4];
+    let text = render(plain_only, &options);
+    assert!(!text.contains("unix:"), "{text}");
+    assert!(text.contains("    server 127.0.0.9:8545 backup;\n"));
+    assert!(text.contains("    server localhost:80 max_fails=1 fail_timeout=10s;\n"));
 }
 
 #[test]
@@ -188,40 +222,9 @@ fn read_text_frame(stream: &mut TcpStream) -> String {
     String::from_utf8(payload).expect("utf-8")
 }
 
-#[test]
-fn a_real_nginx_serves_healthz_json_rpc_and_websockets() {
-    let sockets = socket_dir();
-    let port = free_port().expect("port");
-    let options = RenderOptions {
-        listen_port: port,
-        socket_dir: sockets.path().display().to_string(),
-        ..RenderOptions::default()
-    };
-
-    // Nothing healthy: /healthz says 503, everything else 404 (as the original).
-    let mut nginx =
-        Nginx::start(&render(&RoutingPlan::default(), &options), sockets.path()).expect("nginx");
-    assert_eq!(get(port, "/healthz"), (503, "no healthy backend\n".into()));
-    assert_eq!(get(port, "/").0, 404);
-    assert_eq!(post(port, "{}").0, 404);
-
-    // One anvil node behind the proxy.
-    let anvil = Anvil::start(AnvilOptions {
-        block_time: None,
-        chain_id: Some(31_337),
-    })
-    .expect("anvil");
-    let plan = RoutingPlan::from_backends(&[backend(&anvil.url(), false)]);
-    nginx.reload(&render(&plan, &options)).expect("reload");
-    assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
-    let (status, body) = post(
-        port,
-        r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#,
-    );
-    assert_eq!(status, 200, "{body}\n{}", nginx.error_log_tail());
-    assert!(body.contains("0x7a69"), "{body}");
-
-    // A WebSocket upgrade passes through both layers: handshake, then JSON-RPC frames.
+/// A WebSocket upgrade through the proxy: handshake, JSON-RPC frames, an `eth_subscribe`
+/// notification, then a plain request next to the open WebSocket.
+fn websocket_round_trip(port: u16, anvil: &Anvil, chain_id: &str, nginx: &Nginx) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -253,7 +256,7 @@ fn a_real_nginx_serves_healthz_json_rpc_and_websockets() {
         .expect("frame");
     let answer = read_text_frame(&mut stream);
     assert!(
-        answer.contains("0x7a69") && answer.contains("\"id\":7"),
+        answer.contains(chain_id) && answer.contains("\"id\":7"),
         "{answer}"
     );
     stream
@@ -278,5 +281,322 @@ fn a_real_nginx_serves_healthz_json_rpc_and_websockets() {
         )
         .0,
         200
+    );
+}
+
+#[test]
+fn a_real_nginx_serves_healthz_json_rpc_and_websockets() {
+    let sockets = socket_dir();
+    let port = free_port().expect("port");
+    let options = RenderOptions {
+        listen_port: port,
+        socket_dir: sockets.path().display().to_string(),
+        ..RenderOptions::default()
+    };
+
+    // Nothing healthy: /healthz says 503, everything else 404 (as the original).
+    let mut nginx =
+        Nginx::start(&render(&RoutingPlan::default(), &options), sockets.path()).expect("nginx");
+    assert_eq!(get(port, "/healthz"), (503, "no healthy backend\n".into()));
+    assert_eq!(get(port, "/").0, 404);
+    assert_eq!(post(port, "{}").0, 404);
+
+    // An anvil node behind the proxy as a direct member (its plain URL), then another one
+    // (another chain, to tell them apart) through an internal server (with credentials,
+    // which anvil ignores).
+    let start = |chain_id| {
+        Anvil::start(AnvilOptions {
+            block_time: None,
+            chain_id: Some(chain_id),
+        })
+        .expect("anvil")
+    };
+    let (direct_node, internal_node) = (start(31_337), start(1_337));
+    let with_credentials = format!("http://ws:pw@127.0.0.1:{}/", internal_node.port());
+    for (anvil, url, chain_id, direct) in [
+        (&direct_node, direct_node.url(), "0x7a69", true),
+        (&internal_node, with_credentials, "0x539", false),
+    ] {
+        let plan = RoutingPlan::from_backends(&[backend(&url, false)]);
+        let text = render(&plan, &options);
+        assert_eq!(
+            text.contains(&format!(
+                "    server 127.0.0.1:{} max_fails=1 fail_timeout=10s;\n",
+                anvil.port()
+            )),
+            direct,
+            "{text}"
+        );
+        assert_eq!(text.contains("listen unix:"), !direct, "{text}");
+        nginx.reload(&text).expect("reload");
+        // The old worker may still accept a connection or two after the reload (on a busy
+        // machine): wait until the new configuration answers.
+        let chain_id_call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !post(port, chain_id_call).1.contains(chain_id)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
+        let (status, body) = post(port, chain_id_call);
+        assert_eq!(status, 200, "{body}\n{}", nginx.error_log_tail());
+        assert!(body.contains(chain_id), "{body}");
+
+        websocket_round_trip(port, anvil, chain_id, &nginx);
+    }
+}
+
+/// A JSON-RPC stand-in on keep-alive HTTP/1.1 (closing when asked to) that answers `eth_blockNumber` with its height
+/// at exactly its path (404 anywhere else) and records each request's target and `Host`.
+/// Once told to hang up, it reads each request and closes the connection without an answer
+/// (a node dying with the request in flight).
+struct StandIn {
+    port: u16,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    hang_up: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl StandIn {
+    fn start(path: &'static str, height: u64) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let hang_up: Arc<AtomicBool> = Arc::default();
+        let connections: Arc<AtomicUsize> = Arc::default();
+        let (recorded, hanging, accepted) = (seen.clone(), hang_up.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (recorded, hanging) = (recorded.clone(), hanging.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_stand_in(stream, path, height, &recorded, &hanging);
+                });
+            }
+        });
+        Self {
+            port,
+            seen,
+            hang_up,
+            connections,
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn serve_stand_in(
+    stream: TcpStream,
+    path: &str,
+    height: u64,
+    seen: &Mutex<Vec<(String, String)>>,
+    hang_up: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let (mut length, mut host, mut close) = (0usize, String::new(), false);
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(());
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "host" => host = value.trim().to_owned(),
+                    "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length.min(1 << 16)];
+        reader.read_exact(&mut body)?;
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((target.clone(), host));
+        if hang_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (status, answer) = if target == path {
+            let id = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .unwrap_or(serde_json::json!(1));
+            let result = format!("{height:#x}");
+            (
+                "200 OK",
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string(),
+            )
+        } else {
+            ("404 Not Found", "not found".to_owned())
+        };
+        let connection = if close { "close" } else { "keep-alive" };
+        write!(
+            writer,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: {connection}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// The height that answered an `eth_blockNumber` POST through the proxy.
+fn height_via(port: u16) -> Result<u64, String> {
+    let (status, body) = post(
+        port,
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#,
+    );
+    if status != 200 {
+        return Err(format!("status {status}: {body}"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    value["result"]
+        .as_str()
+        .and_then(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| format!("no block number in {body}"))
+}
+
+fn tally(port: u16, requests: usize, nginx: &Nginx) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for i in 0..requests {
+        match height_via(port) {
+            Ok(height) => *seen.entry(height).or_insert(0) += 1,
+            Err(error) => panic!(
+                "request {i} through nginx failed: {error}\n{}",
+                nginx.error_log_tail()
+            ),
+        }
+    }
+    seen
+}
+
+#[test]
+fn plain_and_keyed_backends_share_one_upstream_and_a_dead_direct_member_is_retried() {
+    // A plain anvil node (height 10) and a plain stand-in (30): direct members. A keyed
+    // stand-in (20) that answers only at its key: through its internal server.
+    let mut anvil = Anvil::start(AnvilOptions::default()).expect("anvil");
+    anvil.mine(10).expect("mine");
+    let plain = StandIn::start("/", 30);
+    let keyed = StandIn::start("/v3/k3yS3cret", 20);
+    let keyed_url = format!("http://127.0.0.1:{}/v3/k3yS3cret", keyed.port);
+    let plan = RoutingPlan::from_backends(&[
+        backend(&anvil.url(), false),
+        backend(&format!("http://127.0.0.1:{}", plain.port), false),
+        backend(&keyed_url, false),
+    ]);
+    let sockets = socket_dir();
+    let port = free_port().expect("port");
+    let options = RenderOptions {
+        listen_port: port,
+        socket_dir: sockets.path().display().to_string(),
+        ..RenderOptions::default()
+    };
+    let text = render(&plan, &options);
+    for direct in [anvil.port(), plain.port] {
+        assert!(
+            text.contains(&format!(
+                "    server 127.0.0.1:{direct} max_fails=1 fail_timeout=10s;\n"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(text.matches("    server unix:").count(), 2, "{text}");
+    assert_eq!(text.matches("    listen unix:").count(), 2, "{text}");
+    let nginx = Nginx::start(&text, sockets.path()).expect("nginx");
+
+    // Every member answers through the proxy.
+    let seen = tally(port, 30, &nginx);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![10, 20, 30],
+        "{seen:?}\n{}",
+        nginx.error_log_tail()
+    );
+    // The keyed backend got its key and its own Host; a direct member the public server's.
+    let keyed_seen = keyed.seen();
+    assert!(!keyed_seen.is_empty());
+    for (target, host) in &keyed_seen {
+        assert_eq!(target, "/v3/k3yS3cret");
+        assert_eq!(host, &format!("127.0.0.1:{}", keyed.port));
+    }
+    let plain_seen = plain.seen();
+    assert!(!plain_seen.is_empty());
+    for (target, host) in &plain_seen {
+        assert_eq!((target.as_str(), host.as_str()), ("/", "127.0.0.1"));
+    }
+    // The public upstream keeps its connections to a direct member alive (each client
+    // request here comes on a fresh connection to nginx).
+    assert!(
+        plain.connections.load(Ordering::SeqCst) < plain_seen.len(),
+        "{} connections for {} requests",
+        plain.connections.load(Ordering::SeqCst),
+        plain_seen.len()
+    );
+
+    // The anvil node dies: POSTs that nginx sends to it (connection refused) are retried on
+    // the other members, so every request succeeds. nginx's error log names the dead member
+    // by its address.
+    anvil.stop();
+    let needle = format!("\"http://127.0.0.1:{}/\"", anvil.port());
+    let seen = tally(port, 12, &nginx);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![20, 30],
+        "{seen:?}"
+    );
+    assert!(
+        nginx.wait_for_error_log(&needle, Duration::from_secs(5)),
+        "nginx tried the dead direct member (and retried the POST): {}",
+        nginx.error_log_tail()
+    );
+
+    // The plain stand-in dies with each request in flight (it reads the POST and hangs up):
+    // the POST was sent, so only `non_idempotent` lets nginx retry it; the keyed backend
+    // answers every one.
+    plain.hang_up.store(true, Ordering::SeqCst);
+    let before = plain.seen().len();
+    let seen = tally(port, 8, &nginx);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![20],
+        "{seen:?}"
+    );
+    assert!(
+        plain.seen().len() > before,
+        "nginx sent a POST to the hanging member"
+    );
+    assert!(
+        nginx.wait_for_error_log(
+            &format!("\"http://127.0.0.1:{}/\"", plain.port),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        nginx.error_log_tail()
+    );
+
+    let log = std::fs::read_to_string(nginx.error_log_path()).unwrap_or_default();
+    assert!(
+        !log.contains("k3yS3cret"),
+        "no key in the error log:\n{log}"
     );
 }

@@ -1,5 +1,6 @@
 //! The renderer against moto's bucket and a real nginx: every case passes `nginx -t`, and a
-//! rendered proxy really balances, retries and falls back to the leader.
+//! rendered proxy (plain nodes as direct members, the leader through its internal server)
+//! really balances, retries and falls back to the leader.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -146,11 +147,15 @@ async fn each_case_is_published_and_passes_nginx_t() {
     stack.set_healthy(leader, false).await;
     stack.set_healthy("http://10.0.0.2:8545", true).await;
     let text = render_case(&stack, &renderer, "case-one-node").await;
-    assert!(text.contains("server 10.0.0.2:8545;"));
     assert!(!text.contains("10.0.0.1"));
     let servers = public_upstream_servers(&text);
-    assert_eq!(servers.len(), 1, "{servers:?}");
-    assert!(!servers[0].contains("backup"));
+    // A plain http node is a direct member: no internal server, no socket.
+    assert_eq!(
+        servers,
+        ["server 10.0.0.2:8545 max_fails=1 fail_timeout=10s;"],
+        "{text}"
+    );
+    assert!(!text.contains("unix:"), "{text}");
 
     // Several nodes (one https, one with credentials) and the leader as backup.
     stack.set_healthy(leader, true).await;
@@ -170,6 +175,15 @@ async fn each_case_is_published_and_passes_nginx_t() {
     );
     assert_eq!(
         servers.iter().filter(|s| s.contains("max_fails=")).count(),
+        3
+    );
+    // The plain node directly; https, credentials and the keyed leader through sockets.
+    assert!(servers.contains(&"server 10.0.0.2:8545 max_fails=1 fail_timeout=10s;".to_owned()));
+    assert_eq!(
+        servers
+            .iter()
+            .filter(|s| s.starts_with("server unix:"))
+            .count(),
         3
     );
     assert!(text.contains("proxy_set_header Authorization \"Basic dXNlcjpwYTU1\";"));
@@ -251,6 +265,20 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
     let port = free_port().unwrap();
     let renderer = renderer(&stack, port, &sockets);
     let text = render_case(&stack, &renderer, "proxy-1").await;
+    // The plain nodes are direct members; the leader (credentials) stands by through its
+    // internal server: both kinds in one upstream.
+    assert_eq!(
+        public_upstream_servers(&text)
+            .iter()
+            .map(|s| s
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .starts_with("unix:"))
+            .collect::<Vec<_>>(),
+        [false, false, true],
+        "{text}"
+    );
     let nginx = Nginx::start(&text, sockets.path()).unwrap();
     assert_eq!(nginx.listen_ports(), vec![port]);
 
