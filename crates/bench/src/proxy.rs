@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{render, RenderOptions, RouteTarget, RoutingPlan};
+use jsonrpc_proxy::nginx::{render_with, Layering, RenderOptions, RouteTarget, RoutingPlan};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
@@ -346,12 +346,17 @@ pub fn run_wrk(url: &str, seconds: u32, connections: u32) -> Result<WrkResult, S
     })
 }
 
-/// The rendered configuration for two nodes with the leader as backup.
+/// The rendered configuration for two nodes with the leader as backup. With
+/// [`Layering::DirectWherePossible`] (what is deployed) plain `http://host:port` nodes such as
+/// anvil's are direct members of the public upstream; [`Layering::InternalForAll`] renders
+/// every backend through its internal server, the two-layer configuration from before, for
+/// comparison.
 pub fn ours_fragment(
     port: u16,
     socket_dir: &Path,
     nodes: &[String],
     leader: &str,
+    layering: Layering,
 ) -> Result<String, String> {
     let target = |url: &str, is_leader| {
         BackendUrl::parse(url)
@@ -371,7 +376,7 @@ pub fn ours_fragment(
         ..RenderOptions::default()
     };
     options.validate().map_err(|e| e.to_string())?;
-    Ok(render(&plan, &options))
+    Ok(render_with(&plan, &options, layering))
 }
 
 /// The original's load-balanced case: an `upstream` of `host:port`s, no keepalive, retries on
@@ -400,49 +405,6 @@ pub fn original_fragment(port: u16, node_ports: &[u16], keepalive: bool) -> Stri
         } else {
             ""
         }
-    ));
-    out
-}
-
-/// One layer, as the original, but with what ours adds: keepalive, passive failure detection,
-/// retries of POST on errors/timeouts/502-504, the leader as backup. Only possible when every
-/// routed backend is plain `http://host:port` (no path, query, credentials or TLS), and nginx
-/// then sends the upstream's name as `Host`.
-pub fn flat_fragment(port: u16, node_ports: &[u16], leader_port: u16) -> String {
-    let o = RenderOptions::default();
-    let mut out = String::from("upstream jsonrpc_backends {\n");
-    for p in node_ports {
-        out.push_str(&format!(
-            "    server 127.0.0.1:{p} max_fails={} fail_timeout={}s;\n",
-            o.max_fails, o.fail_timeout_secs
-        ));
-    }
-    out.push_str(&format!(
-        "    server 127.0.0.1:{leader_port} backup;\n    keepalive {};\n}}\n\n",
-        o.keepalive
-    ));
-    out.push_str(&format!(
-        "server {{
-    listen {port} default_server;
-    server_name _;
-    location / {{
-        proxy_pass http://jsonrpc_backends;
-        proxy_http_version 1.1;
-        proxy_set_header Connection \"\";
-        proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
-        proxy_next_upstream_tries {};
-        proxy_next_upstream_timeout {}s;
-        proxy_connect_timeout {}s;
-        proxy_send_timeout {}s;
-        proxy_read_timeout {}s;
-    }}
-}}
-",
-        o.retry_tries,
-        o.retry_timeout_secs,
-        o.connect_timeout_secs,
-        o.read_timeout_secs,
-        o.read_timeout_secs
     ));
     out
 }
@@ -480,7 +442,13 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     let mut cases = vec![
         Case {
             name: "ours (rendered config)",
-            fragment: ours_fragment(port, &socket_dir, &nodes, &leader.url())?,
+            fragment: ours_fragment(
+                port,
+                &socket_dir,
+                &nodes,
+                &leader.url(),
+                Layering::DirectWherePossible,
+            )?,
             workers: 0,
         },
         Case {
@@ -490,15 +458,27 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
         },
     ];
     if options.diagnostics {
-        let ours = ours_fragment(port, &socket_dir, &nodes, &leader.url())?;
+        let ours = ours_fragment(
+            port,
+            &socket_dir,
+            &nodes,
+            &leader.url(),
+            Layering::DirectWherePossible,
+        )?;
         cases.push(Case {
             name: "diagnostic: original's style + upstream keepalive",
             fragment: original_fragment(port, &node_ports, true),
             workers: 0,
         });
         cases.push(Case {
-            name: "diagnostic: ours in one layer (plain http nodes only)",
-            fragment: flat_fragment(port, &node_ports, leader.port()),
+            name: "diagnostic: ours with every backend through the internal layer",
+            fragment: ours_fragment(
+                port,
+                &socket_dir,
+                &nodes,
+                &leader.url(),
+                Layering::InternalForAll,
+            )?,
             workers: 0,
         });
         cases.push(Case {
@@ -653,10 +633,38 @@ mod tests {
         assert!(!conf.contains("keepalive"));
         assert!(!conf.contains("non_idempotent"));
         assert!(original_fragment(8080, &[1], true).contains("keepalive 32;"));
-        let flat = flat_fragment(8080, &[1, 2], 3);
-        assert!(flat.contains("server 127.0.0.1:3 backup;"));
-        assert!(flat.contains("non_idempotent"));
         let buffered = with_buffered_access_log("server {\n    listen 1;\n    server_name _;\n}\n");
         assert!(buffered.contains("buffer=64k flush=1s;"));
+    }
+
+    #[test]
+    fn ours_is_one_layer_for_plain_nodes_unless_every_backend_is_forced_internal() {
+        let nodes = [
+            "http://127.0.0.1:1".to_owned(),
+            "http://127.0.0.1:2".to_owned(),
+        ];
+        let dir = Path::new("/tmp/jrp-bench-test");
+        let ours = ours_fragment(
+            8080,
+            dir,
+            &nodes,
+            "http://127.0.0.1:3",
+            Layering::DirectWherePossible,
+        )
+        .expect("rendered");
+        assert!(ours.contains("server 127.0.0.1:1 max_fails=1 fail_timeout=10s;"));
+        assert!(ours.contains("server 127.0.0.1:3 backup;"));
+        assert!(ours.contains("non_idempotent"));
+        assert!(!ours.contains("unix:"));
+        let two_layers = ours_fragment(
+            8080,
+            dir,
+            &nodes,
+            "http://127.0.0.1:3",
+            Layering::InternalForAll,
+        )
+        .expect("rendered");
+        assert_eq!(two_layers.matches("    listen unix:").count(), 6);
+        assert!(two_layers.contains("non_idempotent"));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - **Node death**: node A is killed. Measured: when the table marks it unhealthy, when the
 //!   configuration nginx runs no longer routes to it, client errors meanwhile, and how often
-//!   nginx still tried it (its public server's error lines naming A's internal socket).
+//!   nginx still tried it (its public server's error lines naming A: its `host:port` as a
+//!   direct member of the upstream, its internal socket otherwise).
 //! - **Lag**: node B stops mining. Measured from the moment it is more than `DIFF_TOLERANCE`
 //!   blocks behind the leader until the table marks it and until nginx stops routing to it.
 
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{RenderOptions, RouteTarget};
+use jsonrpc_proxy::nginx::{direct_address, RenderOptions, RouteTarget};
 use local_stack::stack::{LocalStack, StackOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -51,7 +52,7 @@ pub struct SwitchRow {
     pub answered_by_node: u64,
     /// Slowest of those, ms.
     pub max_ms: f64,
-    /// nginx error-log lines naming the dead node's socket (one per failed try), when found.
+    /// nginx error-log lines naming the dead node (one per failed try), when found.
     pub attempts_on_node: Option<u64>,
 }
 
@@ -165,10 +166,14 @@ fn find_error_log(port: u16) -> Option<PathBuf> {
     found.pop().map(|(_, path)| path)
 }
 
-/// The file name of a node's internal socket (`b-<hash>.sock`), as the rendered
-/// configuration names it; the public server's error lines name a failed backend by it.
-fn socket_name(url: &str) -> Option<String> {
+/// How the public server's error lines name a failed backend: a direct member by its
+/// address (`upstream: "http://127.0.0.1:8545/"`), any other by the file name of its
+/// internal socket (`b-<hash>.sock`).
+fn member_needle(url: &str) -> Option<String> {
     let url = BackendUrl::parse(url).ok()?;
+    if let Some(address) = direct_address(&url) {
+        return Some(format!("\"http://{address}/"));
+    }
     let path = RenderOptions::default().socket_path(&RouteTarget {
         url,
         is_leader: false,
@@ -279,7 +284,7 @@ async fn scenario(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let error_log = find_error_log(port);
-    let needle = socket_name(&node_a).unwrap_or_else(|| node_a.clone());
+    let needle = member_needle(&node_a).unwrap_or_else(|| node_a.clone());
     let before = error_log
         .as_deref()
         .map(|log| log_lines_naming(log, &needle))
