@@ -261,6 +261,15 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     .await;
     let good = prefix.installed();
     assert!(good.contains("upstream jsonrpc_backends"), "{good}");
+    // A reload is graceful: nginx starts the new workers, waits 100 ms, then tells the old
+    // ones (default config: 404, /healthz 503) to stop accepting. Wait for that before
+    // asking for answers only the new configuration gives.
+    wait_until_async(
+        "the old worker to stop accepting",
+        Duration::from_secs(10),
+        || async { prefix.error_log().contains("gracefully shutting down") },
+    )
+    .await;
     assert_eq!(get_status(prefix.port, "/healthz").await, Some(200));
 
     // An invalid configuration is refused, the good one stays installed and running.
@@ -279,7 +288,12 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
         "nginx's reason is logged: {log}"
     );
     assert_eq!(prefix.installed(), good);
-    assert!(answers(prefix.port, 200, "0x10").await);
+    let answer = call(prefix.port).await;
+    assert!(
+        matches!(&answer, Some((200, body)) if body.contains("0x10")),
+        "the good configuration still serves: {answer:?}\nnginx: {}",
+        prefix.error_log()
+    );
 
     // A missing object is an error too, and changes nothing.
     let mut missing = vec![
