@@ -245,7 +245,9 @@ impl Nginx {
         }
         let error_log = self.error_log_path();
         let workers_started = || log_tail_count(&error_log, "start worker process ");
+        let workers_leaving = || log_tail_count(&error_log, "gracefully shutting down");
         let before = workers_started();
+        let leaving_before = workers_leaving();
         if !self.process.signal(libc::SIGHUP) {
             return Err(Error::Request {
                 program: "nginx",
@@ -260,8 +262,12 @@ impl Nginx {
         match result {
             Ok(()) => {
                 self.fragment = fragment.to_owned();
-                // Let the old worker stop accepting before callers open new connections.
-                std::thread::sleep(Duration::from_millis(100));
+                // nginx lets old and new workers accept side by side for 100 ms, then tells
+                // the old ones to stop: wait for that, so callers' new connections reach the
+                // new configuration (bounded: an old worker's notice could be missed).
+                let _ = self
+                    .process
+                    .wait_ready(Duration::from_secs(2), || workers_leaving() > leaving_before);
                 Ok(())
             }
             Err(error) => Err(with_error_log(error, self.prefix.path())),

@@ -162,10 +162,18 @@ async fn the_whole_system_routes_around_failures() {
         || async { routed(&stack).is_empty() && stack.snapshot().1.is_some() },
     )
     .await;
-    let (status, _) = rpc(&client, &proxy, "eth_blockNumber", json!([]))
-        .await
-        .expect("the proxy answers");
-    assert_eq!(status, 404);
+    // nginx's old workers keep accepting for 100 ms after a reload: poll for the new answer.
+    wait_for(
+        "the 404 server to answer",
+        Duration::from_secs(5),
+        || async {
+            matches!(
+                rpc(&client, &proxy, "eth_blockNumber", json!([])).await,
+                Ok((404, _))
+            )
+        },
+    )
+    .await;
 
     // 5. Removing a backend takes it out of the config.
     blocking(|| {
@@ -199,11 +207,20 @@ async fn the_whole_system_routes_around_failures() {
         .expect("list")
         .iter()
         .any(|b| b.url == node_a));
-    assert_eq!(
-        who_answers(&client, &proxy).await,
-        Ok(1000),
-        "only the leader is left"
-    );
+    // Once nginx's old workers have stopped accepting (100 ms after the reload), only the
+    // leader answers.
+    wait_for("the leader to answer", Duration::from_secs(5), || async {
+        who_answers(&client, &proxy).await == Ok(1000)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            who_answers(&client, &proxy).await,
+            Ok(1000),
+            "only the leader is left"
+        );
+    }
 
     stack.shutdown().await;
 }
