@@ -58,6 +58,9 @@ pub enum UrlError {
     /// character that is not allowed: `http://a%3Bb` names the host `a;b`.
     #[error("url host contains {0:?} once percent-decoded, which is not allowed in a backend url")]
     EncodedHostCharacter(char),
+    /// The host is `unix`: nginx reads an address that starts with `unix:` as a socket path.
+    #[error("url host \"unix\" cannot be proxied: nginx reads unix: as a socket path")]
+    UnixHost,
 }
 
 /// A backend URL that passed validation.
@@ -102,6 +105,12 @@ impl BackendUrl {
             .find(|ch| !(ch.is_ascii_alphanumeric() || ALLOWED_PUNCTUATION.contains(*ch)))
         {
             return Err(UrlError::EncodedHostCharacter(ch));
+        }
+        if parsed
+            .host_str()
+            .is_some_and(|host| host.eq_ignore_ascii_case("unix"))
+        {
+            return Err(UrlError::UnixHost);
         }
         if parsed.port() == Some(0) {
             return Err(UrlError::ZeroPort);
@@ -391,6 +400,8 @@ mod tests {
                 matches!(e, UrlError::Unparsable(_) | UrlError::MissingHost)
             }),
             ("http://a:0", |e| *e == UrlError::ZeroPort),
+            ("http://unix:8545/", |e| *e == UrlError::UnixHost),
+            ("https://UNIX/key", |e| *e == UrlError::UnixHost),
             ("http://a:70000", |e| matches!(e, UrlError::Unparsable(_))),
             ("http://:pw@a", |e| *e == UrlError::BadCredentials),
             // Percent-escapes in the host are decoded by the parser: the decoded host must
