@@ -271,6 +271,7 @@ async fn real(schedule: RoundSchedule) -> Real {
         row_refresh: std::time::Duration::from_secs(
             jsonrpc_proxy::health_check::DEFAULT_ROW_REFRESH_SECS,
         ),
+        scan_page_items: None,
     };
     Real {
         _moto: moto,

@@ -14,7 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use devstack::{Fault, FaultRule};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
 use jsonrpc_proxy::ecs_update::{config_path_of, EcsUpdater};
-use jsonrpc_proxy::health_check::HealthCheckError;
+use jsonrpc_proxy::health_check::{HealthCheckError, HealthChecker};
 use jsonrpc_proxy::render_config::RenderError;
 use serde_json::{json, Value};
 
@@ -655,7 +655,7 @@ async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() 
     figure("ECS update: faults injected", faults);
 }
 
-/// The round reads the table page by page (250 items) and probes each page as it arrives:
+/// The round reads the table page by page (250 items here) and probes each page as it arrives:
 /// while the second page is held back, the first page's backends are already being probed.
 /// A scan that fails after its first page fails the round with nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,7 +680,10 @@ async fn probing_starts_with_the_first_scan_page() {
     proxy.forget_requests();
     let hold = Duration::from_secs(3);
     proxy.inject(FaultRule::new(Fault::Delay(hold)).operation(SCAN).nth(2));
-    let checker = env.checker();
+    let checker = HealthChecker {
+        scan_page_items: Some(250),
+        ..env.checker()
+    };
     let round = tokio::spawn(async move { checker.run_round().await });
 
     // The second page is requested and held back for 3 s…
@@ -718,11 +721,13 @@ async fn probing_starts_with_the_first_scan_page() {
     let before = env.items().await;
     proxy.forget_requests();
     proxy.inject(FaultRule::new(Fault::InternalError).operation(SCAN).skip(2));
-    let error = env
-        .checker()
-        .run_round()
-        .await
-        .expect_err("a failed page fails the round");
+    let error = HealthChecker {
+        scan_page_items: Some(250),
+        ..env.checker()
+    }
+    .run_round()
+    .await
+    .expect_err("a failed page fails the round");
     assert!(matches!(error, HealthCheckError::Scan(_)), "{error}");
     assert_eq!(proxy.attempts(UPDATE_ITEM), 0);
     assert_eq!(env.items().await, before, "nothing written");

@@ -167,6 +167,7 @@ impl Env {
             write_concurrency: 16,
             // These scenarios exercise the write path under faults: every row every round.
             row_refresh: Duration::ZERO,
+            scan_page_items: None,
         }
     }
 

@@ -128,6 +128,7 @@ impl Stack {
             stack_name: self.stack_name.clone(),
             write_concurrency: 16,
             row_refresh: Duration::from_secs(DEFAULT_ROW_REFRESH_SECS),
+            scan_page_items: None,
         }
     }
 
