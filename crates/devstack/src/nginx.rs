@@ -265,9 +265,9 @@ impl Nginx {
                 // nginx lets old and new workers accept side by side for 100 ms, then tells
                 // the old ones to stop: wait for that, so callers' new connections reach the
                 // new configuration (bounded: an old worker's notice could be missed).
-                let _ = self
-                    .process
-                    .wait_ready(Duration::from_secs(2), || workers_leaving() > leaving_before);
+                let _ = self.process.wait_ready(Duration::from_secs(2), || {
+                    workers_leaving() > leaving_before
+                });
                 Ok(())
             }
             Err(error) => Err(with_error_log(error, self.prefix.path())),
