@@ -283,6 +283,12 @@ impl LocalStack {
         format!("http://127.0.0.1:{}", self.options.proxy_port)
     }
 
+    /// nginx's error log as it stands (empty when it cannot be read).
+    pub fn nginx_error_log(&self) -> String {
+        let path = lock(&self.nginx).error_log_path();
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// The moto endpoint.
     pub fn moto_endpoint(&self) -> String {
         self.moto.endpoint()

@@ -363,8 +363,13 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
         assert!(provider.served(route) > 0, "{route} was never reached");
     }
 
-    // A keyed node fails (a transition with a reason), then is removed.
+    // A keyed node fails (a transition with a reason), then is removed. Requests meanwhile
+    // make nginx log the failing upstream (its public server retries them elsewhere).
     provider.down.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        let who = who_answers(&client, &proxy).await;
+        assert!(who.is_ok(), "retried on another node: {who:?}");
+    }
     wait_for(
         "the failed keyed node leaves the config",
         Duration::from_secs(20),
@@ -532,6 +537,8 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     let errors = lock(&stack.observed).errors.clone();
     let metric_calls = stack.recorder().recorded().expect("recorded metrics");
     let log_dir = work_dir.path().join("functions");
+    // nginx's prefix (and its log) goes with the stack.
+    let nginx_log = stack.nginx_error_log();
     stack.shutdown().await;
 
     // Search everything.
@@ -580,6 +587,9 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
         );
     }
     check("pointer latest.json".into(), &pointer_text);
+    for (number, line) in nginx_log.lines().enumerate() {
+        check(format!("nginx error log:{}", number + 1), line);
+    }
 
     // The search looked at real material.
     assert!(log_text.contains("backend stored"), "the logs were written");
@@ -594,6 +604,10 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
         "a transition with a reason was observed: {transitions:?}"
     );
     assert!(dimensions > 0, "metrics were recorded");
+    assert!(
+        nginx_log.contains("while reading response header from upstream"),
+        "nginx logged the failing keyed upstream: {nginx_log}"
+    );
     assert!(
         metric_calls
             .iter()
