@@ -68,6 +68,12 @@ impl Backend {
         }
     }
 
+    /// Whether no health check has ever been recorded for it (a new row, or one from before
+    /// any check: neither check time is stored).
+    pub fn never_checked(&self) -> bool {
+        self.last_checked_ms.is_none() && self.last_checked.is_none()
+    }
+
     /// Validates the stored URL.
     pub fn parsed_url(&self) -> Result<BackendUrl, UrlError> {
         BackendUrl::parse(&self.url)

@@ -279,7 +279,7 @@ pub fn next_health(
 ) -> HealthState {
     let unhealthy_after = policy.unhealthy_after.max(1);
     let healthy_after = policy.healthy_after.max(1);
-    let never_checked = previous.last_checked_ms.is_none() && previous.last_checked.is_none();
+    let never_checked = previous.never_checked();
     match failure {
         None => {
             let passes = previous.consecutive_passes.saturating_add(1);
@@ -438,7 +438,7 @@ impl RoundAssessment {
 /// round from it gives the same verdicts as judging from a row written every round (a unit
 /// test checks every 6-round sequence of pass, lag, timeout and refusal).
 pub fn verdict_changes_row(previous: &Backend, verdict: &Verdict, policy: &HealthPolicy) -> bool {
-    let never_checked = previous.last_checked_ms.is_none() && previous.last_checked.is_none();
+    let never_checked = previous.never_checked();
     let counter_news = if previous.is_healthy {
         let limit = policy.unhealthy_after.max(1);
         verdict.consecutive_failures.min(limit) != previous.consecutive_failures.min(limit)
