@@ -9,6 +9,7 @@
 //! is not started.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -17,7 +18,6 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::backend::{epoch_millis, Backend};
-use crate::backend_url::BackendUrl;
 use crate::config_bucket::{BucketError, ConfigBucket};
 use crate::health::{
     assess, verdict_changes_row, ChainSource, HealthPolicy, LeaderStatus, Observation,
@@ -319,7 +319,10 @@ impl HealthChecker {
         loop {
             while in_flight.len() < concurrency {
                 match waiting.pop_front() {
-                    Some(backend) => in_flight.push(self.observe(backend)),
+                    Some(backend) => in_flight.push(async move {
+                        let observation = self.observe(&backend).await;
+                        (backend, observation)
+                    }),
                     None => break,
                 }
             }
@@ -339,37 +342,19 @@ impl HealthChecker {
     }
 
     /// Probes one backend, or says why it cannot be probed.
-    async fn observe(&self, backend: Backend) -> (Backend, Observation) {
-        let observation = match backend.parsed_url() {
+    async fn observe(&self, backend: &Backend) -> Observation {
+        match backend.parsed_url() {
             Ok(url) => Ok(self.prober.probe(&url).await),
             Err(error) => Err(UnhealthyReason::InvalidUrl(error.to_string())),
-        };
-        (backend, observation)
+        }
     }
 
-    /// Probes every backend with a valid URL and judges them all.
+    /// Probes every backend with a valid URL (at most `PROBE_CONCURRENCY` at once) and judges
+    /// them all.
     pub async fn probe_and_assess(&self, backends: &[Backend]) -> RoundAssessment {
-        let parsed: Vec<Result<BackendUrl, UnhealthyReason>> = backends
-            .iter()
-            .map(|b| {
-                b.parsed_url()
-                    .map_err(|e| UnhealthyReason::InvalidUrl(e.to_string()))
-            })
-            .collect();
-        let valid: Vec<BackendUrl> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
-            .collect();
-        let mut outcomes = self.prober.probe_all(&valid).await.into_iter();
-        let observations: Vec<Observation> = parsed
-            .into_iter()
-            .map(|p| match p {
-                Ok(_) => outcomes
-                    .next()
-                    .ok_or_else(|| UnhealthyReason::InvalidUrl("probe missing".into())),
-                Err(reason) => Err(reason),
-            })
-            .collect();
+        let concurrency = self.prober.settings().concurrency;
+        let probes = (0..backends.len()).map(|i| self.observe(&backends[i]));
+        let observations = run_bounded(probes, concurrency).await;
         assess(backends, &observations, &self.policy)
     }
 
@@ -396,23 +381,9 @@ impl HealthChecker {
             .map(|(_, verdict)| verdict)
             .collect();
         let unchanged = round.verdicts.len() - due.len();
-        // A plain loop over a FuturesUnordered (rather than stream combinators over borrowed
-        // verdicts) keeps the round's future `Send` for any caller, `tokio::spawn` included.
-        let mut due = due.into_iter();
-        let mut in_flight = FuturesUnordered::new();
-        let mut results: Vec<Result<CheckWrite, StoreError>> = Vec::new();
-        loop {
-            while in_flight.len() < self.write_concurrency.max(1) {
-                match due.next() {
-                    Some(verdict) => in_flight.push(self.store.record_check(verdict, checked_at)),
-                    None => break,
-                }
-            }
-            match in_flight.next().await {
-                Some(result) => results.push(result),
-                None => break,
-            }
-        }
+        // Indices, not `&Verdict`s, go through the closure: see `run_bounded`.
+        let writes = (0..due.len()).map(|i| self.store.record_check(due[i], checked_at));
+        let results = run_bounded(writes, self.write_concurrency).await;
         let written = results
             .iter()
             .filter(|r| matches!(r, Ok(CheckWrite::Written)))
@@ -454,6 +425,35 @@ impl HealthChecker {
             }
         }
     }
+}
+
+/// Runs `tasks` at most `limit` (at least 1) at a time; their outputs in the tasks' order.
+///
+/// Futures are created only as slots free up (a round's thousands of writes are never all
+/// alive at once). Callers map indices, not borrowed items: a closure taking `&T` held across
+/// an await keeps the round's future from being `Send` (`tokio::spawn` of a round fails with
+/// "implementation of `FnOnce` is not general enough").
+async fn run_bounded<F: Future>(
+    tasks: impl IntoIterator<Item = F>,
+    limit: usize,
+) -> Vec<F::Output> {
+    let mut tasks = tasks.into_iter().enumerate();
+    let mut in_flight = FuturesUnordered::new();
+    let mut outputs = Vec::new();
+    loop {
+        while in_flight.len() < limit.max(1) {
+            match tasks.next() {
+                Some((index, task)) => in_flight.push(async move { (index, task.await) }),
+                None => break,
+            }
+        }
+        match in_flight.next().await {
+            Some(output) => outputs.push(output),
+            None => break,
+        }
+    }
+    outputs.sort_by_key(|(index, _)| *index);
+    outputs.into_iter().map(|(_, output)| output).collect()
 }
 
 /// What [`HealthChecker::write_verdicts`] did.
