@@ -79,6 +79,27 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
+/// Writes a part's heading; returns its results, or `None` after saying that it was not run
+/// or how it failed.
+fn part_heading<'a, T>(
+    out: &mut String,
+    title: &str,
+    part: &'a Option<Result<T, String>>,
+) -> Option<&'a T> {
+    let _ = write!(out, "\n### {title}\n\n");
+    match part {
+        None => {
+            out.push_str("Not run.\n");
+            None
+        }
+        Some(Err(error)) => {
+            let _ = writeln!(out, "Failed: {error}");
+            None
+        }
+        Some(Ok(results)) => Some(results),
+    }
+}
+
 impl Results {
     fn fanout_rows(&self) -> &[FanoutRow] {
         match &self.fanout {
@@ -395,17 +416,9 @@ impl Results {
     }
 
     fn fanout_section(&self, out: &mut String) {
-        out.push_str("\n### 1. Health-check round vs fleet size\n\n");
-        let report = match &self.fanout {
-            None => {
-                out.push_str("Not run.\n");
-                return;
-            }
-            Some(Err(error)) => {
-                let _ = writeln!(out, "Failed: {error}");
-                return;
-            }
-            Some(Ok(report)) => report,
+        let Some(report) = part_heading(out, "1. Health-check round vs fleet size", &self.fanout)
+        else {
+            return;
         };
         let rows = &report.rows;
         let _ = writeln!(
@@ -519,17 +532,9 @@ impl Results {
     }
 
     fn proxy_section(&self, out: &mut String) {
-        out.push_str("\n### 2. Proxy overhead (wrk → nginx → anvil)\n\n");
-        let proxy = match &self.proxy {
-            None => {
-                out.push_str("Not run.\n");
-                return;
-            }
-            Some(Err(error)) => {
-                let _ = writeln!(out, "Failed: {error}");
-                return;
-            }
-            Some(Ok(proxy)) => proxy,
+        let Some(proxy) = part_heading(out, "2. Proxy overhead (wrk → nginx → anvil)", &self.proxy)
+        else {
+            return;
         };
         let _ = writeln!(
             out,
@@ -587,17 +592,10 @@ impl Results {
     }
 
     fn switch_section(&self, out: &mut String) {
-        out.push_str("\n### 3. Switch time through the local stack\n\n");
-        let switch = match &self.switch {
-            None => {
-                out.push_str("Not run.\n");
-                return;
-            }
-            Some(Err(error)) => {
-                let _ = writeln!(out, "Failed: {error}");
-                return;
-            }
-            Some(Ok(switch)) => switch,
+        let Some(switch) =
+            part_heading(out, "3. Switch time through the local stack", &self.switch)
+        else {
+            return;
         };
         let _ = writeln!(
             out,
@@ -637,17 +635,8 @@ impl Results {
     }
 
     fn lambda_section(&self, out: &mut String) {
-        out.push_str("\n### 4. Lambda footprint\n\n");
-        let lambda = match &self.lambda {
-            None => {
-                out.push_str("Not run.\n");
-                return;
-            }
-            Some(Err(error)) => {
-                let _ = writeln!(out, "Failed: {error}");
-                return;
-            }
-            Some(Ok(lambda)) => lambda,
+        let Some(lambda) = part_heading(out, "4. Lambda footprint", &self.lambda) else {
+            return;
         };
         let _ = writeln!(
             out,
