@@ -4,10 +4,15 @@
 // that `sls package` / `sls deploy` / `sls deploy function` always ship the current code.
 //
 // Each function key is the name of its crate in the Cargo workspace; cargo lambda writes
-// ${CARGO_TARGET_DIR:-target}/lambda/<crate>/bootstrap.zip, which is the function's
-// `package.artifact` in serverless.yml. Cargo's own caching makes a rebuild of unchanged code
-// take seconds. SKIP_CARGO_LAMBDA_BUILD=1 skips the build (the zips must then exist already).
+// ${CARGO_TARGET_DIR:-target}/lambda/<crate>/bootstrap.zip. The plugin then copies it to
+// <crate>.zip beside it, the function's `package.artifact` in serverless.yml: the framework
+// uploads every artifact under its file name, so seven `bootstrap.zip`s would overwrite each
+// other in the deployment bucket and every function would get the last one.
+// SKIP_CARGO_LAMBDA_BUILD=1 skips the build (the zips must then exist already); the copy
+// always happens.
 
+const fs = require('fs');
+const path = require('path');
 const { spawnSync } = require('child_process');
 
 class CargoLambdaBuild {
@@ -16,8 +21,8 @@ class CargoLambdaBuild {
     this.options = options || {};
     this.log = log || { notice: console.log, warning: console.warn };
     this.hooks = {
-      'before:package:createDeploymentArtifacts': () => this.build(this.functionNames()),
-      'before:package:function:package': () => this.build([this.options.function]),
+      'before:package:createDeploymentArtifacts': () => this.prepare(this.functionNames()),
+      'before:package:function:package': () => this.prepare([this.options.function]),
     };
   }
 
@@ -25,13 +30,18 @@ class CargoLambdaBuild {
     return this.serverless.service.getAllFunctions();
   }
 
-  build(names) {
+  prepare(names) {
+    const packages = names.filter(Boolean);
+    if (packages.length === 0) return;
+    this.build(packages);
+    for (const name of packages) this.stage(name);
+  }
+
+  build(packages) {
     if (process.env.SKIP_CARGO_LAMBDA_BUILD === '1') {
       this.log.notice('cargo lambda build skipped (SKIP_CARGO_LAMBDA_BUILD=1)');
       return;
     }
-    const packages = names.filter(Boolean);
-    if (packages.length === 0) return;
     const args = ['lambda', 'build', '--release', '--arm64', '--output-format', 'zip'];
     for (const name of packages) args.push('--package', name);
     this.log.notice(`cargo ${args.join(' ')}`);
@@ -51,6 +61,28 @@ class CargoLambdaBuild {
         `cargo lambda build failed (exit status ${result.status}); see its output above`
       );
     }
+  }
+
+  // Copies cargo lambda's bootstrap.zip to the function's own artifact name.
+  stage(name) {
+    const artifact = this.serverless.service.getFunction(name).package?.artifact;
+    if (!artifact) {
+      throw new this.serverless.classes.Error(`function ${name} has no package.artifact`);
+    }
+    const target = path.resolve(this.serverless.serviceDir, artifact);
+    const built = path.join(path.dirname(target), 'bootstrap.zip');
+    if (path.basename(target) === 'bootstrap.zip') {
+      throw new this.serverless.classes.Error(
+        `function ${name}: its artifact must not be called bootstrap.zip (every function's ` +
+          'would be uploaded under the same key)'
+      );
+    }
+    if (!fs.existsSync(built)) {
+      throw new this.serverless.classes.Error(
+        `${built} does not exist: build it with cargo lambda (unset SKIP_CARGO_LAMBDA_BUILD)`
+      );
+    }
+    fs.copyFileSync(built, target);
   }
 }
 

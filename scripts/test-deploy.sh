@@ -4,6 +4,8 @@
 #     including the cargo lambda build of the seven arm64 zips (the infra/cargo-lambda-build.js
 #     hook). Cargo's cache makes it take seconds when the code is unchanged; on a cold target
 #     directory the release builds take about 15 minutes on 2 cores.
+#     Every function has its own artifact (a distinct S3 key) holding its own crate's arm64
+#     binary (infra/check_artifacts.py).
 #  2. cfn-lint on the generated CloudFormation template: no errors and no warnings (W3005 is
 #     ignored: the framework itself adds DependsOn on each function's role).
 #  3. infra/check_template.py: the functions, events, environment, IAM statements and
@@ -53,20 +55,8 @@ lint_and_check() { # template config stage
 step "sls package -s dev (config.yml.sample; builds the zips with cargo lambda)"
 cp config.yml.sample "$work/config.dev.yml"
 package dev "$work/config.dev.yml" "$work/dev"
-for function in add_backend list_backends remove_backend health_checker config_renderer \
-  ecs_updater slack_notifier; do
-  zip="$CARGO_TARGET_DIR/lambda/$function/bootstrap.zip"
-  [ -s "$zip" ] || fail "$zip was not built"
-  python3 - "$zip" <<'PY' || fail "$zip does not hold an executable arm64 ELF bootstrap"
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as archive:
-    info = archive.getinfo("bootstrap")
-    head = archive.open(info).read(20)
-# ELF, 64-bit, little endian; e_machine 0xB7 = AArch64; executable permission bits.
-assert head[:6] == b"\x7fELF\x02\x01" and head[18:20] == b"\xb7\x00", head
-assert (info.external_attr >> 16) & 0o111, oct(info.external_attr >> 16)
-PY
-done
+python3 infra/check_artifacts.py "$work/dev" "$CARGO_TARGET_DIR" \
+  || fail "the packaged functions do not each get their own crate's arm64 binary"
 step "cfn-lint and template checks (dev)"
 lint_and_check "$work/dev/cloudformation-template-update-stack.json" "$work/config.dev.yml" dev
 
