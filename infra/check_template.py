@@ -70,6 +70,10 @@ def main():
     bucket_name = {"Fn::Join": ["-", [{"Ref": "AWS::StackName"}, {"Ref": "AWS::AccountId"},
                                       {"Ref": "AWS::Region"}, "config"]]}
     common = {"RUST_LOG": "info", "LOG_FORMAT": "json"}
+    # nginx's port and socket directory in its container: the renderer, the task definition
+    # and the service must agree.
+    port = config.get("nginx_listen_port", 80)
+    socket_dir = config.get("nginx_socket_dir", "/var/run/jsonrpc-proxy")
     functions = {
         "add_backend": ("AddBackendRole", {"DYNAMODB_TABLE": stack}),
         "list_backends": ("ListBackendsRole", {"DYNAMODB_TABLE": stack}),
@@ -93,8 +97,8 @@ def main():
         "config_renderer": ("ConfigRendererRole", {
             "DYNAMODB_TABLE": stack,
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
-            "NGINX_LISTEN_PORT": "80",
-            "NGINX_SOCKET_DIR": "/var/run/jsonrpc-proxy",
+            "NGINX_LISTEN_PORT": str(port),
+            "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
         }),
         "ecs_updater": ("EcsUpdaterRole", {
@@ -265,12 +269,13 @@ def main():
         container = containers[0]
         check(container.get("Image") == config["ecr_image_uri"], "image from the config")
         check(container.get("Memory") == config.get("nginx_memory_mib", 64), "memory")
-        check(container.get("PortMappings") == [{"ContainerPort": 80, "HostPort": 0,
-                                                 "Protocol": "tcp"}], "dynamic host port 80")
-        names = {e["Name"] for e in container.get("Environment", [])}
-        check(names == {"AWS_REGION", "CONFIG_POINTER_PATH", "CONFIG_POLL_SECONDS",
-                        "CLOUDWATCH_NAMESPACE", "STACK_NAME"},
-              f"container environment {names}")
+        check(container.get("PortMappings") == [{"ContainerPort": port, "HostPort": 0,
+                                                 "Protocol": "tcp"}], "dynamic host port")
+        environment = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+        check(set(environment) == {"AWS_REGION", "CONFIG_POINTER_PATH", "CONFIG_POLL_SECONDS",
+                                   "CLOUDWATCH_NAMESPACE", "STACK_NAME", "NGINX_SOCKET_DIR"},
+              f"container environment {set(environment)}")
+        check(environment.get("NGINX_SOCKET_DIR") == socket_dir, "the renderer's socket dir")
         check(container.get("LogConfiguration", {}).get("LogDriver") == "awslogs", "awslogs")
     nginx_logs = resource("NginxLogGroup", "AWS::Logs::LogGroup")
     check(nginx_logs.get("RetentionInDays") == config.get("log_retention_days", 14),
@@ -290,7 +295,7 @@ def main():
     check(service.get("Cluster") == config["ecs_cluster_arn"], "service cluster")
     check(service.get("ServiceName") == f"{stack}-nginx", "service name")
     check(service.get("TaskDefinition") == {"Ref": "NginxTaskDefinition"}, "service task def")
-    check(service.get("LoadBalancers") == [{"ContainerName": "nginx", "ContainerPort": 80,
+    check(service.get("LoadBalancers") == [{"ContainerName": "nginx", "ContainerPort": port,
                                             "TargetGroupArn": {"Ref": "NginxTargetGroup"}}],
           "service load balancer")
 

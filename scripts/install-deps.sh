@@ -25,7 +25,10 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 
 py_missing=()
-python3 -c 'import moto.server, flask_cors' >/dev/null 2>&1 || py_missing+=("moto[server]>=5.1,<6")
+# moto: the version scripts/moto_server.py and docs/architecture.md ("The local AWS endpoint")
+# were checked against.
+python3 -c 'import moto.server, flask_cors, sys; from importlib.metadata import version; sys.exit(version("moto") != "5.2.5")' \
+  >/dev/null 2>&1 || py_missing+=("moto[server]==5.2.5")
 python3 -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
 command -v cargo-lambda >/dev/null 2>&1 || py_missing+=("cargo-lambda")
 command -v cfn-lint >/dev/null 2>&1 || py_missing+=("cfn-lint")

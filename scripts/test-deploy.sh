@@ -6,6 +6,7 @@
 #     directory the release builds take about 15 minutes on 2 cores.
 #     Every function has its own artifact (a distinct S3 key) holding its own crate's arm64
 #     binary (infra/check_artifacts.py).
+#     The dev template is the same with and without the serverless-localstack plugin.
 #  2. cfn-lint on the generated CloudFormation template: no errors and no warnings (W3005 is
 #     ignored: the framework itself adds DependsOn on each function's role).
 #  3. infra/check_template.py: the functions, events, environment, IAM statements and
@@ -59,6 +60,26 @@ python3 infra/check_artifacts.py "$work/dev" "$CARGO_TARGET_DIR" \
   || fail "the packaged functions do not each get their own crate's arm64 binary"
 step "cfn-lint and template checks (dev)"
 lint_and_check "$work/dev/cloudformation-template-update-stack.json" "$work/config.dev.yml" dev
+
+step "the dev template is the same without serverless-localstack (active for stage local only)"
+plain=serverless.without-localstack.yml
+trap 'rm -rf "$work" "$root/$plain"' EXIT
+grep -vx '  - serverless-localstack' serverless.yml >"$plain"
+if ! JSONRPC_PROXY_CONFIG="$work/config.dev.yml" SKIP_CARGO_LAMBDA_BUILD=1 \
+  node_modules/.bin/sls package -s dev --config "$plain" --package "$work/dev-plain" \
+  >"$work/dev-plain.log" 2>&1; then
+  cat "$work/dev-plain.log" >&2
+  fail "sls package -s dev --config $plain"
+fi
+rm -f "$plain"
+python3 - "$work/dev" "$work/dev-plain" <<'PY' || fail "serverless-localstack changes the dev template"
+import json, re, sys
+def template(directory):
+    text = open(f"{directory}/cloudformation-template-update-stack.json").read()
+    # Artifacts are uploaded under a folder named after the packaging time.
+    return json.loads(re.sub(r"serverless/jsonrpc-proxy/dev/[^/\"]+/", "serverless/jsonrpc-proxy/dev/T/", text))
+assert template(sys.argv[1]) == template(sys.argv[2])
+PY
 
 step "non-default configuration values reach the template (stage prod)"
 sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \

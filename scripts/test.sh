@@ -14,10 +14,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The deployment checks first: their `sls package -s dev` builds the functions' arm64 zips,
+# which the local stacks of the tests deploy (sls deploy -s local).
+echo "== scripts/test-deploy.sh"
+bash scripts/test-deploy.sh
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/test-output.txt"
 for extra in scripts/test-*.sh; do
-  [ -e "$extra" ] || continue
+  [ "$extra" = scripts/test-deploy.sh ] && continue
   echo "== $extra"
   bash "$extra"
 done

@@ -325,7 +325,10 @@ impl Rig {
             }
             "remove_backend" => json!({"body": json!({"url": url}).to_string()}),
             "list_backends" => json!({}),
-            "health_checker" => scheduled_event(),
+            "health_checker" => scheduled_event(&format!(
+                "arn:aws:events:{}:123456789012:rule/{STACK}-schedule",
+                devstack::TEST_REGION
+            )),
             "config_renderer" => json!({"source": "jsonrpc-proxy", "reason": "bench"}),
             "ecs_updater" => {
                 let key = format!("bench-{index:06}_nginx.conf");

@@ -212,14 +212,7 @@ pub async fn run(options: &SwitchOptions) -> Result<SwitchReport, String> {
         proxy_port: devstack::free_port().map_err(|e| e.to_string())?,
         check_interval: Duration::from_secs(options.interval_secs.max(1)),
         tolerance: options.tolerance,
-        probe_timeout: Duration::from_millis(2000),
-        nodes: Vec::new(),
-        leader: None,
-        anvil_nodes: 2,
-        block_time: 1,
-        config_agent: bin_dir.join("config_agent"),
-        bin_dir,
-        work_dir: work.path().to_owned(),
+        ..StackOptions::defaults(bin_dir, work.path().to_owned())
     };
     let port = stack_options.proxy_port;
     let mut stack = LocalStack::start(stack_options)

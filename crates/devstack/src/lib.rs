@@ -3,9 +3,10 @@
 //! Starts and supervises real local processes on loopback (`127.0.0.1`) for the integration
 //! tests and the local stack:
 //!
-//! - [`Moto`]: `moto_server`, serving DynamoDB, S3, ECS, Lambda and IAM, with helpers that
-//!   create what `serverless.yml` creates (table, bucket, ECS cluster/task definition/service,
-//!   the renderer's Lambda function record);
+//! - [`Moto`]: moto's server (through `scripts/moto_server.py`), with helpers that create what
+//!   `serverless.yml` creates (table, bucket, ECS cluster/task definition/service, the
+//!   renderer's Lambda function record) and the shared infrastructure a deployment expects
+//!   to find (VPC, subnets, security group, ECS cluster, load balancer listener);
 //! - [`Anvil`]: an Ethereum node that can be mined, stopped and restarted on the same port;
 //! - [`Nginx`]: `nginx -t` on a rendered configuration, and a real nginx running one;
 //! - [`MetricsRecorder`]: `scripts/cloudwatch_recorder.py`, a CloudWatch stand-in that records
@@ -17,9 +18,9 @@
 //! (`sh`) kills the group as well if the owning process dies without dropping it (for
 //! example a handle kept in a `static` in a test binary), so nothing is left running.
 //!
-//! Programs are found through an environment override (`MOTO_SERVER_BIN`, `ANVIL_BIN`,
-//! `NGINX_BIN`, `PYTHON_BIN`), then the repository's `.tools` directory, then `PATH`. A
-//! missing program is an error that says to run `scripts/install-deps.sh`. Other variables:
+//! Programs are found through an environment override (`ANVIL_BIN`, `NGINX_BIN`, `PYTHON_BIN`;
+//! `MOTO_SERVER_SCRIPT` for the moto launcher), then the repository's `.tools` directory, then
+//! `PATH`. A missing program is an error that says to run `scripts/install-deps.sh`. Other variables:
 //! `DEVSTACK_REPO_ROOT` (where `.tools` and `scripts/` are; default: this checkout),
 //! `CLOUDWATCH_RECORDER_SCRIPT` (the recorder script), `DEVSTACK_KEEP_LOGS=1` (keep every
 //! log directory; they are always kept when a start fails).
@@ -45,7 +46,7 @@ use std::sync::{Mutex, OnceLock};
 pub use anvil::{Anvil, AnvilOptions};
 pub use error::Error;
 pub use fault::{Fault, FaultProxy, FaultRule, SeenRequest};
-pub use moto::{sdk_config, EcsService, Moto, TEST_REGION};
+pub use moto::{sdk_config, EcsService, Moto, SharedInfrastructure, TEST_REGION};
 pub use nginx::Nginx;
 pub use recorder::MetricsRecorder;
 
@@ -94,6 +95,18 @@ pub fn repo_root() -> std::path::PathBuf {
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
+}
+
+/// A script of the repository: `$<env_var>` when set, else the first existing candidate of
+/// [`repo_file_candidates`] (the path under [`repo_root`] when none exists, for the error).
+pub(crate) fn repo_script(relative: &str, env_var: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        return std::path::PathBuf::from(path);
+    }
+    repo_file_candidates(relative)
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| repo_root().join(relative))
 }
 
 /// Where a repository file may be: under [`repo_root`], then under the current directory and

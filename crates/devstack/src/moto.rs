@@ -1,4 +1,7 @@
-//! `moto_server`: DynamoDB, S3, ECS, Lambda and IAM on loopback.
+//! moto: the local AWS endpoint (DynamoDB, S3, ECS, Lambda, IAM, CloudFormation, EC2, ELBv2,
+//! SNS, ...) on loopback, started through `scripts/moto_server.py`, which adds the
+//! CloudFormation models the deployed template needs (docs/architecture.md, "The local AWS
+//! endpoint").
 
 use std::path::Path;
 use std::process::Command;
@@ -13,8 +16,8 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{FunctionCode, Runtime};
 use aws_sdk_s3::config::Credentials;
 
-use crate::process::{address_in_use, report_failure, Program, Supervised, WorkDir};
-use crate::{free_port, http, Error};
+use crate::process::{address_in_use, report_failure, Supervised, WorkDir, PYTHON};
+use crate::{free_port, http, repo_script, Error};
 
 /// The region every client of the stand-ins uses.
 pub const TEST_REGION: &str = "us-east-1";
@@ -28,13 +31,8 @@ const LAMBDA_ROLE: &str = "devstack-lambda-role";
 /// How long moto may take to start (it imports every service's models).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-const MOTO: Program = Program {
-    name: "moto_server",
-    env_var: "MOTO_SERVER_BIN",
-    file_name: "moto_server",
-    repo_path: Some(".tools/venv/bin/moto_server"),
-    fallbacks: &[],
-};
+/// The launcher, relative to the repository root.
+const MOTO_SCRIPT: &str = "scripts/moto_server.py";
 
 /// An empty but valid zip archive (just the end-of-central-directory record), accepted by
 /// moto as a function's code.
@@ -71,6 +69,23 @@ pub struct EcsService {
     pub task_definition_arn: String,
 }
 
+/// What a deployment of `serverless.yml` expects to find in the account (the keys of
+/// `config.yml.sample` that name existing resources), made by
+/// [`Moto::create_shared_infrastructure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedInfrastructure {
+    /// `vpc_id`.
+    pub vpc_id: String,
+    /// `subnet_ids`: two, in two availability zones.
+    pub subnet_ids: Vec<String>,
+    /// `security_group_ids`: one.
+    pub security_group_ids: Vec<String>,
+    /// `ecs_cluster_arn`.
+    pub ecs_cluster_arn: String,
+    /// `alb_listener_arn`: an HTTP listener on port 80 answering 404 by default.
+    pub alb_listener_arn: String,
+}
+
 /// A running `moto_server` on 127.0.0.1, killed when dropped.
 ///
 /// Lambda runs in moto's docker-free mode (configured at start): `Invoke` answers without
@@ -83,17 +98,19 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts `moto_server -H 127.0.0.1 -p <free port>` and waits until it answers (at most
-    /// 60 s). Blocks the calling thread.
+    /// Starts `scripts/moto_server.py -H 127.0.0.1 -p <free port>` and waits until it answers
+    /// (at most 60 s). Blocks the calling thread.
     pub fn start() -> Result<Self, Error> {
-        let bin = MOTO.locate()?;
+        let python = PYTHON.locate()?;
+        let script = repo_script(MOTO_SCRIPT, "MOTO_SERVER_SCRIPT");
         let mut dir = WorkDir::new("moto")?;
         let log = dir.path().join("moto_server.log");
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let mut command = Command::new(&bin);
+            let mut command = Command::new(&python);
             command
+                .arg(&script)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("PYTHONUNBUFFERED", "1");
             let mut process = Supervised::spawn("moto_server", command, &log, &dir)
@@ -331,6 +348,136 @@ impl Moto {
             operation: "CreateFunction",
             message: "no function ARN returned".into(),
         })
+    }
+
+    /// Creates a VPC with two subnets and a security group, an ECS cluster named `cluster`, and
+    /// an Application Load Balancer with an HTTP listener: what an account that deploys the
+    /// stack already has.
+    pub async fn create_shared_infrastructure(
+        &self,
+        cluster: &str,
+    ) -> Result<SharedInfrastructure, Error> {
+        const EC2: (&str, &str) = ("ec2", "2016-11-15");
+        const ELB: (&str, &str) = ("elasticloadbalancing", "2015-12-01");
+        let vpc_id = self.query(EC2, "CreateVpc", &[("CidrBlock", "10.0.0.0/16")], "vpcId")?;
+        let mut subnet_ids = Vec::new();
+        for (cidr, zone) in [("10.0.1.0/24", "a"), ("10.0.2.0/24", "b")] {
+            let zone = format!("{TEST_REGION}{zone}");
+            subnet_ids.push(self.query(
+                EC2,
+                "CreateSubnet",
+                &[
+                    ("VpcId", &vpc_id),
+                    ("CidrBlock", cidr),
+                    ("AvailabilityZone", &zone),
+                ],
+                "subnetId",
+            )?);
+        }
+        let group = self.query(
+            EC2,
+            "CreateSecurityGroup",
+            &[
+                ("GroupName", "jsonrpc-proxy-nodes"),
+                ("GroupDescription", "reaches the Ethereum nodes"),
+                ("VpcId", &vpc_id),
+            ],
+            "groupId",
+        )?;
+        let balancer = self.query(
+            ELB,
+            "CreateLoadBalancer",
+            &[
+                ("Name", "shared"),
+                ("Subnets.member.1", &subnet_ids[0]),
+                ("Subnets.member.2", &subnet_ids[1]),
+                ("SecurityGroups.member.1", &group),
+            ],
+            "LoadBalancerArn",
+        )?;
+        let listener = self.query(
+            ELB,
+            "CreateListener",
+            &[
+                ("LoadBalancerArn", &balancer),
+                ("Protocol", "HTTP"),
+                ("Port", "80"),
+                ("DefaultActions.member.1.Type", "fixed-response"),
+                (
+                    "DefaultActions.member.1.FixedResponseConfig.StatusCode",
+                    "404",
+                ),
+            ],
+            "ListenerArn",
+        )?;
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk_config().await);
+        let ecs_cluster_arn = ecs
+            .create_cluster()
+            .cluster_name(cluster)
+            .send()
+            .await
+            .map_err(|e| Error::aws("CreateCluster", &e))?
+            .cluster
+            .and_then(|c| c.cluster_arn)
+            .ok_or_else(|| Error::Aws {
+                operation: "CreateCluster",
+                message: "no cluster ARN returned".into(),
+            })?;
+        Ok(SharedInfrastructure {
+            vpc_id,
+            subnet_ids,
+            security_group_ids: vec![group],
+            ecs_cluster_arn,
+            alb_listener_arn: listener,
+        })
+    }
+
+    /// One call of an AWS query API (`(service, version)`), answering the text of the first
+    /// `<element>` of the XML answer.
+    fn query(
+        &self,
+        (service, version): (&str, &str),
+        action: &'static str,
+        parameters: &[(&str, &str)],
+        element: &str,
+    ) -> Result<String, Error> {
+        let mut body = format!("Action={action}&Version={version}");
+        for (name, value) in parameters {
+            body.push_str(&format!("&{name}={}", form_encode(value)));
+        }
+        // moto routes a request by the service of its credential scope.
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/{TEST_REGION}/{service}/aws4_request, \
+             SignedHeaders=host, Signature=0"
+        );
+        let response = http::request(
+            self.port,
+            "POST",
+            "/",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &authorization),
+            ],
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| Error::Aws {
+            operation: action,
+            message: e.to_string(),
+        })?;
+        let text = response.text();
+        let open = format!("<{element}>");
+        let value = text
+            .split_once(&open)
+            .and_then(|(_, rest)| rest.split_once(&format!("</{element}>")))
+            .map(|(value, _)| value.trim().to_owned());
+        match value {
+            Some(value) if (200..300).contains(&response.status) => Ok(value),
+            _ => Err(Error::Aws {
+                operation: action,
+                message: format!("status {}: {text}", response.status),
+            }),
+        }
     }
 
     /// Creates the Lambda execution role through IAM's query API (once per server).

@@ -26,6 +26,15 @@ pub(crate) struct Program {
     pub fallbacks: &'static [&'static str],
 }
 
+/// The Python that runs the stand-ins written in Python (moto, the CloudWatch recorder).
+pub(crate) const PYTHON: Program = Program {
+    name: "python3",
+    env_var: "PYTHON_BIN",
+    file_name: "python3",
+    repo_path: None,
+    fallbacks: &["/usr/bin/python3"],
+};
+
 impl Program {
     /// The program's path: the override, the repository's tools, `PATH`, the fallbacks.
     pub fn locate(&self) -> Result<PathBuf, Error> {

@@ -1,38 +1,16 @@
 //! The CloudWatch stand-in: `scripts/cloudwatch_recorder.py`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::process::{address_in_use, report_failure, Program, Supervised, WorkDir};
-use crate::{free_port, http, Error};
-
-const PYTHON: Program = Program {
-    name: "python3",
-    env_var: "PYTHON_BIN",
-    file_name: "python3",
-    repo_path: None,
-    fallbacks: &["/usr/bin/python3"],
-};
+use crate::process::{address_in_use, report_failure, Supervised, WorkDir, PYTHON};
+use crate::{free_port, http, repo_script, Error};
 
 /// How long the recorder may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The recorder script: `$CLOUDWATCH_RECORDER_SCRIPT`, else the repository's copy.
-fn script() -> PathBuf {
-    const RELATIVE: &str = "scripts/cloudwatch_recorder.py";
-    if let Some(path) = std::env::var_os("CLOUDWATCH_RECORDER_SCRIPT").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let candidates = crate::repo_file_candidates(RELATIVE);
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| crate::repo_root().join(RELATIVE))
-}
 
 /// A running CloudWatch recorder on 127.0.0.1, killed when dropped.
 ///
@@ -52,7 +30,10 @@ impl MetricsRecorder {
     /// `python3` with `cbor2` (scripts/install-deps.sh). Blocks the calling thread.
     pub fn start() -> Result<Self, Error> {
         let python = PYTHON.locate()?;
-        let script = script();
+        let script = repo_script(
+            "scripts/cloudwatch_recorder.py",
+            "CLOUDWATCH_RECORDER_SCRIPT",
+        );
         let mut dir = WorkDir::new("cloudwatch-recorder")?;
         if !script.is_file() {
             return Err(report_failure(

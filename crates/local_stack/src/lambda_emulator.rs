@@ -1,6 +1,10 @@
 //! A local Lambda service: runs the real function binaries on the Lambda Runtime API and
 //! answers the Lambda `Invoke` API, so functions call each other exactly as on AWS.
 //!
+//! Its endpoint is the local AWS endpoint: every request that is not an `Invoke` goes on to
+//! moto unchanged, so one endpoint serves `sls deploy`, `sls invoke` and the functions' own
+//! AWS calls (docs/architecture.md, "The local AWS endpoint").
+//!
 //! Each function is one long-lived process (a warm sandbox) polling its own Runtime API
 //! endpoint (`AWS_LAMBDA_RUNTIME_API`, one loopback port per function). Invocations queue per
 //! function and are handed out one at a time, like a function with reserved concurrency 1.
@@ -9,15 +13,16 @@
 //! the invocation it held fails.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,6 +44,8 @@ pub struct FunctionSpec {
     pub env: Vec<(String, String)>,
     /// Longest an invocation may take.
     pub timeout: Duration,
+    /// Memory size, MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mb: u32,
 }
 
 /// An invocation failed.
@@ -123,54 +130,95 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 struct Shared {
-    functions: HashMap<String, Arc<FunctionSlot>>,
+    functions: RwLock<HashMap<String, Arc<FunctionSlot>>>,
     next_id: AtomicU64,
     stopping: Notify,
+    /// Where requests other than `Invoke` go (moto), when set.
+    upstream: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Shared {
+    fn slot(&self, name: &str) -> Option<Arc<FunctionSlot>> {
+        // Accept a name, a function ARN (…:function:NAME[:qualifier]) or NAME:qualifier.
+        let bare = match name.split_once(":function:") {
+            Some((_, rest)) => rest.split(':').next().unwrap_or(rest),
+            None => name.split(':').next().unwrap_or(name),
+        };
+        self.functions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(bare)
+            .cloned()
+    }
+
+    fn slots(&self) -> Vec<Arc<FunctionSlot>> {
+        self.functions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 /// The running emulator. Dropping it (or [`LambdaEmulator::shutdown`]) stops every function.
 pub struct LambdaEmulator {
     shared: Arc<Shared>,
     endpoint: String,
-    tasks: Vec<JoinHandle<()>>,
+    log_dir: PathBuf,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl LambdaEmulator {
-    /// Starts the Invoke API on a loopback port, one Runtime API per function, and the
-    /// function processes. Their output goes to `<log_dir>/<name>.log`.
-    pub async fn start(specs: Vec<FunctionSpec>, log_dir: &Path) -> std::io::Result<Self> {
+    /// Starts the Invoke API on `listen` (port 0: any free port), passing every other request
+    /// on to `upstream`. Functions are added with [`LambdaEmulator::add_functions`]; their
+    /// output goes to `<log_dir>/<name>.log`.
+    pub async fn start(
+        listen: SocketAddr,
+        upstream: Option<String>,
+        log_dir: &Path,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
-        let invoke_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let invoke_listener = TcpListener::bind(listen).await?;
         let endpoint = format!("http://{}", invoke_listener.local_addr()?);
-
-        let functions: HashMap<String, Arc<FunctionSlot>> = specs
-            .into_iter()
-            .map(|spec| {
-                let slot = FunctionSlot {
-                    spec: spec.clone(),
-                    queue: Mutex::new(VecDeque::new()),
-                    ready: Notify::new(),
-                    in_flight: Mutex::new(HashMap::new()),
-                    stats: Mutex::new(FunctionStats::default()),
-                };
-                (spec.name, Arc::new(slot))
-            })
-            .collect();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
-            functions,
+            functions: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping: Notify::new(),
+            upstream,
+            client,
         });
-
-        let mut tasks = Vec::new();
         let invoke_app = Router::new()
             .route("/2015-03-31/functions/{name}/invocations", post(invoke_api))
+            .fallback(forward_upstream)
+            .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
-        tasks.push(tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = axum::serve(invoke_listener, invoke_app).await;
-        }));
+        });
+        Ok(Self {
+            shared,
+            endpoint,
+            log_dir: log_dir.to_owned(),
+            tasks: Mutex::new(vec![server]),
+        })
+    }
 
-        for slot in shared.functions.values() {
+    /// Adds functions: one Runtime API each, and their processes.
+    pub async fn add_functions(&self, specs: Vec<FunctionSpec>) -> std::io::Result<()> {
+        for spec in specs {
+            let slot = Arc::new(FunctionSlot {
+                spec: spec.clone(),
+                queue: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+                in_flight: Mutex::new(HashMap::new()),
+                stats: Mutex::new(FunctionStats::default()),
+            });
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let runtime_api = listener.local_addr()?.to_string();
             let app = Router::new()
@@ -185,25 +233,27 @@ impl LambdaEmulator {
                 )
                 .route("/2018-06-01/runtime/init/error", post(runtime_init_error))
                 .with_state(slot.clone());
-            tasks.push(tokio::spawn(async move {
+            let server = tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
-            }));
-            tasks.push(tokio::spawn(supervise(
+            });
+            let supervisor = tokio::spawn(supervise(
                 slot.clone(),
                 runtime_api,
-                endpoint.clone(),
-                log_dir.join(format!("{}.log", slot.spec.name)),
-                shared.clone(),
-            )));
+                self.endpoint.clone(),
+                self.log_dir.join(format!("{}.log", slot.spec.name)),
+                self.shared.clone(),
+            ));
+            lock(&self.tasks).extend([server, supervisor]);
+            self.shared
+                .functions
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(spec.name, slot);
         }
-        Ok(Self {
-            shared,
-            endpoint,
-            tasks,
-        })
+        Ok(())
     }
 
-    /// The Invoke API endpoint, for `AWS_ENDPOINT_URL_LAMBDA`.
+    /// The Invoke API endpoint (the local AWS endpoint when an upstream is set).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -223,8 +273,7 @@ impl LambdaEmulator {
     /// Counters of one function.
     pub fn stats(&self, function: &str) -> Option<FunctionStats> {
         self.shared
-            .functions
-            .get(function)
+            .slot(function)
             .map(|slot| lock(&slot.stats).clone())
     }
 
@@ -235,10 +284,11 @@ impl LambdaEmulator {
 
     async fn stop_tasks(&mut self) {
         self.shared.stopping.notify_waiters();
-        for slot in self.shared.functions.values() {
+        for slot in self.shared.slots() {
             slot.fail_in_flight("the Lambda emulator stopped");
         }
-        for task in self.tasks.drain(..) {
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
@@ -248,19 +298,58 @@ impl LambdaEmulator {
 impl Drop for LambdaEmulator {
     fn drop(&mut self) {
         self.shared.stopping.notify_waiters();
-        for task in &self.tasks {
+        for task in lock(&self.tasks).iter() {
             task.abort();
         }
     }
 }
 
-fn resolve_name<'a>(shared: &'a Shared, name: &str) -> Option<&'a Arc<FunctionSlot>> {
-    // Accept a name, a function ARN (…:function:NAME[:qualifier]) or NAME:qualifier.
-    let bare = match name.split_once(":function:") {
-        Some((_, rest)) => rest.split(':').next().unwrap_or(rest),
-        None => name.split(':').next().unwrap_or(name),
+/// Headers that belong to one connection, not to the request (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Passes a request that is not an `Invoke` on to the upstream (moto) unchanged.
+async fn forward_upstream(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(upstream) = &shared.upstream else {
+        return (StatusCode::NOT_FOUND, "not a Lambda Invoke request").into_response();
     };
-    shared.functions.get(bare)
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut request = shared
+        .client
+        .request(method, format!("{upstream}{path}"))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" && !HOP_BY_HOP.contains(&name.as_str()) {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let mut headers = answer.headers().clone();
+            for name in HOP_BY_HOP.iter().chain(&["content-length"]) {
+                headers.remove(*name);
+            }
+            match answer.bytes().await {
+                Ok(body) => (status, headers, body).into_response(),
+                Err(error) => (StatusCode::BAD_GATEWAY, format!("moto: {error}")).into_response(),
+            }
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, format!("moto: {error}")).into_response(),
+    }
 }
 
 fn new_request_id(shared: &Shared) -> String {
@@ -284,7 +373,8 @@ async fn invoke_sync(
     function: &str,
     payload: Bytes,
 ) -> Result<Bytes, InvokeError> {
-    let slot = resolve_name(shared, function)
+    let slot = shared
+        .slot(function)
         .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?;
     let (tx, rx) = oneshot::channel();
     slot.enqueue(Invocation {
@@ -304,9 +394,9 @@ async fn invoke_sync(
 }
 
 fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<(), InvokeError> {
-    let slot = resolve_name(shared, function)
-        .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?
-        .clone();
+    let slot = shared
+        .slot(function)
+        .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?;
     let request_id = new_request_id(shared);
     tokio::spawn(async move {
         // Lambda runs an asynchronous invocation up to three times, the same request id each time.
@@ -363,7 +453,7 @@ async fn invoke_api(
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(_) => not_found(),
         },
-        "DryRun" => match resolve_name(&shared, &name) {
+        "DryRun" => match shared.slot(&name) {
             Some(_) => StatusCode::NO_CONTENT.into_response(),
             None => not_found(),
         },
@@ -488,7 +578,10 @@ async fn supervise(
             .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
             .env("AWS_LAMBDA_FUNCTION_NAME", &slot.spec.name)
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                slot.spec.memory_mb.to_string(),
+            )
             .env(
                 "AWS_LAMBDA_LOG_GROUP_NAME",
                 format!("/aws/lambda/{}", slot.spec.name),

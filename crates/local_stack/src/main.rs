@@ -1,19 +1,25 @@
 //! `jsonrpc-proxy-local`: the whole jsonrpc-proxy system on this machine.
 //!
-//! Starts moto (DynamoDB, S3, ECS), a CloudWatch recorder, three anvil nodes (or your own URLs),
-//! nginx, and the real Lambda binaries on an emulated Lambda runtime; drives them with the
-//! events AWS would deliver; shows a live view. Ctrl-C stops everything it started.
+//! Starts the local AWS endpoint (moto, with the Lambda emulator serving `Invoke`), deploys the
+//! `local` stage with `sls deploy -s local`, starts a CloudWatch recorder, three anvil nodes (or
+//! your own URLs), nginx and the deployed functions' host builds; drives them with the events
+//! the deployed stack's sources would deliver; shows a live view. Ctrl-C stops everything it
+//! started.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use local_stack::stack::{LocalStack, StackOptions, FUNCTIONS};
+use local_stack::stack::{LocalStack, StackOptions};
 use local_stack::view::{render_frame, Frame};
 
 const USAGE: &str = "usage: jsonrpc-proxy-local [options]
 
   --port N          loopback port of the JSON-RPC proxy (default 18545)
+  --aws-port N      loopback port of the local AWS endpoint that `sls -s local` reaches
+                    (default 4566, serverless.yml's edgePort; 0: any free port)
+  --config PATH     where to write the local stage's configuration (default
+                    config.local.yml in the repository, which `sls -s local` reads)
   --interval SECS   seconds between scheduled health checks (default 5)
   --tolerance N     DIFF_TOLERANCE, blocks a node may trail the leader (default 10)
   --probe-timeout MS  PROBE_TIMEOUT_MS (default 2000)
@@ -24,6 +30,7 @@ const USAGE: &str = "usage: jsonrpc-proxy-local [options]
   --bin-dir DIR     where the function binaries are (default: beside this binary)
   --agent PATH      the config_agent binary (default: beside this binary)
   --work-dir DIR    logs (default .local/run-<pid>)
+  --no-register     start the nodes but leave registering them to you (sls invoke)
   --no-view         print transitions as log lines instead of the live view
 ";
 
@@ -32,19 +39,12 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut options = StackOptions {
-        proxy_port: 18545,
-        check_interval: Duration::from_secs(5),
-        tolerance: 10,
-        probe_timeout: Duration::from_millis(2000),
-        nodes: Vec::new(),
-        leader: None,
-        anvil_nodes: 2,
-        block_time: 1,
-        bin_dir: exe_dir.clone(),
-        config_agent: exe_dir.join("config_agent"),
-        work_dir: PathBuf::from(format!(".local/run-{}", std::process::id())),
-    };
+    let mut options = StackOptions::defaults(
+        exe_dir,
+        PathBuf::from(format!(".local/run-{}", std::process::id())),
+    );
+    options.aws_port = 4566;
+    options.config_path = options.repo_root.join("config.local.yml");
     let mut agent_given = false;
     let mut view = std::io::stdout().is_terminal();
     let mut args = std::env::args().skip(1);
@@ -65,6 +65,12 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
                     .filter(|p| *p > 0)
                     .ok_or("--port must be between 1 and 65535")?;
             }
+            "--aws-port" => {
+                let port = number("--aws-port", value("--aws-port")?)?;
+                options.aws_port =
+                    u16::try_from(port).map_err(|_| "--aws-port must be at most 65535")?;
+            }
+            "--config" => options.config_path = PathBuf::from(value("--config")?),
             "--interval" => {
                 options.check_interval =
                     Duration::from_secs(number("--interval", value("--interval")?)?.max(1))
@@ -92,21 +98,13 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
             }
             "--work-dir" => options.work_dir = PathBuf::from(value("--work-dir")?),
             "--no-view" => view = false,
+            "--no-register" => options.register = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
         }
     }
     if !agent_given {
         options.config_agent = options.bin_dir.join("config_agent");
-    }
-    for name in FUNCTIONS {
-        let path = options.bin_dir.join(name);
-        if !path.is_file() {
-            return Err(format!(
-                "function binary {} not found; build with `cargo build --release` or pass --bin-dir",
-                path.display()
-            ));
-        }
     }
     if !options.config_agent.is_file() {
         return Err(format!(
@@ -131,7 +129,9 @@ async fn main() -> std::process::ExitCode {
         jsonrpc_proxy::telemetry::init_tracing();
     }
 
-    eprintln!("starting moto, the CloudWatch recorder, nodes, nginx and the functions…");
+    eprintln!(
+        "starting the local AWS endpoint, `sls deploy -s local`, nodes, nginx and the functions…"
+    );
     let stack = tokio::select! {
         started = LocalStack::start(options.clone()) => match started {
             Ok(stack) => stack,
@@ -145,7 +145,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    for node in &stack.nodes {
+        let role = if node.is_leader { "leader" } else { "node" };
+        println!("anvil {role}: {}", node.anvil.url());
+    }
     println!("JSON-RPC proxy: {}", stack.proxy_url());
+    println!(
+        "local AWS endpoint: {} (stack {}; try `npx sls invoke -f list_backends -s local`)",
+        stack.aws_endpoint(),
+        local_stack::deploy::STACK_NAME
+    );
     println!(
         "try: curl -s -X POST -H 'Content-Type: application/json' --data '{{\"jsonrpc\":\"2.0\",\"method\":\"eth_blockNumber\",\"params\":[],\"id\":1}}' {}",
         stack.proxy_url()
@@ -166,9 +175,10 @@ async fn main() -> std::process::ExitCode {
                 .lock()
                 .map(|o| o.errors.clone())
                 .unwrap_or_default();
-            let functions = FUNCTIONS
+            let stats = stack.function_stats();
+            let functions = stats
                 .iter()
-                .map(|name| (*name, stack.emulator().stats(name).unwrap_or_default()))
+                .map(|(name, stats)| (name.as_str(), stats.clone()))
                 .collect();
             let frame = render_frame(&Frame {
                 proxy_url: &stack.proxy_url(),

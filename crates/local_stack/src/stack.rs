@@ -1,6 +1,9 @@
-//! Bringing the whole system up: stand-ins, resources, nodes, functions, event sources.
+//! Bringing the whole system up: the local AWS endpoint, `sls deploy -s local`, nodes, nginx,
+//! the deployed functions, and the event sources of the deployed stack (schedule, bucket
+//! notification, ECS service, alarm and its SNS subscription).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,29 +20,23 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::lambda_emulator::{FunctionSpec, InvokeError, LambdaEmulator};
+use crate::alarm::{self, AlarmState};
+use crate::deploy::{DeployError, DeployedStack, LocalConfig, Serverless};
+use crate::lambda_emulator::{FunctionSpec, FunctionStats, InvokeError, LambdaEmulator};
+use crate::webhook::SlackStandIn;
 
-/// Names of the resources the stack creates (what `serverless.yml` creates on AWS).
-pub const STACK_NAME: &str = "jsonrpc-proxy-local";
-/// The config bucket.
-pub const BUCKET: &str = "jsonrpc-proxy-local-config";
-/// The ECS cluster.
-pub const CLUSTER: &str = "jsonrpc-proxy-local";
-/// The task definition family.
-pub const FAMILY: &str = "jsonrpc-proxy-local-nginx";
-/// The ECS service.
-pub const SERVICE: &str = "jsonrpc-proxy-local-nginx";
-/// CloudWatch namespace of the metrics.
-pub const NAMESPACE: &str = "jsonrpc-proxy-local";
+/// The shared ECS cluster the local account has.
+pub const CLUSTER: &str = "local";
 
-/// Every Lambda function of the system.
-pub const FUNCTIONS: [&str; 6] = [
+/// Every Lambda function of `serverless.yml` (the crates the tests build).
+pub const FUNCTIONS: [&str; 7] = [
     "add_backend",
     "list_backends",
     "remove_backend",
     "health_checker",
     "config_renderer",
     "ecs_updater",
+    "slack_notifier",
 ];
 
 /// How to run the stack.
@@ -47,12 +44,16 @@ pub const FUNCTIONS: [&str; 6] = [
 pub struct StackOptions {
     /// Loopback port of the JSON-RPC proxy.
     pub proxy_port: u16,
-    /// Time between scheduled health checks.
+    /// Loopback port of the local AWS endpoint (0: any free port).
+    pub aws_port: u16,
+    /// Time between scheduled health checks (the deployed schedule, accelerated).
     pub check_interval: Duration,
-    /// `DIFF_TOLERANCE`.
+    /// `diff_tolerance` of the local configuration.
     pub tolerance: u64,
-    /// `PROBE_TIMEOUT_MS`.
+    /// `probe_timeout_ms` of the local configuration.
     pub probe_timeout: Duration,
+    /// `alarm_period_seconds` of the local configuration.
+    pub alarm_period: Duration,
     /// The user's node URLs; empty means start local anvil nodes.
     pub nodes: Vec<String>,
     /// The user's leader URL.
@@ -61,12 +62,54 @@ pub struct StackOptions {
     pub anvil_nodes: usize,
     /// Seconds between anvil blocks.
     pub block_time: u64,
-    /// Directory holding the function binaries.
+    /// Whether the stack registers the nodes itself (with `add_backend`).
+    pub register: bool,
+    /// Directory holding the host builds of the function binaries.
     pub bin_dir: PathBuf,
     /// The config agent binary.
     pub config_agent: PathBuf,
-    /// Directory for logs and nginx's sockets.
+    /// Directory for logs.
     pub work_dir: PathBuf,
+    /// The repository (`serverless.yml`, `node_modules/.bin/sls`).
+    pub repo_root: PathBuf,
+    /// Where the local stage's configuration is written (`config.local.yml`).
+    pub config_path: PathBuf,
+    /// Where the packaged function zips are (`${CARGO_TARGET_DIR:-target}/lambda`).
+    pub artifacts_dir: PathBuf,
+    /// Deploy the zips already in `artifacts_dir` instead of building them first.
+    pub skip_zip_build: bool,
+}
+
+impl StackOptions {
+    /// The local stack's defaults, with the function binaries in `bin_dir` and logs in
+    /// `work_dir`; the configuration goes to `work_dir/config.local.yml`.
+    pub fn defaults(bin_dir: PathBuf, work_dir: PathBuf) -> Self {
+        let repo_root = devstack::repo_root();
+        let artifacts_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root.join("target"))
+            .join("lambda");
+        Self {
+            proxy_port: 18545,
+            aws_port: 0,
+            check_interval: Duration::from_secs(5),
+            tolerance: 10,
+            probe_timeout: Duration::from_millis(2000),
+            alarm_period: Duration::from_secs(10),
+            nodes: Vec::new(),
+            leader: None,
+            anvil_nodes: 2,
+            block_time: 1,
+            register: true,
+            config_agent: bin_dir.join("config_agent"),
+            bin_dir,
+            config_path: work_dir.join("config.local.yml"),
+            work_dir,
+            repo_root,
+            artifacts_dir,
+            skip_zip_build: false,
+        }
+    }
 }
 
 /// Starting or running the stack failed.
@@ -75,6 +118,9 @@ pub enum StackError {
     /// A stand-in could not be started.
     #[error(transparent)]
     Devstack(#[from] devstack::Error),
+    /// Deploying or reading the deployed stack failed.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
     /// A function invocation failed.
     #[error(transparent)]
     Invoke(#[from] InvokeError),
@@ -164,8 +210,13 @@ pub struct LocalStack {
     pub nodes: Vec<LocalNode>,
     /// What the background tasks observe.
     pub observed: Arc<Mutex<Observed>>,
+    /// The deployed stack the system runs on.
+    pub deployed: DeployedStack,
+    /// The Serverless CLI pointed at this stack's local AWS endpoint.
+    pub serverless: Serverless,
     emulator: Arc<LambdaEmulator>,
     nginx: Arc<Mutex<Nginx>>,
+    slack: SlackStandIn,
     moto: Moto,
     recorder: MetricsRecorder,
     sdk: SdkConfig,
@@ -181,7 +232,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LocalStack {
-    /// Starts everything and registers the backends; returns when the proxy listens.
+    /// Starts the local AWS endpoint, deploys the `local` stage with `sls deploy -s local`,
+    /// then runs the system on what was deployed and registers the backends; returns when the
+    /// proxy listens.
     pub async fn start(options: StackOptions) -> Result<Self, StackError> {
         std::fs::create_dir_all(&options.work_dir)
             .map_err(|e| StackError::Io(format!("creating {}", options.work_dir.display()), e))?;
@@ -189,10 +242,57 @@ impl LocalStack {
 
         let moto = tokio::task::block_in_place(Moto::start)?;
         let recorder = tokio::task::block_in_place(MetricsRecorder::start)?;
-        moto.create_table(STACK_NAME).await?;
-        moto.create_bucket(BUCKET).await?;
-        let ecs = moto.create_ecs_service(CLUSTER, FAMILY, SERVICE).await?;
-        let sdk = moto.sdk_config().await;
+        let slack = SlackStandIn::start()
+            .await
+            .map_err(|e| StackError::Io("starting the Slack stand-in".into(), e))?;
+        let emulator = Arc::new(
+            LambdaEmulator::start(
+                SocketAddr::from(([127, 0, 0, 1], options.aws_port)),
+                Some(moto.endpoint()),
+                &options.work_dir.join("functions"),
+            )
+            .await
+            .map_err(|e| {
+                StackError::Io(
+                    format!(
+                        "listening on 127.0.0.1:{} (the AWS endpoint)",
+                        options.aws_port
+                    ),
+                    e,
+                )
+            })?,
+        );
+        let endpoint = emulator.endpoint().to_owned();
+        let aws_port = endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(options.aws_port);
+        let sdk = devstack::sdk_config(&endpoint).await;
+
+        // The account as a deployment finds it, then the stage deployed as on AWS.
+        let shared = moto.create_shared_infrastructure(CLUSTER).await?;
+        let config = LocalConfig {
+            shared,
+            listen_port: options.proxy_port,
+            socket_dir: socket_dir.display().to_string(),
+            tolerance: options.tolerance,
+            probe_timeout_ms: options.probe_timeout.as_millis(),
+            slack_webhook_url: slack.url(),
+            alarm_period_seconds: options.alarm_period.as_secs(),
+        };
+        std::fs::write(&options.config_path, config.yaml())
+            .map_err(|e| StackError::Io(format!("writing {}", options.config_path.display()), e))?;
+        let serverless = Serverless {
+            repo_root: options.repo_root.clone(),
+            config: options.config_path.clone(),
+            aws_port,
+            skip_build: options.skip_zip_build,
+        };
+        let output = serverless.deploy(&options.work_dir.join("package")).await?;
+        let _ = std::fs::write(options.work_dir.join("sls-deploy.log"), output);
+        let deployed = DeployedStack::read(&sdk).await?;
+        deployed.check_code(&options.artifacts_dir)?;
 
         let mut nodes = Vec::new();
         let (leader_url, node_urls) = if options.nodes.is_empty() && options.leader.is_none() {
@@ -215,24 +315,35 @@ impl LocalStack {
             (options.leader.clone(), options.nodes.clone())
         };
 
+        // The nginx "container" starts as the image does: the 404 server on its port.
+        let renderer = &deployed.function("config_renderer")?.env;
         let render_options = RenderOptions {
-            listen_port: options.proxy_port,
-            socket_dir: socket_dir.display().to_string(),
+            listen_port: renderer
+                .get("NGINX_LISTEN_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(options.proxy_port),
+            socket_dir: renderer
+                .get("NGINX_SOCKET_DIR")
+                .cloned()
+                .unwrap_or_else(|| socket_dir.display().to_string()),
             ..RenderOptions::default()
         };
         let initial = render(&RoutingPlan::default(), &render_options);
         let nginx = tokio::task::block_in_place(|| Nginx::start(&initial, &socket_dir))?;
 
-        let env = function_env(
-            &moto.endpoint(),
-            &recorder.endpoint(),
-            &options,
-            &render_options,
-            &ecs,
-        );
-        let agent_env: Vec<(String, String)> = env
+        let local_aws: Vec<(String, String)> = [
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.endpoint()),
+            ("AWS_REGION", devstack::TEST_REGION.to_owned()),
+            ("AWS_DEFAULT_REGION", devstack::TEST_REGION.to_owned()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let agent_env: Vec<(String, String)> = local_aws
             .iter()
-            .filter(|(k, _)| k.starts_with("AWS_"))
             .cloned()
             .chain(
                 std::env::var("NGINX_BIN")
@@ -240,27 +351,44 @@ impl LocalStack {
                     .map(|bin| ("NGINX_BIN".to_owned(), bin)),
             )
             .collect();
-        let specs = FUNCTIONS
-            .iter()
-            .map(|name| FunctionSpec {
-                name: (*name).to_owned(),
-                binary: options.bin_dir.join(name),
-                env: env.clone(),
-                timeout: Duration::from_secs(30),
-            })
-            .collect();
-        let emulator = Arc::new(
-            LambdaEmulator::start(specs, &options.work_dir.join("functions"))
-                .await
-                .map_err(|e| StackError::Io("starting the Lambda emulator".into(), e))?,
-        );
+        let mut specs = Vec::new();
+        for function in deployed.functions.values() {
+            let binary = options.bin_dir.join(&function.key);
+            if !binary.is_file() {
+                return Err(StackError::Other(format!(
+                    "{} is deployed, but its host build {} is missing (cargo build --release -p {})",
+                    function.name,
+                    binary.display(),
+                    function.key
+                )));
+            }
+            specs.push(FunctionSpec {
+                name: function.name.clone(),
+                binary,
+                env: function
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain(local_aws.iter().cloned())
+                    .collect(),
+                timeout: function.timeout,
+                memory_mb: function.memory_mb,
+            });
+        }
+        emulator
+            .add_functions(specs)
+            .await
+            .map_err(|e| StackError::Io("starting the functions".into(), e))?;
 
         let mut stack = Self {
             options,
             nodes,
             observed: Arc::new(Mutex::new(Observed::default())),
+            deployed,
+            serverless,
             emulator,
             nginx: Arc::new(Mutex::new(nginx)),
+            slack,
             moto,
             recorder,
             sdk,
@@ -268,11 +396,13 @@ impl LocalStack {
             socket_dir,
             tasks: Vec::new(),
         };
-        if let Some(url) = leader_url {
-            stack.add_backend(&url, true).await?;
-        }
-        for url in node_urls {
-            stack.add_backend(&url, false).await?;
+        if stack.options.register {
+            if let Some(url) = leader_url {
+                stack.add_backend(&url, true).await?;
+            }
+            for url in node_urls {
+                stack.add_backend(&url, false).await?;
+            }
         }
         stack.spawn_background_tasks();
         Ok(stack)
@@ -283,13 +413,18 @@ impl LocalStack {
         format!("http://127.0.0.1:{}", self.options.proxy_port)
     }
 
+    /// The local AWS endpoint (moto behind the Lambda emulator's Invoke API).
+    pub fn aws_endpoint(&self) -> String {
+        self.emulator.endpoint().to_owned()
+    }
+
     /// nginx's error log as it stands (empty when it cannot be read).
     pub fn nginx_error_log(&self) -> String {
         let path = lock(&self.nginx).error_log_path();
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
-    /// The moto endpoint.
+    /// moto's own endpoint.
     pub fn moto_endpoint(&self) -> String {
         self.moto.endpoint()
     }
@@ -304,13 +439,35 @@ impl LocalStack {
         &self.emulator
     }
 
+    /// What the Slack stand-in received, in order.
+    pub fn slack_posts(&self) -> Vec<Value> {
+        self.slack.posts()
+    }
+
+    /// Counters of every deployed function, by key.
+    pub fn function_stats(&self) -> Vec<(String, FunctionStats)> {
+        self.deployed
+            .functions
+            .values()
+            .map(|f| {
+                (
+                    f.key.clone(),
+                    self.emulator.stats(&f.name).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Invokes the deployed function `key` and waits for its answer.
+    pub async fn invoke(&self, key: &str, payload: &Value) -> Result<Value, StackError> {
+        let name = &self.deployed.function(key)?.name;
+        Ok(self.emulator.invoke(name, payload).await?)
+    }
+
     /// Registers a backend through the `add_backend` function, with the event `sls invoke` sends.
     pub async fn add_backend(&self, url: &str, is_leader: bool) -> Result<Value, StackError> {
         let body = json!({ "url": url, "is_leader": is_leader }).to_string();
-        let answer = self
-            .emulator
-            .invoke("add_backend", &json!({ "body": body }))
-            .await?;
+        let answer = self.invoke("add_backend", &json!({ "body": body })).await?;
         check_admin_answer(url, answer)
     }
 
@@ -318,7 +475,6 @@ impl LocalStack {
     pub async fn remove_backend(&self, url: &str) -> Result<Value, StackError> {
         let body = json!({ "url": url }).to_string();
         let answer = self
-            .emulator
             .invoke("remove_backend", &json!({ "body": body }))
             .await?;
         check_admin_answer(url, answer)
@@ -326,7 +482,7 @@ impl LocalStack {
 
     /// Lists the backends through the `list_backends` function.
     pub async fn list_backends(&self) -> Result<Vec<Backend>, StackError> {
-        let answer = self.emulator.invoke("list_backends", &json!({})).await?;
+        let answer = self.invoke("list_backends", &json!({})).await?;
         let body = answer.get("body").and_then(Value::as_str).unwrap_or("[]");
         serde_json::from_str(body)
             .map_err(|e| StackError::Other(format!("list_backends answered {answer}: {e}")))
@@ -334,10 +490,13 @@ impl LocalStack {
 
     /// Runs one health check now (as the schedule would).
     pub async fn check_now(&self) -> Result<Value, StackError> {
-        Ok(self
-            .emulator
-            .invoke("health_checker", &scheduled_event())
-            .await?)
+        let (rule, _, function) = self
+            .deployed
+            .schedules
+            .first()
+            .ok_or_else(|| StackError::Other("the deployed stack has no schedule".into()))?;
+        let name = &self.deployed.function(function)?.name;
+        Ok(self.emulator.invoke(name, &scheduled_event(rule)).await?)
     }
 
     /// A snapshot of what the stack observed.
@@ -352,31 +511,49 @@ impl LocalStack {
     }
 
     fn spawn_background_tasks(&mut self) {
-        let interval = self.options.check_interval;
-        let emulator = self.emulator.clone();
-        let observed = self.observed.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let result = emulator.invoke("health_checker", &scheduled_event()).await;
-                let mut observed = lock(&observed);
-                observed.rounds += 1;
-                if let Err(error) = result {
-                    observed.error(format!("health_checker: {error}"));
+        let function_name = |key: &str| {
+            self.deployed
+                .functions
+                .get(key)
+                .map(|f| f.name.clone())
+                .unwrap_or_else(|| key.to_owned())
+        };
+        for (rule, _, function) in self.deployed.schedules.clone() {
+            let interval = self.options.check_interval;
+            let emulator = self.emulator.clone();
+            let observed = self.observed.clone();
+            let name = function_name(&function);
+            self.tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let result = emulator.invoke(&name, &scheduled_event(&rule)).await;
+                    let mut observed = lock(&observed);
+                    observed.rounds += 1;
+                    if let Err(error) = result {
+                        observed.error(format!("{function}: {error}"));
+                    }
                 }
-            }
-        }));
-
+            }));
+        }
+        let notifications = self
+            .deployed
+            .bucket_notifications
+            .iter()
+            .map(|(suffix, function)| (suffix.clone(), function_name(function)))
+            .collect();
         self.tasks.push(tokio::spawn(watch_bucket(
             aws_sdk_s3::Client::new(&self.sdk),
+            self.deployed.bucket.clone(),
+            notifications,
             self.emulator.clone(),
             self.observed.clone(),
         )));
         self.tasks.push(tokio::spawn(play_ecs_service(
             aws_sdk_ecs::Client::new(&self.sdk),
             aws_sdk_s3::Client::new(&self.sdk),
+            (self.deployed.cluster.clone(), self.deployed.service.clone()),
             self.nginx.clone(),
             AgentCommand {
                 binary: self.options.config_agent.clone(),
@@ -387,9 +564,37 @@ impl LocalStack {
             self.observed.clone(),
         )));
         self.tasks.push(tokio::spawn(watch_table(
-            BackendStore::new(aws_sdk_dynamodb::Client::new(&self.sdk), STACK_NAME),
+            BackendStore::new(
+                aws_sdk_dynamodb::Client::new(&self.sdk),
+                &self.deployed.table,
+            ),
             self.observed.clone(),
         )));
+        if let Some(alarm) = self.deployed.alarm.clone() {
+            let subscribers: Vec<(String, String)> = self
+                .deployed
+                .subscriptions
+                .iter()
+                .map(|(topic, function)| (topic.clone(), function_name(function)))
+                .collect();
+            self.tasks.push(tokio::spawn(play_alarm(
+                alarm,
+                subscribers,
+                self.recorder_handle(),
+                self.emulator.clone(),
+                self.observed.clone(),
+            )));
+        }
+        self.tasks.push(tokio::spawn(watch_slack(
+            self.slack.clone(),
+            self.observed.clone(),
+        )));
+    }
+
+    fn recorder_handle(&self) -> RecorderHandle {
+        RecorderHandle {
+            endpoint: self.recorder.endpoint(),
+        }
     }
 
     /// Stops every task, function, node and server, and waits for the tasks to end.
@@ -433,8 +638,8 @@ fn check_admin_answer(url: &str, answer: Value) -> Result<Value, StackError> {
     }
 }
 
-/// The event EventBridge delivers for a schedule.
-pub fn scheduled_event() -> Value {
+/// The event EventBridge delivers for the scheduled rule `rule` (its ARN).
+pub fn scheduled_event(rule: &str) -> Value {
     json!({
         "version": "0",
         "id": format!("{:x}", OffsetDateTime::now_utc().unix_timestamp_nanos()),
@@ -443,7 +648,7 @@ pub fn scheduled_event() -> Value {
         "account": "123456789012",
         "time": iso8601(OffsetDateTime::now_utc()),
         "region": devstack::TEST_REGION,
-        "resources": [format!("arn:aws:events:{}:123456789012:rule/{STACK_NAME}-health-check", devstack::TEST_REGION)],
+        "resources": [rule],
         "detail": {}
     })
 }
@@ -477,39 +682,6 @@ pub fn s3_created_event(bucket: &str, key: &str, size: i64) -> Value {
     }]})
 }
 
-fn function_env(
-    moto: &str,
-    recorder: &str,
-    options: &StackOptions,
-    render: &RenderOptions,
-    ecs: &devstack::EcsService,
-) -> Vec<(String, String)> {
-    let pairs: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", moto.to_owned()),
-        ("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.to_owned()),
-        ("AWS_REGION", devstack::TEST_REGION.to_owned()),
-        ("AWS_DEFAULT_REGION", devstack::TEST_REGION.to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("DYNAMODB_TABLE", STACK_NAME.to_owned()),
-        ("STACK_NAME", STACK_NAME.to_owned()),
-        ("DIFF_TOLERANCE", options.tolerance.to_string()),
-        ("CLOUDWATCH_NAMESPACE", NAMESPACE.to_owned()),
-        ("NGINX_CONFIG_BUCKET_NAME", BUCKET.to_owned()),
-        ("CONFIG_RENDERER_FUNCTION", "config_renderer".to_owned()),
-        ("TASK_DEFINITION_FAMILY", ecs.family.clone()),
-        ("CLUSTER_ARN", ecs.cluster_arn.clone()),
-        ("ECS_SERVICE", ecs.service_name.clone()),
-        (
-            "PROBE_TIMEOUT_MS",
-            options.probe_timeout.as_millis().to_string(),
-        ),
-        ("NGINX_LISTEN_PORT", render.listen_port.to_string()),
-        ("NGINX_SOCKET_DIR", render.socket_dir.clone()),
-    ];
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
-
 /// A short directory for nginx's unix sockets (their paths must stay under 108 bytes).
 fn short_socket_dir() -> Result<PathBuf, StackError> {
     static STACKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -520,28 +692,32 @@ fn short_socket_dir() -> Result<PathBuf, StackError> {
     Ok(dir)
 }
 
-/// Plays S3's event notification: every new `.conf` object becomes an `ObjectCreated` event
-/// for `ecs_updater`.
+/// Plays S3's event notification: every new object whose key ends in a notification's
+/// suffix becomes an `ObjectCreated` event for that notification's function.
 async fn watch_bucket(
     s3: aws_sdk_s3::Client,
+    bucket: String,
+    notifications: Vec<(String, String)>,
     emulator: Arc<LambdaEmulator>,
     observed: Arc<Mutex<Observed>>,
 ) {
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     loop {
-        match s3.list_objects_v2().bucket(BUCKET).send().await {
+        match s3.list_objects_v2().bucket(&bucket).send().await {
             Ok(page) => {
                 for object in page.contents() {
                     let Some(key) = object.key() else { continue };
                     if seen.insert(key.to_owned(), ()).is_some() {
                         continue;
                     }
-                    if !key.ends_with(".conf") {
-                        continue;
-                    }
-                    let event = s3_created_event(BUCKET, key, object.size().unwrap_or(0));
-                    if let Err(error) = emulator.invoke_async("ecs_updater", &event) {
-                        lock(&observed).error(format!("ecs_updater: {error}"));
+                    for (suffix, function) in &notifications {
+                        if !key.ends_with(suffix.as_str()) {
+                            continue;
+                        }
+                        let event = s3_created_event(&bucket, key, object.size().unwrap_or(0));
+                        if let Err(error) = emulator.invoke_async(function, &event) {
+                            lock(&observed).error(format!("{function}: {error}"));
+                        }
                     }
                 }
             }
@@ -554,11 +730,104 @@ async fn watch_bucket(
     }
 }
 
+/// Where the recorder's calls are read.
+#[derive(Debug, Clone)]
+struct RecorderHandle {
+    endpoint: String,
+}
+
+impl RecorderHandle {
+    async fn recorded(&self, client: &reqwest::Client) -> Result<Vec<Value>, String> {
+        let response = client
+            .get(format!("{}/recorded", self.endpoint))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+}
+
+/// Plays CloudWatch's evaluation of the deployed alarm and SNS's delivery of its state
+/// changes to the subscribed functions (see [`crate::alarm`]).
+async fn play_alarm(
+    alarm: crate::deploy::AlarmDefinition,
+    subscribers: Vec<(String, String)>,
+    recorder: RecorderHandle,
+    emulator: Arc<LambdaEmulator>,
+    observed: Arc<Mutex<Observed>>,
+) {
+    let client = reqwest::Client::new();
+    let mut state = AlarmState::InsufficientData;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let recorded = match recorder.recorded(&client).await {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                lock(&observed).error(format!("CloudWatch recorder: {error}"));
+                continue;
+            }
+        };
+        // Evaluation starts once the metric has been published at all.
+        let points = alarm::datapoints(&alarm, &recorded);
+        if points.is_empty() {
+            continue;
+        }
+        let now = OffsetDateTime::now_utc();
+        let evaluation = alarm::evaluate(&alarm, &points, now.unix_timestamp() as f64);
+        if evaluation.state == state {
+            continue;
+        }
+        lock(&observed).note(format!(
+            "alarm \"{}\": {} → {}",
+            alarm.name,
+            state.as_str(),
+            evaluation.state.as_str()
+        ));
+        let actions = match evaluation.state {
+            AlarmState::Alarm => &alarm.alarm_actions,
+            AlarmState::Ok => &alarm.ok_actions,
+            AlarmState::InsufficientData => &Vec::new(),
+        };
+        for topic in actions {
+            for (subscribed, function) in &subscribers {
+                if subscribed != topic {
+                    continue;
+                }
+                let event = alarm::sns_event(&alarm, topic, state, &evaluation, now);
+                if let Err(error) = emulator.invoke_async(function, &event) {
+                    lock(&observed).error(format!("{function}: {error}"));
+                }
+            }
+        }
+        state = evaluation.state;
+    }
+}
+
+/// Notes every message the Slack stand-in receives.
+async fn watch_slack(slack: SlackStandIn, observed: Arc<Mutex<Observed>>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let posts = slack.posts();
+        for post in posts.iter().skip(seen) {
+            let text = [&post["text"], &post["attachments"][0]["fallback"]]
+                .into_iter()
+                .find_map(Value::as_str)
+                .map(|t| t.lines().next().unwrap_or("").to_owned())
+                .unwrap_or_else(|| post.to_string());
+            lock(&observed).note(format!("Slack: {text}"));
+        }
+        seen = posts.len();
+    }
+}
+
 /// Plays the ECS service: when the service moves to a new task definition, the config agent
 /// applies its `S3_CONFIG_PATH` to the local nginx.
 async fn play_ecs_service(
     ecs: aws_sdk_ecs::Client,
     s3: aws_sdk_s3::Client,
+    (cluster, service): (String, String),
     nginx: Arc<Mutex<Nginx>>,
     agent: AgentCommand,
     proxy_port: u16,
@@ -569,8 +838,8 @@ async fn play_ecs_service(
         tokio::time::sleep(Duration::from_millis(300)).await;
         let service = match ecs
             .describe_services()
-            .cluster(CLUSTER)
-            .services(SERVICE)
+            .cluster(&cluster)
+            .services(&service)
             .send()
             .await
         {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
-use local_stack::stack::{LocalStack, BUCKET};
+use local_stack::stack::LocalStack;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -326,7 +326,6 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     for url in [&redirect, &slow, &refused] {
         let body = json!({"url": url, "is_leader": false}).to_string();
         let answer = stack
-            .emulator()
             .invoke("add_backend", &json!({ "body": body }))
             .await
             .expect("add_backend");
@@ -377,7 +376,6 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     )
     .await;
     let removed = stack
-        .emulator()
         .invoke(
             "remove_backend",
             &json!({"body": json!({"url": node_down}).to_string()}),
@@ -474,7 +472,6 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     let mut statuses = BTreeMap::new();
     for (function, body) in &refusals {
         let answer = stack
-            .emulator()
             .invoke(function, &json!({ "body": body }))
             .await
             .expect("the function answers");
@@ -487,7 +484,6 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
 
     // list_backends: the secrets are in the url fields only.
     let listed = stack
-        .emulator()
         .invoke("list_backends", &json!({}))
         .await
         .expect("list_backends");
@@ -502,7 +498,7 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
 
     // The rendered config carries what the nodes need; the pointer does not.
     let s3 = aws_sdk_s3::Client::new(&devstack::sdk_config(&stack.moto_endpoint()).await);
-    let bucket = ConfigBucket::new(s3, BUCKET);
+    let bucket = ConfigBucket::new(s3, &stack.deployed.bucket);
     let pointer = bucket
         .read_pointer()
         .await

@@ -120,18 +120,23 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
 pub fn options(work_dir: &std::path::Path) -> StackOptions {
     let bin_dir = target_dir();
     ensure_binaries(&bin_dir);
+    let defaults = StackOptions::defaults(bin_dir, work_dir.to_owned());
+    // The arm64 zips are built once (scripts/test.sh's `sls package -s dev`, or the first
+    // stack here), not by every stack.
+    let built = FUNCTIONS.iter().all(|f| {
+        defaults
+            .artifacts_dir
+            .join(f)
+            .join("bootstrap.zip")
+            .is_file()
+    });
     StackOptions {
         proxy_port: devstack::free_port().expect("free port"),
         check_interval: INTERVAL,
         tolerance: TOLERANCE,
         probe_timeout: Duration::from_millis(1000),
-        nodes: Vec::new(),
-        leader: None,
-        anvil_nodes: 2,
-        block_time: 1,
-        config_agent: bin_dir.join("config_agent"),
-        bin_dir,
-        work_dir: work_dir.to_owned(),
+        skip_zip_build: built,
+        ..defaults
     }
 }
 
