@@ -107,7 +107,7 @@ unused=$(comm -13 <(printf '%s\n' "$used") <(printf '%s\n' "$documented"))
 
 step "docker/: hadolint, shellcheck"
 hadolint docker/Dockerfile || fail "hadolint"
-shellcheck docker/build_and_upload.sh scripts/test-deploy.sh || fail "shellcheck"
+shellcheck docker/build_and_upload.sh scripts/*.sh || fail "shellcheck"
 # Everything the Dockerfile copies exists and is not excluded by its .dockerignore.
 for source in Cargo.toml Cargo.lock crates docker/default.conf; do
   [ -e "$source" ] || fail "the Dockerfile copies $source, which does not exist"

@@ -102,12 +102,15 @@ assert names == sorted("jsonrpc-proxy-local-" + f for f in ("add_backend", "list
 ' || fail "the deployed stack is not complete with its seven functions"
 
 step "the article's add_backend payloads, byte for byte"
+# The article's lines as written: the quotes are JSON's, and $DATA goes unquoted.
+# shellcheck disable=SC2089
 DATA='{"body":"{\"url\":\"https://kovan.infura.io/kb56QStVQWIFv1n5fRfn\",\"is_leader\":true}"}'
-# shellcheck disable=SC2086 # the article passes $DATA unquoted
+# shellcheck disable=SC2086,SC2090
 run add-leader sls invoke -f add_backend -d $DATA -s local
 expect add-leader 'answer["statusCode"] == 201 and body["url"] == "https://kovan.infura.io/kb56QStVQWIFv1n5fRfn" and body["is_leader"] is True and body["is_healthy"] is False and "when_added" in body'
+# shellcheck disable=SC2089
 DATA='{"body":"{\"url\":\"http://kovan-parity-1.rumblefishdev.com:8545\",\"is_leader\":false}"}'
-# shellcheck disable=SC2086
+# shellcheck disable=SC2086,SC2090
 run add-node sls invoke -f add_backend -d $DATA -s local
 expect add-node 'answer["statusCode"] == 201 and body["url"] == "http://kovan-parity-1.rumblefishdev.com:8545" and body["is_leader"] is False and body["is_healthy"] is False'
 
@@ -188,8 +191,23 @@ for _ in $(seq 1 20); do
 done
 ok_line=$(slack_line OK)
 [ -n "$ok_line" ] || fail "no OK message reached the Slack stand-in while both nodes were healthy"
+running_config() {
+  aws '
+service = ecs.describe_services(cluster="local", services=["jsonrpc-proxy-local-nginx"])["services"][0]
+definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+print({e["name"]: e["value"] for e in definition["containerDefinitions"][0]["environment"]}["S3_CONFIG_PATH"])
+'
+}
+before=$(running_config)
 run remove-node sls invoke -f remove_backend -s local -d "{\"body\":\"{\\\"url\\\":\\\"$node\\\"}\"}"
 expect remove-node 'answer["statusCode"] == 200'
+# remove_backend re-renders at once: the service moves without a health round.
+for _ in $(seq 1 40); do
+  [ "$(running_config)" != "$before" ] && break
+  sleep 0.25
+done
+[ "$(running_config)" != "$before" ] \
+  || fail "remove_backend did not re-render: the ECS service still runs $before"
 alarm_after_ok() { [ "$(slack_line ALARM)" -gt "$ok_line" ] 2>/dev/null; }
 for _ in $(seq 1 20); do
   alarm_after_ok && break
