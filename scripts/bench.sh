@@ -30,7 +30,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
 fi
 
-functions=(add_backend list_backends remove_backend health_checker config_renderer ecs_updater)
+mapfile -t functions < <(scripts/functions.sh)
 packages=()
 for f in "${functions[@]}"; do packages+=(-p "$f"); done
 

@@ -10,7 +10,8 @@ bash scripts/install-deps.sh
 export PATH="$root/.tools/node/node_modules/.bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
 echo "[local-stack] building (first build takes a few minutes)…" >&2
-cargo build --release --quiet \
-  -p add_backend -p list_backends -p remove_backend -p health_checker \
-  -p config_renderer -p ecs_updater -p slack_notifier -p config_agent -p local_stack
+mapfile -t functions < <(scripts/functions.sh)
+packages=()
+for function in "${functions[@]}" config_agent local_stack; do packages+=(-p "$function"); done
+cargo build --release --quiet "${packages[@]}"
 exec "$CARGO_TARGET_DIR/release/jsonrpc-proxy-local" "$@"

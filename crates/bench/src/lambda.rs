@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use devstack::{MetricsRecorder, Moto};
 use local_stack::stack::{s3_created_event, scheduled_event};
+use local_stack::webhook::SlackStandIn;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -29,16 +30,9 @@ use crate::count_proxy::now_ns;
 use crate::stub::StubFleet;
 use crate::sys;
 
-/// The functions, in the order they are measured (`add_backend` first: `remove_backend`
-/// removes what it added).
-pub const FUNCTIONS: [&str; 6] = [
-    "add_backend",
-    "list_backends",
-    "remove_backend",
-    "health_checker",
-    "config_renderer",
-    "ecs_updater",
-];
+/// What SNS delivers to slack_notifier for an alarm (the notifier's own test fixture).
+const ALARM_SNS_EVENT: &str =
+    include_str!("../../slack_notifier/tests/fixtures/cloudwatch_alarm_sns_event.json");
 
 const TABLE: &str = "lambda-bench";
 const BUCKET: &str = "lambda-bench-config";
@@ -246,6 +240,7 @@ struct Rig {
     _moto: Moto,
     _recorder: MetricsRecorder,
     _fleet: StubFleet,
+    _slack: SlackStandIn,
     s3: aws_sdk_s3::Client,
     env: Vec<(String, String)>,
     /// Where the functions' output goes (`BENCH_KEEP_LOGS`), else nowhere.
@@ -271,6 +266,9 @@ impl Rig {
         let fleet = StubFleet::start(backends.max(1))
             .await
             .map_err(|e| format!("starting fake nodes: {e}"))?;
+        let slack = SlackStandIn::start()
+            .await
+            .map_err(|e| format!("starting the Slack stand-in: {e}"))?;
         let sdk = moto.sdk_config().await;
         let store =
             jsonrpc_proxy::store::BackendStore::new(aws_sdk_dynamodb::Client::new(&sdk), TABLE);
@@ -299,6 +297,7 @@ impl Rig {
             ("CLUSTER_ARN", ecs.cluster_arn.clone()),
             ("ECS_SERVICE", ecs.service_name.clone()),
             ("NGINX_SOCKET_DIR", "/tmp/jrp-lambda-bench".to_owned()),
+            ("SLACK_WEBHOOK_URL", slack.url()),
             ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
             ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".to_owned()),
@@ -311,6 +310,7 @@ impl Rig {
             _moto: moto,
             _recorder: recorder,
             _fleet: fleet,
+            _slack: slack,
             env,
             log_dir: keep_logs_dir()?,
         })
@@ -348,6 +348,8 @@ impl Rig {
                     })?;
                 s3_created_event(BUCKET, &key, text.len() as i64)
             }
+            "slack_notifier" => serde_json::from_str(ALARM_SNS_EVENT)
+                .map_err(|e| format!("the alarm SNS event fixture: {e}"))?,
             other => return Err(format!("no event for {other}")),
         })
     }
@@ -489,7 +491,9 @@ pub async fn run(options: &LambdaOptions) -> Result<LambdaReport, String> {
     let zip_dir = sys::target_dir().join("lambda");
     let bin_dir: PathBuf = sys::exe_dir();
     let mut rows = Vec::new();
-    for function in FUNCTIONS {
+    // serverless.yml's order: add_backend before remove_backend, which removes what it added.
+    for function in devstack::functions().map_err(|e| e.to_string())? {
+        let function = function.as_str();
         eprintln!("[bench] lambda: {function}");
         // Per function, so that remove_backend removes exactly what add_backend added and the
         // health checker checks only the fake nodes.

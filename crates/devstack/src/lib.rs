@@ -97,6 +97,39 @@ pub fn repo_root() -> std::path::PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// The service's Lambda functions, in `serverless.yml`'s order: the keys under its top-level
+/// `functions:`, the one list of them (`scripts/functions.sh` prints the same).
+pub fn functions() -> Result<Vec<String>, Error> {
+    let path = repo_script("serverless.yml", "DEVSTACK_SERVERLESS_YML");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| Error::io(format!("reading {}", path.display()), source))?;
+    Ok(function_keys(&text))
+}
+
+fn function_keys(serverless_yml: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut keys = Vec::new();
+    for line in serverless_yml.lines() {
+        if line.starts_with(|c: char| c != ' ' && c != '#') {
+            inside = line.trim_end() == "functions:";
+        } else if let Some(key) = line
+            .strip_prefix("  ")
+            .and_then(|rest| rest.trim_end().strip_suffix(':'))
+            .filter(|key| {
+                !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+        {
+            if inside {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    keys
+}
+
 /// A script of the repository: `$<env_var>` when set, else the first existing candidate of
 /// [`repo_file_candidates`] (the path under [`repo_root`] when none exists, for the error).
 pub(crate) fn repo_script(relative: &str, env_var: &str) -> std::path::PathBuf {
@@ -133,6 +166,19 @@ mod tests {
     fn free_ports_are_distinct() {
         let ports: HashSet<u16> = (0..20).map(|_| free_port().unwrap()).collect();
         assert_eq!(ports.len(), 20);
+    }
+
+    #[test]
+    fn the_functions_are_the_keys_under_functions() {
+        let yml = "service: x\nfunctions:\n  add_backend:\n    handler: bootstrap\n    environment:\n      \
+                   A: b\n  list_backends:\n# comment\n  health_checker:\nresources:\n  Thing:\n";
+        assert_eq!(
+            function_keys(yml),
+            ["add_backend", "list_backends", "health_checker"]
+        );
+        let listed = functions().unwrap();
+        assert!(listed.contains(&"add_backend".to_owned()), "{listed:?}");
+        assert!(listed.contains(&"slack_notifier".to_owned()), "{listed:?}");
     }
 
     #[test]

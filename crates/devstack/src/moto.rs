@@ -445,26 +445,7 @@ impl Moto {
         for (name, value) in parameters {
             body.push_str(&format!("&{name}={}", form_encode(value)));
         }
-        // moto routes a request by the service of its credential scope.
-        let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/{TEST_REGION}/{service}/aws4_request, \
-             SignedHeaders=host, Signature=0"
-        );
-        let response = http::request(
-            self.port,
-            "POST",
-            "/",
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Authorization", &authorization),
-            ],
-            body.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .map_err(|e| Error::Aws {
-            operation: action,
-            message: e.to_string(),
-        })?;
+        let response = self.post_query(service, action, &body)?;
         let text = response.text();
         let open = format!("<{element}>");
         let value = text
@@ -480,18 +461,19 @@ impl Moto {
         }
     }
 
-    /// Creates the Lambda execution role through IAM's query API (once per server).
-    fn ensure_lambda_role(&self) -> Result<String, Error> {
-        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-        let body = format!(
-            "Action=CreateRole&Version=2010-05-08&RoleName={LAMBDA_ROLE}&AssumeRolePolicyDocument={}",
-            form_encode(policy)
-        );
+    /// Posts a query-API form to moto, routed to `service`.
+    fn post_query(
+        &self,
+        service: &str,
+        action: &'static str,
+        body: &str,
+    ) -> Result<http::Response, Error> {
+        // moto routes a request by the service of its credential scope.
         let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/{TEST_REGION}/iam/aws4_request, \
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/{TEST_REGION}/{service}/aws4_request, \
              SignedHeaders=host, Signature=0"
         );
-        let response = http::request(
+        http::request(
             self.port,
             "POST",
             "/",
@@ -503,9 +485,19 @@ impl Moto {
             Duration::from_secs(10),
         )
         .map_err(|e| Error::Aws {
-            operation: "CreateRole",
+            operation: action,
             message: e.to_string(),
-        })?;
+        })
+    }
+
+    /// Creates the Lambda execution role through IAM's query API (once per server).
+    fn ensure_lambda_role(&self) -> Result<String, Error> {
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        let body = format!(
+            "Action=CreateRole&Version=2010-05-08&RoleName={LAMBDA_ROLE}&AssumeRolePolicyDocument={}",
+            form_encode(policy)
+        );
+        let response = self.post_query("iam", "CreateRole", &body)?;
         let text = response.text();
         let already = response.status == 409 || text.contains("EntityAlreadyExists");
         if !(200..300).contains(&response.status) && !already {

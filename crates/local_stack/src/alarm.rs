@@ -146,7 +146,7 @@ pub fn evaluate(alarm: &AlarmDefinition, points: &[(f64, f64)], now: f64) -> Eva
         ),
         AlarmState::Ok => format!(
             "Threshold Crossed: {} out of the last {} datapoints [{}] were not {verb} the threshold ({:.1}) (minimum 1 datapoint for ALARM -> OK transition).",
-            alarm.evaluation_periods as u64 - breaching,
+            alarm.evaluation_periods - breaching,
             alarm.evaluation_periods,
             listed.join(", "),
             alarm.threshold
@@ -158,17 +158,12 @@ pub fn evaluate(alarm: &AlarmDefinition, points: &[(f64, f64)], now: f64) -> Eva
     Evaluation { state, reason }
 }
 
+/// CloudWatch's time format in alarm messages, e.g. `2026-11-24T03:05:12.345+0000`.
 fn cloudwatch_time(at: OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+0000",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.millisecond()
-    )
+    at.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
+    ))
+    .unwrap_or_default()
 }
 
 /// The SNS event a subscribed function receives for an alarm state change, with the message

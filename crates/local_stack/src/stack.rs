@@ -28,17 +28,6 @@ use crate::webhook::SlackStandIn;
 /// The shared ECS cluster the local account has.
 pub const CLUSTER: &str = "local";
 
-/// Every Lambda function of `serverless.yml` (the crates the tests build).
-pub const FUNCTIONS: [&str; 7] = [
-    "add_backend",
-    "list_backends",
-    "remove_backend",
-    "health_checker",
-    "config_renderer",
-    "ecs_updater",
-    "slack_notifier",
-];
-
 /// How to run the stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {

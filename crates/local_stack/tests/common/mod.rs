@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use local_stack::stack::{LocalStack, StackOptions, FUNCTIONS};
+use local_stack::stack::{LocalStack, StackOptions};
 use serde_json::{json, Value};
 
 /// An address whose balance tells which node answered (set per node with `anvil_setBalance`).
@@ -24,10 +24,9 @@ pub fn target_dir() -> PathBuf {
 
 /// Builds the function binaries and the config agent (quick when up to date).
 pub fn ensure_binaries(dir: &std::path::Path) {
-    let missing = FUNCTIONS
-        .iter()
-        .chain(std::iter::once(&"config_agent"))
-        .any(|name| !dir.join(name).is_file());
+    let mut crates = devstack::functions().expect("the functions of serverless.yml");
+    crates.push("config_agent".to_owned());
+    let missing = crates.iter().any(|name| !dir.join(name).is_file());
     let profile_release = dir.ends_with("release");
     if missing || std::env::var_os("LOCAL_STACK_REBUILD").is_some() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -36,7 +35,7 @@ pub fn ensure_binaries(dir: &std::path::Path) {
         if profile_release {
             command.arg("--release");
         }
-        for name in FUNCTIONS.iter().chain(std::iter::once(&"config_agent")) {
+        for name in &crates {
             command.arg("-p").arg(name);
         }
         let status = command
@@ -123,7 +122,8 @@ pub fn options(work_dir: &std::path::Path) -> StackOptions {
     let defaults = StackOptions::defaults(bin_dir, work_dir.to_owned());
     // The arm64 zips are built once (scripts/test.sh's `sls package -s dev`, or the first
     // stack here), not by every stack.
-    let built = FUNCTIONS.iter().all(|f| {
+    let functions = devstack::functions().expect("the functions of serverless.yml");
+    let built = functions.iter().all(|f| {
         defaults
             .artifacts_dir
             .join(f)
