@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use devstack::{MetricsRecorder, Moto};
 use futures::stream::{self, StreamExt};
 use jsonrpc_proxy::backend::iso8601;
-use jsonrpc_proxy::health_check::HealthChecker;
+use jsonrpc_proxy::health_checker::HealthChecker;
 use jsonrpc_proxy::settings::{Env, HealthCheckSettings};
 use jsonrpc_proxy::store::BackendStore;
 use serde::{Deserialize, Serialize};

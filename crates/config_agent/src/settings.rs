@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::ecs_update::parse_s3_path;
+use jsonrpc_proxy::ecs_updater::parse_s3_path;
 use jsonrpc_proxy::settings::Env;
 use thiserror::Error;
 

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::config_renderer::ConfigRenderer;
 use jsonrpc_proxy::nginx::RenderOptions;
-use jsonrpc_proxy::render_config::ConfigRenderer;
 use jsonrpc_proxy::store::BackendStore;
 use sha2::{Digest, Sha256};
 use support::{agent_bin, call, fake_node, get_status, wait_until_async, Moto, NginxPrefix};

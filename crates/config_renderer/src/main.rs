@@ -2,8 +2,8 @@
 //! `<aws_request_id>_nginx.conf`. An event `{"force": true}` writes even an unchanged config.
 
 use jsonrpc_proxy::config_bucket::ConfigBucket;
+use jsonrpc_proxy::config_renderer::ConfigRenderer;
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use jsonrpc_proxy::render_config::ConfigRenderer;
 use jsonrpc_proxy::settings::{Env, RendererSettings};
 use jsonrpc_proxy::store::BackendStore;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

@@ -10,8 +10,14 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Key of the pointer object. It does not end in `.conf`, so it never triggers the updater.
+/// Key of the pointer object. It does not end in [`NOTIFIED_KEY_SUFFIX`], so it never
+/// triggers the updater.
 pub const POINTER_KEY: &str = "latest.json";
+/// The end of every rendered configuration's key, `<request id>_nginx.conf`.
+pub const CONFIG_KEY_SUFFIX: &str = "_nginx.conf";
+/// The bucket notification's key filter (`infra/storage.yml`), which the ECS updater applies
+/// to the records it is given as well.
+pub const NOTIFIED_KEY_SUFFIX: &str = ".conf";
 
 /// Largest pointer or config object read back, in bytes.
 pub const MAX_OBJECT_BYTES: usize = 8 * 1024 * 1024;

@@ -5,25 +5,25 @@
 //!
 //! - Pure parts, tested without I/O: [`backend_url`] (validation and redaction),
 //!   [`health`] (verdicts), [`nginx`] (routing plan and config rendering), [`metrics`]
-//!   (data points), [`admin`] event parsing, [`ecs_update`] event parsing.
+//!   (data points), [`admin`] event parsing, [`ecs_updater`] event parsing.
 //! - Adapters, one per AWS service: [`store`] (DynamoDB), [`config_bucket`] (S3),
 //!   [`metrics::MetricsPublisher`] (CloudWatch), [`renderer_trigger`] (Lambda),
-//!   [`ecs_update::EcsUpdater`] (ECS), and [`probe`] (the nodes, over HTTP).
+//!   [`ecs_updater::EcsUpdater`] (ECS), and [`probe`] (the nodes, over HTTP).
 //! - Function bodies: [`admin`] (`add_backend`, `list_backends`, `remove_backend`),
-//!   [`health_check`], [`render_config`], [`ecs_update`].
+//!   [`health_checker`], [`config_renderer`], [`ecs_updater`].
 //! - [`settings`]: the environment-variable contract.
 
 pub mod admin;
 pub mod backend;
 pub mod backend_url;
 pub mod config_bucket;
-pub mod ecs_update;
+pub mod config_renderer;
+pub mod ecs_updater;
 pub mod health;
-pub mod health_check;
+pub mod health_checker;
 pub mod metrics;
 pub mod nginx;
 pub mod probe;
-pub mod render_config;
 pub mod renderer_trigger;
 pub mod settings;
 pub mod store;

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::health::{
     HealthPolicy, DEFAULT_DIFF_TOLERANCE, DEFAULT_HEALTHY_AFTER, DEFAULT_UNHEALTHY_AFTER,
 };
-use crate::health_check::{
+use crate::health_checker::{
     RoundSchedule, DEFAULT_ROUNDS_PER_INVOCATION, DEFAULT_ROUND_INTERVAL_SECS,
     DEFAULT_ROW_REFRESH_SECS, MAX_ROUNDS_PER_INVOCATION,
 };

@@ -14,7 +14,7 @@ use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto};
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::{assess, HealthPolicy, Observation, RoundAssessment};
-use jsonrpc_proxy::health_check::{HealthChecker, RoundSchedule};
+use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule};
 use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::nginx::RoutingPlan;
 use jsonrpc_proxy::probe::{ProbeFailure, ProbeOutcome, ProbeSettings, Prober};
@@ -269,7 +269,7 @@ async fn real(schedule: RoundSchedule) -> Real {
         stack_name: "health-model-stack".into(),
         write_concurrency: 4,
         row_refresh: std::time::Duration::from_secs(
-            jsonrpc_proxy::health_check::DEFAULT_ROW_REFRESH_SECS,
+            jsonrpc_proxy::health_checker::DEFAULT_ROW_REFRESH_SECS,
         ),
         scan_page_items: None,
     };

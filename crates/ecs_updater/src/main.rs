@@ -1,7 +1,7 @@
 //! `ecs_updater` Lambda: on S3 `ObjectCreated` of a `.conf` key, rolls the nginx ECS service
 //! onto a task-definition revision whose `S3_CONFIG_PATH` names the new config.
 
-use jsonrpc_proxy::ecs_update::{EcsUpdateError, EcsUpdater};
+use jsonrpc_proxy::ecs_updater::{EcsUpdateError, EcsUpdater};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::{EcsUpdaterSettings, Env};
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

@@ -1,7 +1,7 @@
 //! `health_checker` Lambda: `ROUNDS_PER_INVOCATION` health-check rounds (default 1),
 //! `ROUND_INTERVAL_SECS` apart, per scheduled (EventBridge) event.
 
-use jsonrpc_proxy::health_check::HealthChecker;
+use jsonrpc_proxy::health_checker::HealthChecker;
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::{Env, HealthCheckSettings};
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

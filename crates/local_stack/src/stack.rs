@@ -12,7 +12,7 @@ use aws_config::SdkConfig;
 use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto, Nginx};
 use jsonrpc_proxy::backend::{iso8601, Backend};
 use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
-use jsonrpc_proxy::ecs_update::{config_path_of, parse_s3_path};
+use jsonrpc_proxy::ecs_updater::{config_path_of, parse_s3_path};
 use jsonrpc_proxy::nginx::{render, RenderOptions, RoutingPlan};
 use jsonrpc_proxy::store::BackendStore;
 use serde_json::{json, Value};

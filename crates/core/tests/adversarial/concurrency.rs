@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jsonrpc_proxy::admin::{add_backend, remove_backend};
 use jsonrpc_proxy::backend::epoch_millis;
-use jsonrpc_proxy::ecs_update::EcsUpdater;
+use jsonrpc_proxy::ecs_updater::EcsUpdater;
 use serde_json::json;
 use time::format_description::well_known::Iso8601;
 use time::OffsetDateTime;
@@ -41,7 +41,7 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
 
     // Two health-check loops (overlapping rounds) until the churn is done. (Run in this task:
     // a round's future is not `Send`-general enough for `tokio::spawn`.)
-    let checker_loop = |checker: jsonrpc_proxy::health_check::HealthChecker,
+    let checker_loop = |checker: jsonrpc_proxy::health_checker::HealthChecker,
                         done: Arc<AtomicBool>| async move {
         let (mut rounds, mut skipped, mut written) = (0, 0, 0);
         while !done.load(Ordering::SeqCst) && Instant::now() < deadline && rounds < 60 {
@@ -354,7 +354,7 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
         put_config(&env, &older).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         put_config(&env, &newer).await;
-        let object = |key: &str| jsonrpc_proxy::ecs_update::ConfigObject {
+        let object = |key: &str| jsonrpc_proxy::ecs_updater::ConfigObject {
             bucket: bucket.clone(),
             key: key.to_owned(),
             event_time: String::new(),

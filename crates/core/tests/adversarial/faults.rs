@@ -13,9 +13,9 @@ use aws_sdk_ecs::types::TaskDefinitionStatus;
 use aws_sdk_s3::primitives::ByteStream;
 use devstack::{Fault, FaultRule};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::ecs_update::{config_path_of, EcsUpdater};
-use jsonrpc_proxy::health_check::{HealthCheckError, HealthChecker};
-use jsonrpc_proxy::render_config::RenderError;
+use jsonrpc_proxy::config_renderer::RenderError;
+use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
+use jsonrpc_proxy::health_checker::{HealthCheckError, HealthChecker};
 use serde_json::{json, Value};
 
 use crate::support::{b, figure, moto, n, unique, Answer, ControlledNode, Env};

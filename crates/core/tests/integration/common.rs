@@ -12,7 +12,7 @@ use devstack::{MetricsRecorder, Moto};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::HealthPolicy;
-use jsonrpc_proxy::health_check::{HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS};
+use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS};
 use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::probe::{ProbeSettings, Prober};
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use aws_sdk_s3::primitives::ByteStream;
-use jsonrpc_proxy::ecs_update::{config_path_of, EcsUpdater};
+use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
 use serde_json::{json, Value};
 
 use crate::common::{moto, stack, unique, Stack};

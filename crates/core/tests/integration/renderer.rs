@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
+use jsonrpc_proxy::config_renderer::ConfigRenderer;
 use jsonrpc_proxy::nginx::{RenderOptions, RoutingPlan, UPSTREAM_NAME};
-use jsonrpc_proxy::render_config::ConfigRenderer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;

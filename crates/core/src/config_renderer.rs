@@ -6,12 +6,9 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::backend::iso8601;
-use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
+use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, CONFIG_KEY_SUFFIX};
 use crate::nginx::{render, RenderOptions, RoutingPlan};
 use crate::store::{BackendStore, StoreError};
-
-/// Suffix of configuration object keys (the ECS updater's S3 trigger filter).
-pub const CONFIG_KEY_SUFFIX: &str = "_nginx.conf";
 
 /// A render failed; Lambda retries (the same request id gives the same key).
 #[derive(Debug, Error)]

@@ -19,12 +19,10 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config_bucket::{BucketError, ConfigBucket};
+use crate::config_bucket::{BucketError, ConfigBucket, NOTIFIED_KEY_SUFFIX};
 
 /// The environment variable the nginx container reads its configuration location from.
 pub const CONFIG_PATH_VARIABLE: &str = "S3_CONFIG_PATH";
-/// Keys that are configurations end with this.
-pub const CONFIG_SUFFIX: &str = ".conf";
 /// Longest S3 key.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -117,7 +115,7 @@ pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> 
             .and_then(Value::as_str)
             .ok_or_else(|| S3EventError::Shape(format!("record {index} has no s3.object.key")))?;
         let key = decode_s3_key(raw_key).map_err(|problem| S3EventError::Key { index, problem })?;
-        if !key.ends_with(CONFIG_SUFFIX) {
+        if !key.ends_with(NOTIFIED_KEY_SUFFIX) {
             tracing::info!(index, key, "ignoring a key that is not a .conf");
             continue;
         }
