@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{render_with, Layering, RenderOptions, RouteTarget, RoutingPlan};
+use jsonrpc_proxy::nginx::{render_with, Layering, RenderOptions};
+use jsonrpc_proxy::routing::{RouteTarget, RoutingPlan};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;

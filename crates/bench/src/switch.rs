@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{direct_address, RenderOptions, RouteTarget};
+use jsonrpc_proxy::nginx::{direct_address, RenderOptions};
+use jsonrpc_proxy::routing::RouteTarget;
 use local_stack::stack::{LocalStack, StackOptions};
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 
 use crate::backend::iso8601;
 use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, CONFIG_KEY_SUFFIX};
-use crate::nginx::{render, RenderOptions, RoutingPlan};
+use crate::nginx::{render, RenderOptions};
+use crate::routing::RoutingPlan;
 use crate::store::{BackendStore, StoreError};
 
 /// A render failed; Lambda retries (the same request id gives the same key).

@@ -24,9 +24,9 @@ use crate::health::{
     RoundAssessment, UnhealthyReason, Verdict,
 };
 use crate::metrics::{round_metrics, MetricsError, MetricsPublisher};
-use crate::nginx::RoutingPlan;
 use crate::probe::{Prober, ProberBuildError};
 use crate::renderer_trigger::{RendererTrigger, TriggerError};
+use crate::routing::RoutingPlan;
 use crate::settings::HealthCheckSettings;
 use crate::store::{BackendStore, CheckWrite, StoreError};
 

@@ -4,7 +4,7 @@
 //! JSON-RPC endpoint (nginx) in front of a fleet of Ethereum nodes pointed at the healthy ones.
 //!
 //! - Pure parts, tested without I/O: [`backend_url`] (validation and redaction),
-//!   [`health`] (verdicts), [`nginx`] (routing plan and config rendering), [`metrics`]
+//!   [`health`] (verdicts), [`routing`] (the routing plan), [`nginx`] (its configuration), [`metrics`]
 //!   (data points), [`admin`] event parsing, [`ecs_updater`] event parsing.
 //! - Adapters, one per AWS service: [`store`] (DynamoDB), [`config_bucket`] (S3),
 //!   [`metrics::MetricsPublisher`] (CloudWatch), [`renderer_trigger`] (Lambda),
@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod probe;
 pub mod renderer_trigger;
+pub mod routing;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

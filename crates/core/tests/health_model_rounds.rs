@@ -16,9 +16,9 @@ use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::{assess, HealthPolicy, Observation, RoundAssessment};
 use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule};
 use jsonrpc_proxy::metrics::MetricsPublisher;
-use jsonrpc_proxy::nginx::RoutingPlan;
 use jsonrpc_proxy::probe::{ProbeFailure, ProbeOutcome, ProbeSettings, Prober};
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::routing::RoutingPlan;
 use jsonrpc_proxy::store::BackendStore;
 use time::OffsetDateTime;
 

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::backend_url::{BackendUrl, MAX_URL_BYTES};
-use jsonrpc_proxy::nginx::{direct_address, render_with, Layering, RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{direct_address, render_with, Layering, RenderOptions};
+use jsonrpc_proxy::routing::RoutingPlan;
 use proptest::prelude::*;
 
 const ALLOWED: &str = "-._~:/?[]@!&*+,=%";

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::nginx::{render, render_with, Layering, RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{render, render_with, Layering, RenderOptions};
+use jsonrpc_proxy::routing::RoutingPlan;
 
 fn backend(url: &str, is_leader: bool) -> Backend {
     Backend {

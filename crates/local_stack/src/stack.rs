@@ -13,7 +13,8 @@ use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto, Nginx};
 use jsonrpc_proxy::backend::{iso8601, Backend};
 use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
 use jsonrpc_proxy::ecs_updater::{config_path_of, parse_s3_path};
-use jsonrpc_proxy::nginx::{render, RenderOptions, RoutingPlan};
+use jsonrpc_proxy::nginx::{render, RenderOptions};
+use jsonrpc_proxy::routing::RoutingPlan;
 use jsonrpc_proxy::store::BackendStore;
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -962,7 +963,7 @@ async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), Stri
         .find_map(|line| line.strip_prefix("# Routing plan "))
         .map(str::trim)
         .ok_or_else(|| format!("{} names no routing plan", fragment.display()))?;
-    let expected = jsonrpc_proxy::nginx::plan_id(fingerprint).to_owned();
+    let expected = jsonrpc_proxy::routing::plan_id(fingerprint).to_owned();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
