@@ -1,9 +1,9 @@
 //! The admin functions: `add_backend`, `list_backends`, `remove_backend`.
 //!
 //! They take the event `sls invoke -d` sends (`{"body": "<JSON string>"}`, or `body` as an
-//! object) and answer `{"statusCode": N, "body": "<JSON string>"}` as the original did. Client
-//! mistakes are 4xx answers with the original's error body `{"type", "error", "errorClass"}`;
-//! nothing is written for them.
+//! object) and answer `{"statusCode": N, "body": "<JSON string>"}`. Client mistakes are 4xx
+//! answers with the error body `{"type", "error", "errorClass"}`; nothing is written for
+//! them. The shapes are the compatibility contract (docs/compatibility.md).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -63,7 +63,7 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
-/// The original's error body.
+/// The error body of a refused or failed admin call.
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
     #[serde(rename = "type")]

@@ -7,7 +7,8 @@ use crate::backend_url::{BackendUrl, UrlError};
 
 /// One backend as stored in the table (hash key `url`).
 ///
-/// The first five fields are the original's schema; the rest record the last health check.
+/// The first five fields are the table's compatible schema (docs/compatibility.md); the rest
+/// record the last health check.
 /// Serialised to JSON exactly as `list_backends` and `add_backend` show it: absent values (and
 /// zero counters) are left out, numbers are JSON numbers.
 ///

@@ -69,7 +69,8 @@ impl Default for HealthPolicy {
 }
 
 impl HealthPolicy {
-    /// The original's behaviour: every verdict takes effect at once (no hysteresis).
+    /// Every verdict takes effect at once (no hysteresis): `UNHEALTHY_AFTER` and
+    /// `HEALTHY_AFTER` of 1.
     pub fn immediate(tolerance: u64) -> Self {
         Self {
             tolerance,
@@ -473,7 +474,7 @@ pub type Observation = Result<ProbeOutcome, UnhealthyReason>;
 /// - one candidate far above the others: ignored (it is outvoted), unless it is the leader
 ///   and the fleet is the leader plus one node, where the leader breaks the tie;
 /// - two candidates, no leader among them, far apart: the higher one (a stall is far more
-///   common than a lie, and the original followed the highest answer too).
+///   common than a lie).
 pub fn corroborated_head(candidates: &[(u64, bool)], tolerance: u64) -> Option<u64> {
     let total = candidates.len();
     let leader_present = candidates.iter().any(|(_, is_leader)| *is_leader);

@@ -1,5 +1,5 @@
-//! CloudWatch metrics of a health-check round: the original's four, with its names and
-//! dimensions, plus `Leader stalled`, built purely and sent in batches within the API's limits.
+//! CloudWatch metrics of a health-check round (names and dimensions: docs/compatibility.md),
+//! built purely and sent in batches within the API's limits.
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
@@ -43,7 +43,7 @@ pub struct MetricPoint {
 /// Units used by the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricUnit {
-    /// No unit (counts and block numbers, as the original).
+    /// No unit (counts and block numbers).
     None,
     /// Milliseconds.
     Milliseconds,

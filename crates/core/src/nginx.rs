@@ -2,7 +2,7 @@
 //! [`RoutingPlan`](crate::routing::RoutingPlan) into an nginx `http`-context configuration that
 //! replaces the container's default server.
 //!
-//! Unlike the original, every backend is reached at its full URL: scheme, host, port, path and
+//! Every backend is reached at its full URL: scheme, host, port, path and
 //! query are kept, https gets SNI and certificate verification, `user:pass@` credentials become
 //! a basic `Authorization` header. The public server balances over two upstreams (plain
 //! JSON-RPC and WebSocket) whose members are of two kinds (see [`direct_address`]):

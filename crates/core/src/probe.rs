@@ -3,8 +3,8 @@
 //! A probe sends one JSON-RPC *batch* ([`PROBE_BATCH_REQUEST`]: `eth_blockNumber`,
 //! `eth_chainId` and `eth_syncing`, ids 1, 2 and 3) in one POST and matches the answers by id.
 //! A node that does not answer the batch as a batch (a JSON answer that is not an array, or an
-//! array without an answer for id 1: some providers refuse batches) is asked again with the
-//! original's single `eth_blockNumber` request ([`BLOCK_NUMBER_REQUEST`]); its chain and sync
+//! array without an answer for id 1: some providers refuse batches) is asked again with a
+//! single `eth_blockNumber` request ([`BLOCK_NUMBER_REQUEST`]); its chain and sync
 //! state are then unknown, which is not a failure. A failed `eth_chainId` or `eth_syncing`
 //! sub-answer (a JSON-RPC error included) is "unknown" too; only the block number decides
 //! whether the probe failed.
@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::backend_url::BackendUrl;
 use crate::json_kind;
 
-/// The JSON-RPC request every probe sends, byte for byte the original's.
+/// The single `eth_blockNumber` request (docs/compatibility.md: byte for byte the same).
 pub const BLOCK_NUMBER_REQUEST: &str =
     r#"{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}"#;
 
@@ -235,7 +235,7 @@ impl Prober {
         }
     }
 
-    /// The original's single `eth_blockNumber` request, for nodes that refuse batches.
+    /// The single `eth_blockNumber` request, for nodes that refuse batches.
     async fn single_block_number(&self, url: &BackendUrl) -> Result<u64, ProbeFailure> {
         let response = self.post(url, BLOCK_NUMBER_REQUEST).await?;
         let status = response.status();

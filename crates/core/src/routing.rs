@@ -23,7 +23,7 @@ pub struct RouteTarget {
 
 /// Who receives traffic: primaries share it, the backup takes it when all primaries fail.
 ///
-/// - nothing healthy: empty plan, the proxy answers 404 (the original's first case);
+/// - nothing healthy: empty plan, the proxy answers 404;
 /// - only the leader healthy: the leader is the only primary;
 /// - one or more healthy nodes: they are the primaries, a healthy leader is the backup.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

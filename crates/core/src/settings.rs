@@ -1,9 +1,7 @@
 //! The configuration contract: environment variables, read once at start.
 //!
-//! Names are the original's (`DYNAMODB_TABLE`, `STACK_NAME`, `DIFF_TOLERANCE`,
-//! `NGINX_CONFIG_BUCKET_NAME`, `TASK_DEFINITION_FAMILY`, `CLUSTER_ARN`, `CLOUDWATCH_NAMESPACE`),
-//! plus `ECS_SERVICE` and `CONFIG_RENDERER_FUNCTION` where the original relied on plugin-made
-//! variables. A missing or malformed variable is an error that names it.
+//! The names are part of the compatibility contract (docs/compatibility.md). A missing or
+//! malformed variable is an error that names it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -187,7 +185,7 @@ pub struct HealthCheckSettings {
     /// `WRITE_CONCURRENCY` (16): table writes in flight at once.
     pub write_concurrency: usize,
     /// `ROW_REFRESH_SECS` (300): a row whose check found nothing new is still rewritten when
-    /// its last write is this old (0 writes every row every round, as the original did).
+    /// its last write is this old (0 writes every row every round).
     pub row_refresh: Duration,
     /// `UNHEALTHY_AFTER` (2): consecutive soft failures before a healthy backend is unhealthy.
     pub unhealthy_after: u32,
