@@ -260,6 +260,17 @@ impl LocalStack {
             .unwrap_or(options.aws_port);
         let sdk = devstack::sdk_config(&endpoint).await;
 
+        // The nginx "container" starts as the image does, the 404 server on its port, before
+        // the deploy: the port is taken at once (a deploy's many connections use ephemeral
+        // ports too). The deployed renderer must render for the same port and sockets.
+        let render_options = RenderOptions {
+            listen_port: options.proxy_port,
+            socket_dir: socket_dir.display().to_string(),
+            ..RenderOptions::default()
+        };
+        let initial = render(&RoutingPlan::default(), &render_options);
+        let nginx = tokio::task::block_in_place(|| Nginx::start(&initial, &socket_dir))?;
+
         // The account as a deployment finds it, then the stage deployed as on AWS.
         let shared = moto.create_shared_infrastructure(CLUSTER).await?;
         let config = LocalConfig {
@@ -283,6 +294,18 @@ impl LocalStack {
         let _ = std::fs::write(options.work_dir.join("sls-deploy.log"), output);
         let deployed = DeployedStack::read(&sdk).await?;
         deployed.check_code(&options.artifacts_dir)?;
+        let renderer = &deployed.function("config_renderer")?.env;
+        for (variable, expected) in [
+            ("NGINX_LISTEN_PORT", render_options.listen_port.to_string()),
+            ("NGINX_SOCKET_DIR", render_options.socket_dir.clone()),
+        ] {
+            if renderer.get(variable) != Some(&expected) {
+                return Err(StackError::Other(format!(
+                    "the deployed config_renderer has {variable}={:?}, but the local nginx uses {expected:?}",
+                    renderer.get(variable)
+                )));
+            }
+        }
 
         let mut nodes = Vec::new();
         let (leader_url, node_urls) = if options.nodes.is_empty() && options.leader.is_none() {
@@ -304,22 +327,6 @@ impl LocalStack {
         } else {
             (options.leader.clone(), options.nodes.clone())
         };
-
-        // The nginx "container" starts as the image does: the 404 server on its port.
-        let renderer = &deployed.function("config_renderer")?.env;
-        let render_options = RenderOptions {
-            listen_port: renderer
-                .get("NGINX_LISTEN_PORT")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(options.proxy_port),
-            socket_dir: renderer
-                .get("NGINX_SOCKET_DIR")
-                .cloned()
-                .unwrap_or_else(|| socket_dir.display().to_string()),
-            ..RenderOptions::default()
-        };
-        let initial = render(&RoutingPlan::default(), &render_options);
-        let nginx = tokio::task::block_in_place(|| Nginx::start(&initial, &socket_dir))?;
 
         let local_aws: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", endpoint.clone()),
