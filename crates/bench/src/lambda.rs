@@ -281,13 +281,8 @@ impl Rig {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let env = [
-            ("AWS_ENDPOINT_URL", moto.endpoint()),
-            ("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.endpoint()),
-            ("AWS_REGION", devstack::TEST_REGION.to_owned()),
-            ("AWS_DEFAULT_REGION", devstack::TEST_REGION.to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        let mut env = devstack::aws_env(&moto.endpoint(), &recorder.endpoint());
+        let function_env: Vec<(String, String)> = [
             ("DYNAMODB_TABLE", TABLE.to_owned()),
             ("STACK_NAME", STACK.to_owned()),
             ("CLOUDWATCH_NAMESPACE", STACK.to_owned()),
@@ -305,6 +300,7 @@ impl Rig {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        env.extend(function_env);
         Ok(Self {
             s3: aws_sdk_s3::Client::new(&sdk),
             _moto: moto,

@@ -46,7 +46,7 @@ use std::sync::{Mutex, OnceLock};
 pub use anvil::{Anvil, AnvilOptions};
 pub use error::Error;
 pub use fault::{Fault, FaultProxy, FaultRule, SeenRequest};
-pub use moto::{sdk_config, EcsService, Moto, SharedInfrastructure, TEST_REGION};
+pub use moto::{aws_env, sdk_config, EcsService, Moto, SharedInfrastructure, TEST_REGION};
 pub use nginx::Nginx;
 pub use recorder::MetricsRecorder;
 

@@ -259,18 +259,7 @@ impl Moto {
         service: &str,
     ) -> Result<EcsService, Error> {
         let client = aws_sdk_ecs::Client::new(&self.sdk_config().await);
-        let cluster_arn = client
-            .create_cluster()
-            .cluster_name(cluster)
-            .send()
-            .await
-            .map_err(|e| Error::aws("CreateCluster", &e))?
-            .cluster
-            .and_then(|c| c.cluster_arn)
-            .ok_or_else(|| Error::Aws {
-                operation: "CreateCluster",
-                message: "no cluster ARN returned".into(),
-            })?;
+        let cluster_arn = create_cluster(&client, cluster).await?;
         let task_definition_arn = client
             .register_task_definition()
             .family(family)
@@ -411,18 +400,7 @@ impl Moto {
             "ListenerArn",
         )?;
         let ecs = aws_sdk_ecs::Client::new(&self.sdk_config().await);
-        let ecs_cluster_arn = ecs
-            .create_cluster()
-            .cluster_name(cluster)
-            .send()
-            .await
-            .map_err(|e| Error::aws("CreateCluster", &e))?
-            .cluster
-            .and_then(|c| c.cluster_arn)
-            .ok_or_else(|| Error::Aws {
-                operation: "CreateCluster",
-                message: "no cluster ARN returned".into(),
-            })?;
+        let ecs_cluster_arn = create_cluster(&ecs, cluster).await?;
         Ok(SharedInfrastructure {
             vpc_id,
             subnet_ids,
@@ -508,6 +486,38 @@ impl Moto {
         }
         Ok(format!("arn:aws:iam::{MOTO_ACCOUNT}:role/{LAMBDA_ROLE}"))
     }
+}
+
+/// Creates an ECS cluster; answers its ARN.
+async fn create_cluster(client: &aws_sdk_ecs::Client, name: &str) -> Result<String, Error> {
+    client
+        .create_cluster()
+        .cluster_name(name)
+        .send()
+        .await
+        .map_err(|e| Error::aws("CreateCluster", &e))?
+        .cluster
+        .and_then(|c| c.cluster_arn)
+        .ok_or_else(|| Error::Aws {
+            operation: "CreateCluster",
+            message: "no cluster ARN returned".into(),
+        })
+}
+
+/// The AWS environment of a process that talks to the stand-ins: every service at `endpoint`,
+/// CloudWatch at the recorder `cloudwatch`, region [`TEST_REGION`], test credentials.
+pub fn aws_env(endpoint: &str, cloudwatch: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ENDPOINT_URL_CLOUDWATCH", cloudwatch),
+        ("AWS_REGION", TEST_REGION),
+        ("AWS_DEFAULT_REGION", TEST_REGION),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.

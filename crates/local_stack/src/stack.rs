@@ -328,17 +328,7 @@ impl LocalStack {
             (options.leader.clone(), options.nodes.clone())
         };
 
-        let local_aws: Vec<(String, String)> = [
-            ("AWS_ENDPOINT_URL", endpoint.clone()),
-            ("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.endpoint()),
-            ("AWS_REGION", devstack::TEST_REGION.to_owned()),
-            ("AWS_DEFAULT_REGION", devstack::TEST_REGION.to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let local_aws = devstack::aws_env(&endpoint, &recorder.endpoint());
         let agent_env: Vec<(String, String)> = local_aws
             .iter()
             .cloned()
