@@ -22,7 +22,8 @@
 //! `MOTO_SERVER_SCRIPT` for the moto launcher), then the repository's `.tools` directory, then
 //! `PATH`. A missing program is an error that says to run `scripts/install-deps.sh`. Other variables:
 //! `DEVSTACK_REPO_ROOT` (where `.tools` and `scripts/` are; default: this checkout),
-//! `CLOUDWATCH_RECORDER_SCRIPT` (the recorder script), `DEVSTACK_KEEP_LOGS=1` (keep every
+//! `CLOUDWATCH_RECORDER_SCRIPT` (the recorder script), `DEVSTACK_SERVERLESS_YML` (the
+//! `serverless.yml` that [`functions`] reads), `DEVSTACK_KEEP_LOGS=1` (keep every
 //! log directory; they are always kept when a start fails).
 //!
 //! Starting a process blocks the calling thread until it is ready (at most a few seconds);

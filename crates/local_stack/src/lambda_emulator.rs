@@ -166,6 +166,7 @@ impl Shared {
 pub struct LambdaEmulator {
     shared: Arc<Shared>,
     endpoint: String,
+    port: u16,
     log_dir: PathBuf,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -181,7 +182,8 @@ impl LambdaEmulator {
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let invoke_listener = TcpListener::bind(listen).await?;
-        let endpoint = format!("http://{}", invoke_listener.local_addr()?);
+        let address = invoke_listener.local_addr()?;
+        let endpoint = format!("http://{address}");
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -204,6 +206,7 @@ impl LambdaEmulator {
         Ok(Self {
             shared,
             endpoint,
+            port: address.port(),
             log_dir: log_dir.to_owned(),
             tasks: Mutex::new(vec![server]),
         })
@@ -256,6 +259,11 @@ impl LambdaEmulator {
     /// The Invoke API endpoint (the local AWS endpoint when an upstream is set).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The port the Invoke API listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Invokes a function and waits for its answer (InvocationType `RequestResponse`).

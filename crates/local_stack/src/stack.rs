@@ -202,13 +202,11 @@ pub struct LocalStack {
     pub observed: Arc<Mutex<Observed>>,
     /// The deployed stack the system runs on.
     pub deployed: DeployedStack,
-    /// The Serverless CLI pointed at this stack's local AWS endpoint.
-    pub serverless: Serverless,
     emulator: Arc<LambdaEmulator>,
     nginx: Arc<Mutex<Nginx>>,
     slack: SlackStandIn,
     moto: Moto,
-    recorder: MetricsRecorder,
+    recorder: Arc<MetricsRecorder>,
     sdk: SdkConfig,
     agent_env: Vec<(String, String)>,
     socket_dir: PathBuf,
@@ -253,11 +251,6 @@ impl LocalStack {
             })?,
         );
         let endpoint = emulator.endpoint().to_owned();
-        let aws_port = endpoint
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(options.aws_port);
         let sdk = devstack::sdk_config(&endpoint).await;
 
         // The nginx "container" starts as the image does, the 404 server on its port, before
@@ -287,7 +280,7 @@ impl LocalStack {
         let serverless = Serverless {
             repo_root: options.repo_root.clone(),
             config: options.config_path.clone(),
-            aws_port,
+            aws_port: emulator.port(),
             skip_build: options.skip_zip_build,
         };
         let output = serverless.deploy(&options.work_dir.join("package")).await?;
@@ -372,12 +365,11 @@ impl LocalStack {
             nodes,
             observed: Arc::new(Mutex::new(Observed::default())),
             deployed,
-            serverless,
             emulator,
             nginx: Arc::new(Mutex::new(nginx)),
             slack,
             moto,
-            recorder,
+            recorder: Arc::new(recorder),
             sdk,
             agent_env,
             socket_dir,
@@ -424,11 +416,6 @@ impl LocalStack {
     /// The Lambda emulator.
     pub fn emulator(&self) -> &LambdaEmulator {
         &self.emulator
-    }
-
-    /// What the Slack stand-in received, in order.
-    pub fn slack_posts(&self) -> Vec<Value> {
-        self.slack.posts()
     }
 
     /// Counters of every deployed function, by key.
@@ -567,7 +554,7 @@ impl LocalStack {
             self.tasks.push(tokio::spawn(play_alarm(
                 alarm,
                 subscribers,
-                self.recorder_handle(),
+                self.recorder.clone(),
                 self.emulator.clone(),
                 self.observed.clone(),
             )));
@@ -576,12 +563,6 @@ impl LocalStack {
             self.slack.clone(),
             self.observed.clone(),
         )));
-    }
-
-    fn recorder_handle(&self) -> RecorderHandle {
-        RecorderHandle {
-            endpoint: self.recorder.endpoint(),
-        }
     }
 
     /// Stops every task, function, node and server, and waits for the tasks to end.
@@ -717,38 +698,19 @@ async fn watch_bucket(
     }
 }
 
-/// Where the recorder's calls are read.
-#[derive(Debug, Clone)]
-struct RecorderHandle {
-    endpoint: String,
-}
-
-impl RecorderHandle {
-    async fn recorded(&self, client: &reqwest::Client) -> Result<Vec<Value>, String> {
-        let response = client
-            .get(format!("{}/recorded", self.endpoint))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
-    }
-}
-
 /// Plays CloudWatch's evaluation of the deployed alarm and SNS's delivery of its state
 /// changes to the subscribed functions (see [`crate::alarm`]).
 async fn play_alarm(
     alarm: crate::deploy::AlarmDefinition,
     subscribers: Vec<(String, String)>,
-    recorder: RecorderHandle,
+    recorder: Arc<MetricsRecorder>,
     emulator: Arc<LambdaEmulator>,
     observed: Arc<Mutex<Observed>>,
 ) {
-    let client = reqwest::Client::new();
     let mut state = AlarmState::InsufficientData;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let recorded = match recorder.recorded(&client).await {
+        let recorded = match tokio::task::block_in_place(|| recorder.recorded()) {
             Ok(recorded) => recorded,
             Err(error) => {
                 lock(&observed).error(format!("CloudWatch recorder: {error}"));
