@@ -1,56 +1,7 @@
 //! The nginx configuration of a routing plan: [`render`] turns a
-//! [`RoutingPlan`](crate::routing::RoutingPlan) into an nginx `http`-context configuration that
-//! replaces the container's default server.
-//!
-//! Every backend is reached at its full URL: scheme, host, port, path and
-//! query are kept, https gets SNI and certificate verification, `user:pass@` credentials become
-//! a basic `Authorization` header. The public server balances over two upstreams (plain
-//! JSON-RPC and WebSocket) whose members are of two kinds (see [`direct_address`]):
-//!
-//! - **Direct members**: a backend whose URL is plain `http://host[:port]` (path `/` or none,
-//!   no query, no credentials) is a member itself, `server host:port …;` (IPv6 as
-//!   `[::1]:8545`, port 80 when none is given). One proxy hop, the cheapest path.
-//! - **Internal servers**: every other backend (https, a keyed path, a query, basic auth) gets
-//!   two small internal servers listening on unix sockets (`b-<hash>.sock` for JSON-RPC,
-//!   `b-<hash>-ws.sock` for WebSocket upgrades), which proxy to its full URL with its own
-//!   `Host` header; the upstreams list those sockets.
-//!
-//! A mixed fleet mixes both kinds in the same upstreams. The public server retries a failed
-//! request on the next member (POST included), keeps connections to every member alive
-//! (`keepalive` in the upstreams: to the nodes themselves for direct members), detects failed
-//! members passively (`max_fails`/`fail_timeout`), and the leader stands by as a `backup`
-//! member when nodes are healthy.
-//!
-//! **The `Host` header of direct members.** One request goes to whichever member nginx picks,
-//! so the public server sends every direct member the same `Host`: [`DIRECT_HOST_HEADER`]
-//! (`127.0.0.1`). Nodes accept it by default: geth and erigon accept any IP-address `Host`
-//! whatever `--http.vhosts` says (their check is a DNS-rebinding guard for names only), Besu's
-//! default `--host-allowlist` is `localhost,127.0.0.1`, Nethermind, reth and anvil do not check.
-//! Caveat: a node that only accepts its own name (Besu with a `--host-allowlist` that lists
-//! only its address, or a plain-http endpoint behind name-based virtual hosting) refuses it;
-//! the health checker, which sends the URL's own host, does not see that. Such a node must
-//! accept `127.0.0.1` (or `*`) too, or be registered under a URL that is not plain, which
-//! goes through an internal server. Internal servers keep sending each backend its own `Host`.
-//!
-//! WebSocket upgrades (`eth_subscribe`) pass through: the public server hands a request whose
-//! `Upgrade` header is `websocket` to a named location that proxies over the WebSocket
-//! upstream (the same members, direct or the backends' `-ws` internal servers); only those
-//! WebSocket paths have the long `websocket_timeout_secs` read timeout, plain JSON-RPC keeps
-//! the short one. The `Connection` header comes from an http-level `map`
-//! (`$jsonrpc_proxy_connection_upgrade`: `upgrade` for WebSocket upgrades, empty otherwise), so
-//! plain requests keep their upstream connections alive. `GET /healthz` on the public server
-//! answers 200 `ok` while the plan routes somewhere and 503 when it routes nowhere (the
-//! load balancer's target-group check); every other path of the 404 server still answers 404.
-//!
-//! Logging: nginx names a failed member in the public server's error lines. A direct member is
-//! named by its address (`upstream: "http://10.0.0.1:8545/"`; a DNS name's resolved address),
-//! which holds no secret by construction; an internal server is named by its socket, and the
-//! internal servers drop their own error lines (they would name the full upstream URL, a
-//! provider's key included).
-//!
-//! Only URLs that pass [`BackendUrl::parse`] reach the renderer, and those contain nothing
-//! nginx would read as syntax (nor does their decoded host), so a rendered configuration is
-//! always well formed.
+//! [`RoutingPlan`](crate::routing::RoutingPlan) into the `http`-context configuration that
+//! replaces the container's default server. Rationale: docs/architecture.md,
+//! "The nginx configuration".
 
 use std::fmt::Write as _;
 
@@ -60,23 +11,22 @@ use thiserror::Error;
 use crate::backend_url::BackendUrl;
 use crate::routing::{plan_id, RouteTarget, RoutingPlan};
 
-/// Name of the upstream that balances across the backends.
+/// The upstream of plain JSON-RPC requests.
 pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
 
 /// Response header naming the routing plan that served a request (the first 16 hex digits of
 /// [`RoutingPlan::fingerprint`]): which configuration is live can be seen from outside.
 pub const PLAN_HEADER: &str = "X-Jsonrpc-Proxy-Plan";
 
-/// Name of the upstream that balances WebSocket connections across the backends.
+/// The upstream of WebSocket upgrades.
 pub const WEBSOCKET_UPSTREAM_NAME: &str = "jsonrpc_backends_websocket";
 /// The http-level variable holding the `Connection` header to send upstream (prefixed so that
 /// it cannot collide with a `$connection_upgrade` of the including configuration).
 pub const CONNECTION_UPGRADE_VARIABLE: &str = "$jsonrpc_proxy_connection_upgrade";
 /// The public server's health endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
-/// The `Host` header the public server sends upstream, which is what every direct member
-/// receives (see the module documentation for why this value and its caveat). Internal
-/// servers replace it with their backend's own.
+/// The `Host` header every direct member receives; internal servers send their backend's own.
+/// Why this value, and its caveat: docs/architecture.md, "The Host header of direct members".
 pub const DIRECT_HOST_HEADER: &str = "127.0.0.1";
 
 /// The `host:port` at which the public upstreams reach `url` directly, or `None` when the
@@ -125,7 +75,7 @@ impl Layering {
 /// Where and how the rendered configuration runs; fixed per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderOptions {
-    /// Port the public server listens on (`NGINX_LISTEN_PORT`, default 80).
+    /// Port the public server listens on (`NGINX_LISTEN_PORT`).
     pub listen_port: u16,
     /// Directory for the unix sockets of the backends' internal servers (`NGINX_SOCKET_DIR`).
     pub socket_dir: String,
