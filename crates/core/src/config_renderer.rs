@@ -256,7 +256,8 @@ mod tests {
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("NGINX_LISTEN_PORT", "8080"),
         ]);
-        let settings = ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        let settings =
+            ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
         assert_eq!(settings.render.listen_port, 8080);
         assert_eq!(settings.render.websocket_timeout_secs, 3600);
         let vars = env(&[
@@ -264,7 +265,8 @@ mod tests {
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("PROXY_WEBSOCKET_TIMEOUT_SECS", "600"),
         ]);
-        let settings = ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        let settings =
+            ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
         assert_eq!(settings.render.websocket_timeout_secs, 600);
     }
 
@@ -279,11 +281,18 @@ mod tests {
             serde_json::to_value(&sent).unwrap(),
             json!({"source": "jsonrpc-proxy", "reason": "routing plan changed"})
         );
-        assert_eq!(RenderRequest::of(&serde_json::to_value(&sent).unwrap()), sent);
+        assert_eq!(
+            RenderRequest::of(&serde_json::to_value(&sent).unwrap()),
+            sent
+        );
         assert!(RenderRequest::of(&json!({"force": true})).force);
         assert!(!RenderRequest::of(&json!({"force": false, "extra": 1})).force);
         for other in [json!({}), json!(null), json!([1]), json!({"force": "yes"})] {
-            assert_eq!(RenderRequest::of(&other), RenderRequest::default(), "{other}");
+            assert_eq!(
+                RenderRequest::of(&other),
+                RenderRequest::default(),
+                "{other}"
+            );
         }
     }
 }

@@ -2,9 +2,9 @@
 //! event of its creation; and the function's settings. Rationale: docs/architecture.md,
 //! "ECS updater".
 
+use aws_lambda_events::s3::S3Event;
 use aws_sdk_ecs::error::DisplayErrorContext;
 use aws_sdk_ecs::types::{KeyValuePair, TaskDefinition, TaskDefinitionStatus};
-use aws_lambda_events::s3::S3Event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -90,11 +90,10 @@ pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> 
             .ok_or_else(|| {
                 S3EventError::Shape(format!("record {index} has no valid s3.bucket.name"))
             })?;
-        let raw_key = record
-            .s3
-            .object
-            .key
-            .ok_or_else(|| S3EventError::Shape(format!("record {index} has no s3.object.key")))?;
+        let raw_key =
+            record.s3.object.key.ok_or_else(|| {
+                S3EventError::Shape(format!("record {index} has no s3.object.key"))
+            })?;
         let key =
             decode_s3_key(&raw_key).map_err(|problem| S3EventError::Key { index, problem })?;
         if !key.ends_with(NOTIFIED_KEY_SUFFIX) {
@@ -635,8 +634,12 @@ mod tests {
             record("s3:TestEvent", "cfg-bucket", "y_nginx.conf"),
         ]});
         assert_eq!(config_objects(&event).unwrap(), vec![]);
-        let event = json!({"Records": [record("ObjectCreated:CompleteMultipartUpload", "b-1", "z.conf")]});
-        assert_eq!(config_objects(&event).unwrap()[0].s3_path(), "s3://b-1/z.conf");
+        let event =
+            json!({"Records": [record("ObjectCreated:CompleteMultipartUpload", "b-1", "z.conf")]});
+        assert_eq!(
+            config_objects(&event).unwrap()[0].s3_path(),
+            "s3://b-1/z.conf"
+        );
     }
 
     #[test]
@@ -661,12 +664,10 @@ mod tests {
         no_time.as_object_mut().unwrap().remove("eventTime");
         let problem = shape_problem(&json!({"Records": [no_time]}));
         assert!(problem.contains("eventTime"), "{problem}");
-        assert!(
-            config_objects(&json!({"Records": 1}))
-                .unwrap_err()
-                .to_string()
-                .starts_with("event is not an S3 notification: invalid type: integer `1`"),
-        );
+        assert!(config_objects(&json!({"Records": 1}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("event is not an S3 notification: invalid type: integer `1`"),);
     }
 
     #[test]

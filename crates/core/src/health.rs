@@ -105,9 +105,7 @@ pub enum LeaderStatus {
     /// The leader gave no usable height (no answer, wrong chain or syncing).
     Unavailable,
     /// The leader is current: its height is the reference.
-    Current {
-        height: u64,
-    },
+    Current { height: u64 },
     /// The leader trails the corroborated head by more than the tolerance: not followed.
     Stalled {
         height: u64,
@@ -152,10 +150,7 @@ pub enum UnhealthyReason {
     /// The probe got no block number.
     Probe(ProbeFailure),
     /// Its `eth_chainId` is not the expected chain.
-    WrongChain {
-        chain_id: u64,
-        expected: u64,
-    },
+    WrongChain { chain_id: u64, expected: u64 },
     /// `eth_syncing` says it is syncing.
     Syncing,
     /// It claims a height far above what the others corroborate.

@@ -782,7 +782,13 @@ mod tests {
         }
         let mut other_type = scheduled.clone();
         other_type["detail-type"] = json!("EC2 Instance State-change Notification");
-        for event in [json!({}), json!(null), json!("x"), json!({"detail-type": 1}), other_type] {
+        for event in [
+            json!({}),
+            json!(null),
+            json!("x"),
+            json!({"detail-type": 1}),
+            other_type,
+        ] {
             assert_eq!(Invocation::of(&event), Invocation::Manual, "{event}");
         }
     }

@@ -575,9 +575,8 @@ mod tests {
     #[test]
     fn malformed_sns_events_say_what_is_wrong() {
         let problem = |event: Value| parse_sns_event(&event).unwrap_err().to_string();
-        assert!(
-            problem(json!({})).starts_with("event is not an SNS notification: missing field `Records`"),
-        );
+        assert!(problem(json!({}))
+            .starts_with("event is not an SNS notification: missing field `Records`"),);
         let mut no_message = sns_record(json!("s"), "m");
         no_message["Sns"].as_object_mut().unwrap().remove("Message");
         assert!(problem(json!({"Records": [no_message]})).contains("missing field `Message`"));
