@@ -48,30 +48,6 @@ pub fn direct_address(url: &BackendUrl) -> Option<String> {
     plain.then(|| format!("{}:{}", url.host(), url.port()))
 }
 
-/// Which backends the rendered configuration reaches through their internal servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Layering {
-    /// Plain `http://host[:port]` backends are direct members of the public upstreams; the
-    /// others go through their internal servers. What [`render`] does, and what is deployed.
-    #[default]
-    DirectWherePossible,
-    /// Every backend goes through its internal servers, plain ones included: the rendering
-    /// from before plain backends skipped that layer. For comparison and diagnostics only
-    /// (the benchmark's two-layer row); never deployed.
-    InternalForAll,
-}
-
-impl Layering {
-    /// The address `target` is a direct member at, or `None` when it goes through its
-    /// internal servers under this layering.
-    pub fn direct_address(self, target: &RouteTarget) -> Option<String> {
-        match self {
-            Self::DirectWherePossible => direct_address(&target.url),
-            Self::InternalForAll => None,
-        }
-    }
-}
-
 /// Where and how the rendered configuration runs; fixed per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderOptions {
@@ -200,18 +176,11 @@ fn socket_id(url: &BackendUrl) -> String {
     hex::encode(&Sha256::digest(url.as_str().as_bytes())[..6])
 }
 
-/// Renders the nginx configuration for a plan, plain backends as direct members
-/// ([`Layering::DirectWherePossible`]).
+/// Renders the nginx configuration for a plan, plain backends as direct members.
 ///
 /// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
 /// upstreams and servers, included once. `options` must have passed [`RenderOptions::validate`].
 pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
-    render_with(plan, options, Layering::default())
-}
-
-/// Renders the nginx configuration for a plan with the given [`Layering`]; [`render`] is this
-/// with the default. `options` must have passed [`RenderOptions::validate`].
-pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layering) -> String {
     let mut out = String::with_capacity(2048 + plan.primaries.len() * 2048);
     out.push_str(
         "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
@@ -245,7 +214,7 @@ pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layeri
         .map(|(target, backup)| Member {
             target,
             backup,
-            direct: layering.direct_address(target),
+            direct: direct_address(&target.url),
         })
         .collect();
     render_upstream(&mut out, options, UPSTREAM_NAME, &members, |target| {
@@ -1064,18 +1033,6 @@ mod tests {
             if expected.is_some() {
                 assert!(!parsed.has_secret_parts(), "{input}");
             }
-            // Diagnostics can force the internal layer for any backend.
-            let target = RouteTarget {
-                url: parsed,
-                is_leader: false,
-            };
-            assert_eq!(Layering::InternalForAll.direct_address(&target), None);
-            assert_eq!(
-                Layering::DirectWherePossible
-                    .direct_address(&target)
-                    .as_deref(),
-                *expected
-            );
         }
     }
 
@@ -1150,34 +1107,5 @@ mod tests {
                 "{direct}"
             );
         }
-    }
-
-    #[test]
-    fn internal_for_all_renders_every_backend_through_its_internal_servers() {
-        let plan = RoutingPlan::from_backends(&[
-            backend("http://10.0.0.1:8545", false, true),
-            backend("http://10.0.0.2:8545/key", false, true),
-            backend("http://10.0.0.9:8545", true, true),
-        ]);
-        let options = RenderOptions::default();
-        let conf = render_with(&plan, &options, Layering::InternalForAll);
-        assert_eq!(conf.matches("    listen unix:").count(), 6);
-        assert_eq!(conf.matches("server unix:").count(), 6);
-        assert!(conf.contains(&format!(
-            "server unix:{} max_fails=1 fail_timeout=10s;",
-            options.socket_path(&plan.primaries[0])
-        )));
-        assert!(
-            conf.contains("server 10.0.0.1:8545;"),
-            "its origin upstream"
-        );
-        assert!(!conf.contains("server 10.0.0.1:8545 max_fails"));
-        assert!(!conf.contains("direct member"));
-        // The default is the direct rendering.
-        assert_eq!(
-            render(&plan, &options),
-            render_with(&plan, &options, Layering::DirectWherePossible)
-        );
-        assert_ne!(render(&plan, &options), conf);
     }
 }
