@@ -5,17 +5,21 @@
 //!
 //! - Pure parts, tested without I/O: [`backend_url`] (validation and redaction),
 //!   [`health`] (verdicts), [`routing`] (the routing plan), [`nginx`] (its configuration), [`metrics`]
-//!   (data points), [`admin`] event parsing, [`ecs_updater`] event parsing.
-//! - Adapters, one per AWS service: [`store`] (DynamoDB), [`config_bucket`] (S3),
+//!   (data points), [`admin`] event parsing, [`ecs_updater`] event parsing, [`clients`]
+//!   (names, method lists, keys and their hashes).
+//! - Adapters, one per AWS service: [`store`] and [`clients_store`] (DynamoDB), [`config_bucket`] (S3),
 //!   [`metrics::MetricsPublisher`] (CloudWatch), [`renderer_trigger`] (Lambda),
 //!   [`ecs_updater::EcsUpdater`] (ECS), and [`probe`] (the nodes, over HTTP).
 //! - Function bodies: [`admin`] (`add_backend`, `list_backends`, `remove_backend`),
-//!   [`health_checker`], [`config_renderer`], [`ecs_updater`].
+//!   [`clients`] (`add_client`, `list_clients`, `remove_client`), [`health_checker`],
+//!   [`config_renderer`], [`ecs_updater`].
 //! - [`settings`]: the environment-variable contract.
 
 pub mod admin;
 pub mod backend;
 pub mod backend_url;
+pub mod clients;
+pub mod clients_store;
 pub mod config_bucket;
 pub mod config_renderer;
 pub mod ecs_updater;

@@ -165,6 +165,41 @@ impl RemoveSettings {
     }
 }
 
+/// Settings of `list_clients`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientsTableSettings {
+    /// `DYNAMODB_CLIENTS_TABLE`.
+    pub table: String,
+}
+
+impl ClientsTableSettings {
+    /// Reads the settings.
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            table: env.required("DYNAMODB_CLIENTS_TABLE")?,
+        })
+    }
+}
+
+/// Settings of `add_client` and `remove_client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientChangeSettings {
+    /// `DYNAMODB_CLIENTS_TABLE`.
+    pub table: String,
+    /// `CONFIG_RENDERER_FUNCTION`: invoked after a change.
+    pub renderer_function: String,
+}
+
+impl ClientChangeSettings {
+    /// Reads the settings.
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            table: env.required("DYNAMODB_CLIENTS_TABLE")?,
+            renderer_function: env.required("CONFIG_RENDERER_FUNCTION")?,
+        })
+    }
+}
+
 /// Settings of `health_checker`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckSettings {
@@ -483,5 +518,29 @@ mod tests {
         ]);
         let settings = RendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
         assert_eq!(settings.render.websocket_timeout_secs, 600);
+    }
+
+    #[test]
+    fn client_settings_name_the_clients_table() {
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "backends"),
+            ("DYNAMODB_CLIENTS_TABLE", "clients"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ]);
+        let lookup = Env::from_fn(|k| vars.get(k).cloned());
+        assert_eq!(ClientsTableSettings::from_env(&lookup).unwrap().table, "clients");
+        let change = ClientChangeSettings::from_env(&lookup).unwrap();
+        assert_eq!((change.table.as_str(), change.renderer_function.as_str()), ("clients", "f"));
+        let vars = env(&[("DYNAMODB_TABLE", "backends"), ("CONFIG_RENDERER_FUNCTION", "f")]);
+        let lookup = Env::from_fn(|k| vars.get(k).cloned());
+        assert_eq!(
+            ClientsTableSettings::from_env(&lookup).unwrap_err(),
+            SettingsError::Missing("DYNAMODB_CLIENTS_TABLE")
+        );
+        let vars = env(&[("DYNAMODB_CLIENTS_TABLE", "clients")]);
+        assert_eq!(
+            ClientChangeSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err(),
+            SettingsError::Missing("CONFIG_RENDERER_FUNCTION")
+        );
     }
 }
