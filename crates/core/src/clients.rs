@@ -218,7 +218,11 @@ const ADD_SHAPE: &str = "the body must be {\"name\": string, \"calls_per_second\
 /// Parses an `add_client` event.
 pub fn parse_add_client(event: &Value) -> Result<AddClientRequest, AdminError> {
     let body = request_body(event)?;
-    refuse_unknown_fields(&body, &["name", "calls_per_second", "allow_methods"], ADD_SHAPE)?;
+    refuse_unknown_fields(
+        &body,
+        &["name", "calls_per_second", "allow_methods"],
+        ADD_SHAPE,
+    )?;
     let name = required_name(&body)?;
     let calls_per_second = match body.get("calls_per_second") {
         None | Some(Value::Null) => None,
@@ -343,9 +347,8 @@ pub async fn add_client(
 ) -> ApiResponse {
     let outcome = async {
         let request = parse_add_client(event)?;
-        let key = ClientKey::generate().map_err(|e| {
-            AdminError::Internal(format!("the system's random source failed: {e}"))
-        })?;
+        let key = ClientKey::generate()
+            .map_err(|e| AdminError::Internal(format!("the system's random source failed: {e}")))?;
         let record = request.record(&key, now);
         match store.put_new(&record).await? {
             PutOutcome::Created => Ok((record, key)),
@@ -479,10 +482,15 @@ mod tests {
             json!({"name": "w", "calls_per_second": null, "allow_methods": null}),
         ))
         .unwrap();
-        assert_eq!((request.calls_per_second, request.allow_methods.len()), (None, 0));
+        assert_eq!(
+            (request.calls_per_second, request.allow_methods.len()),
+            (None, 0)
+        );
         let longest = "a".repeat(MAX_NAME_LEN);
         assert_eq!(
-            parse_add_client(&event(json!({ "name": longest }))).unwrap().name,
+            parse_add_client(&event(json!({ "name": longest })))
+                .unwrap()
+                .name,
             longest
         );
         let max = parse_add_client(&event(
@@ -511,30 +519,84 @@ mod tests {
             (json!({"name": "a\nb"}), "'\\n'"),
             (json!({"name": 7}), "must be a string"),
             (json!({"name": null}), "must be a string"),
-            (json!({"name": "w", "key": "mine"}), "unexpected field(s) key"),
-            (json!({"name": "w", "Name": "x"}), "unexpected field(s) Name"),
+            (
+                json!({"name": "w", "key": "mine"}),
+                "unexpected field(s) key",
+            ),
+            (
+                json!({"name": "w", "Name": "x"}),
+                "unexpected field(s) Name",
+            ),
             (json!({"name": "w", "calls_per_second": 0}), "from 1 to"),
             (json!({"name": "w", "calls_per_second": -5}), "from 1 to"),
             (json!({"name": "w", "calls_per_second": 1.5}), "from 1 to"),
             (json!({"name": "w", "calls_per_second": 1e3}), "from 1 to"),
-            (json!({"name": "w", "calls_per_second": 1_000_001}), "from 1 to"),
-            (json!({"name": "w", "calls_per_second": u64::MAX}), "from 1 to"),
-            (json!({"name": "w", "calls_per_second": "10"}), "not a string"),
-            (json!({"name": "w", "calls_per_second": true}), "not a boolean"),
-            (json!({"name": "w", "allow_methods": "debug_"}), "array of strings"),
-            (json!({"name": "w", "allow_methods": {"a": 1}}), "array of strings"),
-            (json!({"name": "w", "allow_methods": [1]}), "must be strings"),
-            (json!({"name": "w", "allow_methods": [null]}), "must be strings"),
+            (
+                json!({"name": "w", "calls_per_second": 1_000_001}),
+                "from 1 to",
+            ),
+            (
+                json!({"name": "w", "calls_per_second": u64::MAX}),
+                "from 1 to",
+            ),
+            (
+                json!({"name": "w", "calls_per_second": "10"}),
+                "not a string",
+            ),
+            (
+                json!({"name": "w", "calls_per_second": true}),
+                "not a boolean",
+            ),
+            (
+                json!({"name": "w", "allow_methods": "debug_"}),
+                "array of strings",
+            ),
+            (
+                json!({"name": "w", "allow_methods": {"a": 1}}),
+                "array of strings",
+            ),
+            (
+                json!({"name": "w", "allow_methods": [1]}),
+                "must be strings",
+            ),
+            (
+                json!({"name": "w", "allow_methods": [null]}),
+                "must be strings",
+            ),
             (json!({"name": "w", "allow_methods": [""]}), "not a method"),
             (json!({"name": "w", "allow_methods": ["_"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["1eth_"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["debug_*"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["eth.call"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["eth_call "]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["eth\u{0}_"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": ["ｅth_call"]}), "not a method"),
-            (json!({"name": "w", "allow_methods": [long_method]}), "not a method"),
-            (json!({"name": "w", "allow_methods": too_many}), "at most 256"),
+            (
+                json!({"name": "w", "allow_methods": ["1eth_"]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": ["debug_*"]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": ["eth.call"]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": ["eth_call "]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": ["eth\u{0}_"]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": ["ｅth_call"]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": [long_method]}),
+                "not a method",
+            ),
+            (
+                json!({"name": "w", "allow_methods": too_many}),
+                "at most 256",
+            ),
             (json!({"name": "w", "allow_methods": ["a_", "a_"]}), "twice"),
         ];
         for (body, expected) in cases {
@@ -548,7 +610,10 @@ mod tests {
         for not_an_object in [json!("text"), json!([1]), json!({"body": "[]"}), json!({})] {
             assert_eq!(refusal(&not_an_object).1["type"], "validation_error");
         }
-        assert_eq!(refusal(&json!({"body": "{\"name\":"})).1["type"], "parse_error");
+        assert_eq!(
+            refusal(&json!({"body": "{\"name\":"})).1["type"],
+            "parse_error"
+        );
     }
 
     #[test]

@@ -146,7 +146,10 @@ pub fn item_from_client(record: &ClientRecord) -> HashMap<String, AttributeValue
             "key_sha256".to_owned(),
             AttributeValue::S(record.key_sha256.clone()),
         ),
-        ("key_id".to_owned(), AttributeValue::S(record.key_id.clone())),
+        (
+            "key_id".to_owned(),
+            AttributeValue::S(record.key_id.clone()),
+        ),
         (
             "when_added".to_owned(),
             AttributeValue::S(record.when_added.clone()),
@@ -268,14 +271,20 @@ mod tests {
             ("name", Some(AttributeValue::S("a b".into()))),
             ("key_sha256", None),
             ("key_sha256", Some(AttributeValue::S("ABC".into()))),
-            ("key_sha256", Some(AttributeValue::S(key_sha256("k").to_uppercase()))),
+            (
+                "key_sha256",
+                Some(AttributeValue::S(key_sha256("k").to_uppercase())),
+            ),
             ("calls_per_second", Some(AttributeValue::N("0".into()))),
             ("calls_per_second", Some(AttributeValue::S("5".into()))),
             (
                 "allow_methods",
                 Some(AttributeValue::L(vec![AttributeValue::S("*".into())])),
             ),
-            ("allow_methods", Some(AttributeValue::Ss(vec!["debug_".into()]))),
+            (
+                "allow_methods",
+                Some(AttributeValue::Ss(vec!["debug_".into()])),
+            ),
         ];
         for (attribute, value) in damage {
             let mut item = item_from_client(&record());

@@ -528,10 +528,19 @@ mod tests {
             ("CONFIG_RENDERER_FUNCTION", "f"),
         ]);
         let lookup = Env::from_fn(|k| vars.get(k).cloned());
-        assert_eq!(ClientsTableSettings::from_env(&lookup).unwrap().table, "clients");
+        assert_eq!(
+            ClientsTableSettings::from_env(&lookup).unwrap().table,
+            "clients"
+        );
         let change = ClientChangeSettings::from_env(&lookup).unwrap();
-        assert_eq!((change.table.as_str(), change.renderer_function.as_str()), ("clients", "f"));
-        let vars = env(&[("DYNAMODB_TABLE", "backends"), ("CONFIG_RENDERER_FUNCTION", "f")]);
+        assert_eq!(
+            (change.table.as_str(), change.renderer_function.as_str()),
+            ("clients", "f")
+        );
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "backends"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ]);
         let lookup = Env::from_fn(|k| vars.get(k).cloned());
         assert_eq!(
             ClientsTableSettings::from_env(&lookup).unwrap_err(),
