@@ -57,6 +57,9 @@ pub enum AdminError {
     /// The table failed (500 `error`).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something else of the function's own failed (500 `error`).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The error body of a refused or failed admin call.
@@ -78,6 +81,7 @@ impl AdminError {
             Self::Conflict(_) => (409, "conflict_error", "ConflictError"),
             Self::NotFound(_) => (404, "not_found", "NotFoundError"),
             Self::Store(_) => (500, "error", "StoreError"),
+            Self::Internal(_) => (500, "error", "InternalError"),
         }
     }
 
