@@ -109,7 +109,7 @@ step "docker/: hadolint, shellcheck"
 hadolint docker/Dockerfile || fail "hadolint"
 shellcheck docker/build_and_upload.sh scripts/*.sh || fail "shellcheck"
 # Everything the Dockerfile copies exists and is not excluded by its .dockerignore.
-for source in Cargo.toml Cargo.lock crates docker/default.conf; do
+for source in Cargo.toml Cargo.lock crates docker/default.conf docker/nginx-packages docker/gate; do
   [ -e "$source" ] || fail "the Dockerfile copies $source, which does not exist"
   grep -qxF "!$source" docker/Dockerfile.dockerignore \
     || grep -qxF "!$source/**" docker/Dockerfile.dockerignore \

@@ -19,6 +19,7 @@ pub mod clients_store;
 pub mod config_bucket;
 pub mod config_renderer;
 pub mod ecs_updater;
+pub mod gate;
 pub mod health;
 pub mod health_checker;
 pub mod metrics;

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::backend_url::BackendUrl;
+use crate::gate::{self, GatePolicy};
 use crate::routing::{plan_id, RouteTarget, RoutingPlan};
 
 /// The upstream of plain JSON-RPC requests.
@@ -181,6 +182,17 @@ fn socket_id(url: &BackendUrl) -> String {
 /// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
 /// upstreams and servers, included once. `options` must have passed [`RenderOptions::validate`].
 pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
+    render_gated(plan, options, None)
+}
+
+/// Renders the nginx configuration for a plan and, when `gate` is given, the JSON-RPC gate in
+/// front of the public server (see [`crate::gate`]). `options` must have passed
+/// [`RenderOptions::validate`], `gate` [`GatePolicy::validate`].
+pub fn render_gated(
+    plan: &RoutingPlan,
+    options: &RenderOptions,
+    gate: Option<&GatePolicy>,
+) -> String {
     let mut out = String::with_capacity(2048 + plan.primaries.len() * 2048);
     out.push_str(
         "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
@@ -190,9 +202,15 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
         let _ = writeln!(out, "#   {label}");
     }
     out.push('\n');
+    if let Some(policy) = gate {
+        gate::render_http_level(&mut out, policy, options);
+    }
 
     if plan.is_empty() {
         render_no_backend_server(&mut out, options, plan_id(&plan.fingerprint()));
+        if gate.is_some() {
+            gate::render_internal_servers(&mut out, options, None);
+        }
         return out;
     }
 
@@ -228,7 +246,11 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
         |target| format!("unix:{}", options.websocket_socket_path(target)),
     );
 
-    render_public_server(&mut out, options, plan_id(&plan.fingerprint()));
+    render_public_server(&mut out, options, plan_id(&plan.fingerprint()), gate);
+    if gate.is_some() {
+        let proxy = websocket_proxy_directives(options);
+        gate::render_internal_servers(&mut out, options, Some(&proxy));
+    }
 
     for (index, member) in members.iter().enumerate() {
         match &member.direct {
@@ -316,14 +338,51 @@ fn render_no_backend_server(out: &mut String, options: &RenderOptions, plan_id: 
     );
 }
 
-fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str) {
+/// The proxy directives of a WebSocket location (inside a location block).
+fn websocket_proxy_directives(options: &RenderOptions) -> String {
+    format!(
+        "        proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
+        proxy_http_version 1.1;
+        proxy_set_header Host {DIRECT_HOST_HEADER};
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
+        proxy_next_upstream error timeout http_502 http_503 http_504;
+        proxy_next_upstream_tries {tries};
+        proxy_next_upstream_timeout {retry_timeout}s;
+        proxy_connect_timeout {connect}s;
+        proxy_send_timeout {websocket}s;
+        proxy_read_timeout {websocket}s;
+",
+        tries = options.retry_tries,
+        retry_timeout = options.retry_timeout_secs,
+        connect = options.connect_timeout_secs,
+        websocket = options.websocket_timeout_secs,
+    )
+}
+
+fn render_public_server(
+    out: &mut String,
+    options: &RenderOptions,
+    plan_id: &str,
+    gate: Option<&GatePolicy>,
+) {
+    // With the gate, plain requests are judged before they are proxied, and WebSocket
+    // upgrades go to its relay instead of straight to the upstream.
+    let (gate_server, gate_access, websocket) = match gate {
+        Some(policy) => (
+            gate::public_server_directives(policy),
+            gate::ACCESS_LINE,
+            gate::WEBSOCKET_LOCATION_BODY.to_owned(),
+        ),
+        None => (String::new(), "", websocket_proxy_directives(options)),
+    };
     let _ = write!(
         out,
         "server {{
     listen {port} default_server;
     server_name _;
     add_header {PLAN_HEADER} {plan_id} always;
-
+{gate_server}
     location = {HEALTH_PATH} {{
         access_log off;
         default_type text/plain;
@@ -335,7 +394,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
         if ({CONNECTION_UPGRADE_VARIABLE}) {{
             return 418;
         }}
-        proxy_pass http://{UPSTREAM_NAME};
+{gate_access}        proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
         proxy_set_header Host {DIRECT_HOST_HEADER};
         proxy_set_header Upgrade \"\";
@@ -349,18 +408,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
     }}
 
     location @websocket {{
-        proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
-        proxy_http_version 1.1;
-        proxy_set_header Host {DIRECT_HOST_HEADER};
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
-        proxy_next_upstream error timeout http_502 http_503 http_504;
-        proxy_next_upstream_tries {tries};
-        proxy_next_upstream_timeout {retry_timeout}s;
-        proxy_connect_timeout {connect}s;
-        proxy_send_timeout {websocket}s;
-        proxy_read_timeout {websocket}s;
-    }}
+{websocket}    }}
 }}
 
 ",
@@ -369,7 +417,6 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
         retry_timeout = options.retry_timeout_secs,
         connect = options.connect_timeout_secs,
         read = options.read_timeout_secs,
-        websocket = options.websocket_timeout_secs,
     );
 }
 
