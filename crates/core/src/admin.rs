@@ -313,7 +313,7 @@ pub async fn remove_backend(
     }
 }
 
-fn log_admin_error(function: &str, error: &AdminError) {
+pub(crate) fn log_admin_error(function: &str, error: &AdminError) {
     let (status, kind, _) = error.parts();
     if status >= 500 {
         tracing::error!(function, status, kind, %error, "request failed");

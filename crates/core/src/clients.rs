@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::admin::{request_body, AdminError, ApiResponse};
+use crate::admin::{log_admin_error, request_body, AdminError, ApiResponse};
 use crate::backend::iso8601;
 use crate::clients_store::{ClientStore, PutOutcome, Removed};
 use crate::json_kind;
@@ -377,7 +377,7 @@ pub async fn add_client(
             )
         }
         Err(error) => {
-            log_error("add_client", &error);
+            log_admin_error("add_client", &error);
             error.to_response()
         }
     }
@@ -392,7 +392,7 @@ pub async fn list_clients(store: &ClientStore) -> ApiResponse {
         }
         Err(error) => {
             let error = AdminError::from(error);
-            log_error("list_clients", &error);
+            log_admin_error("list_clients", &error);
             error.to_response()
         }
     }
@@ -428,7 +428,7 @@ pub async fn remove_client(
             }
         }
         Err(error) => {
-            log_error("remove_client", &error);
+            log_admin_error("remove_client", &error);
             error.to_response()
         }
     }
@@ -471,15 +471,6 @@ impl ClientChangeSettings {
             table: env.required("DYNAMODB_CLIENTS_TABLE")?,
             renderer_function: env.required("CONFIG_RENDERER_FUNCTION")?,
         })
-    }
-}
-
-fn log_error(function: &str, error: &AdminError) {
-    let (status, kind, _) = error.parts();
-    if status >= 500 {
-        tracing::error!(function, status, kind, %error, "request failed");
-    } else {
-        tracing::warn!(function, status, kind, %error, "request refused");
     }
 }
 
