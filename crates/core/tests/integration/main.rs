@@ -4,9 +4,7 @@
 //! the test with instructions (`scripts/install-deps.sh`), never skips it.
 
 mod admin;
-mod common;
 mod ecs;
 mod health;
 mod hostile;
-mod nodes;
 mod renderer;
