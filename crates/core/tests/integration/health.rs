@@ -244,7 +244,7 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     assert_eq!(summary.reference_block, Some(100));
     // 95..=104 against 100 with tolerance 10: all healthy.
     assert_eq!(summary.healthy, count);
-    assert!(node.requests() >= count, "every backend was probed");
+    assert!(node.requests() >= count as u64, "every backend was probed");
     // 2 points for the leader, 3 per node, 1 count, 1 leader stalled = 1201 = 1000 + 201.
     assert_eq!(summary.metric_calls, 2);
     let calls = stack.metric_calls();

@@ -275,7 +275,7 @@ async fn answer(State(state): State<Shared>, uri: Uri, request: Bytes) -> Respon
         _ => path,
     };
     let seen = count(&state, key);
-    let height = |n: &str| n.parse().unwrap_or(0);
+    let height = |n: &str| n.parse::<u64>().unwrap_or(0);
     match segments.as_slice() {
         ["n", name, ..] => {
             let set = lock(&state).answers.get(*name).copied();
