@@ -16,7 +16,12 @@ use sha2::{Digest, Sha256};
 use support::{agent_bin, call, get_status, NginxPrefix};
 
 /// Makes `urls` the healthy backends and runs the real renderer; returns the config key.
-async fn render(stack: &TestStack, prefix: &NginxPrefix, urls: &[String], request_id: &str) -> String {
+async fn render(
+    stack: &TestStack,
+    prefix: &NginxPrefix,
+    urls: &[String],
+    request_id: &str,
+) -> String {
     let dynamodb = &stack.aws.dynamodb;
     for url in stack.items().await.into_keys() {
         dynamodb
@@ -182,7 +187,9 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     assert!(answers(prefix.port, 404, "").await);
 
     let node = Node::start().await;
-    render(&stack, &prefix,
+    render(
+        &stack,
+        &prefix,
         &[node.url("/block/16/rpc?key=SECRET")],
         "first",
     )
@@ -220,7 +227,8 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     assert_eq!(get_status(prefix.port, "/healthz").await, Some(200));
 
     // An invalid configuration is refused, the good one stays installed and running.
-    publish_raw(&stack, 
+    publish_raw(
+        &stack,
         "broken_nginx.conf",
         &format!(
             "server {{ listen {}; no_such_directive on; }}\n",
@@ -262,7 +270,9 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreachable() {
     let stack = TestStack::new("agent").await;
-    stack.aws.s3
+    stack
+        .aws
+        .s3
         .put_object()
         .bucket(&stack.bucket_name)
         .key("bad_nginx.conf")
@@ -281,7 +291,10 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
     fs::write(prefix.config_path(), "# left over from an earlier run\n").expect("write");
     let mut running = RunningAgent::start(
         &prefix,
-        &["--s3-path".into(), format!("s3://{}/bad_nginx.conf", stack.bucket_name)],
+        &[
+            "--s3-path".into(),
+            format!("s3://{}/bad_nginx.conf", stack.bucket_name),
+        ],
         &aws_env(&stack),
     );
     wait_until(
@@ -308,7 +321,10 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
     ));
     let mut running = RunningAgent::start(
         &prefix,
-        &["--s3-path".into(), format!("s3://{}/any_nginx.conf", stack.bucket_name)],
+        &[
+            "--s3-path".into(),
+            format!("s3://{}/any_nginx.conf", stack.bucket_name),
+        ],
         &env,
     );
     wait_until(
@@ -328,8 +344,7 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     let prefix = NginxPrefix::new();
     let node = Node::start().await;
     let (node_a, node_b) = (node.url("/block/10"), node.url("/block/11"));
-    render(&stack, &prefix, &[node_a], "render_a")
-        .await;
+    render(&stack, &prefix, &[node_a], "render_a").await;
 
     // The agent reports whether the configuration in force is the newest render.
     let env = aws_env(&stack);
@@ -362,8 +377,7 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     .await;
 
     // A new render is picked up and loaded without restarting nginx.
-    render(&stack, &prefix, &[node_b], "render_b")
-        .await;
+    render(&stack, &prefix, &[node_b], "render_b").await;
     wait_until(
         "the proxy to answer from node B",
         Duration::from_secs(20),

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
+use axum::http::{header, StatusCode};
+use axum::Router;
+use devstack::testkit::{serve, Server};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::health::{Severity, UnhealthyReason};
 use jsonrpc_proxy::probe::{
     ProbeFailure, ProbeSettings, Prober, BLOCK_NUMBER_REQUEST, PROBE_BATCH_REQUEST,
 };
-use axum::http::{header, StatusCode};
-use axum::Router;
-use devstack::testkit::{serve, Server};
 use tokio::sync::mpsc;
 
 /// How a fake node answers one request body: `(status, body)`.

@@ -15,17 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use devstack::testkit::wait_until;
-use jsonrpc_proxy::config_bucket::ConfigBucket;
-use local_stack::stack::LocalStack;
-use serde_json::{json, Value};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use common::*;
+use devstack::testkit::wait_until;
 use devstack::testkit::{node_result, rpc_answer, serve, Server};
+use jsonrpc_proxy::config_bucket::ConfigBucket;
+use local_stack::stack::LocalStack;
+use serde_json::{json, Value};
 
 const KEY_LEADER: &str = "k3yLeaderQx7Z9v2WmSecret";
 const KEY_A: &str = "k3yNodeA8Hf2LpR4tSecret";

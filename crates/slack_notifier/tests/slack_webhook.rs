@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use slack_notifier::{notify, NotifyError, PostError, SlackWebhook};
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::Router;
 use devstack::testkit::serve;
+use serde_json::Value;
+use slack_notifier::{notify, NotifyError, PostError, SlackWebhook};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 

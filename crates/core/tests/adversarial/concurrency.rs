@@ -130,7 +130,9 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
 
     // One more round, then the table is exactly the added-and-not-removed URLs, each checked
     // and with the fields add_backend gave it.
-    checker(&env).clients(&env.aws).build()
+    checker(&env)
+        .clients(&env.aws)
+        .build()
         .run_round()
         .await
         .expect("final round");
@@ -155,7 +157,10 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
             Some(*url == node.named("leader")),
             "{url}"
         );
-        assert!(int(item, "last_checked_ms").is_some(), "{url} never checked");
+        assert!(
+            int(item, "last_checked_ms").is_some(),
+            "{url} never checked"
+        );
     }
     figure("churn: rounds", rounds);
     figure("churn: adds / removes", format!("{adds} / {removes}"));

@@ -720,12 +720,12 @@ async fn probing_starts_with_the_first_scan_page() {
     let before = env.items().await;
     proxy.forget_requests();
     proxy.inject(FaultRule::new(Fault::InternalError).operation(SCAN).skip(2));
-    let error = checker(&env)
+    let error = crate::checker(&env)
         .scan_page_items(250)
         .build()
-    .run_round()
-    .await
-    .expect_err("a failed page fails the round");
+        .run_round()
+        .await
+        .expect_err("a failed page fails the round");
     assert!(matches!(error, HealthCheckError::Scan(_)), "{error}");
     assert_eq!(proxy.attempts(UPDATE_ITEM), 0);
     assert_eq!(env.items().await, before, "nothing written");

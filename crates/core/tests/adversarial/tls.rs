@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use devstack::testkit::{b, int, n, s, Answer, Node, TestStack};
+use devstack::testkit::{b, n, s, Answer, Node, TestStack};
 
 use crate::{checker, figure};
 

@@ -90,7 +90,7 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
 
     // A second leader: 409 naming the existing one, redacted; nothing written.
     stack
-        .store
+        .store()
         .delete(node)
         .await
         .unwrap()
@@ -279,8 +279,12 @@ async fn remove_backend_answers_the_removed_item_or_404() {
     stack.add(node, false).await;
     stack.add("http://10.0.0.10:8545", false).await;
 
-    let response =
-        remove_backend(&stack.store(), &stack.trigger(), &event(&json!({"url": node}))).await;
+    let response = remove_backend(
+        &stack.store(),
+        &stack.trigger(),
+        &event(&json!({"url": node})),
+    )
+    .await;
     assert_eq!(response.status_code, 200, "{}", response.body);
     let body = response.body_json().unwrap();
     assert_eq!(body["url"], node);
@@ -289,8 +293,12 @@ async fn remove_backend_answers_the_removed_item_or_404() {
     assert!(!items.contains_key(node));
     assert_eq!(items.len(), 1);
 
-    let response =
-        remove_backend(&stack.store(), &stack.trigger(), &event(&json!({"url": node}))).await;
+    let response = remove_backend(
+        &stack.store(),
+        &stack.trigger(),
+        &event(&json!({"url": node})),
+    )
+    .await;
     assert_eq!(response.status_code, 404, "{}", response.body);
     let body = response.body_json().unwrap();
     assert_eq!(body["type"], "not_found");

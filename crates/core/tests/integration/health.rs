@@ -55,7 +55,10 @@ async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
     stack.add(&leader_url, true).await;
     stack.add(&a_url, false).await;
     stack.add(&b_url, false).await;
-    let checker = stack.checker().probe_timeout(Duration::from_millis(1500)).build();
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .build();
 
     // Round 1: all healthy; nothing rendered yet, so a render is requested.
     let summary = checker.run_round().await.unwrap();
@@ -235,7 +238,9 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     }
 
     let summary = stack
-        .checker(Duration::from_secs(2))
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build()
         .run_round()
         .await
         .unwrap();
@@ -290,7 +295,10 @@ async fn a_backend_removed_during_a_round_is_not_recreated() {
     let (kept, removed) = (node.url("/block/7/kept"), node.url("/block/7/removed"));
     stack.add(&kept, false).await;
     stack.add(&removed, false).await;
-    let checker = stack.checker().probe_timeout(Duration::from_secs(2)).build();
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build();
 
     let backends = stack.store().scan_all().await.unwrap();
     let round = checker.probe_and_assess(&backends).await;
@@ -358,7 +366,7 @@ async fn an_older_round_never_overwrites_a_newer_one() {
     let later = verdict(url, false, None);
     assert_eq!(
         stack
-            .store
+            .store()
             .record_check(&later, newer_at + Duration::from_secs(1))
             .await
             .unwrap(),
@@ -386,7 +394,10 @@ async fn rows_with_nothing_new_are_not_rewritten_until_their_refresh_is_due() {
     a.mine(20).unwrap();
     stack.add(&leader.url(), true).await;
     stack.add(&a.url(), false).await;
-    let checker = stack.checker().probe_timeout(Duration::from_millis(1500)).build();
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .build();
 
     let first = checker.run_round().await.unwrap();
     assert_eq!((first.written, first.unchanged), (2, 0), "{first:?}");

@@ -52,7 +52,7 @@ async fn render_case(stack: &TestStack, renderer: &ConfigRenderer, request_id: &
     assert_eq!(summary.key, key);
     let text = String::from_utf8(
         stack
-            .bucket
+            .bucket()
             .get(&key)
             .await
             .unwrap()
@@ -61,7 +61,12 @@ async fn render_case(stack: &TestStack, renderer: &ConfigRenderer, request_id: &
     .unwrap();
     assert_eq!(summary.sha256, hex::encode(Sha256::digest(text.as_bytes())));
 
-    let pointer = stack.bucket().read_pointer().await.unwrap().expect("pointer");
+    let pointer = stack
+        .bucket()
+        .read_pointer()
+        .await
+        .unwrap()
+        .expect("pointer");
     assert_eq!(pointer.key, key);
     assert_eq!(pointer.sha256, summary.sha256);
     let plan = RoutingPlan::from_backends(&stack.store().scan_all().await.unwrap());
@@ -96,7 +101,7 @@ async fn each_case_is_published_and_passes_nginx_t() {
     assert!(!again.written);
     assert_eq!(again.key, "case-404_nginx.conf");
     assert!(stack
-        .bucket
+        .bucket()
         .head("case-404-again_nginx.conf")
         .await
         .unwrap()
@@ -108,7 +113,7 @@ async fn each_case_is_published_and_passes_nginx_t() {
         .unwrap();
     assert!(forced.written);
     assert!(stack
-        .bucket
+        .bucket()
         .head("case-404-forced_nginx.conf")
         .await
         .unwrap()
@@ -249,7 +254,9 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
 
     // The health checker makes them healthy, then the renderer renders.
     let summary = stack
-        .checker(Duration::from_secs(2))
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build()
         .run_round()
         .await
         .unwrap();

@@ -103,5 +103,8 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("[wait] {what}: after {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[wait] {what}: after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

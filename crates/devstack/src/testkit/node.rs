@@ -299,7 +299,11 @@ async fn answer(State(state): State<Shared>, uri: Uri, request: Bytes) -> Respon
         ["endless"] => reply(
             200,
             "application/json",
-            paced(Bytes::from_static(b"          "), 1200, Duration::from_millis(25)),
+            paced(
+                Bytes::from_static(b"          "),
+                1200,
+                Duration::from_millis(25),
+            ),
         ),
         ["huge-length"] => {
             let block = Bytes::from(vec![b' '; 64 * 1024]);

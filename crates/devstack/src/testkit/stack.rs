@@ -154,7 +154,9 @@ impl TestStack {
 
     /// The clients of the code under test: through the fault proxies when there are some.
     pub fn clients(&self) -> &Clients {
-        self.faults.as_ref().map_or(&self.aws, |faults| &faults.clients)
+        self.faults
+            .as_ref()
+            .map_or(&self.aws, |faults| &faults.clients)
     }
 
     /// The table, straight to moto.

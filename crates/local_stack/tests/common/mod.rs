@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use local_stack::stack::{LocalStack, StackOptions};
 use devstack::testkit::wait_until;
+use local_stack::stack::{LocalStack, StackOptions};
 use serde_json::{json, Value};
 
 /// An address whose balance tells which node answered (set per node with `anvil_setBalance`).
