@@ -74,11 +74,17 @@ def main():
     # and the service must agree.
     port = config.get("nginx_listen_port", 80)
     socket_dir = config.get("nginx_socket_dir", "/var/run/jsonrpc-proxy")
+    clients_table = f"{stack}-clients"
     functions = {
         "add_backend": ("AddBackendRole", {"DYNAMODB_TABLE": stack}),
         "list_backends": ("ListBackendsRole", {"DYNAMODB_TABLE": stack}),
         "remove_backend": ("RemoveBackendRole", {
             "DYNAMODB_TABLE": stack, "CONFIG_RENDERER_FUNCTION": renderer}),
+        "add_client": ("AddClientRole", {
+            "DYNAMODB_CLIENTS_TABLE": clients_table, "CONFIG_RENDERER_FUNCTION": renderer}),
+        "list_clients": ("ListClientsRole", {"DYNAMODB_CLIENTS_TABLE": clients_table}),
+        "remove_client": ("RemoveClientRole", {
+            "DYNAMODB_CLIENTS_TABLE": clients_table, "CONFIG_RENDERER_FUNCTION": renderer}),
         "health_checker": ("HealthCheckerRole", {
             "DYNAMODB_TABLE": stack,
             "STACK_NAME": stack,
@@ -96,6 +102,7 @@ def main():
         }),
         "config_renderer": ("ConfigRendererRole", {
             "DYNAMODB_TABLE": stack,
+            "DYNAMODB_CLIENTS_TABLE": clients_table,
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
             "NGINX_LISTEN_PORT": str(port),
             "NGINX_SOCKET_DIR": socket_dir,
@@ -190,6 +197,11 @@ def main():
         "ListBackendsRole": {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Scan"},
         "RemoveBackendRole": {"logs:CreateLogStream", "logs:PutLogEvents",
                               "dynamodb:DeleteItem", "lambda:InvokeFunction"},
+        "AddClientRole": {"logs:CreateLogStream", "logs:PutLogEvents",
+                          "dynamodb:PutItem", "lambda:InvokeFunction"},
+        "ListClientsRole": {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Scan"},
+        "RemoveClientRole": {"logs:CreateLogStream", "logs:PutLogEvents",
+                             "dynamodb:DeleteItem", "lambda:InvokeFunction"},
         "HealthCheckerRole": {"logs:CreateLogStream", "logs:PutLogEvents",
                               "dynamodb:Scan", "dynamodb:UpdateItem", "s3:GetObject",
                               "s3:ListBucket", "lambda:InvokeFunction",
@@ -207,6 +219,15 @@ def main():
         "SlackNotifierRole": {"logs:CreateLogStream", "logs:PutLogEvents"},
         "NginxTaskRole": {"s3:GetObject", "s3:ListBucket", "cloudwatch:PutMetricData"},
     }
+    # The tables each role may reach (client keys are for the client functions and the
+    # renderer only).
+    tables = {
+        "AddBackendRole": {"BackendsTable"}, "ListBackendsRole": {"BackendsTable"},
+        "RemoveBackendRole": {"BackendsTable"}, "HealthCheckerRole": {"BackendsTable"},
+        "AddClientRole": {"ClientsTable"}, "ListClientsRole": {"ClientsTable"},
+        "RemoveClientRole": {"ClientsTable"},
+        "ConfigRendererRole": {"BackendsTable", "ClientsTable"},
+    }
     roles = [n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
     check(sorted(roles) == sorted(expected_actions),
           f"roles {sorted(roles)} != {sorted(expected_actions)} (no shared default role)")
@@ -216,6 +237,7 @@ def main():
         statements = [s for p in role.get("Policies", [])
                       for s in p["PolicyDocument"]["Statement"]]
         granted = set()
+        reached = set()
         for statement in statements:
             check(statement["Effect"] == "Allow", f"{role_name}: only Allow statements")
             statement_actions = as_list(statement["Action"])
@@ -236,8 +258,13 @@ def main():
                     f":log-group:/aws/lambda/{stack}-{function}:*"),
                     f"{role_name}: logs limited to its own log group")
             if any(a.startswith("dynamodb:") for a in statement_actions):
-                check(statement["Resource"] == {"Fn::GetAtt": ["BackendsTable", "Arn"]},
-                      f"{role_name}: table actions on the table only")
+                target = statement["Resource"]
+                table_name = (target.get("Fn::GetAtt", [None])[0]
+                              if isinstance(target, dict) else None)
+                check(table_name in tables.get(role_name, set())
+                      and target == {"Fn::GetAtt": [table_name, "Arn"]},
+                      f"{role_name}: table actions on {target}, not one of its own tables")
+                reached.add(table_name)
             if "lambda:InvokeFunction" in statement_actions:
                 check(flatten(statement["Resource"])[0].endswith(f":function:{renderer}"),
                       f"{role_name}: invokes the renderer only")
@@ -250,6 +277,9 @@ def main():
                 check(f"service/${{ClusterName}}/{stack}-nginx" in flatten(statement["Resource"])[0],
                       f"{role_name}: service actions on the stack's service only")
         check(granted == actions, f"{role_name}: actions {sorted(granted)} != {sorted(actions)}")
+        check(reached == tables.get(role_name, set()),
+              f"{role_name}: reaches tables {sorted(reached)}, expected "
+              f"{sorted(tables.get(role_name, set()))}")
 
     # --- Storage, ECS, load balancer -----------------------------------------------------
     table = resource("BackendsTable", "AWS::DynamoDB::Table")
@@ -258,6 +288,17 @@ def main():
     check(table.get("KeySchema") == [{"AttributeName": "url", "KeyType": "HASH"}], "hash key url")
     check(table.get("AttributeDefinitions") == [{"AttributeName": "url", "AttributeType": "S"}],
           "url is a string")
+
+    clients = resource("ClientsTable", "AWS::DynamoDB::Table")
+    check(clients.get("TableName") == clients_table, "clients table is <stack>-clients")
+    check(clients.get("BillingMode") == "PAY_PER_REQUEST", "clients table on-demand billing")
+    check(clients.get("KeySchema") == [{"AttributeName": "name", "KeyType": "HASH"}],
+          "clients table: hash key name")
+    check(clients.get("AttributeDefinitions") == [{"AttributeName": "name", "AttributeType": "S"}],
+          "clients table: name is a string")
+    check(clients.get("SSESpecification") == {"SSEEnabled": True}, "clients table encrypted")
+    check(clients.get("PointInTimeRecoverySpecification")
+          == {"PointInTimeRecoveryEnabled": True}, "clients table point-in-time recovery")
 
     task = resource("NginxTaskDefinition", "AWS::ECS::TaskDefinition")
     check(task.get("NetworkMode") == "bridge", "bridge networking")

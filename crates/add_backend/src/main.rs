@@ -1,9 +1,10 @@
 //! `add_backend` Lambda: stores a backend. Invoke with
-//! `sls invoke -f add_backend -d '{"body":"{\"url\":\"https://...\",\"is_leader\":true}"}'`.
+//! `sls invoke -f add_backend -d '{"body":"{\"url\":\"https://...\",\"is_leader\":true}"}'`
+//! (docs/architecture.md, "Admin functions").
 
-use jsonrpc_proxy::admin::{add_backend, ApiResponse};
+use jsonrpc_proxy::admin::{add_backend, ApiResponse, TableSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use jsonrpc_proxy::settings::{Env, TableSettings};
+use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::store::BackendStore;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::Value;
@@ -13,7 +14,7 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let settings = TableSettings::from_env(&Env::process())?;
     let config = aws_config().await;
-    let store = BackendStore::new(aws_sdk_dynamodb::Client::new(&config), settings.table);
+    let store = BackendStore::new(aws_sdk_dynamodb::Client::new(&config), &settings.table);
     run(service_fn(|event: LambdaEvent<Value>| {
         let store = &store;
         async move {

@@ -18,8 +18,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use devstack::{MetricsRecorder, Moto};
 use futures::stream::{self, StreamExt};
 use jsonrpc_proxy::backend::iso8601;
-use jsonrpc_proxy::health_checker::HealthChecker;
-use jsonrpc_proxy::settings::{Env, HealthCheckSettings};
+use jsonrpc_proxy::health_checker::{HealthChecker, HealthCheckerClients, HealthCheckerSettings};
+use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::store::BackendStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -701,12 +701,18 @@ async fn child_round(nofile: u64) -> ChildReport {
         error: Some(error),
         ..ChildReport::default()
     };
-    let settings = match HealthCheckSettings::from_env(&Env::process()) {
+    let settings = match HealthCheckerSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
         Err(error) => return failed(error.to_string()),
     };
     let config = jsonrpc_proxy::telemetry::aws_config().await;
-    let checker = match HealthChecker::from_settings(&settings, &config) {
+    let clients = HealthCheckerClients {
+        dynamodb: aws_sdk_dynamodb::Client::new(&config),
+        s3: aws_sdk_s3::Client::new(&config),
+        cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+        lambda: aws_sdk_lambda::Client::new(&config),
+    };
+    let checker = match HealthChecker::new(clients, &settings) {
         Ok(checker) => checker,
         Err(error) => return failed(error.to_string()),
     };

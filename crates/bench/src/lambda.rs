@@ -35,6 +35,7 @@ const ALARM_SNS_EVENT: &str =
     include_str!("../../slack_notifier/tests/fixtures/cloudwatch_alarm_sns_event.json");
 
 const TABLE: &str = "lambda-bench";
+const CLIENTS_TABLE: &str = "lambda-bench-clients";
 const BUCKET: &str = "lambda-bench-config";
 const STACK: &str = "lambda-bench";
 /// Longest one invocation may take.
@@ -270,6 +271,7 @@ impl Rig {
             .await
             .map_err(|e| format!("starting the Slack stand-in: {e}"))?;
         let sdk = moto.sdk_config().await;
+        create_clients_table(&aws_sdk_dynamodb::Client::new(&sdk)).await?;
         let store =
             jsonrpc_proxy::store::BackendStore::new(aws_sdk_dynamodb::Client::new(&sdk), TABLE);
         let now = time::OffsetDateTime::now_utc();
@@ -284,6 +286,7 @@ impl Rig {
         let mut env = devstack::aws_env(&moto.endpoint(), &recorder.endpoint());
         let function_env: Vec<(String, String)> = [
             ("DYNAMODB_TABLE", TABLE.to_owned()),
+            ("DYNAMODB_CLIENTS_TABLE", CLIENTS_TABLE.to_owned()),
             ("STACK_NAME", STACK.to_owned()),
             ("CLOUDWATCH_NAMESPACE", STACK.to_owned()),
             ("NGINX_CONFIG_BUCKET_NAME", BUCKET.to_owned()),
@@ -321,6 +324,10 @@ impl Rig {
             }
             "remove_backend" => json!({"body": json!({"url": url}).to_string()}),
             "list_backends" => json!({}),
+            "add_client" | "remove_client" => {
+                json!({"body": json!({"name": format!("bench-{index}")}).to_string()})
+            }
+            "list_clients" => json!({}),
             "health_checker" => scheduled_event(&format!(
                 "arn:aws:events:{}:123456789012:rule/{STACK}-schedule",
                 devstack::TEST_REGION
@@ -349,6 +356,38 @@ impl Rig {
             other => return Err(format!("no event for {other}")),
         })
     }
+}
+
+/// The clients table as serverless.yml creates it: hash key `name` (S), on-demand.
+async fn create_clients_table(client: &aws_sdk_dynamodb::Client) -> Result<(), String> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let definition = AttributeDefinition::builder()
+        .attribute_name("name")
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let key = KeySchemaElement::builder()
+        .attribute_name("name")
+        .key_type(KeyType::Hash)
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .create_table()
+        .table_name(CLIENTS_TABLE)
+        .attribute_definitions(definition)
+        .key_schema(key)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "DynamoDB CreateTable: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
 }
 
 /// A kept directory for the functions' output when `BENCH_KEEP_LOGS` is set.
@@ -487,7 +526,8 @@ pub async fn run(options: &LambdaOptions) -> Result<LambdaReport, String> {
     let zip_dir = sys::target_dir().join("lambda");
     let bin_dir: PathBuf = sys::exe_dir();
     let mut rows = Vec::new();
-    // serverless.yml's order: add_backend before remove_backend, which removes what it added.
+    // serverless.yml's order: add_backend before remove_backend, which removes what it added
+    // (and add_client before remove_client).
     for function in devstack::functions().map_err(|e| e.to_string())? {
         let function = function.as_str();
         eprintln!("[bench] lambda: {function}");

@@ -2,14 +2,16 @@
 //!
 //! 1. **fanout**: one health-check round against 1 to 10 000 fake nodes (and 10 % hanging),
 //!    in a child process: wall time, phases, peak RSS, DynamoDB and CloudWatch calls, verdicts.
-//! 2. **proxy**: wrk through the rendered nginx configuration, the original's style and
-//!    straight to anvil; a node killed under load behind each configuration.
+//! 2. **proxy**: wrk straight to anvil, through the rendered nginx configuration, the
+//!    original's style and a peer (blutgang), interleaved round by round, for an uncacheable
+//!    call, a cacheable one and a batch; a node killed under load behind each of them.
 //! 3. **switch**: node death and lag through the local stack, under client load.
 //! 4. **lambda**: deployment zip sizes, start-up time and peak memory of each function.
 //!
 //! Prints one Markdown report and, with `--out`, writes it between the markers of
 //! `docs/benchmarks.md`. `scripts/bench.sh` builds what is needed and runs everything.
 
+mod blutgang;
 mod count_proxy;
 mod fanout;
 mod lambda;
@@ -34,7 +36,8 @@ const USAGE: &str = "usage: jsonrpc-proxy-bench [options]
   --no-variants        skip the largest size's variants: RLIMIT_NOFILE 1024 (as in Lambda),
                        and nodes that close every connection (as with no client pool)
   --no-steady          only the first round of each fan-out scenario
-  --proxy-seconds N    wrk seconds per configuration (default 10)
+  --proxy-seconds N    wrk seconds per run (default 5)
+  --rounds N           interleaved rounds of the proxy comparison (default 3)
   --connections N      wrk connections (default 32)
   --death-seconds N    client load seconds in the node-death runs (default 6)
   --no-diagnostics     skip the diagnostic nginx variants
@@ -84,7 +87,8 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         variants: true,
         steady: true,
         proxy: proxy::ProxyOptions {
-            seconds: 10,
+            seconds: 5,
+            rounds: 3,
             connections: 32,
             death_seconds: 6,
             diagnostics: true,
@@ -133,6 +137,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--no-variants" => options.variants = false,
             "--no-steady" => options.steady = false,
             "--proxy-seconds" => options.proxy.seconds = number(value()?)?.max(1) as u32,
+            "--rounds" => options.proxy.rounds = number(value()?)?.max(1) as u32,
             "--connections" => options.proxy.connections = number(value()?)?.max(1) as u32,
             "--death-seconds" => options.proxy.death_seconds = number(value()?)?.max(2) as u32,
             "--no-diagnostics" => options.proxy.diagnostics = false,

@@ -1,5 +1,7 @@
-//! Part 2: proxy overhead (wrk against anvil, straight and through nginx), and what a node's
-//! death costs clients of each nginx configuration before any control plane reacts.
+//! Part 2: proxy overhead and a peer. wrk against anvil straight, through our rendered nginx,
+//! through nginx in the original's style and through blutgang, interleaved round by round, for
+//! three workloads (an uncacheable call, a cacheable one, a 10-call batch); then what a node's
+//! death costs clients of each, before any control plane reacts.
 //!
 //! nginx runs with a main configuration like the official `nginx:stable` image's (the one
 //! `docker/Dockerfile` builds on): `worker_processes auto`, `worker_connections 1024`, the
@@ -15,28 +17,134 @@ use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{render_with, Layering, RenderOptions};
+use jsonrpc_proxy::nginx::{render, RenderOptions};
 use jsonrpc_proxy::routing::{RouteTarget, RoutingPlan};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
+use crate::blutgang::{self, Blutgang};
 use crate::sys;
 
-/// The request every benchmark sends.
-pub const BLOCK_NUMBER: &str = r#"{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}"#;
+/// An address with a balance on every fresh anvil (its first dev account).
+const ACCOUNT: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
 
-/// wrk's script: POST [`BLOCK_NUMBER`], print a JSON summary line prefixed `BENCH `.
-const WRK_SCRIPT: &str = r#"wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}'
+/// What the clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Workload {
+    /// `eth_blockNumber`: changes with every block, so no proxy may cache it.
+    BlockNumber,
+    /// `eth_chainId`: never changes, so a caching proxy may answer it itself.
+    ChainId,
+    /// One POST holding 10 calls (a JSON-RPC batch), some cacheable, some not.
+    Batch,
+}
+
+impl Workload {
+    /// Every workload, in the order they are run and reported.
+    pub const ALL: [Workload; 3] = [Self::BlockNumber, Self::ChainId, Self::Batch];
+
+    /// How the report names it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::BlockNumber => "`eth_blockNumber` (not cacheable)",
+            Self::ChainId => "`eth_chainId` (cacheable)",
+            Self::Batch => "a batch of 10 calls in one POST",
+        }
+    }
+
+    /// Its name in one word or two, for the goals table.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::BlockNumber => "eth_blockNumber",
+            Self::ChainId => "eth_chainId",
+            Self::Batch => "10-call batch",
+        }
+    }
+
+    /// The request body.
+    pub fn body(self) -> String {
+        let call = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        match self {
+            Self::BlockNumber => call(1, "eth_blockNumber", json!([])).to_string(),
+            Self::ChainId => call(1, "eth_chainId", json!([])).to_string(),
+            Self::Batch => Value::Array(vec![
+                call(1, "eth_chainId", json!([])),
+                call(2, "net_version", json!([])),
+                call(3, "eth_blockNumber", json!([])),
+                call(4, "eth_gasPrice", json!([])),
+                call(5, "eth_getBalance", json!([ACCOUNT, "latest"])),
+                call(6, "eth_getTransactionCount", json!([ACCOUNT, "latest"])),
+                call(7, "eth_getCode", json!([ACCOUNT, "latest"])),
+                call(8, "eth_getBlockByNumber", json!(["0x0", false])),
+                call(9, "eth_getBalance", json!([ACCOUNT, "0x0"])),
+                call(10, "eth_getStorageAt", json!([ACCOUNT, "0x0", "0x0"])),
+            ])
+            .to_string(),
+        }
+    }
+
+    /// Whether `answer` is a right answer to [`Self::body`]: a result for every call, under
+    /// its id.
+    pub fn check(self, answer: &[u8]) -> Result<(), String> {
+        let value: Value = serde_json::from_slice(answer).map_err(|_| {
+            format!(
+                "not JSON: {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(80)])
+            )
+        })?;
+        let one = |value: &Value, id: u64| -> Result<(), String> {
+            if value.get("id") != Some(&json!(id)) {
+                return Err(format!("id {:?} instead of {id}", value.get("id")));
+            }
+            match (value.get("result"), value.get("error")) {
+                (Some(_), None) => Ok(()),
+                (_, Some(error)) => Err(format!("error {error}")),
+                (None, None) => Err("no result".into()),
+            }
+        };
+        match self {
+            Self::BlockNumber | Self::ChainId => one(&value, 1),
+            Self::Batch => {
+                let calls = value
+                    .as_array()
+                    .ok_or_else(|| "a batch answered by something else than an array".to_owned())?;
+                if calls.len() != 10 {
+                    return Err(format!("{} answers to 10 calls", calls.len()));
+                }
+                // A batch's answers may come in any order.
+                let mut ids: Vec<u64> = calls
+                    .iter()
+                    .filter_map(|c| c.get("id").and_then(Value::as_u64))
+                    .collect();
+                ids.sort_unstable();
+                if ids != (1..=10).collect::<Vec<_>>() {
+                    return Err(format!("answer ids {ids:?}"));
+                }
+                calls
+                    .iter()
+                    .try_for_each(|c| one(c, c.get("id").and_then(Value::as_u64).unwrap_or(0)))
+            }
+        }
+    }
+}
+
+/// wrk's script: POST `body`, print a JSON summary line prefixed `BENCH `.
+fn wrk_script(body: &str) -> String {
+    format!(
+        r#"wrk.method = "POST"
+wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'BENCH {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    'BENCH {{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
-"#;
+"#
+    )
+}
 
 /// What wrk reported.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,7 +189,7 @@ impl WrkResult {
     }
 }
 
-/// Parses wrk's output: the `BENCH {...}` line of [`WRK_SCRIPT`].
+/// Parses wrk's output: the `BENCH {...}` line of [`wrk_script`].
 pub fn parse_wrk(output: &str) -> Option<WrkResult> {
     output
         .lines()
@@ -89,16 +197,130 @@ pub fn parse_wrk(output: &str) -> Option<WrkResult> {
         .and_then(|json| serde_json::from_str(json).ok())
 }
 
-/// One measured configuration.
+/// Who answers the clients in a compared row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Role {
+    /// The node itself, no proxy.
+    Direct,
+    /// nginx with our rendered configuration.
+    Ours,
+    /// nginx in the original's style.
+    Original,
+    /// Another JSON-RPC proxy (blutgang).
+    Peer,
+}
+
+/// One wrk run of a compared row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    /// wrk's figures.
+    pub wrk: WrkResult,
+    /// CPU time of the proxy's processes per request, µs; `None` without a proxy.
+    pub cpu_us: Option<f64>,
+}
+
+/// One path of the interleaved comparison, over every round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparedRow {
+    /// What was measured.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// One run per round, in order.
+    pub runs: Vec<Run>,
+    /// Spot check of the answers before the rounds: how many of [`SPOT_CHECKS`] were wrong,
+    /// and the first wrong one.
+    pub wrong_answers: u32,
+    /// The first wrong answer, if any.
+    pub wrong_answer: Option<String>,
+    /// Why the row was not measured (the peer not installed, every answer wrong).
+    pub not_run: Option<String>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+impl ComparedRow {
+    /// Median requests/s over the rounds.
+    pub fn rps(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.wrk.rps()).collect())
+    }
+
+    /// Lowest and highest requests/s of the rounds.
+    pub fn rps_range(&self) -> (f64, f64) {
+        let rates = self.runs.iter().map(|r| r.wrk.rps());
+        (
+            rates.clone().fold(f64::INFINITY, f64::min),
+            rates.fold(0.0, f64::max),
+        )
+    }
+
+    /// Median p50 over the rounds, ms.
+    pub fn p50_ms(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.wrk.p50_us as f64).collect()) / 1000.0
+    }
+
+    /// Median p99 over the rounds, ms.
+    pub fn p99_ms(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.wrk.p99_us as f64).collect()) / 1000.0
+    }
+
+    /// Errors of every round.
+    pub fn errors(&self) -> u64 {
+        self.runs.iter().map(|r| r.wrk.errors()).sum()
+    }
+
+    /// Median CPU per request of the proxy, µs; `None` without a proxy.
+    pub fn cpu_us(&self) -> Option<f64> {
+        let cpu: Vec<f64> = self.runs.iter().filter_map(|r| r.cpu_us).collect();
+        (!cpu.is_empty()).then(|| median(cpu))
+    }
+
+    /// Whether it was measured and answered right.
+    pub fn valid(&self) -> bool {
+        self.not_run.is_none() && !self.runs.is_empty() && self.wrong_answers == 0
+    }
+}
+
+/// Requests sent through each path, with a check of each answer, before its rounds.
+pub const SPOT_CHECKS: u32 = 5;
+
+/// The interleaved comparison of one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// What the clients sent.
+    pub workload: Workload,
+    /// One row per path, in the order each round runs them.
+    pub rows: Vec<ComparedRow>,
+}
+
+impl Comparison {
+    /// The row of `role`.
+    pub fn row(&self, role: Role) -> Option<&ComparedRow> {
+        self.rows.iter().find(|r| r.role == role)
+    }
+}
+
+/// One diagnostic configuration, measured once with `eth_blockNumber`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyRow {
     /// What was measured.
     pub name: String,
-    /// nginx worker processes (0: no nginx).
+    /// nginx worker processes (0: auto).
     pub workers: u32,
     /// wrk's figures.
     pub wrk: WrkResult,
-    /// nginx CPU time (all its processes) per request, µs; 0 without nginx.
+    /// nginx CPU time (all its processes) per request, µs.
     pub nginx_cpu_us: f64,
 }
 
@@ -107,38 +329,62 @@ pub struct ProxyRow {
 pub struct DeathRow {
     /// The configuration.
     pub name: String,
+    /// Its role.
+    pub role: Role,
     /// Requests sent.
     pub requests: u64,
-    /// Requests that failed (transport error or a status other than 200).
+    /// Requests that failed (transport error, a status other than 200, or an answer without
+    /// a result).
     pub errors: u64,
     /// Slowest request, ms.
     pub max_ms: f64,
     /// Seconds of load after the kill.
     pub after_kill_secs: f64,
+    /// Why it was not run.
+    pub not_run: Option<String>,
 }
 
 /// Everything part 2 measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyReport {
-    /// wrk rows; the first is the direct one.
-    pub rows: Vec<ProxyRow>,
+    /// One interleaved comparison per workload.
+    pub comparisons: Vec<Comparison>,
+    /// Diagnostic nginx variants, one run each, `eth_blockNumber`.
+    pub diagnostics: Vec<ProxyRow>,
     /// Node death rows.
     pub deaths: Vec<DeathRow>,
     /// wrk connections.
     pub connections: u32,
-    /// wrk seconds per row.
+    /// wrk seconds per run.
     pub seconds: u32,
+    /// Rounds of the comparison.
+    pub rounds: u32,
     /// nginx version.
     pub nginx_version: String,
     /// wrk version.
     pub wrk_version: String,
+    /// The peer's version (`blutgang 0.3.6`), or why it is missing.
+    pub peer_version: Result<String, String>,
+    /// Load averages when part 2 started.
+    pub load_before: Option<(f64, f64, f64)>,
+    /// Load averages when it ended.
+    pub load_after: Option<(f64, f64, f64)>,
+}
+
+impl ProxyReport {
+    /// The comparison of `workload`.
+    pub fn comparison(&self, workload: Workload) -> Option<&Comparison> {
+        self.comparisons.iter().find(|c| c.workload == workload)
+    }
 }
 
 /// How part 2 runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyOptions {
-    /// wrk seconds per configuration.
+    /// wrk seconds per run.
     pub seconds: u32,
+    /// Rounds of the interleaved comparison (each path runs once per round).
+    pub rounds: u32,
     /// wrk connections.
     pub connections: u32,
     /// Seconds of client load in each node-death run.
@@ -312,14 +558,14 @@ fn version_of(program: &str, arg: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Runs wrk against `url`.
-pub fn run_wrk(url: &str, seconds: u32, connections: u32) -> Result<WrkResult, String> {
+/// Runs wrk against `url`, POSTing `body`.
+pub fn run_wrk(url: &str, body: &str, seconds: u32, connections: u32) -> Result<WrkResult, String> {
     let mut script = tempfile::Builder::new()
         .prefix("bench-wrk-")
         .suffix(".lua")
         .tempfile()
         .map_err(|e| format!("creating the wrk script: {e}"))?;
-    std::io::Write::write_all(&mut script, WRK_SCRIPT.as_bytes())
+    std::io::Write::write_all(&mut script, wrk_script(body).as_bytes())
         .map_err(|e| format!("writing the wrk script: {e}"))?;
     let threads = std::thread::available_parallelism()
         .map(usize::from)
@@ -347,17 +593,12 @@ pub fn run_wrk(url: &str, seconds: u32, connections: u32) -> Result<WrkResult, S
     })
 }
 
-/// The rendered configuration for two nodes with the leader as backup. With
-/// [`Layering::DirectWherePossible`] (what is deployed) plain `http://host:port` nodes such as
-/// anvil's are direct members of the public upstream; [`Layering::InternalForAll`] renders
-/// every backend through its internal server, the two-layer configuration from before, for
-/// comparison.
+/// The rendered configuration (what is deployed) for `nodes` with `leader` as backup.
 pub fn ours_fragment(
     port: u16,
     socket_dir: &Path,
     nodes: &[String],
     leader: &str,
-    layering: Layering,
 ) -> Result<String, String> {
     let target = |url: &str, is_leader| {
         BackendUrl::parse(url)
@@ -377,7 +618,14 @@ pub fn ours_fragment(
         ..RenderOptions::default()
     };
     options.validate().map_err(|e| e.to_string())?;
-    Ok(render_with(&plan, &options, layering))
+    Ok(render(&plan, &options))
+}
+
+/// A node's URL with an empty query: the same node, but no longer a plain `http://host:port`
+/// URL, so the renderer reaches it through its internal server, as it does a provider's keyed
+/// URL.
+pub fn through_internal_server(url: &str) -> String {
+    format!("{}/?", url.trim_end_matches('/'))
 }
 
 /// The original's load-balanced case: an `upstream` of `host:port`s, no keepalive, retries on
@@ -420,123 +668,375 @@ fn with_buffered_access_log(fragment: &str) -> String {
     )
 }
 
-struct Case {
-    name: &'static str,
-    fragment: String,
-    workers: u32,
+/// What answers the clients of one path.
+enum Server {
+    /// The node itself.
+    Node,
+    Nginx(BenchNginx),
+    Blutgang(Blutgang),
+}
+
+impl Server {
+    /// CPU seconds of the proxy so far; `None` without a proxy.
+    fn cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Self::Node => None,
+            Self::Nginx(nginx) => Some(nginx.cpu_seconds()),
+            Self::Blutgang(blutgang) => Some(blutgang.cpu_seconds()),
+        }
+    }
+}
+
+/// One path of the comparison, running (or why not).
+struct Contender {
+    name: String,
+    role: Role,
+    url: String,
+    server: Result<Server, String>,
+}
+
+/// The nodes and what part 2 knows of them.
+struct Nodes {
+    leader: Anvil,
+    a: Anvil,
+    b: Anvil,
+    /// A fresh directory name for each nginx's sockets.
+    socket_dirs: u32,
+}
+
+impl Nodes {
+    fn urls(&self) -> Vec<String> {
+        vec![self.a.url(), self.b.url()]
+    }
+
+    fn ports(&self) -> [u16; 2] {
+        [self.a.port(), self.b.port()]
+    }
+
+    fn socket_dir(&mut self) -> PathBuf {
+        self.socket_dirs += 1;
+        PathBuf::from(format!(
+            "/tmp/jrp-bench-{}-{}",
+            std::process::id(),
+            self.socket_dirs
+        ))
+    }
+
+    /// nginx running our rendered configuration on `port`.
+    fn ours(&mut self, port: u16, workers: u32, buffered_log: bool) -> Result<BenchNginx, String> {
+        let dir = self.socket_dir();
+        let mut fragment = ours_fragment(port, &dir, &self.urls(), &self.leader.url())?;
+        if buffered_log {
+            fragment = with_buffered_access_log(&fragment);
+        }
+        BenchNginx::start(&fragment, workers, port, &dir)
+    }
+
+    /// Our rendered configuration with every node behind its internal server.
+    fn ours_internal(&mut self, port: u16) -> Result<BenchNginx, String> {
+        let dir = self.socket_dir();
+        let nodes: Vec<String> = self
+            .urls()
+            .iter()
+            .map(|u| through_internal_server(u))
+            .collect();
+        let leader = through_internal_server(&self.leader.url());
+        let fragment = ours_fragment(port, &dir, &nodes, &leader)?;
+        BenchNginx::start(&fragment, 0, port, &dir)
+    }
+
+    /// nginx in the original's style on `port`.
+    fn original(&mut self, port: u16, keepalive: bool) -> Result<BenchNginx, String> {
+        let dir = self.socket_dir();
+        BenchNginx::start(
+            &original_fragment(port, &self.ports(), keepalive),
+            0,
+            port,
+            &dir,
+        )
+    }
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn free_port() -> Result<u16, String> {
+    devstack::free_port().map_err(|e| e.to_string())
+}
+
+/// Sends `workload` to `url` [`SPOT_CHECKS`] times; returns how many answers were wrong and
+/// the first wrong one.
+async fn spot_check(
+    client: &reqwest::Client,
+    url: &str,
+    workload: Workload,
+) -> (u32, Option<String>) {
+    let body = workload.body();
+    let mut wrong = 0;
+    let mut first = None;
+    for _ in 0..SPOT_CHECKS {
+        let answer = match client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status();
+                match response.bytes().await {
+                    Ok(bytes) if status == reqwest::StatusCode::OK => workload.check(&bytes),
+                    Ok(bytes) => Err(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                    )),
+                    Err(error) => Err(format!("reading the answer: {error}")),
+                }
+            }
+            Err(error) => Err(format!("{error}{}", source_chain(&error))),
+        };
+        if let Err(error) = answer {
+            wrong += 1;
+            first.get_or_insert(error);
+        }
+    }
+    (wrong, first)
+}
+
+/// `: cause: cause…` of an error, reqwest's own message being vague.
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    out
+}
+
+/// The interleaved comparison of one workload: every path once per round, in order.
+async fn compare(
+    contenders: &[Contender],
+    workload: Workload,
+    options: &ProxyOptions,
+) -> Result<Comparison, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for contender in contenders {
+        let mut row = ComparedRow {
+            name: contender.name.clone(),
+            role: contender.role,
+            runs: Vec::new(),
+            wrong_answers: 0,
+            wrong_answer: None,
+            not_run: contender.server.as_ref().err().cloned(),
+        };
+        if row.not_run.is_none() {
+            (row.wrong_answers, row.wrong_answer) =
+                spot_check(&client, &contender.url, workload).await;
+            if row.wrong_answers == SPOT_CHECKS {
+                row.not_run = Some(format!(
+                    "every answer wrong: {}",
+                    row.wrong_answer.clone().unwrap_or_default()
+                ));
+            }
+        }
+        rows.push(row);
+    }
+    let body = workload.body();
+    for round in 1..=options.rounds {
+        for (contender, row) in contenders.iter().zip(rows.iter_mut()) {
+            let Ok(server) = &contender.server else {
+                continue;
+            };
+            if row.not_run.is_some() {
+                continue;
+            }
+            eprintln!(
+                "[bench] proxy: {workload:?}, round {round}/{}: {}",
+                options.rounds, contender.name
+            );
+            let cpu_before = server.cpu_seconds();
+            let wrk =
+                block(|| run_wrk(&contender.url, &body, options.seconds, options.connections))?;
+            let cpu_us = server
+                .cpu_seconds()
+                .zip(cpu_before)
+                .map(|(after, before)| (after - before) * 1e6 / wrk.requests.max(1) as f64);
+            row.runs.push(Run { wrk, cpu_us });
+        }
+    }
+    Ok(Comparison { workload, rows })
 }
 
 /// Runs part 2.
 pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
-    let start_anvil = || {
-        tokio::task::block_in_place(|| Anvil::start(AnvilOptions::default()))
-            .map_err(|e| e.to_string())
+    let load_before = sys::load_average();
+    let start_anvil = || block(|| Anvil::start(AnvilOptions::default())).map_err(|e| e.to_string());
+    let mut nodes = Nodes {
+        leader: start_anvil()?,
+        a: start_anvil()?,
+        b: start_anvil()?,
+        socket_dirs: 0,
     };
-    let leader = start_anvil()?;
-    let mut node_a = start_anvil()?;
-    let node_b = start_anvil()?;
-    let nodes = vec![node_a.url(), node_b.url()];
-    let node_ports = [node_a.port(), node_b.port()];
-    let socket_dir = PathBuf::from(format!("/tmp/jrp-bench-{}", std::process::id()));
+    let blutgang_bin = blutgang::binary();
+    let peer_version = blutgang::version(&blutgang_bin);
+    let peer_name = peer_version.clone().unwrap_or_else(|_| "blutgang".into());
 
-    let port = devstack::free_port().map_err(|e| e.to_string())?;
-    let mut cases = vec![
-        Case {
-            name: "ours (rendered config)",
-            fragment: ours_fragment(
-                port,
-                &socket_dir,
-                &nodes,
-                &leader.url(),
-                Layering::DirectWherePossible,
-            )?,
-            workers: 0,
+    let proxy_url = |port: u16| format!("http://127.0.0.1:{port}/");
+    let (ours_port, original_port, peer_port) = (free_port()?, free_port()?, free_port()?);
+    let mut contenders = vec![
+        Contender {
+            name: "direct to anvil".into(),
+            role: Role::Direct,
+            url: nodes.a.url(),
+            server: Ok(Server::Node),
         },
-        Case {
-            name: "original's style",
-            fragment: original_fragment(port, &node_ports, false),
-            workers: 0,
+        Contender {
+            name: "ours (rendered config)".into(),
+            role: Role::Ours,
+            url: proxy_url(ours_port),
+            server: Ok(Server::Nginx(block(|| nodes.ours(ours_port, 0, false))?)),
+        },
+        Contender {
+            name: "original's style".into(),
+            role: Role::Original,
+            url: proxy_url(original_port),
+            server: Ok(Server::Nginx(block(|| {
+                nodes.original(original_port, false)
+            })?)),
         },
     ];
-    if options.diagnostics {
-        let ours = ours_fragment(
-            port,
-            &socket_dir,
-            &nodes,
-            &leader.url(),
-            Layering::DirectWherePossible,
-        )?;
-        cases.push(Case {
-            name: "diagnostic: original's style + upstream keepalive",
-            fragment: original_fragment(port, &node_ports, true),
-            workers: 0,
-        });
-        cases.push(Case {
-            name: "diagnostic: ours with every backend through the internal layer",
-            fragment: ours_fragment(
-                port,
-                &socket_dir,
-                &nodes,
-                &leader.url(),
-                Layering::InternalForAll,
-            )?,
-            workers: 0,
-        });
-        cases.push(Case {
-            name: "diagnostic: ours, access log buffered",
-            fragment: with_buffered_access_log(&ours),
-            workers: 0,
-        });
-        cases.push(Case {
-            name: "diagnostic: ours, worker_processes 1",
-            fragment: ours,
-            workers: 1,
-        });
-    }
-
-    let mut rows = Vec::new();
-    eprintln!("[bench] proxy: direct to anvil");
-    let direct = tokio::task::block_in_place(|| {
-        run_wrk(&node_a.url(), options.seconds, options.connections)
-    })?;
-    rows.push(ProxyRow {
-        name: "direct to anvil".into(),
-        workers: 0,
-        wrk: direct,
-        nginx_cpu_us: 0.0,
+    let peer = match &peer_version {
+        Ok(_) => {
+            block(|| Blutgang::start(&blutgang_bin, peer_port, &nodes.urls())).map(Server::Blutgang)
+        }
+        Err(error) => Err(error.clone()),
+    };
+    contenders.push(Contender {
+        name: format!("peer: {peer_name}"),
+        role: Role::Peer,
+        url: proxy_url(peer_port),
+        server: peer,
     });
-    let proxy_url = format!("http://127.0.0.1:{port}/");
-    for case in &cases {
-        eprintln!("[bench] proxy: {}", case.name);
-        let nginx = BenchNginx::start(&case.fragment, case.workers, port, &socket_dir)?;
-        let cpu_before = nginx.cpu_seconds();
-        let wrk = tokio::task::block_in_place(|| {
-            run_wrk(&proxy_url, options.seconds, options.connections)
-        })?;
-        let cpu = nginx.cpu_seconds() - cpu_before;
-        drop(nginx);
-        rows.push(ProxyRow {
-            name: case.name.into(),
-            workers: case.workers,
-            nginx_cpu_us: cpu * 1e6 / (wrk.requests.max(1) as f64),
-            wrk,
-        });
+
+    let mut comparisons = Vec::new();
+    for workload in Workload::ALL {
+        comparisons.push(compare(&contenders, workload, options).await?);
+    }
+    drop(contenders);
+
+    let mut diagnostics = Vec::new();
+    if options.diagnostics {
+        type Start = fn(&mut Nodes, u16) -> Result<BenchNginx, String>;
+        let cases: [(&str, u32, Start); 4] = [
+            (
+                "diagnostic: original's style + upstream keepalive",
+                0,
+                |n, port| n.original(port, true),
+            ),
+            (
+                "diagnostic: ours with every node through an internal server (URLs with an empty query)",
+                0,
+                |n, port| n.ours_internal(port),
+            ),
+            (
+                "diagnostic: ours, access log buffered",
+                0,
+                |n, port| n.ours(port, 0, true),
+            ),
+            (
+                "diagnostic: ours, worker_processes 1",
+                1,
+                |n, port| n.ours(port, 1, false),
+            ),
+        ];
+        let body = Workload::BlockNumber.body();
+        for (name, workers, start) in cases {
+            eprintln!("[bench] proxy: {name}");
+            let port = free_port()?;
+            let nginx = block(|| start(&mut nodes, port))?;
+            let cpu_before = nginx.cpu_seconds();
+            let wrk = block(|| {
+                run_wrk(
+                    &proxy_url(port),
+                    &body,
+                    options.seconds,
+                    options.connections,
+                )
+            })?;
+            let cpu = nginx.cpu_seconds() - cpu_before;
+            drop(nginx);
+            diagnostics.push(ProxyRow {
+                name: name.into(),
+                workers,
+                nginx_cpu_us: cpu * 1e6 / (wrk.requests.max(1) as f64),
+                wrk,
+            });
+        }
     }
 
     let mut deaths = Vec::new();
-    for case in cases.iter().take(2) {
-        eprintln!("[bench] node death: {}", case.name);
-        let nginx = BenchNginx::start(&case.fragment, case.workers, port, &socket_dir)?;
-        let row = death_run(case.name, &proxy_url, &mut node_a, options.death_seconds).await;
-        drop(nginx);
-        tokio::task::block_in_place(|| node_a.restart()).map_err(|e| e.to_string())?;
+    for role in [Role::Ours, Role::Original, Role::Peer] {
+        let port = free_port()?;
+        let (name, server) = match role {
+            Role::Ours => (
+                "ours (rendered config)".to_owned(),
+                block(|| nodes.ours(port, 0, false)).map(Server::Nginx),
+            ),
+            Role::Original => (
+                "original's style".to_owned(),
+                block(|| nodes.original(port, false)).map(Server::Nginx),
+            ),
+            Role::Direct | Role::Peer => (
+                format!("peer: {peer_name}"),
+                match &peer_version {
+                    Ok(_) => block(|| Blutgang::start(&blutgang_bin, port, &nodes.urls()))
+                        .map(Server::Blutgang),
+                    Err(error) => Err(error.clone()),
+                },
+            ),
+        };
+        let server = match server {
+            Ok(server) => server,
+            Err(error) if role == Role::Peer => {
+                deaths.push(DeathRow {
+                    name,
+                    role,
+                    requests: 0,
+                    errors: 0,
+                    max_ms: 0.0,
+                    after_kill_secs: 0.0,
+                    not_run: Some(error),
+                });
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        eprintln!("[bench] node death: {name}");
+        let row = death_run(
+            &name,
+            role,
+            &proxy_url(port),
+            &mut nodes.a,
+            options.death_seconds,
+        )
+        .await;
+        drop(server);
+        block(|| nodes.a.restart()).map_err(|e| e.to_string())?;
         deaths.push(row?);
     }
     Ok(ProxyReport {
-        rows,
+        comparisons,
+        diagnostics,
         deaths,
         connections: options.connections,
         seconds: options.seconds,
+        rounds: options.rounds,
         nginx_version: version_of(&nginx_bin().display().to_string(), "-v")
             .trim_start_matches("nginx version: ")
             .to_owned(),
@@ -545,12 +1045,17 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
             .next()
             .unwrap_or("wrk")
             .to_owned(),
+        peer_version,
+        load_before,
+        load_after: sys::load_average(),
     })
 }
 
-/// Client load through `url` (4 connections, back to back); node A is killed after 1 s.
+/// Client load through `url` (4 connections, back to back, `eth_blockNumber`); node A is
+/// killed after 1 s.
 async fn death_run(
     name: &str,
+    role: Role,
     url: &str,
     node: &mut Anvil,
     seconds: u32,
@@ -563,9 +1068,10 @@ async fn death_run(
     let errors = Arc::new(AtomicU64::new(0));
     let max_us = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(u64::from(seconds.max(2)));
+    let body = Workload::BlockNumber.body();
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (client, url) = (client.clone(), url.to_owned());
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
         let (requests, errors, max_us) = (requests.clone(), errors.clone(), max_us.clone());
         workers.push(tokio::spawn(async move {
             // Bounded by the deadline (and by a count, in case time stands still).
@@ -577,13 +1083,16 @@ async fn death_run(
                 let ok = match client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(BLOCK_NUMBER)
+                    .body(body.clone())
                     .send()
                     .await
                 {
                     Ok(response) => {
                         let status = response.status();
-                        response.bytes().await.is_ok() && status == reqwest::StatusCode::OK
+                        response.bytes().await.is_ok_and(|answer| {
+                            status == reqwest::StatusCode::OK
+                                && Workload::BlockNumber.check(&answer).is_ok()
+                        })
                     }
                     Err(_) => false,
                 };
@@ -598,16 +1107,18 @@ async fn death_run(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
-    tokio::task::block_in_place(|| node.stop());
+    block(|| node.stop());
     for worker in workers {
         let _ = worker.await;
     }
     Ok(DeathRow {
         name: name.to_owned(),
+        role,
         requests: requests.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         max_ms: max_us.load(Ordering::Relaxed) as f64 / 1000.0,
         after_kill_secs: killed.elapsed().as_secs_f64(),
+        not_run: None,
     })
 }
 
@@ -627,6 +1138,83 @@ mod tests {
     }
 
     #[test]
+    fn the_wrk_script_posts_the_body_verbatim() {
+        for workload in Workload::ALL {
+            let body = workload.body();
+            let script = wrk_script(&body);
+            assert!(script.contains(&format!("wrk.body = [==[{body}]==]\n")));
+            assert!(!body.contains("]==]"));
+        }
+        assert!(wrk_script("{}").contains(r#"'BENCH {"requests":%d,"#));
+    }
+
+    #[test]
+    fn answers_are_checked_call_by_call() {
+        let block = Workload::BlockNumber;
+        assert!(block
+            .check(br#"{"jsonrpc":"2.0","id":1,"result":"0x0"}"#)
+            .is_ok());
+        assert!(block
+            .check(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"x"}}"#)
+            .is_err());
+        assert!(block
+            .check(br#"{"jsonrpc":"2.0","id":2,"result":"0x0"}"#)
+            .is_err());
+        assert!(block
+            .check(b"{code:-32001, message:\"timed out\"}")
+            .is_err());
+        let batch = Workload::Batch;
+        let answers: Vec<Value> = (1..=10)
+            .rev()
+            .map(|id| json!({"jsonrpc": "2.0", "id": id, "result": "0x1"}))
+            .collect();
+        assert!(batch
+            .check(Value::Array(answers.clone()).to_string().as_bytes())
+            .is_ok());
+        assert!(batch
+            .check(Value::Array(answers[1..].to_vec()).to_string().as_bytes())
+            .is_err());
+        let mut one_error = answers;
+        one_error[3] = json!({"jsonrpc": "2.0", "id": 7, "error": {"code": -1, "message": "x"}});
+        assert!(batch
+            .check(Value::Array(one_error).to_string().as_bytes())
+            .is_err());
+        assert!(batch
+            .check(br#"{"jsonrpc":"2.0","id":1,"result":"0x0"}"#)
+            .is_err());
+        let calls: Value = serde_json::from_str(&batch.body()).expect("JSON");
+        assert_eq!(calls.as_array().map(Vec::len), Some(10));
+    }
+
+    #[test]
+    fn the_median_and_spread_of_rounds() {
+        let run = |requests| Run {
+            wrk: WrkResult {
+                requests,
+                duration_us: 1_000_000,
+                p50_us: requests,
+                ..WrkResult::default()
+            },
+            cpu_us: Some(requests as f64),
+        };
+        let row = ComparedRow {
+            name: "x".into(),
+            role: Role::Ours,
+            runs: vec![run(300), run(100), run(200)],
+            wrong_answers: 0,
+            wrong_answer: None,
+            not_run: None,
+        };
+        assert_eq!(row.rps(), 200.0);
+        assert_eq!(row.rps_range(), (100.0, 300.0));
+        assert_eq!(row.p50_ms(), 0.2);
+        assert_eq!(row.cpu_us(), Some(200.0));
+        assert!(row.valid());
+        assert_eq!(median(vec![1.0, 4.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
     fn the_original_style_has_no_keepalive_and_no_post_retries() {
         let conf = original_fragment(8080, &[1, 2], false);
         assert!(conf.contains("server 127.0.0.1:1;"));
@@ -639,33 +1227,28 @@ mod tests {
     }
 
     #[test]
-    fn ours_is_one_layer_for_plain_nodes_unless_every_backend_is_forced_internal() {
+    fn ours_is_one_layer_for_plain_nodes_and_two_for_urls_with_a_query() {
         let nodes = [
             "http://127.0.0.1:1".to_owned(),
             "http://127.0.0.1:2".to_owned(),
         ];
         let dir = Path::new("/tmp/jrp-bench-test");
-        let ours = ours_fragment(
-            8080,
-            dir,
-            &nodes,
-            "http://127.0.0.1:3",
-            Layering::DirectWherePossible,
-        )
-        .expect("rendered");
+        let ours = ours_fragment(8080, dir, &nodes, "http://127.0.0.1:3").expect("rendered");
         assert!(ours.contains("server 127.0.0.1:1 max_fails=1 fail_timeout=10s;"));
         assert!(ours.contains("server 127.0.0.1:3 backup;"));
         assert!(ours.contains("non_idempotent"));
         assert!(!ours.contains("unix:"));
+        let internal: Vec<String> = nodes.iter().map(|u| through_internal_server(u)).collect();
+        assert_eq!(internal[0], "http://127.0.0.1:1/?");
         let two_layers = ours_fragment(
             8080,
             dir,
-            &nodes,
-            "http://127.0.0.1:3",
-            Layering::InternalForAll,
+            &internal,
+            &through_internal_server("http://127.0.0.1:3/"),
         )
         .expect("rendered");
         assert_eq!(two_layers.matches("    listen unix:").count(), 6);
         assert!(two_layers.contains("non_idempotent"));
+        assert!(!two_layers.contains("direct member"));
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::fanout::{FanoutReport, FanoutRow, RoundRun};
 use crate::lambda::LambdaReport;
-use crate::proxy::ProxyReport;
+use crate::proxy::{Comparison, ProxyReport, Role, Workload, SPOT_CHECKS};
 use crate::switch::SwitchReport;
 use crate::sys::Machine;
 
@@ -97,6 +97,17 @@ fn part_heading<'a, T>(
             None
         }
         Some(Ok(results)) => Some(results),
+    }
+}
+
+/// Ours ÷ the peer in requests/s for one workload, or why there is no ratio.
+fn ours_over_peer(comparison: &Comparison) -> String {
+    match (comparison.row(Role::Ours), comparison.row(Role::Peer)) {
+        (Some(ours), Some(peer)) if ours.valid() && peer.valid() && peer.rps() > 0.0 => {
+            format!("{:.2}", ours.rps() / peer.rps())
+        }
+        (_, Some(peer)) if !peer.valid() => "the peer's answers are wrong or missing".to_owned(),
+        _ => "—".to_owned(),
     }
 }
 
@@ -306,11 +317,13 @@ impl Results {
             );
         }
         if let Some(Ok(proxy)) = &self.proxy {
+            let block_number = proxy.comparison(Workload::BlockNumber);
+            let row = |role| block_number.and_then(|c| c.row(role)).filter(|r| r.valid());
             if let (Some(direct), Some(ours), Some(original)) =
-                (proxy.rows.first(), proxy.rows.get(1), proxy.rows.get(2))
+                (row(Role::Direct), row(Role::Ours), row(Role::Original))
             {
-                let ratio = ours.wrk.rps() / direct.wrk.rps().max(1.0);
-                let original_ratio = original.wrk.rps() / direct.wrk.rps().max(1.0);
+                let ratio = ours.rps() / direct.rps().max(1.0);
+                let original_ratio = original.rps() / direct.rps().max(1.0);
                 line(
                     "2",
                     "throughput through nginx / direct (anvil)",
@@ -319,29 +332,57 @@ impl Results {
                     "≥ 0.9",
                     Some(ratio >= 0.9),
                 );
-                let added = (ours.wrk.p50_us as f64 - direct.wrk.p50_us as f64) / 1000.0;
+                let added = ours.p50_ms() - direct.p50_ms();
                 line(
                     "2",
                     "latency added at p50",
                     format!("{added:.2} ms"),
                     &format!(
                         "{:.2} ms (its style, here)",
-                        (original.wrk.p50_us as f64 - direct.wrk.p50_us as f64) / 1000.0
+                        original.p50_ms() - direct.p50_ms()
                     ),
                     "< 1 ms",
                     Some(added < 1.0),
                 );
             }
-            if let (Some(ours), Some(original)) = (proxy.deaths.first(), proxy.deaths.get(1)) {
+            if let Ok(peer) = &proxy.peer_version {
+                let ratios: Vec<String> = proxy
+                    .comparisons
+                    .iter()
+                    .map(|c| format!("{}: {}", c.workload.short(), ours_over_peer(c)))
+                    .collect();
+                line(
+                    "2",
+                    &format!("requests/s, ours ÷ {peer} (same nodes, interleaved rounds)"),
+                    ratios.join("; "),
+                    "—",
+                    "—",
+                    None,
+                );
+            }
+            let death = |role| proxy.deaths.iter().find(|d| d.role == role);
+            if let Some(ours) = death(Role::Ours) {
+                let mut others: Vec<String> = Vec::new();
+                if let Some(original) = death(Role::Original) {
+                    others.push(format!(
+                        "its style, here: {} of {}",
+                        original.errors,
+                        thousands(original.requests)
+                    ));
+                }
+                if let Some(peer) = death(Role::Peer).filter(|d| d.not_run.is_none()) {
+                    others.push(format!(
+                        "{}: {} of {}",
+                        peer.name.trim_start_matches("peer: "),
+                        peer.errors,
+                        thousands(peer.requests)
+                    ));
+                }
                 line(
                     "3",
                     "node killed under load: client errors (nginx alone, before any re-render)",
                     format!("{} of {}", ours.errors, thousands(ours.requests)),
-                    &format!(
-                        "its style, here: {} of {}",
-                        original.errors,
-                        thousands(original.requests)
-                    ),
+                    &others.join("; "),
                     "0",
                     Some(ours.errors == 0),
                 );
@@ -532,52 +573,157 @@ impl Results {
     }
 
     fn proxy_section(&self, out: &mut String) {
-        let Some(proxy) = part_heading(out, "2. Proxy overhead (wrk → nginx → anvil)", &self.proxy)
-        else {
+        let Some(proxy) = part_heading(
+            out,
+            "2. Proxy overhead and a peer (wrk → proxy → anvil)",
+            &self.proxy,
+        ) else {
             return;
+        };
+        let load = |l: Option<(f64, f64, f64)>| {
+            l.map_or("?".to_owned(), |(a, b, c)| format!("{a:.2} {b:.2} {c:.2}"))
+        };
+        let peer = match &proxy.peer_version {
+            Ok(version) => format!("the peer: {version}"),
+            Err(error) => format!("the peer could not run: {error}"),
         };
         let _ = writeln!(
             out,
-            "`eth_blockNumber` POSTs, wrk with {} connections for {} s each, same anvil nodes, \
-             one after the other ({}; {}). nginx with the official image's main configuration \
-             (`worker_processes auto` unless stated).\n",
-            proxy.connections, proxy.seconds, proxy.wrk_version, proxy.nginx_version
+            "wrk with {} connections, {} s per run, {} rounds; each round runs every path once, \
+             in the order of the tables, so that a slow moment of the machine hits all of them. \
+             Figures are medians over the rounds; *spread* is the slowest and the fastest round. \
+             The same anvil nodes behind every proxy ({}; {}; {}). *proxy CPU per request*: CPU \
+             time of the proxy's processes during a run divided by its requests. Before the \
+             rounds, {} requests through each path check the answers (a result under each \
+             call's id). Load average when part 2 started: {}, when it ended: {}.",
+            proxy.connections,
+            proxy.seconds,
+            proxy.rounds,
+            proxy.wrk_version,
+            proxy.nginx_version,
+            peer,
+            SPOT_CHECKS,
+            load(proxy.load_before),
+            load(proxy.load_after),
         );
-        out.push_str("| path | requests/s | vs direct | p50 | p99 | added at p50 | errors | nginx CPU per request |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        let direct = proxy
-            .rows
-            .first()
-            .map(|r| r.wrk.clone())
-            .unwrap_or_default();
-        for row in &proxy.rows {
+        for comparison in &proxy.comparisons {
+            let _ = writeln!(out, "\n#### {}\n", comparison.workload.title());
+            out.push_str("| path | requests/s | spread | vs direct | ours ÷ this | p50 | p99 | added at p50 | errors | proxy CPU per request |\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            let direct = comparison.row(Role::Direct).filter(|r| r.valid());
+            let ours = comparison.row(Role::Ours).filter(|r| r.valid());
+            for row in &comparison.rows {
+                let mut name = row.name.clone();
+                if let Some(reason) = &row.not_run {
+                    let _ = writeln!(
+                        out,
+                        "| {name} | not measured: {} | | | | | | | | |",
+                        reason
+                            .replace('|', "/")
+                            .chars()
+                            .take(160)
+                            .collect::<String>()
+                    );
+                    continue;
+                }
+                if row.wrong_answers > 0 {
+                    name.push_str(&format!(
+                        " ({} of {SPOT_CHECKS} answers wrong: {})",
+                        row.wrong_answers,
+                        row.wrong_answer
+                            .as_deref()
+                            .unwrap_or("")
+                            .replace('|', "/")
+                            .chars()
+                            .take(100)
+                            .collect::<String>()
+                    ));
+                }
+                let (low, high) = row.rps_range();
+                let ratio = |base: Option<&crate::proxy::ComparedRow>, flip: bool| {
+                    base.filter(|_| row.valid() && row.rps() > 0.0).map_or(
+                        "—".to_owned(),
+                        |base| {
+                            let r = if flip {
+                                base.rps() / row.rps()
+                            } else {
+                                row.rps() / base.rps().max(1.0)
+                            };
+                            format!("{r:.2}")
+                        },
+                    )
+                };
+                let _ = writeln!(
+                    out,
+                    "| {name} | {:.0} | {:.0}–{:.0} | {} | {} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+                    row.rps(),
+                    low,
+                    high,
+                    ratio(direct, false),
+                    ratio(ours, true),
+                    row.p50_ms(),
+                    row.p99_ms(),
+                    direct.map_or("—".to_owned(), |d| format!("{:+.2} ms", row.p50_ms() - d.p50_ms())),
+                    row.errors(),
+                    row.cpu_us()
+                        .map_or("—".to_owned(), |us| format!("{us:.1} µs"))
+                );
+            }
+        }
+        if !proxy.diagnostics.is_empty() {
+            let direct = proxy
+                .comparison(Workload::BlockNumber)
+                .and_then(|c| c.row(Role::Direct))
+                .filter(|r| r.valid());
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.2} ms | {:.2} ms | {:+.2} ms | {} | {} |",
-                row.name,
-                row.wrk.rps(),
-                row.wrk.rps() / direct.rps().max(1.0),
-                row.wrk.p50_us as f64 / 1000.0,
-                row.wrk.p99_us as f64 / 1000.0,
-                (row.wrk.p50_us as f64 - direct.p50_us as f64) / 1000.0,
-                row.wrk.errors(),
-                if row.nginx_cpu_us > 0.0 {
-                    format!("{:.1} µs", row.nginx_cpu_us)
-                } else {
-                    "—".to_owned()
-                }
+                "\nDiagnostic nginx variants, one thing changed each, `eth_blockNumber`, one run \
+                 of {} s each after the rounds (*vs direct*: against the direct median above):\n",
+                proxy.seconds
             );
+            out.push_str("| variant | requests/s | vs direct | p50 | p99 | errors | nginx CPU per request |\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            for row in &proxy.diagnostics {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} µs |",
+                    row.name,
+                    row.wrk.rps(),
+                    direct.map_or("—".to_owned(), |d| format!(
+                        "{:.2}",
+                        row.wrk.rps() / d.rps().max(1.0)
+                    )),
+                    row.wrk.p50_us as f64 / 1000.0,
+                    row.wrk.p99_us as f64 / 1000.0,
+                    row.wrk.errors(),
+                    row.nginx_cpu_us
+                );
+            }
         }
         if !proxy.deaths.is_empty() {
             out.push_str(
-                "\nA node killed under load (4 clients back to back, node killed after 1 s; \
-                 nginx alone, no re-render):\n\n",
+                "\nA node killed under load (4 clients back to back, `eth_blockNumber`, node killed \
+                 after 1 s; the proxy alone, no re-render; a request fails on a transport error, \
+                 a status other than 200 or an answer without its result):\n\n",
             );
             out.push_str(
                 "| configuration | requests | failed | slowest | seconds after the kill |\n",
             );
             out.push_str("|---|---:|---:|---:|---:|\n");
             for death in &proxy.deaths {
+                if let Some(reason) = &death.not_run {
+                    let _ = writeln!(
+                        out,
+                        "| {} | not measured: {} | | | |",
+                        death.name,
+                        reason
+                            .replace('|', "/")
+                            .chars()
+                            .take(160)
+                            .collect::<String>()
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {:.1} ms | {:.1} |",

@@ -1,9 +1,5 @@
-//! The admin functions: `add_backend`, `list_backends`, `remove_backend`.
-//!
-//! They take the event `sls invoke -d` sends (`{"body": "<JSON string>"}`, or `body` as an
-//! object) and answer `{"statusCode": N, "body": "<JSON string>"}`. Client mistakes are 4xx
-//! answers with the error body `{"type", "error", "errorClass"}`; nothing is written for
-//! them. The shapes are the compatibility contract (docs/compatibility.md).
+//! The admin functions `add_backend`, `list_backends` and `remove_backend`: their events,
+//! answers and settings. Rationale: docs/architecture.md, "Admin functions".
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -14,6 +10,7 @@ use crate::backend::Backend;
 use crate::backend_url::BackendUrl;
 use crate::json_kind;
 use crate::renderer_trigger::RendererTrigger;
+use crate::settings::{Env, SettingsError};
 use crate::store::{BackendStore, StoreError};
 
 /// Largest request body accepted, in bytes.
@@ -25,7 +22,6 @@ pub struct ApiResponse {
     /// HTTP-style status code.
     #[serde(rename = "statusCode")]
     pub status_code: u16,
-    /// JSON text.
     pub body: String,
 }
 
@@ -61,6 +57,9 @@ pub enum AdminError {
     /// The table failed (500 `error`).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something else of the function's own failed (500 `error`).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The error body of a refused or failed admin call.
@@ -82,6 +81,7 @@ impl AdminError {
             Self::Conflict(_) => (409, "conflict_error", "ConflictError"),
             Self::NotFound(_) => (404, "not_found", "NotFoundError"),
             Self::Store(_) => (500, "error", "StoreError"),
+            Self::Internal(_) => (500, "error", "InternalError"),
         }
     }
 
@@ -96,6 +96,39 @@ impl AdminError {
                 error_class,
             },
         )
+    }
+}
+
+/// Settings of `add_backend` and `list_backends`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSettings {
+    /// `DYNAMODB_TABLE`.
+    pub table: String,
+}
+
+impl TableSettings {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            table: env.required("DYNAMODB_TABLE")?,
+        })
+    }
+}
+
+/// Settings of `remove_backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveBackendSettings {
+    /// `DYNAMODB_TABLE`.
+    pub table: String,
+    /// `CONFIG_RENDERER_FUNCTION`: invoked after a removal.
+    pub renderer_function: String,
+}
+
+impl RemoveBackendSettings {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            table: env.required("DYNAMODB_TABLE")?,
+            renderer_function: env.required("CONFIG_RENDERER_FUNCTION")?,
+        })
     }
 }
 
@@ -299,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_originals_event_and_an_object_body() {
+    fn parses_a_string_body_and_an_object_body() {
         let request = parse_add_request(&add_event(
             r#"{"url":"https://node.example/","is_leader":true}"#,
         ))
@@ -320,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_keep_the_originals_shape() {
+    fn parse_errors_keep_the_compatible_shape() {
         let (status, body) = refused(add_event("{not json"));
         assert_eq!(status, 400);
         assert_eq!(body["type"], "parse_error");
@@ -392,6 +425,27 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"statusCode": 201, "body": "{\"a\":1}"})
+        );
+    }
+
+    #[test]
+    fn settings() {
+        let vars = crate::settings::tests::vars(&[
+            ("DYNAMODB_TABLE", "backends"),
+            ("CONFIG_RENDERER_FUNCTION", "render"),
+        ]);
+        let env = Env::from_fn(|k| vars.get(k).cloned());
+        assert_eq!(TableSettings::from_env(&env).unwrap().table, "backends");
+        let remove = RemoveBackendSettings::from_env(&env).unwrap();
+        assert_eq!(
+            (remove.table.as_str(), remove.renderer_function.as_str()),
+            ("backends", "render")
+        );
+        assert_eq!(
+            RemoveBackendSettings::from_env(&Env::from_fn(|_| None))
+                .unwrap_err()
+                .to_string(),
+            "environment variable DYNAMODB_TABLE is not set"
         );
     }
 }

@@ -1,4 +1,5 @@
 //! The backend record: one item of the DynamoDB table, one Ethereum node behind the proxy.
+//! Its attributes: docs/architecture.md, "Table schema".
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -1,13 +1,5 @@
-//! Validated backend URLs.
-//!
-//! Every URL that enters the system (through `add_backend`, from the table, from the local
-//! stack's command line) goes through [`BackendUrl::parse`]. A URL that passes is safe to put
-//! into an nginx configuration as a bare token and safe to request from the health checker;
-//! one that fails gets a [`UrlError`] that says exactly what is wrong with it.
-//!
-//! URLs often carry secrets (a provider's API key in the path, `user:pass@` credentials), so
-//! anything that is logged, used as a metric dimension or shown in an error goes through
-//! [`BackendUrl::redacted`] instead of the URL itself.
+//! Validated backend URLs ([`BackendUrl::parse`]) and their secret-free form
+//! ([`BackendUrl::redacted`]). Rationale: docs/architecture.md, "Backend URLs".
 
 use std::fmt;
 
@@ -65,7 +57,7 @@ pub enum UrlError {
 
 /// A backend URL that passed validation.
 ///
-/// The original string is kept as given: it is the key of the backend's item in the table.
+/// The string is kept as given: it is the key of the backend's item in the table.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BackendUrl {
     raw: String,

@@ -1,9 +1,5 @@
-//! The S3 adapter: rendered configurations and the pointer to the newest one.
-//!
-//! The renderer writes `<aws_request_id>_nginx.conf` (whose creation triggers the ECS updater)
-//! and then [`POINTER_KEY`], a small JSON record of what was rendered. The health checker
-//! compares that record's plan fingerprint with the plan the table implies, so a render that
-//! was lost is noticed on the next round.
+//! The S3 adapter: rendered configurations and the pointer to the newest one ([`POINTER_KEY`]).
+//! Rationale: docs/architecture.md, "Level-triggered renders".
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
@@ -43,9 +39,7 @@ pub enum BucketError {
     /// The SDK call failed.
     #[error("S3 {operation} of {key:?} failed: {message}")]
     Sdk {
-        /// The operation.
         operation: &'static str,
-        /// The object key.
         key: String,
         /// The SDK's error.
         message: String,
@@ -53,7 +47,6 @@ pub enum BucketError {
     /// An object is not what it should be.
     #[error("S3 object {key:?} is unusable: {problem}")]
     Invalid {
-        /// The object key.
         key: String,
         /// What is wrong.
         problem: String,
@@ -65,7 +58,6 @@ pub enum BucketError {
 pub struct ObjectInfo {
     /// Last-modified time, seconds since the epoch.
     pub last_modified_secs: Option<i64>,
-    /// Size in bytes.
     pub size: Option<i64>,
 }
 

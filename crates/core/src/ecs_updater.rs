@@ -1,25 +1,16 @@
-//! `ecs_updater`: roll the nginx service onto a newly rendered configuration.
-//!
-//! For an S3 `ObjectCreated` event of a `.conf` key: register a new revision of
-//! `TASK_DEFINITION_FAMILY` whose first container has `S3_CONFIG_PATH=s3://bucket/key`, move the
-//! service to it, and deregister the family's revisions older than the one the service ran
-//! before. Duplicate, stale and dangling events change nothing; AWS failures are errors, so
-//! Lambda retries.
-//!
-//! S3 delivers events at least once, out of order and concurrently, and ECS has no
-//! compare-and-set, so two updates may run at once: after its `UpdateService`, an update looks
-//! at the revisions registered since it read the service and, if one of them carries a newer
-//! config, moves the service there (whichever update finishes last, the service ends on the
-//! newest config); and it only deregisters revisions older than the one the service ran when
-//! it started, never the one the service runs when it deregisters.
+//! `ecs_updater`: rolls the nginx service onto a newly rendered configuration, from the S3
+//! event of its creation; and the function's settings. Rationale: docs/architecture.md,
+//! "ECS updater".
 
+use aws_lambda_events::s3::S3Event;
 use aws_sdk_ecs::error::DisplayErrorContext;
 use aws_sdk_ecs::types::{KeyValuePair, TaskDefinition, TaskDefinitionStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::config_bucket::{BucketError, ConfigBucket, NOTIFIED_KEY_SUFFIX};
+use crate::settings::{Env, SettingsError};
 
 /// The environment variable the nginx container reads its configuration location from.
 pub const CONFIG_PATH_VARIABLE: &str = "S3_CONFIG_PATH";
@@ -29,13 +20,12 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// The event is not an S3 notification this function can use.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum S3EventError {
-    /// Not an object with a `Records` list.
+    /// Not an S3 event notification.
     #[error("event is not an S3 notification: {0}")]
     Shape(String),
     /// A key does not decode to a usable S3 key.
     #[error("record {index}: object key is invalid: {problem}")]
     Key {
-        /// Index of the record.
         index: usize,
         /// What is wrong.
         problem: String,
@@ -45,11 +35,9 @@ pub enum S3EventError {
 /// One configuration object named by an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigObject {
-    /// The bucket.
     pub bucket: String,
-    /// The decoded key.
     pub key: String,
-    /// The record's `eventTime`, as given.
+    /// The record's `eventTime` (RFC 3339).
     pub event_time: String,
 }
 
@@ -79,19 +67,13 @@ pub fn decode_s3_key(raw: &str) -> Result<String, String> {
     Ok(key)
 }
 
-/// The configuration objects an event names, in record order; records for other keys or
+/// The configuration objects an S3 event names, in record order; records for other keys or
 /// other event types are left out.
 pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> {
-    let records = event
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| S3EventError::Shape("no \"Records\" list".into()))?;
+    let event = S3Event::deserialize(event).map_err(|e| S3EventError::Shape(e.to_string()))?;
     let mut objects = Vec::new();
-    for (index, record) in records.iter().enumerate() {
-        let event_name = record
-            .get("eventName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    for (index, record) in event.records.into_iter().enumerate() {
+        let event_name = record.event_name.as_deref().unwrap_or("");
         if !event_name.starts_with("ObjectCreated") {
             tracing::info!(
                 index,
@@ -100,33 +82,28 @@ pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> 
             );
             continue;
         }
-        let s3 = record
-            .get("s3")
-            .ok_or_else(|| S3EventError::Shape(format!("record {index} has no \"s3\"")))?;
-        let bucket = s3
-            .pointer("/bucket/name")
-            .and_then(Value::as_str)
+        let bucket = record
+            .s3
+            .bucket
+            .name
             .filter(|b| valid_bucket_name(b))
             .ok_or_else(|| {
                 S3EventError::Shape(format!("record {index} has no valid s3.bucket.name"))
             })?;
-        let raw_key = s3
-            .pointer("/object/key")
-            .and_then(Value::as_str)
-            .ok_or_else(|| S3EventError::Shape(format!("record {index} has no s3.object.key")))?;
-        let key = decode_s3_key(raw_key).map_err(|problem| S3EventError::Key { index, problem })?;
+        let raw_key =
+            record.s3.object.key.ok_or_else(|| {
+                S3EventError::Shape(format!("record {index} has no s3.object.key"))
+            })?;
+        let key =
+            decode_s3_key(&raw_key).map_err(|problem| S3EventError::Key { index, problem })?;
         if !key.ends_with(NOTIFIED_KEY_SUFFIX) {
             tracing::info!(index, key, "ignoring a key that is not a .conf");
             continue;
         }
         objects.push(ConfigObject {
-            bucket: bucket.to_owned(),
+            bucket,
             key,
-            event_time: record
-                .get("eventTime")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
+            event_time: record.event_time.to_rfc3339(),
         });
     }
     Ok(objects)
@@ -155,7 +132,6 @@ pub enum EcsUpdateError {
     /// An ECS call failed.
     #[error("ECS {operation} failed: {message}")]
     Ecs {
-        /// The operation.
         operation: &'static str,
         /// The SDK's error.
         message: String,
@@ -191,26 +167,56 @@ pub struct UpdateSummary {
     pub config: Option<String>,
     /// The revision the service runs now.
     pub task_definition: Option<String>,
-    /// Revisions deregistered.
     pub deregistered: Vec<String>,
+}
+
+/// Settings of `ecs_updater`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsUpdaterSettings {
+    /// `TASK_DEFINITION_FAMILY`.
+    pub family: String,
+    /// `CLUSTER_ARN`.
+    pub cluster: String,
+    /// `ECS_SERVICE`: service name or ARN.
+    pub service: String,
+}
+
+impl EcsUpdaterSettings {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            family: env.required("TASK_DEFINITION_FAMILY")?,
+            cluster: env.required("CLUSTER_ARN")?,
+            service: env.required("ECS_SERVICE")?,
+        })
+    }
 }
 
 /// The updater; build once per process.
 #[derive(Debug, Clone)]
 pub struct EcsUpdater {
-    /// ECS.
     pub ecs: aws_sdk_ecs::Client,
-    /// S3 (buckets come from the events).
     pub s3: aws_sdk_s3::Client,
-    /// `TASK_DEFINITION_FAMILY`.
     pub family: String,
-    /// `CLUSTER_ARN`.
     pub cluster: String,
-    /// `ECS_SERVICE`.
     pub service: String,
 }
 
 impl EcsUpdater {
+    /// An updater for `settings` over its AWS clients.
+    pub fn new(
+        ecs: aws_sdk_ecs::Client,
+        s3: aws_sdk_s3::Client,
+        settings: &EcsUpdaterSettings,
+    ) -> Self {
+        Self {
+            ecs,
+            s3,
+            family: settings.family.clone(),
+            cluster: settings.cluster.clone(),
+            service: settings.service.clone(),
+        }
+    }
+
     /// Handles one S3 event. Of several configuration records, the last one is deployed
     /// (records of one event are in order; older ones would be replaced at once).
     pub async fn handle_event(&self, event: &Value) -> Result<UpdateSummary, EcsUpdateError> {
@@ -524,12 +530,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A record as S3 delivers it (the fields Lambda always sends).
     fn record(name: &str, bucket: &str, key: &str) -> Value {
         json!({
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "eu-west-1",
             "eventName": name,
             "eventTime": "2026-11-24T03:00:00.000Z",
-            "s3": {"bucket": {"name": bucket}, "object": {"key": key}}
+            "userIdentity": {"principalId": "AWS:EXAMPLE"},
+            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": "EXAMPLE"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "config-written",
+                "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+                "object": {"key": key, "size": 42, "sequencer": "0A"}
+            }
         })
+    }
+
+    fn shape_problem(event: &Value) -> String {
+        match config_objects(event) {
+            Err(S3EventError::Shape(problem)) => problem,
+            other => panic!("expected a shape error, got {other:?}"),
+        }
     }
 
     #[test]
@@ -574,6 +599,75 @@ mod tests {
             Err(S3EventError::Key { index: 0, .. })
         ));
         assert_eq!(config_objects(&json!({"Records": []})).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn decodes_url_encoded_keys_of_events() {
+        let event = json!({"Records": [
+            record("ObjectCreated:Put", "cfg-bucket", "dir%2Fcaf%C3%A9+au+lait_nginx.conf"),
+        ]});
+        let objects = config_objects(&event).unwrap();
+        assert_eq!(
+            objects,
+            vec![ConfigObject {
+                bucket: "cfg-bucket".into(),
+                key: "dir/café au lait_nginx.conf".into(),
+                event_time: "2026-11-24T03:00:00+00:00".into(),
+            }]
+        );
+        let event = json!({"Records": [record("ObjectCreated:Put", "cfg-bucket", "a+b.conf%0A")]});
+        assert_eq!(
+            config_objects(&event),
+            Err(S3EventError::Key {
+                index: 0,
+                problem: "key contains a control character".into()
+            })
+        );
+    }
+
+    #[test]
+    fn non_conf_keys_and_other_event_types_give_no_config() {
+        let event = json!({"Records": [
+            record("ObjectCreated:Put", "cfg-bucket", "latest.json"),
+            record("ObjectCreated:Copy", "cfg-bucket", "x_nginx.conf.bak"),
+            record("ObjectRemoved:Delete", "cfg-bucket", "x_nginx.conf"),
+            record("s3:TestEvent", "cfg-bucket", "y_nginx.conf"),
+        ]});
+        assert_eq!(config_objects(&event).unwrap(), vec![]);
+        let event =
+            json!({"Records": [record("ObjectCreated:CompleteMultipartUpload", "b-1", "z.conf")]});
+        assert_eq!(
+            config_objects(&event).unwrap()[0].s3_path(),
+            "s3://b-1/z.conf"
+        );
+    }
+
+    #[test]
+    fn shape_errors_say_what_is_missing() {
+        let problem = shape_problem(&json!({}));
+        assert!(problem.contains("missing field `Records`"), "{problem}");
+        let problem = shape_problem(&json!("text"));
+        assert!(problem.contains("expected struct S3Event"), "{problem}");
+        let mut no_key = record("ObjectCreated:Put", "cfg-bucket", "a.conf");
+        no_key["s3"]["object"] = json!({"size": 1});
+        assert_eq!(
+            shape_problem(&json!({"Records": [no_key]})),
+            "record 0 has no s3.object.key"
+        );
+        let mut no_bucket = record("ObjectCreated:Put", "cfg-bucket", "a.conf");
+        no_bucket["s3"]["bucket"] = json!({});
+        assert_eq!(
+            shape_problem(&json!({"Records": [no_bucket]})),
+            "record 0 has no valid s3.bucket.name"
+        );
+        let mut no_time = record("ObjectCreated:Put", "cfg-bucket", "a.conf");
+        no_time.as_object_mut().unwrap().remove("eventTime");
+        let problem = shape_problem(&json!({"Records": [no_time]}));
+        assert!(problem.contains("eventTime"), "{problem}");
+        assert!(config_objects(&json!({"Records": 1}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("event is not an S3 notification: invalid type: integer `1`"),);
     }
 
     #[test]

@@ -1,33 +1,5 @@
-//! Health evaluation: a pure function from what the probes found (and what the table remembers)
-//! to each backend's verdict.
-//!
-//! One round, in order:
-//!
-//! 1. **Expected chain.** `EXPECTED_CHAIN_ID` when set; else the leader's `eth_chainId` when
-//!    known; else the most common chain id among the answering nodes (a tie goes to the
-//!    smallest id and is reported). A node whose chain id differs is never healthy, whatever
-//!    its height, and its height is not used below. A node whose chain id is unknown (it
-//!    refuses batches or lacks `eth_chainId`) is not held to it.
-//! 2. **Candidates.** Backends that answered a block number, are not on a wrong chain and are
-//!    not syncing (`eth_syncing` answered an object).
-//! 3. **Corroborated head** ([`corroborated_head`]): the highest candidate height `h` such that
-//!    more than half of the candidates are at `h - DIFF_TOLERANCE` or above; exactly half
-//!    suffices when the leader is among them, or when no leader is a candidate. One node
-//!    alone therefore never raises the head above the others (it is *implausibly ahead*),
-//!    one honest node is its own head, and with two candidates the leader breaks the tie.
-//! 4. **Reference.** The leader's height when the leader is a candidate and *current* (at most
-//!    `DIFF_TOLERANCE` behind the head, and not implausibly ahead of it); otherwise the head,
-//!    and a leader that answered but trails the head by more is *stalled*: reported, not
-//!    followed.
-//! 5. **Check.** Per backend, the first that applies: invalid URL, wrong chain, probe failure,
-//!    syncing, implausibly ahead (more than `DIFF_TOLERANCE` above the head), lagging (more
-//!    than `DIFF_TOLERANCE` behind the reference); else the check passes.
-//! 6. **Hysteresis** ([`next_health`]): *hard* failures (invalid URL, connection failed,
-//!    HTTP status, wrong chain, syncing) make a backend unhealthy at once; *soft* failures
-//!    (timeout, unusable answer, lag, implausible height) only after `UNHEALTHY_AFTER`
-//!    consecutive failed checks; an unhealthy backend needs `HEALTHY_AFTER` consecutive passed
-//!    checks to come back. A backend never checked before is healthy on its first pass, so a
-//!    fresh deployment comes up in one round. The leader follows the same rules.
+//! Health evaluation: [`assess`], a pure function from what the probes found (and what the
+//! table remembers) to each backend's verdict. Rationale: docs/architecture.md, "Health model".
 
 use std::collections::BTreeMap;
 
@@ -120,7 +92,6 @@ pub enum ChainSource {
 /// The chain every backend is held to this round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedChain {
-    /// The chain id.
     pub chain_id: u64,
     /// Where it came from.
     pub source: ChainSource,
@@ -134,20 +105,15 @@ pub enum LeaderStatus {
     /// The leader gave no usable height (no answer, wrong chain or syncing).
     Unavailable,
     /// The leader is current: its height is the reference.
-    Current {
-        /// Its height.
-        height: u64,
-    },
+    Current { height: u64 },
     /// The leader trails the corroborated head by more than the tolerance: not followed.
     Stalled {
-        /// Its height.
         height: u64,
         /// Blocks behind the corroborated head.
         behind: u64,
     },
     /// The leader claims a height more than the tolerance above the corroborated head.
     Ahead {
-        /// Its height.
         height: u64,
         /// Blocks ahead of the corroborated head.
         ahead: u64,
@@ -184,30 +150,20 @@ pub enum UnhealthyReason {
     /// The probe got no block number.
     Probe(ProbeFailure),
     /// Its `eth_chainId` is not the expected chain.
-    WrongChain {
-        /// The chain it reported.
-        chain_id: u64,
-        /// The expected chain.
-        expected: u64,
-    },
+    WrongChain { chain_id: u64, expected: u64 },
     /// `eth_syncing` says it is syncing.
     Syncing,
     /// It claims a height far above what the others corroborate.
     ImplausiblyAhead {
-        /// The height it claims.
         block: u64,
         /// Blocks above the corroborated head.
         ahead: u64,
-        /// The corroborated head.
         head: u64,
     },
     /// It answered but trails the reference by more than the tolerance.
     Lagging {
-        /// Blocks behind.
         lag: u64,
-        /// The reference height.
         reference: u64,
-        /// The tolerance in force.
         tolerance: u64,
     },
 }
@@ -326,7 +282,6 @@ pub struct Verdict {
     pub url: String,
     /// Whether it is the leader.
     pub is_leader: bool,
-    /// The new health.
     pub is_healthy: bool,
     /// Whether health changed from what the table held.
     pub health_changed: bool,
@@ -427,17 +382,8 @@ impl RoundAssessment {
 }
 
 /// Whether `verdict` records anything its stored row (`previous`, as the round read it) does
-/// not already say, so that the row must be written this round.
-///
-/// Timing alone is not news: `last_checked` and `response_time_ms` change every round. Nor
-/// is a counter that cannot change a judgement: the hysteresis reads `consecutive_failures`
-/// only while a backend is healthy (is it still tolerated?) and `consecutive_passes` only
-/// while it is unhealthy (has it recovered?), and then only up to `UNHEALTHY_AFTER` /
-/// `HEALTHY_AFTER`. Everything else the write would store is compared: health, reason, last
-/// failure, stored block, chain id, lag. A row never checked always needs its first write.
-/// A skipped row stays a consistent snapshot as of its `last_checked`, and judging the next
-/// round from it gives the same verdicts as judging from a row written every round (a unit
-/// test checks every 6-round sequence of pass, lag, timeout and refusal).
+/// not already say, so that the row must be written this round. Timing alone is not news, nor
+/// is a counter that cannot change a judgement (docs/architecture.md, "News-only row writes").
 pub fn verdict_changes_row(previous: &Backend, verdict: &Verdict, policy: &HealthPolicy) -> bool {
     let never_checked = previous.never_checked();
     let counter_news = if previous.is_healthy {
@@ -463,18 +409,11 @@ pub fn verdict_changes_row(previous: &Backend, verdict: &Verdict, policy: &Healt
 /// A probe's outcome for one backend, or the reason it was not probed.
 pub type Observation = Result<ProbeOutcome, UnhealthyReason>;
 
-/// The corroborated head of a set of candidate heights (`(height, is_leader)`).
-///
-/// The highest height `h` among them such that the candidates at `h - tolerance` or above are
-/// more than half of all candidates, or exactly half when a leader is among those supporters
-/// or no candidate is a leader. The lowest height always qualifies, so the result is `None`
-/// only for an empty set.
-///
-/// - one candidate: its height;
-/// - one candidate far above the others: ignored (it is outvoted), unless it is the leader
-///   and the fleet is the leader plus one node, where the leader breaks the tie;
-/// - two candidates, no leader among them, far apart: the higher one (a stall is far more
-///   common than a lie).
+/// The corroborated head of a set of candidate heights (`(height, is_leader)`): the highest
+/// height `h` among them such that the candidates at `h - tolerance` or above are more than
+/// half of all candidates, or exactly half when a leader is among those supporters or no
+/// candidate is a leader. The lowest height always qualifies, so the result is `None` only for
+/// an empty set. Why: docs/architecture.md, "Health model".
 pub fn corroborated_head(candidates: &[(u64, bool)], tolerance: u64) -> Option<u64> {
     let total = candidates.len();
     let leader_present = candidates.iter().any(|(_, is_leader)| *is_leader);
@@ -1323,7 +1262,7 @@ mod tests {
     }
 
     #[test]
-    fn immediate_policy_is_the_originals_behaviour() {
+    fn immediate_policy_judges_every_check_at_once() {
         let backends = [node(1, Was::Healthy), node(2, Was::Unhealthy)];
         let round = assess(
             &backends,

@@ -1,19 +1,14 @@
-//! `health_checker`: rounds of probing, judging, recording, reporting and re-rendering.
-//!
-//! One scheduled invocation runs [`RoundSchedule::rounds`] rounds (`ROUNDS_PER_INVOCATION`,
-//! default 1) whose starts are [`RoundSchedule::interval`] apart (`ROUND_INTERVAL_SECS`,
-//! default 15), so detection need not wait for EventBridge's one-minute floor. Each round is
-//! complete: it writes, publishes metrics and checks whether a render is needed. The Lambda
-//! timeout must exceed `ROUNDS_PER_INVOCATION × ROUND_INTERVAL_SECS` plus one round (the probe
-//! timeout and a few seconds); a round that could not finish before the invocation's deadline
-//! is not started.
+//! `health_checker`: the rounds of one invocation (scan, probe, judge, write, metrics, render
+//! check) and the function's settings. Rationale: docs/architecture.md, "The health checker".
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -21,13 +16,14 @@ use crate::backend::{epoch_millis, Backend};
 use crate::config_bucket::{BucketError, ConfigBucket};
 use crate::health::{
     assess, verdict_changes_row, ChainSource, HealthPolicy, LeaderStatus, Observation,
-    RoundAssessment, UnhealthyReason, Verdict,
+    RoundAssessment, UnhealthyReason, Verdict, DEFAULT_DIFF_TOLERANCE, DEFAULT_HEALTHY_AFTER,
+    DEFAULT_UNHEALTHY_AFTER,
 };
 use crate::metrics::{round_metrics, MetricsError, MetricsPublisher};
-use crate::probe::{Prober, ProberBuildError};
+use crate::probe::{ProbeSettings, Prober, ProberBuildError};
 use crate::renderer_trigger::{RendererTrigger, TriggerError};
 use crate::routing::RoutingPlan;
-use crate::settings::HealthCheckSettings;
+use crate::settings::{Env, SettingsError};
 use crate::store::{BackendStore, CheckWrite, StoreError};
 
 /// A round failed in a way Lambda should retry. Everything that could be done was done first.
@@ -39,11 +35,8 @@ pub enum HealthCheckError {
     /// Some verdicts could not be written (the others were).
     #[error("{failed} of {total} health writes failed; first: {first}")]
     Writes {
-        /// Failed writes.
         failed: usize,
-        /// Attempted writes.
         total: usize,
-        /// The first failure.
         first: StoreError,
     },
     /// Metrics could not be published.
@@ -60,6 +53,8 @@ pub const DEFAULT_ROUNDS_PER_INVOCATION: u32 = 1;
 pub const DEFAULT_ROUND_INTERVAL_SECS: u64 = 15;
 /// Default `ROW_REFRESH_SECS`.
 pub const DEFAULT_ROW_REFRESH_SECS: u64 = 300;
+/// Default `WRITE_CONCURRENCY`.
+pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
 /// Largest `ROUNDS_PER_INVOCATION` accepted.
 pub const MAX_ROUNDS_PER_INVOCATION: u32 = 60;
 /// Time kept free for a round on top of the probe timeout when deciding whether it still fits
@@ -91,6 +86,27 @@ impl RoundSchedule {
     }
 }
 
+/// What started an invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// EventBridge's scheduled event.
+    Scheduled(Box<EventBridgeEvent>),
+    /// Any other event: someone invoked the function by hand.
+    Manual,
+}
+
+impl Invocation {
+    /// Reads an invocation's event.
+    pub fn of(event: &Value) -> Self {
+        match EventBridgeEvent::deserialize(event) {
+            Ok(scheduled) if scheduled.detail_type == "Scheduled Event" => {
+                Self::Scheduled(Box::new(scheduled))
+            }
+            _ => Self::Manual,
+        }
+    }
+}
+
 /// What a round did, returned as the function's result and logged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundSummary {
@@ -98,7 +114,6 @@ pub struct RoundSummary {
     pub round: u32,
     /// Rounds the invocation is scheduled to run.
     pub rounds: u32,
-    /// Backends in the table.
     pub backends: usize,
     /// Backends healthy after the round.
     pub healthy: usize,
@@ -106,17 +121,14 @@ pub struct RoundSummary {
     pub changed: usize,
     /// Healthy backends whose check failed this round (inside their hysteresis window).
     pub tolerating_failures: usize,
-    /// The reference height.
     pub reference_block: Option<u64>,
     /// `leader`, `corroborated` or `none`.
     pub reference_source: &'static str,
-    /// The corroborated head.
     pub corroborated_head: Option<u64>,
     /// `absent`, `unavailable`, `current`, `stalled` or `ahead`.
     pub leader: &'static str,
     /// The chain id the backends were held to.
     pub expected_chain_id: Option<u64>,
-    /// Items written.
     pub written: usize,
     /// Items skipped because they were removed meanwhile or a newer round wrote them.
     pub skipped: usize,
@@ -131,56 +143,144 @@ pub struct RoundSummary {
     pub plan_fingerprint: String,
 }
 
+/// Settings of `health_checker`; defaults in docs/architecture.md, "Environment variables".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckerSettings {
+    /// `DYNAMODB_TABLE`.
+    pub table: String,
+    /// `STACK_NAME`: the healthy-node metric's dimension.
+    pub stack_name: String,
+    /// `DIFF_TOLERANCE`.
+    pub tolerance: u64,
+    /// `CLOUDWATCH_NAMESPACE`.
+    pub namespace: String,
+    /// `NGINX_CONFIG_BUCKET_NAME`: where the last rendered plan is recorded.
+    pub bucket: String,
+    /// `CONFIG_RENDERER_FUNCTION`.
+    pub renderer_function: String,
+    /// `PROBE_TIMEOUT_MS`, `PROBE_CONCURRENCY`, `PROBE_MAX_BODY_BYTES`.
+    pub probe: ProbeSettings,
+    /// `WRITE_CONCURRENCY`: table writes in flight at once.
+    pub write_concurrency: usize,
+    /// `ROW_REFRESH_SECS`: see [`HealthChecker::row_refresh`].
+    pub row_refresh: Duration,
+    /// `UNHEALTHY_AFTER`: consecutive soft failures before a healthy backend is unhealthy.
+    pub unhealthy_after: u32,
+    /// `HEALTHY_AFTER`: consecutive passed checks before an unhealthy backend is healthy.
+    pub healthy_after: u32,
+    /// `EXPECTED_CHAIN_ID`: pins the chain every backend must be on.
+    pub expected_chain_id: Option<u64>,
+    /// `ROUNDS_PER_INVOCATION`: rounds per scheduled event.
+    pub rounds_per_invocation: u32,
+    /// `ROUND_INTERVAL_SECS`: time between the starts of consecutive rounds.
+    pub round_interval: Duration,
+}
+
+impl HealthCheckerSettings {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
+        let probe = ProbeSettings::default();
+        let timeout_ms = u64::try_from(probe.timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(Self {
+            table: env.required("DYNAMODB_TABLE")?,
+            stack_name: env.required("STACK_NAME")?,
+            tolerance: env.number("DIFF_TOLERANCE", DEFAULT_DIFF_TOLERANCE, 0)?,
+            namespace: env.required("CLOUDWATCH_NAMESPACE")?,
+            bucket: env.required("NGINX_CONFIG_BUCKET_NAME")?,
+            renderer_function: env.required("CONFIG_RENDERER_FUNCTION")?,
+            probe: ProbeSettings {
+                timeout: Duration::from_millis(env.number("PROBE_TIMEOUT_MS", timeout_ms, 1)?),
+                concurrency: env.number("PROBE_CONCURRENCY", probe.concurrency, 1)?,
+                max_body_bytes: env.number("PROBE_MAX_BODY_BYTES", probe.max_body_bytes, 256)?,
+            },
+            write_concurrency: env.number("WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1)?,
+            row_refresh: Duration::from_secs(env.number(
+                "ROW_REFRESH_SECS",
+                DEFAULT_ROW_REFRESH_SECS,
+                0,
+            )?),
+            unhealthy_after: env.number("UNHEALTHY_AFTER", DEFAULT_UNHEALTHY_AFTER, 1)?,
+            healthy_after: env.number("HEALTHY_AFTER", DEFAULT_HEALTHY_AFTER, 1)?,
+            expected_chain_id: env.optional_number("EXPECTED_CHAIN_ID", 1)?,
+            rounds_per_invocation: env.bounded_number(
+                "ROUNDS_PER_INVOCATION",
+                DEFAULT_ROUNDS_PER_INVOCATION,
+                1,
+                MAX_ROUNDS_PER_INVOCATION,
+            )?,
+            round_interval: Duration::from_secs(env.number(
+                "ROUND_INTERVAL_SECS",
+                DEFAULT_ROUND_INTERVAL_SECS,
+                1,
+            )?),
+        })
+    }
+
+    /// The judging rules these settings give.
+    pub fn policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            tolerance: self.tolerance,
+            unhealthy_after: self.unhealthy_after,
+            healthy_after: self.healthy_after,
+            expected_chain_id: self.expected_chain_id,
+        }
+    }
+
+    /// The rounds-per-invocation schedule these settings give.
+    pub fn schedule(&self) -> RoundSchedule {
+        RoundSchedule {
+            rounds: self.rounds_per_invocation,
+            interval: self.round_interval,
+        }
+    }
+}
+
+/// The AWS clients a [`HealthChecker`] uses, built by the binary from one configuration.
+#[derive(Debug, Clone)]
+pub struct HealthCheckerClients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The config bucket (the last rendered plan).
+    pub s3: aws_sdk_s3::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub lambda: aws_sdk_lambda::Client,
+}
+
 /// Everything a round needs; build once per process.
 #[derive(Debug, Clone)]
 pub struct HealthChecker {
-    /// The table.
     pub store: BackendStore,
-    /// The HTTP prober.
     pub prober: Prober,
-    /// CloudWatch.
     pub metrics: MetricsPublisher,
     /// The config bucket (for the last rendered plan).
     pub bucket: ConfigBucket,
-    /// The renderer.
     pub trigger: RendererTrigger,
     /// `DIFF_TOLERANCE`, `UNHEALTHY_AFTER`, `HEALTHY_AFTER`, `EXPECTED_CHAIN_ID`.
     pub policy: HealthPolicy,
     /// `ROUNDS_PER_INVOCATION`, `ROUND_INTERVAL_SECS`.
     pub schedule: RoundSchedule,
-    /// `STACK_NAME`.
     pub stack_name: String,
     /// Table writes in flight at once.
     pub write_concurrency: usize,
     /// `ROW_REFRESH_SECS`: how old a row's last write may get before a check with nothing new
     /// rewrites it anyway (zero: every row every round).
     pub row_refresh: Duration,
-    /// Items per Scan page; `None` (what the function uses) takes DynamoDB's own pages of up
-    /// to 1 MB (about 2 500 backends). Smaller pages only add Scan calls on DynamoDB, and on
-    /// moto, whose every page costs a walk of the whole table, they make the scan quadratic
-    /// (measured: 40 pages of 250 over 10 000 rows took 11 s against 7 s for 3 natural ones).
-    /// Tests set small pages to watch probing start with the first page.
+    /// Items per Scan page; `None` (what the function uses) takes DynamoDB's own pages. Tests
+    /// set small pages to watch probing start with the first page (docs/architecture.md,
+    /// "Overlapping scan and probe").
     pub scan_page_items: Option<i32>,
 }
 
 impl HealthChecker {
-    /// A checker for `settings`, with AWS clients built from one configuration.
-    pub fn from_settings(
-        settings: &HealthCheckSettings,
-        config: &aws_config::SdkConfig,
+    /// A checker for `settings` over `clients`.
+    pub fn new(
+        clients: HealthCheckerClients,
+        settings: &HealthCheckerSettings,
     ) -> Result<Self, ProberBuildError> {
         Ok(Self {
-            store: BackendStore::new(aws_sdk_dynamodb::Client::new(config), &settings.table),
+            store: BackendStore::new(clients.dynamodb, &settings.table),
             prober: Prober::new(settings.probe)?,
-            metrics: MetricsPublisher::new(
-                aws_sdk_cloudwatch::Client::new(config),
-                &settings.namespace,
-            ),
-            bucket: ConfigBucket::new(aws_sdk_s3::Client::new(config), &settings.bucket),
-            trigger: RendererTrigger::new(
-                aws_sdk_lambda::Client::new(config),
-                &settings.renderer_function,
-            ),
+            metrics: MetricsPublisher::new(clients.cloudwatch, &settings.namespace),
+            bucket: ConfigBucket::new(clients.s3, &settings.bucket),
+            trigger: RendererTrigger::new(clients.lambda, &settings.renderer_function),
             policy: settings.policy(),
             schedule: settings.schedule(),
             stack_name: settings.stack_name.clone(),
@@ -188,6 +288,24 @@ impl HealthChecker {
             row_refresh: settings.row_refresh,
             scan_page_items: None,
         })
+    }
+
+    /// Handles one invocation's event: EventBridge's scheduled event, or anything else for a
+    /// manual run (`sls invoke -f health_checker`); either way the scheduled rounds run.
+    pub async fn handle_event(
+        &self,
+        event: &Value,
+        deadline: Option<SystemTime>,
+    ) -> Result<RoundSummary, HealthCheckError> {
+        match Invocation::of(event) {
+            Invocation::Scheduled(event) => tracing::info!(
+                id = event.id.as_deref().unwrap_or(""),
+                time = ?event.time,
+                "scheduled invocation"
+            ),
+            Invocation::Manual => tracing::info!("manual invocation"),
+        }
+        self.run_invocation(deadline).await
     }
 
     /// Runs the scheduled rounds of one invocation; `deadline` is the invocation's (a round
@@ -521,6 +639,157 @@ fn log_round(backends: &[Backend], round: &RoundAssessment, tolerance: u64) {
                 reason,
                 "backend checked"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::tests::vars as env;
+    use serde_json::json;
+
+    #[test]
+    fn health_check_settings_with_defaults() {
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "t"),
+            ("STACK_NAME", "s"),
+            ("CLOUDWATCH_NAMESPACE", "ns"),
+            ("NGINX_CONFIG_BUCKET_NAME", "b"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ]);
+        let settings =
+            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        assert_eq!(settings.tolerance, 10);
+        assert_eq!(settings.probe.timeout, Duration::from_secs(2));
+        assert_eq!(settings.probe.concurrency, 512);
+        assert_eq!(settings.policy(), HealthPolicy::default());
+        assert_eq!((settings.unhealthy_after, settings.healthy_after), (2, 2));
+        assert_eq!(settings.expected_chain_id, None);
+        assert_eq!(settings.schedule(), RoundSchedule::default());
+        assert_eq!(settings.schedule().rounds, 1);
+        assert_eq!(settings.schedule().interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn health_model_and_schedule_variables() {
+        let base = [
+            ("DYNAMODB_TABLE", "t"),
+            ("STACK_NAME", "s"),
+            ("CLOUDWATCH_NAMESPACE", "ns"),
+            ("NGINX_CONFIG_BUCKET_NAME", "b"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ];
+        let read = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            let vars = env(&pairs);
+            let settings = HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
+            settings
+        };
+        let settings = read(&[
+            ("DIFF_TOLERANCE", "3"),
+            ("UNHEALTHY_AFTER", "1"),
+            ("HEALTHY_AFTER", "4"),
+            ("EXPECTED_CHAIN_ID", "137"),
+            ("ROUNDS_PER_INVOCATION", "4"),
+            ("ROUND_INTERVAL_SECS", "14"),
+            ("ROW_REFRESH_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(settings.row_refresh, Duration::ZERO);
+        assert_eq!(
+            read(&[]).unwrap().row_refresh,
+            Duration::from_secs(DEFAULT_ROW_REFRESH_SECS)
+        );
+        assert_eq!(
+            settings.policy(),
+            HealthPolicy {
+                tolerance: 3,
+                unhealthy_after: 1,
+                healthy_after: 4,
+                expected_chain_id: Some(137),
+            }
+        );
+        assert_eq!(
+            settings.schedule(),
+            RoundSchedule {
+                rounds: 4,
+                interval: Duration::from_secs(14)
+            }
+        );
+        for (name, value) in [
+            ("UNHEALTHY_AFTER", "0"),
+            ("HEALTHY_AFTER", "0"),
+            ("EXPECTED_CHAIN_ID", "0"),
+            ("EXPECTED_CHAIN_ID", "mainnet"),
+            ("ROUNDS_PER_INVOCATION", "0"),
+            ("ROUNDS_PER_INVOCATION", "61"),
+            ("ROUND_INTERVAL_SECS", "0"),
+            ("ROW_REFRESH_SECS", "-1"),
+        ] {
+            let err = read(&[(name, value)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_and_malformed_variables_are_named() {
+        let vars = env(&[("DYNAMODB_TABLE", "t"), ("STACK_NAME", "  ")]);
+        let err =
+            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable STACK_NAME is not set"
+        );
+
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "t"),
+            ("STACK_NAME", "s"),
+            ("DIFF_TOLERANCE", "-1"),
+        ]);
+        let err =
+            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable DIFF_TOLERANCE=\"-1\" is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scheduled_and_manual_invocations() {
+        let scheduled = json!({
+            "version": "0",
+            "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "123456789012",
+            "time": "2026-11-24T03:00:00Z",
+            "region": "eu-west-1",
+            "resources": ["arn:aws:events:eu-west-1:123456789012:rule/jsonrpc-proxy-dev-schedule"],
+            "detail": {}
+        });
+        match Invocation::of(&scheduled) {
+            Invocation::Scheduled(event) => {
+                assert_eq!(
+                    event.id.as_deref(),
+                    Some("53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa")
+                );
+                assert_eq!(event.source, "aws.events");
+            }
+            Invocation::Manual => panic!("a scheduled event read as manual"),
+        }
+        let mut other_type = scheduled.clone();
+        other_type["detail-type"] = json!("EC2 Instance State-change Notification");
+        for event in [
+            json!({}),
+            json!(null),
+            json!("x"),
+            json!({"detail-type": 1}),
+            other_type,
+        ] {
+            assert_eq!(Invocation::of(&event), Invocation::Manual, "{event}");
         }
     }
 }

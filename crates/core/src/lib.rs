@@ -1,24 +1,25 @@
-//! # jsonrpc-proxy core
+//! The shared library of the jsonrpc-proxy Lambda functions (docs/architecture.md, "Crates").
 //!
-//! The shared library of the jsonrpc-proxy Lambda functions: a control plane that keeps one
-//! JSON-RPC endpoint (nginx) in front of a fleet of Ethereum nodes pointed at the healthy ones.
-//!
-//! - Pure parts, tested without I/O: [`backend_url`] (validation and redaction),
-//!   [`health`] (verdicts), [`routing`] (the routing plan), [`nginx`] (its configuration), [`metrics`]
-//!   (data points), [`admin`] event parsing, [`ecs_updater`] event parsing.
-//! - Adapters, one per AWS service: [`store`] (DynamoDB), [`config_bucket`] (S3),
-//!   [`metrics::MetricsPublisher`] (CloudWatch), [`renderer_trigger`] (Lambda),
-//!   [`ecs_updater::EcsUpdater`] (ECS), and [`probe`] (the nodes, over HTTP).
-//! - Function bodies: [`admin`] (`add_backend`, `list_backends`, `remove_backend`),
-//!   [`health_checker`], [`config_renderer`], [`ecs_updater`].
-//! - [`settings`]: the environment-variable contract.
+//! - Pure parts, tested without I/O: [`backend_url`], [`health`], [`routing`], [`nginx`],
+//!   [`metrics`], [`clients`] (names, method lists, keys and their hashes), and the events and
+//!   settings of each function.
+//! - Adapters: [`store`] and [`clients_store`] (DynamoDB), [`config_bucket`] (S3), [`metrics::MetricsPublisher`]
+//!   (CloudWatch), [`renderer_trigger`] (Lambda), [`ecs_updater::EcsUpdater`] (ECS), [`probe`]
+//!   (the nodes, over HTTP).
+//! - Function bodies, each with its settings: [`admin`] (`add_backend`, `list_backends`,
+//!   `remove_backend`), [`clients`] (`add_client`,
+//!   `list_clients`, `remove_client`), [`health_checker`], [`config_renderer`], [`ecs_updater`].
+//! - [`settings`] reads environment variables; [`telemetry`] sets up logging and AWS.
 
 pub mod admin;
 pub mod backend;
 pub mod backend_url;
+pub mod clients;
+pub mod clients_store;
 pub mod config_bucket;
 pub mod config_renderer;
 pub mod ecs_updater;
+pub mod gate;
 pub mod health;
 pub mod health_checker;
 pub mod metrics;

@@ -1,5 +1,5 @@
-//! CloudWatch metrics of a health-check round (names and dimensions: docs/compatibility.md),
-//! built purely and sent in batches within the API's limits.
+//! CloudWatch metrics of a health-check round, built purely and sent in batches within the
+//! API's limits. Rationale: docs/architecture.md, "Metrics".
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
@@ -30,13 +30,10 @@ pub const MAX_DATA_PER_CALL: usize = 1000;
 /// One data point, independent of the SDK so that it can be built and tested purely.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
-    /// Metric name.
     pub name: &'static str,
     /// Dimension name and value.
     pub dimension: (&'static str, String),
-    /// The value.
     pub value: f64,
-    /// The unit.
     pub unit: MetricUnit,
 }
 
@@ -45,9 +42,7 @@ pub struct MetricPoint {
 pub enum MetricUnit {
     /// No unit (counts and block numbers).
     None,
-    /// Milliseconds.
     Milliseconds,
-    /// Seconds.
     Seconds,
 }
 
@@ -102,7 +97,6 @@ pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoi
 pub struct MetricsError {
     /// 1-based batch number.
     pub batch: usize,
-    /// Number of batches.
     pub batches: usize,
     /// The SDK's error, displayed.
     pub message: String,

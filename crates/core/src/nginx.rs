@@ -1,56 +1,7 @@
 //! The nginx configuration of a routing plan: [`render`] turns a
-//! [`RoutingPlan`](crate::routing::RoutingPlan) into an nginx `http`-context configuration that
-//! replaces the container's default server.
-//!
-//! Every backend is reached at its full URL: scheme, host, port, path and
-//! query are kept, https gets SNI and certificate verification, `user:pass@` credentials become
-//! a basic `Authorization` header. The public server balances over two upstreams (plain
-//! JSON-RPC and WebSocket) whose members are of two kinds (see [`direct_address`]):
-//!
-//! - **Direct members**: a backend whose URL is plain `http://host[:port]` (path `/` or none,
-//!   no query, no credentials) is a member itself, `server host:port …;` (IPv6 as
-//!   `[::1]:8545`, port 80 when none is given). One proxy hop, the cheapest path.
-//! - **Internal servers**: every other backend (https, a keyed path, a query, basic auth) gets
-//!   two small internal servers listening on unix sockets (`b-<hash>.sock` for JSON-RPC,
-//!   `b-<hash>-ws.sock` for WebSocket upgrades), which proxy to its full URL with its own
-//!   `Host` header; the upstreams list those sockets.
-//!
-//! A mixed fleet mixes both kinds in the same upstreams. The public server retries a failed
-//! request on the next member (POST included), keeps connections to every member alive
-//! (`keepalive` in the upstreams: to the nodes themselves for direct members), detects failed
-//! members passively (`max_fails`/`fail_timeout`), and the leader stands by as a `backup`
-//! member when nodes are healthy.
-//!
-//! **The `Host` header of direct members.** One request goes to whichever member nginx picks,
-//! so the public server sends every direct member the same `Host`: [`DIRECT_HOST_HEADER`]
-//! (`127.0.0.1`). Nodes accept it by default: geth and erigon accept any IP-address `Host`
-//! whatever `--http.vhosts` says (their check is a DNS-rebinding guard for names only), Besu's
-//! default `--host-allowlist` is `localhost,127.0.0.1`, Nethermind, reth and anvil do not check.
-//! Caveat: a node that only accepts its own name (Besu with a `--host-allowlist` that lists
-//! only its address, or a plain-http endpoint behind name-based virtual hosting) refuses it;
-//! the health checker, which sends the URL's own host, does not see that. Such a node must
-//! accept `127.0.0.1` (or `*`) too, or be registered under a URL that is not plain, which
-//! goes through an internal server. Internal servers keep sending each backend its own `Host`.
-//!
-//! WebSocket upgrades (`eth_subscribe`) pass through: the public server hands a request whose
-//! `Upgrade` header is `websocket` to a named location that proxies over the WebSocket
-//! upstream (the same members, direct or the backends' `-ws` internal servers); only those
-//! WebSocket paths have the long `websocket_timeout_secs` read timeout, plain JSON-RPC keeps
-//! the short one. The `Connection` header comes from an http-level `map`
-//! (`$jsonrpc_proxy_connection_upgrade`: `upgrade` for WebSocket upgrades, empty otherwise), so
-//! plain requests keep their upstream connections alive. `GET /healthz` on the public server
-//! answers 200 `ok` while the plan routes somewhere and 503 when it routes nowhere (the
-//! load balancer's target-group check); every other path of the 404 server still answers 404.
-//!
-//! Logging: nginx names a failed member in the public server's error lines. A direct member is
-//! named by its address (`upstream: "http://10.0.0.1:8545/"`; a DNS name's resolved address),
-//! which holds no secret by construction; an internal server is named by its socket, and the
-//! internal servers drop their own error lines (they would name the full upstream URL, a
-//! provider's key included).
-//!
-//! Only URLs that pass [`BackendUrl::parse`] reach the renderer, and those contain nothing
-//! nginx would read as syntax (nor does their decoded host), so a rendered configuration is
-//! always well formed.
+//! [`RoutingPlan`](crate::routing::RoutingPlan) into the `http`-context configuration that
+//! replaces the container's default server. Rationale: docs/architecture.md,
+//! "The nginx configuration".
 
 use std::fmt::Write as _;
 
@@ -58,25 +9,25 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::backend_url::BackendUrl;
+use crate::gate::{self, GatePolicy};
 use crate::routing::{plan_id, RouteTarget, RoutingPlan};
 
-/// Name of the upstream that balances across the backends.
+/// The upstream of plain JSON-RPC requests.
 pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
 
 /// Response header naming the routing plan that served a request (the first 16 hex digits of
 /// [`RoutingPlan::fingerprint`]): which configuration is live can be seen from outside.
 pub const PLAN_HEADER: &str = "X-Jsonrpc-Proxy-Plan";
 
-/// Name of the upstream that balances WebSocket connections across the backends.
+/// The upstream of WebSocket upgrades.
 pub const WEBSOCKET_UPSTREAM_NAME: &str = "jsonrpc_backends_websocket";
 /// The http-level variable holding the `Connection` header to send upstream (prefixed so that
 /// it cannot collide with a `$connection_upgrade` of the including configuration).
 pub const CONNECTION_UPGRADE_VARIABLE: &str = "$jsonrpc_proxy_connection_upgrade";
 /// The public server's health endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
-/// The `Host` header the public server sends upstream, which is what every direct member
-/// receives (see the module documentation for why this value and its caveat). Internal
-/// servers replace it with their backend's own.
+/// The `Host` header every direct member receives; internal servers send their backend's own.
+/// Why this value, and its caveat: docs/architecture.md, "The Host header of direct members".
 pub const DIRECT_HOST_HEADER: &str = "127.0.0.1";
 
 /// The `host:port` at which the public upstreams reach `url` directly, or `None` when the
@@ -98,34 +49,10 @@ pub fn direct_address(url: &BackendUrl) -> Option<String> {
     plain.then(|| format!("{}:{}", url.host(), url.port()))
 }
 
-/// Which backends the rendered configuration reaches through their internal servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Layering {
-    /// Plain `http://host[:port]` backends are direct members of the public upstreams; the
-    /// others go through their internal servers. What [`render`] does, and what is deployed.
-    #[default]
-    DirectWherePossible,
-    /// Every backend goes through its internal servers, plain ones included: the rendering
-    /// from before plain backends skipped that layer. For comparison and diagnostics only
-    /// (the benchmark's two-layer row); never deployed.
-    InternalForAll,
-}
-
-impl Layering {
-    /// The address `target` is a direct member at, or `None` when it goes through its
-    /// internal servers under this layering.
-    pub fn direct_address(self, target: &RouteTarget) -> Option<String> {
-        match self {
-            Self::DirectWherePossible => direct_address(&target.url),
-            Self::InternalForAll => None,
-        }
-    }
-}
-
 /// Where and how the rendered configuration runs; fixed per deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderOptions {
-    /// Port the public server listens on (`NGINX_LISTEN_PORT`, default 80).
+    /// Port the public server listens on (`NGINX_LISTEN_PORT`).
     pub listen_port: u16,
     /// Directory for the unix sockets of the backends' internal servers (`NGINX_SOCKET_DIR`).
     pub socket_dir: String,
@@ -250,18 +177,22 @@ fn socket_id(url: &BackendUrl) -> String {
     hex::encode(&Sha256::digest(url.as_str().as_bytes())[..6])
 }
 
-/// Renders the nginx configuration for a plan, plain backends as direct members
-/// ([`Layering::DirectWherePossible`]).
+/// Renders the nginx configuration for a plan, plain backends as direct members.
 ///
 /// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
 /// upstreams and servers, included once. `options` must have passed [`RenderOptions::validate`].
 pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
-    render_with(plan, options, Layering::default())
+    render_gated(plan, options, None)
 }
 
-/// Renders the nginx configuration for a plan with the given [`Layering`]; [`render`] is this
-/// with the default. `options` must have passed [`RenderOptions::validate`].
-pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layering) -> String {
+/// Renders the nginx configuration for a plan and, when `gate` is given, the JSON-RPC gate in
+/// front of the public server (see [`crate::gate`]). `options` must have passed
+/// [`RenderOptions::validate`], `gate` [`GatePolicy::validate`].
+pub fn render_gated(
+    plan: &RoutingPlan,
+    options: &RenderOptions,
+    gate: Option<&GatePolicy>,
+) -> String {
     let mut out = String::with_capacity(2048 + plan.primaries.len() * 2048);
     out.push_str(
         "# Rendered by jsonrpc-proxy config_renderer. Do not edit: the next render replaces it.\n",
@@ -271,9 +202,15 @@ pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layeri
         let _ = writeln!(out, "#   {label}");
     }
     out.push('\n');
+    if let Some(policy) = gate {
+        gate::render_http_level(&mut out, policy, options);
+    }
 
     if plan.is_empty() {
         render_no_backend_server(&mut out, options, plan_id(&plan.fingerprint()));
+        if gate.is_some() {
+            gate::render_internal_servers(&mut out, options, None);
+        }
         return out;
     }
 
@@ -295,7 +232,7 @@ pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layeri
         .map(|(target, backup)| Member {
             target,
             backup,
-            direct: layering.direct_address(target),
+            direct: direct_address(&target.url),
         })
         .collect();
     render_upstream(&mut out, options, UPSTREAM_NAME, &members, |target| {
@@ -309,7 +246,11 @@ pub fn render_with(plan: &RoutingPlan, options: &RenderOptions, layering: Layeri
         |target| format!("unix:{}", options.websocket_socket_path(target)),
     );
 
-    render_public_server(&mut out, options, plan_id(&plan.fingerprint()));
+    render_public_server(&mut out, options, plan_id(&plan.fingerprint()), gate);
+    if gate.is_some() {
+        let proxy = websocket_proxy_directives(options);
+        gate::render_internal_servers(&mut out, options, Some(&proxy));
+    }
 
     for (index, member) in members.iter().enumerate() {
         match &member.direct {
@@ -397,14 +338,51 @@ fn render_no_backend_server(out: &mut String, options: &RenderOptions, plan_id: 
     );
 }
 
-fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str) {
+/// The proxy directives of a WebSocket location (inside a location block).
+fn websocket_proxy_directives(options: &RenderOptions) -> String {
+    format!(
+        "        proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
+        proxy_http_version 1.1;
+        proxy_set_header Host {DIRECT_HOST_HEADER};
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
+        proxy_next_upstream error timeout http_502 http_503 http_504;
+        proxy_next_upstream_tries {tries};
+        proxy_next_upstream_timeout {retry_timeout}s;
+        proxy_connect_timeout {connect}s;
+        proxy_send_timeout {websocket}s;
+        proxy_read_timeout {websocket}s;
+",
+        tries = options.retry_tries,
+        retry_timeout = options.retry_timeout_secs,
+        connect = options.connect_timeout_secs,
+        websocket = options.websocket_timeout_secs,
+    )
+}
+
+fn render_public_server(
+    out: &mut String,
+    options: &RenderOptions,
+    plan_id: &str,
+    gate: Option<&GatePolicy>,
+) {
+    // With the gate, plain requests are judged before they are proxied, and WebSocket
+    // upgrades go to its relay instead of straight to the upstream.
+    let (gate_server, gate_access, websocket) = match gate {
+        Some(policy) => (
+            gate::public_server_directives(policy),
+            gate::ACCESS_LINE,
+            gate::WEBSOCKET_LOCATION_BODY.to_owned(),
+        ),
+        None => (String::new(), "", websocket_proxy_directives(options)),
+    };
     let _ = write!(
         out,
         "server {{
     listen {port} default_server;
     server_name _;
     add_header {PLAN_HEADER} {plan_id} always;
-
+{gate_server}
     location = {HEALTH_PATH} {{
         access_log off;
         default_type text/plain;
@@ -416,7 +394,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
         if ({CONNECTION_UPGRADE_VARIABLE}) {{
             return 418;
         }}
-        proxy_pass http://{UPSTREAM_NAME};
+{gate_access}        proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
         proxy_set_header Host {DIRECT_HOST_HEADER};
         proxy_set_header Upgrade \"\";
@@ -430,18 +408,7 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
     }}
 
     location @websocket {{
-        proxy_pass http://{WEBSOCKET_UPSTREAM_NAME};
-        proxy_http_version 1.1;
-        proxy_set_header Host {DIRECT_HOST_HEADER};
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
-        proxy_next_upstream error timeout http_502 http_503 http_504;
-        proxy_next_upstream_tries {tries};
-        proxy_next_upstream_timeout {retry_timeout}s;
-        proxy_connect_timeout {connect}s;
-        proxy_send_timeout {websocket}s;
-        proxy_read_timeout {websocket}s;
-    }}
+{websocket}    }}
 }}
 
 ",
@@ -450,7 +417,6 @@ fn render_public_server(out: &mut String, options: &RenderOptions, plan_id: &str
         retry_timeout = options.retry_timeout_secs,
         connect = options.connect_timeout_secs,
         read = options.read_timeout_secs,
-        websocket = options.websocket_timeout_secs,
     );
 }
 
@@ -1114,18 +1080,6 @@ mod tests {
             if expected.is_some() {
                 assert!(!parsed.has_secret_parts(), "{input}");
             }
-            // Diagnostics can force the internal layer for any backend.
-            let target = RouteTarget {
-                url: parsed,
-                is_leader: false,
-            };
-            assert_eq!(Layering::InternalForAll.direct_address(&target), None);
-            assert_eq!(
-                Layering::DirectWherePossible
-                    .direct_address(&target)
-                    .as_deref(),
-                *expected
-            );
         }
     }
 
@@ -1200,34 +1154,5 @@ mod tests {
                 "{direct}"
             );
         }
-    }
-
-    #[test]
-    fn internal_for_all_renders_every_backend_through_its_internal_servers() {
-        let plan = RoutingPlan::from_backends(&[
-            backend("http://10.0.0.1:8545", false, true),
-            backend("http://10.0.0.2:8545/key", false, true),
-            backend("http://10.0.0.9:8545", true, true),
-        ]);
-        let options = RenderOptions::default();
-        let conf = render_with(&plan, &options, Layering::InternalForAll);
-        assert_eq!(conf.matches("    listen unix:").count(), 6);
-        assert_eq!(conf.matches("server unix:").count(), 6);
-        assert!(conf.contains(&format!(
-            "server unix:{} max_fails=1 fail_timeout=10s;",
-            options.socket_path(&plan.primaries[0])
-        )));
-        assert!(
-            conf.contains("server 10.0.0.1:8545;"),
-            "its origin upstream"
-        );
-        assert!(!conf.contains("server 10.0.0.1:8545 max_fails"));
-        assert!(!conf.contains("direct member"));
-        // The default is the direct rendering.
-        assert_eq!(
-            render(&plan, &options),
-            render_with(&plan, &options, Layering::DirectWherePossible)
-        );
-        assert_ne!(render(&plan, &options), conf);
     }
 }

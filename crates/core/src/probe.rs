@@ -1,17 +1,5 @@
 //! Asking a node how it is: height, chain and sync state over HTTP, bounded in time and size.
-//!
-//! A probe sends one JSON-RPC *batch* ([`PROBE_BATCH_REQUEST`]: `eth_blockNumber`,
-//! `eth_chainId` and `eth_syncing`, ids 1, 2 and 3) in one POST and matches the answers by id.
-//! A node that does not answer the batch as a batch (a JSON answer that is not an array, or an
-//! array without an answer for id 1: some providers refuse batches) is asked again with a
-//! single `eth_blockNumber` request ([`BLOCK_NUMBER_REQUEST`]); its chain and sync
-//! state are then unknown, which is not a failure. A failed `eth_chainId` or `eth_syncing`
-//! sub-answer (a JSON-RPC error included) is "unknown" too; only the block number decides
-//! whether the probe failed.
-//!
-//! Every probe has its own deadline that starts when the probe itself starts (not while it
-//! waits for a free slot) and covers the fallback request too, and a cap on the bytes it will
-//! read, so hung, slow or hostile nodes cost the round nothing but their own slot.
+//! Rationale: docs/architecture.md, "Probes".
 
 use std::time::{Duration, Instant};
 

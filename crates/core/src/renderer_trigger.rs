@@ -1,15 +1,18 @@
 //! Asking the config renderer to run: an asynchronous Lambda `Invoke` (InvocationType `Event`).
+//! Rationale: docs/architecture.md, "Level-triggered renders".
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use thiserror::Error;
+
+use crate::config_renderer::RenderRequest;
 
 /// The invocation could not be queued.
 #[derive(Debug, Error)]
 #[error("invoking the config renderer failed: {0}")]
 pub struct TriggerError(pub String);
 
-/// Invokes the config renderer function (`CONFIG_RENDERER_FUNCTION`) without waiting for it.
+/// Invokes the config renderer function without waiting for it.
 #[derive(Debug, Clone)]
 pub struct RendererTrigger {
     client: aws_sdk_lambda::Client,
@@ -27,12 +30,17 @@ impl RendererTrigger {
 
     /// Queues one render; `reason` is passed along in the event for the renderer's log.
     pub async fn request_render(&self, reason: &str) -> Result<(), TriggerError> {
-        let payload = serde_json::json!({ "source": "jsonrpc-proxy", "reason": reason });
+        let payload = serde_json::to_string(&RenderRequest {
+            source: Some("jsonrpc-proxy".into()),
+            reason: Some(reason.to_owned()),
+            ..RenderRequest::default()
+        })
+        .map_err(|e| TriggerError(e.to_string()))?;
         self.client
             .invoke()
             .function_name(&self.function)
             .invocation_type(InvocationType::Event)
-            .payload(Blob::new(payload.to_string()))
+            .payload(Blob::new(payload))
             .send()
             .await
             .map_err(|e| {

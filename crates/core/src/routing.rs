@@ -15,7 +15,6 @@ pub fn plan_id(fingerprint: &str) -> &str {
 /// A backend the plan routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTarget {
-    /// The validated URL.
     pub url: BackendUrl,
     /// Whether it is the leader.
     pub is_leader: bool,

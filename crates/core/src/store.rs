@@ -1,4 +1,5 @@
-//! The DynamoDB adapter: the backends table (hash key `url`, string).
+//! The DynamoDB adapter: the backends table (docs/architecture.md, "Table schema"). Why its
+//! writes are conditional: "Conditional writes".
 
 use std::collections::HashMap;
 
@@ -44,7 +45,6 @@ pub enum CheckWrite {
     Skipped,
 }
 
-/// The backends table.
 #[derive(Debug, Clone)]
 pub struct BackendStore {
     client: aws_sdk_dynamodb::Client,

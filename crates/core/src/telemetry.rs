@@ -1,7 +1,7 @@
-//! Logging set-up shared by every binary.
+//! Logging and AWS configuration shared by every binary.
 
 /// Installs a `tracing` subscriber writing one line per event to stdout (CloudWatch Logs adds
-/// the time). `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` switches to JSON lines.
+/// the time). `RUST_LOG` filters; `LOG_FORMAT=json` switches to JSON lines.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

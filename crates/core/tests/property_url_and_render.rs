@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::backend_url::{BackendUrl, MAX_URL_BYTES};
-use jsonrpc_proxy::nginx::{direct_address, render_with, Layering, RenderOptions};
+use jsonrpc_proxy::nginx::{direct_address, render, RenderOptions};
 use jsonrpc_proxy::routing::RoutingPlan;
 use proptest::prelude::*;
 
@@ -174,7 +174,6 @@ proptest! {
     fn every_rendered_config_passes_nginx_and_holds_exactly_the_plan(
         urls in proptest::collection::btree_set(resolvable_url(), 0..6),
         flags in proptest::collection::vec((any::<bool>(), any::<bool>()), 6),
-        internal_for_all in proptest::bool::weighted(0.25),
     ) {
         let urls: Vec<String> = urls.into_iter().collect();
         let backends: Vec<Backend> = urls
@@ -187,8 +186,7 @@ proptest! {
         // `nginx -t` binds the unix sockets, so their directory must exist.
         std::fs::create_dir_all("/tmp/jrp-prop").map_err(|e| TestCaseError::fail(e.to_string()))?;
         let options = RenderOptions { listen_port: 18080, socket_dir: "/tmp/jrp-prop".into(), ..RenderOptions::default() };
-        let layering = if internal_for_all { Layering::InternalForAll } else { Layering::DirectWherePossible };
-        let conf = render_with(&plan, &options, layering);
+        let conf = render(&plan, &options);
 
         // nginx accepts it.
         if let Err(complaint) = devstack::Nginx::check_config(&conf) {
@@ -202,18 +200,14 @@ proptest! {
         let nodes = backends.iter().filter(|b| b.is_healthy && !b.is_leader).count();
         prop_assert_eq!(routed.len(), nodes + leaders);
         prop_assert!(routed.is_subset(&expected));
-        // A plain http backend is a direct member of both upstreams (unless every backend is
-        // forced through the internal layer); every other one has two internal servers
-        // (JSON-RPC and WebSocket), each listed in its upstream. The leader is `backup` in both
-        // upstreams when nodes are healthy.
+        // A plain http backend is a direct member of both upstreams; every other one has two
+        // internal servers (JSON-RPC and WebSocket), each listed in its upstream. The leader is
+        // `backup` in both upstreams when nodes are healthy.
         let direct: Vec<String> = plan
             .targets()
-            .filter_map(|(t, _)| layering.direct_address(t))
+            .filter_map(|(t, _)| direct_address(&t.url))
             .collect();
         let internal = routed.len() - direct.len();
-        if internal_for_all {
-            prop_assert!(direct.is_empty());
-        }
         prop_assert_eq!(conf.matches("    listen unix:").count(), 2 * internal);
         prop_assert_eq!(conf.matches("server unix:").count(), 2 * internal);
         prop_assert_eq!(conf.matches(" backup;").count(), 2 * usize::from(nodes > 0 && leaders > 0));
@@ -221,7 +215,7 @@ proptest! {
             prop_assert!(conf.contains("return 404;"));
         }
         for (target, backup) in plan.targets() {
-            match layering.direct_address(target) {
+            match direct_address(&target.url) {
                 Some(address) => {
                     let line = if backup {
                         format!("    server {address} backup;\n")

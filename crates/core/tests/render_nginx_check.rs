@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::nginx::{render, render_with, Layering, RenderOptions};
+use jsonrpc_proxy::nginx::{render, RenderOptions};
 use jsonrpc_proxy::routing::RoutingPlan;
 
 fn backend(url: &str, is_leader: bool) -> Backend {
@@ -111,12 +111,9 @@ fn every_rendered_variant_passes_nginx_t() {
     for (plan_name, plan) in plans() {
         for (options_name, options, _dir) in option_sets() {
             options.validate().expect("valid options");
-            // The deployed rendering, and the diagnostic one with every backend internal.
-            for layering in [Layering::DirectWherePossible, Layering::InternalForAll] {
-                let text = render_with(&plan, &options, layering);
-                if let Err(complaint) = Nginx::check_config(&text) {
-                    panic!("{plan_name} / {options_name} / {layering:?}: nginx -t refused:\n{complaint}\n{text}");
-                }
+            let text = render(&plan, &options);
+            if let Err(complaint) = Nginx::check_config(&text) {
+                panic!("{plan_name} / {options_name}: nginx -t refused:\n{complaint}\n{text}");
             }
         }
     }

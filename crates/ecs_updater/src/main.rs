@@ -1,9 +1,9 @@
 //! `ecs_updater` Lambda: on S3 `ObjectCreated` of a `.conf` key, rolls the nginx ECS service
-//! onto a task-definition revision whose `S3_CONFIG_PATH` names the new config.
+//! onto the new config (docs/architecture.md, "ECS updater").
 
-use jsonrpc_proxy::ecs_updater::{EcsUpdateError, EcsUpdater};
+use jsonrpc_proxy::ecs_updater::{EcsUpdateError, EcsUpdater, EcsUpdaterSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use jsonrpc_proxy::settings::{EcsUpdaterSettings, Env};
+use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::{json, Value};
 
@@ -12,13 +12,11 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let settings = EcsUpdaterSettings::from_env(&Env::process())?;
     let config = aws_config().await;
-    let updater = EcsUpdater {
-        ecs: aws_sdk_ecs::Client::new(&config),
-        s3: aws_sdk_s3::Client::new(&config),
-        family: settings.family,
-        cluster: settings.cluster,
-        service: settings.service,
-    };
+    let updater = EcsUpdater::new(
+        aws_sdk_ecs::Client::new(&config),
+        aws_sdk_s3::Client::new(&config),
+        &settings,
+    );
     run(service_fn(|event: LambdaEvent<Value>| {
         let updater = &updater;
         async move {

@@ -1,19 +1,11 @@
-//! # slack_notifier
-//!
-//! Turns CloudWatch alarm notifications, delivered by SNS, into readable Slack messages and
-//! posts them to an incoming webhook.
-//!
-//! - [`parse_sns_event`] reads the SNS event Lambda receives (`Records[].Sns.Message`, the
-//!   alarm as a JSON string) into [`Notification`]s;
-//! - [`slack_message`] formats one as a Slack webhook payload (pure, unit-tested);
-//! - [`SlackWebhook::post`] sends it; anything but a 2xx answer within the timeout is an
-//!   error, so Lambda reports (and SNS retries) the invocation instead of losing the message.
-//!
-//! The webhook URL is a secret: it is never logged and never part of an error message.
+//! The `slack_notifier` function's body: CloudWatch alarm notifications delivered by SNS
+//! ([`parse_sns_event`]) as Slack messages ([`slack_message`]) posted to an incoming webhook
+//! ([`SlackWebhook`]). Rationale: docs/architecture.md, "Alarm notifications".
 
 use std::fmt;
 use std::time::Duration;
 
+use aws_lambda_events::sns::SnsEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -30,7 +22,7 @@ const MAX_QUOTED_MESSAGE: usize = 2000;
 /// The SNS event is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EventError {
-    /// Not an object with a `Records` list of SNS records.
+    /// Not an SNS event as Lambda delivers it.
     #[error("event is not an SNS notification: {0}")]
     Shape(String),
 }
@@ -44,7 +36,6 @@ pub enum PostError {
     /// Slack answered with an error status.
     #[error("the Slack webhook answered {status}: {answer}")]
     Status {
-        /// The HTTP status code.
         status: u16,
         /// The start of the answer's body (Slack explains errors there, e.g. `invalid_payload`).
         answer: String,
@@ -76,7 +67,6 @@ pub struct AlarmMessage {
     pub alarm_description: Option<String>,
     /// `ALARM`, `OK` or `INSUFFICIENT_DATA`.
     pub new_state_value: String,
-    /// The state before.
     #[serde(default)]
     pub old_state_value: Option<String>,
     /// CloudWatch's explanation of the change.
@@ -115,13 +105,11 @@ pub struct AlarmTrigger {
     /// Seconds per evaluated period.
     #[serde(default)]
     pub period: Option<u64>,
-    /// Periods evaluated.
     #[serde(default)]
     pub evaluation_periods: Option<u64>,
     /// e.g. `LessThanThreshold`.
     #[serde(default)]
     pub comparison_operator: Option<String>,
-    /// The threshold.
     #[serde(default)]
     pub threshold: Option<f64>,
     /// e.g. `- TreatMissingData: breaching`.
@@ -132,9 +120,7 @@ pub struct AlarmTrigger {
 /// A metric dimension of an alarm trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TriggerDimension {
-    /// Dimension name.
     pub name: String,
-    /// Dimension value.
     pub value: String,
 }
 
@@ -147,36 +133,21 @@ pub enum Notification {
     Other {
         /// The SNS subject, if any.
         subject: Option<String>,
-        /// The message text.
         message: String,
     },
 }
 
 /// The notifications of an SNS event, in record order.
 pub fn parse_sns_event(event: &Value) -> Result<Vec<Notification>, EventError> {
-    let records = event
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| EventError::Shape("no Records list".into()))?;
-    records
-        .iter()
-        .enumerate()
-        .map(|(index, record)| {
-            let sns = record
-                .get("Sns")
-                .ok_or_else(|| EventError::Shape(format!("record {index} has no Sns object")))?;
-            let message = sns
-                .get("Message")
-                .and_then(Value::as_str)
-                .ok_or_else(|| EventError::Shape(format!("record {index} has no Sns.Message")))?;
-            let subject = sns
-                .get("Subject")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned);
-            Ok(parse_message(subject, message))
+    let event = SnsEvent::deserialize(event).map_err(|e| EventError::Shape(e.to_string()))?;
+    Ok(event
+        .records
+        .into_iter()
+        .map(|record| {
+            let subject = record.sns.subject.filter(|s| !s.is_empty());
+            parse_message(subject, &record.sns.message)
         })
-        .collect()
+        .collect())
 }
 
 /// Reads one SNS message: an alarm when it is CloudWatch's JSON, otherwise plain text.
@@ -578,11 +549,56 @@ mod tests {
         assert!(payload["text"].as_str().unwrap().len() < 2100);
     }
 
+    /// A record as SNS delivers it to Lambda.
+    fn sns_record(subject: Value, message: &str) -> Value {
+        let topic = "arn:aws:sns:eu-west-1:123456789012:jsonrpc-proxy-dev-alarms";
+        json!({
+            "EventSource": "aws:sns",
+            "EventVersion": "1.0",
+            "EventSubscriptionArn": format!("{topic}:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55"),
+            "Sns": {
+                "Type": "Notification",
+                "MessageId": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
+                "TopicArn": topic,
+                "Subject": subject,
+                "Message": message,
+                "Timestamp": "2026-11-24T03:05:12.345Z",
+                "SignatureVersion": "1",
+                "Signature": "EXAMPLE",
+                "SigningCertUrl": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-EXAMPLE.pem",
+                "UnsubscribeUrl": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe",
+                "MessageAttributes": {}
+            }
+        })
+    }
+
+    #[test]
+    fn malformed_sns_events_say_what_is_wrong() {
+        let problem = |event: Value| parse_sns_event(&event).unwrap_err().to_string();
+        assert!(problem(json!({}))
+            .starts_with("event is not an SNS notification: missing field `Records`"),);
+        let mut no_message = sns_record(json!("s"), "m");
+        no_message["Sns"].as_object_mut().unwrap().remove("Message");
+        assert!(problem(json!({"Records": [no_message]})).contains("missing field `Message`"));
+        let mut not_text = sns_record(json!("s"), "m");
+        not_text["Sns"]["Message"] = json!({"AlarmName": "x"});
+        assert!(problem(json!({"Records": [not_text]})).contains("invalid type: map"));
+        assert_eq!(parse_sns_event(&json!({"Records": []})).unwrap(), vec![]);
+        let empty_subject = parse_sns_event(&json!({"Records": [sns_record(json!(""), "m")]}));
+        assert_eq!(
+            empty_subject.unwrap(),
+            vec![Notification::Other {
+                subject: None,
+                message: "m".into()
+            }]
+        );
+    }
+
     #[test]
     fn parses_sns_events() {
         let event = json!({"Records": [
-            {"EventSource": "aws:sns", "Sns": {"Subject": "ALARM: x", "Message": alarm_json("ALARM", "OK")}},
-            {"EventSource": "aws:sns", "Sns": {"Subject": null, "Message": "hi"}}
+            sns_record(json!("ALARM: x"), &alarm_json("ALARM", "OK")),
+            sns_record(json!(null), "hi")
         ]});
         let parsed = parse_sns_event(&event).unwrap();
         assert_eq!(parsed.len(), 2);

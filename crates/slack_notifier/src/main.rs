@@ -1,6 +1,5 @@
-//! `slack_notifier` Lambda: posts the CloudWatch alarm transitions that SNS delivers to the
-//! Slack incoming webhook `SLACK_WEBHOOK_URL` (optional `SLACK_CHANNEL` override). A failed
-//! post fails the invocation, so it is reported and retried rather than lost.
+//! `slack_notifier` Lambda: posts the alarm transitions SNS delivers to the Slack webhook
+//! `SLACK_WEBHOOK_URL` (docs/architecture.md, "Alarm notifications").
 
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;

@@ -496,6 +496,7 @@ fn s3_event(bucket: &str, key: &str) -> Value {
     json!({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
         "eventTime": "2026-11-24T03:25:21.123Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "EXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket}, "object": {"key": key, "size": 10}}
     }]})
 }

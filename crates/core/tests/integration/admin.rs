@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use devstack::testkit::{b, n, s, TestStack};
 
 /// The admin event `sls invoke -d '{"body": "..."}'` sends.
-fn event(body: &Value) -> Value {
+pub(crate) fn event(body: &Value) -> Value {
     json!({ "body": body.to_string() })
 }
 

@@ -4,6 +4,7 @@
 //! the test with instructions (`scripts/install-deps.sh`), never skips it.
 
 mod admin;
+mod clients;
 mod ecs;
 mod health;
 mod hostile;

@@ -1,0 +1,479 @@
+//! The JSON-RPC gate's part of the rendered nginx configuration: API keys, the method policy,
+//! the limits and the usage counters, enforced by the Lua module in `docker/gate` (nginx's
+//! Lua module runs it). [`GatePolicy`] is what the gate enforces; [`crate::nginx::render_gated`]
+//! renders it. Rationale and alternatives: `docs/architecture.md`, "The JSON-RPC gate".
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::nginx::RenderOptions;
+
+/// Shared dictionary of the per-second call counters.
+pub const RATE_DICT: &str = "jsonrpc_gate_rate";
+/// Shared dictionary of the usage counters (monotonic, read through [`USAGE_SOCKET`]).
+pub const USAGE_DICT: &str = "jsonrpc_gate_usage";
+/// The access-log variable naming the caller: a client's name, `(open)` or `(unknown)`.
+pub const CLIENT_VARIABLE: &str = "$jsonrpc_gate_client";
+/// Socket (in the socket directory) of the internal server answering `GET /usage`.
+pub const USAGE_SOCKET: &str = "gate-usage.sock";
+/// Socket (in the socket directory) of the internal server the WebSocket relay reaches the
+/// nodes through.
+pub const WEBSOCKET_SOCKET: &str = "gate-ws.sock";
+/// Where the image installs the Lua modules (`docker/Dockerfile`).
+pub const IMAGE_LUA_DIR: &str = "/usr/share/jsonrpc-proxy/lua";
+
+/// One client: its name and the SHA-256 of its key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateClient {
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key ([`key_sha256`]).
+    pub key_sha256: String,
+    /// JSON-RPC calls per second (a batch of N counts N).
+    pub calls_per_second: u32,
+    /// Method names, or namespace prefixes ending in `_`, this client may call although the
+    /// deployment denies them.
+    pub allow_methods: Vec<String>,
+}
+
+/// What the gate enforces: the registered clients and the deployment-wide policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatePolicy {
+    /// Registered clients. None: the endpoint is open at every path, callers counted per
+    /// client address.
+    pub clients: Vec<GateClient>,
+    /// Calls per second of a caller in open mode, and of a client added without one.
+    pub default_calls_per_second: u32,
+    /// Method names, or namespace prefixes ending in `_`, denied to every caller (matched
+    /// ignoring ASCII case).
+    pub deny_methods: Vec<String>,
+    /// Largest request body (and WebSocket message), bytes.
+    pub max_body_bytes: u64,
+    /// Most calls in one batch.
+    pub max_batch_calls: u32,
+    /// Widest `eth_getLogs`/`eth_newFilter` block range whose ends are both numbers or
+    /// `earliest`.
+    pub max_get_logs_blocks: u64,
+    /// Addresses of the load balancers whose `X-Forwarded-For` names the caller.
+    pub trusted_proxy_cidrs: Vec<String>,
+    /// Directory of the Lua modules (`jsonrpc_gate.lua` and `jsonrpc_gate/`).
+    pub lua_dir: String,
+    /// Access log file of the public server (its own format, which names the client and
+    /// never the request path).
+    pub access_log: String,
+    /// Size of each shared dictionary, MiB.
+    pub shared_dict_mib: u32,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        let deny = [
+            "admin_",
+            "debug_",
+            "personal_",
+            "miner_",
+            "txpool_",
+            "engine_",
+            "clique_",
+            "anvil_",
+            "hardhat_",
+            "evm_",
+            "eth_sendTransaction",
+            "eth_sendUnsignedTransaction",
+            "eth_sign",
+            "eth_signTransaction",
+            "eth_signTypedData",
+            "eth_signTypedData_v1",
+            "eth_signTypedData_v3",
+            "eth_signTypedData_v4",
+        ];
+        Self {
+            clients: Vec::new(),
+            default_calls_per_second: 100,
+            deny_methods: deny.iter().map(|m| (*m).to_owned()).collect(),
+            max_body_bytes: 1 << 20,
+            max_batch_calls: 100,
+            max_get_logs_blocks: 10_000,
+            trusted_proxy_cidrs: vec![
+                "10.0.0.0/8".into(),
+                "172.16.0.0/12".into(),
+                "192.168.0.0/16".into(),
+            ],
+            lua_dir: IMAGE_LUA_DIR.into(),
+            access_log: "/var/log/nginx/access.log".into(),
+            shared_dict_mib: 10,
+        }
+    }
+}
+
+/// A policy that would not give a valid, safe configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GatePolicyError {
+    /// A client name outside 1 to 64 of `A-Z a-z 0-9 . _ -`, or used twice.
+    #[error("client name {0:?} must be 1 to 64 of A-Z a-z 0-9 . _ - and unique")]
+    ClientName(String),
+    /// A key digest that is not 64 lowercase hex digits, or used twice.
+    #[error("the key digest of client {0:?} must be 64 lowercase hex digits, unique")]
+    KeyDigest(String),
+    /// A method name or prefix outside `A-Z a-z 0-9 _`.
+    #[error("method {0:?} must be 1 to 128 of A-Z a-z 0-9 _")]
+    Method(String),
+    /// A CIDR of other characters than an address and a prefix length.
+    #[error("trusted proxy {0:?} must be an IP address or CIDR")]
+    Cidr(String),
+    /// A path that is not absolute and plain.
+    #[error("path {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.'")]
+    Path(String),
+    /// A limit of 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+/// Lowercase hex SHA-256 of a client key: the only form of it the configuration holds.
+pub fn key_sha256(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn is_method(m: &str) -> bool {
+    (1..=128).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn is_plain_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("..")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+}
+
+impl GatePolicy {
+    /// Checks that every value is safe to put into the configuration.
+    pub fn validate(&self) -> Result<(), GatePolicyError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut digests = std::collections::BTreeSet::new();
+        for client in &self.clients {
+            let name_ok = (1..=64).contains(&client.name.len())
+                && client
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok || !names.insert(client.name.as_str()) {
+                return Err(GatePolicyError::ClientName(client.name.clone()));
+            }
+            let digest_ok = client.key_sha256.len() == 64
+                && client
+                    .key_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !digest_ok || !digests.insert(client.key_sha256.as_str()) {
+                return Err(GatePolicyError::KeyDigest(client.name.clone()));
+            }
+            if client.calls_per_second == 0 {
+                return Err(GatePolicyError::Zero("calls per second"));
+            }
+            if let Some(bad) = client.allow_methods.iter().find(|m| !is_method(m)) {
+                return Err(GatePolicyError::Method(bad.clone()));
+            }
+        }
+        if let Some(bad) = self.deny_methods.iter().find(|m| !is_method(m)) {
+            return Err(GatePolicyError::Method(bad.clone()));
+        }
+        if let Some(bad) = self.trusted_proxy_cidrs.iter().find(|c| {
+            c.is_empty()
+                || c.len() > 49
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":./".contains(&b))
+        }) {
+            return Err(GatePolicyError::Cidr(bad.clone()));
+        }
+        for path in [&self.lua_dir, &self.access_log] {
+            if !is_plain_path(path) {
+                return Err(GatePolicyError::Path(path.clone()));
+            }
+        }
+        for (name, value) in [
+            (
+                "default calls per second",
+                u64::from(self.default_calls_per_second),
+            ),
+            ("max body bytes", self.max_body_bytes),
+            ("max batch calls", u64::from(self.max_batch_calls)),
+            ("max eth_getLogs blocks", self.max_get_logs_blocks),
+            ("shared dictionary size", u64::from(self.shared_dict_mib)),
+        ] {
+            if value == 0 {
+                return Err(GatePolicyError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy as the Lua module's `configure` reads it.
+    fn lua_config(&self, options: &RenderOptions) -> String {
+        let clients: Vec<_> = self
+            .clients
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "key_sha256": c.key_sha256,
+                    "calls_per_second": c.calls_per_second,
+                    "allow_methods": c.allow_methods,
+                })
+            })
+            .collect();
+        json!({
+            "clients": clients,
+            "default_calls_per_second": self.default_calls_per_second,
+            "deny_methods": self.deny_methods,
+            "max_body_bytes": self.max_body_bytes,
+            "max_batch_calls": self.max_batch_calls,
+            "max_get_logs_blocks": self.max_get_logs_blocks,
+            "websocket_upstream": format!("unix:{}", socket(options, WEBSOCKET_SOCKET)),
+            "websocket_timeout_secs": options.websocket_timeout_secs,
+        })
+        .to_string()
+    }
+}
+
+fn socket(options: &RenderOptions, name: &str) -> String {
+    format!("{}/{name}", options.socket_dir.trim_end_matches('/'))
+}
+
+/// The http-level directives: the Lua path, the shared dictionaries, the policy (handed to
+/// the module at every load: a reload re-reads it, the dictionaries' counters survive) and
+/// the access-log format.
+pub(crate) fn render_http_level(out: &mut String, policy: &GatePolicy, options: &RenderOptions) {
+    let config = policy.lua_config(options);
+    // Only validated names, digests and method names: the text holds no `]==]`.
+    debug_assert!(!config.contains("]==]"));
+    let _ = write!(
+        out,
+        "lua_package_path \"{lua}/?.lua;;\";
+lua_shared_dict {RATE_DICT} {mib}m;
+lua_shared_dict {USAGE_DICT} {mib}m;
+init_by_lua_block {{
+    require(\"jsonrpc_gate\").configure([==[{config}]==])
+}}
+init_worker_by_lua_block {{
+    require(\"jsonrpc_gate\").init_worker()
+}}
+log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_method $status '
+    '$body_bytes_sent $request_time $upstream_addr \"$http_user_agent\"';
+
+",
+        lua = policy.lua_dir,
+        mib = policy.shared_dict_mib,
+    );
+}
+
+/// Server-level directives of the public server.
+pub(crate) fn public_server_directives(policy: &GatePolicy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "    set {CLIENT_VARIABLE} \"-\";");
+    let _ = writeln!(out, "    access_log {} jsonrpc_gate;", policy.access_log);
+    // nginx's error lines for a request name its request line, the key included; the gate
+    // logs upstream failures itself, without it.
+    out.push_str("    error_log /dev/null emerg;\n");
+    for cidr in &policy.trusted_proxy_cidrs {
+        let _ = writeln!(out, "    set_real_ip_from {cidr};");
+    }
+    out.push_str("    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n");
+    let _ = writeln!(out, "    client_max_body_size {};", policy.max_body_bytes);
+    let _ = writeln!(
+        out,
+        "    client_body_buffer_size {};",
+        policy.max_body_bytes
+    );
+    out.push_str("    error_page 413 = @jsonrpc_gate_too_large;\n\n");
+    out.push_str(
+        "    location @jsonrpc_gate_too_large {
+        content_by_lua_block { require(\"jsonrpc_gate\").too_large() }
+    }
+
+",
+    );
+    out
+}
+
+/// The gate's lines in the public JSON-RPC location (which has an `error_page` of its own, so
+/// it does not inherit the server's).
+pub(crate) const ACCESS_LINE: &str = "        error_page 413 = @jsonrpc_gate_too_large;
+        access_by_lua_block { require(\"jsonrpc_gate\").http() }
+        log_by_lua_block { require(\"jsonrpc_gate\").log() }
+";
+
+/// The public server's WebSocket location: the relay.
+pub(crate) const WEBSOCKET_LOCATION_BODY: &str =
+    "        content_by_lua_block { require(\"jsonrpc_gate\").websocket() }\n";
+
+/// The internal servers: the relay's way to the nodes (`websocket_proxy` holds the proxy
+/// directives of today's WebSocket location), and the usage endpoint.
+pub(crate) fn render_internal_servers(
+    out: &mut String,
+    options: &RenderOptions,
+    websocket_proxy: Option<&str>,
+) {
+    if let Some(proxy) = websocket_proxy {
+        let _ = write!(
+            out,
+            "server {{
+    listen unix:{socket};
+    access_log off;
+
+    location / {{
+{proxy}    }}
+}}
+
+",
+            socket = socket(options, WEBSOCKET_SOCKET),
+        );
+    }
+    // The usage server declares the access log's variable, which the public server sets
+    // (nginx refuses a log format naming an undeclared variable, as when nothing is healthy).
+    let _ = write!(
+        out,
+        "server {{
+    listen unix:{socket};
+    access_log off;
+    set {CLIENT_VARIABLE} \"-\";
+
+    location = /usage {{
+        content_by_lua_block {{ require(\"jsonrpc_gate\").usage() }}
+    }}
+
+    location / {{
+        return 404;
+    }}
+}}
+
+",
+        socket = socket(options, USAGE_SOCKET),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str) -> GateClient {
+        GateClient {
+            name: name.into(),
+            key_sha256: key_sha256(name),
+            calls_per_second: 5,
+            allow_methods: vec!["debug_".into()],
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_deny_the_node_namespaces() {
+        let policy = GatePolicy::default();
+        policy.validate().expect("valid");
+        for m in ["admin_", "debug_", "anvil_", "eth_sendTransaction"] {
+            assert!(policy.deny_methods.iter().any(|d| d == m), "{m}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_could_break_the_configuration() {
+        let with = |f: &dyn Fn(&mut GatePolicy)| {
+            let mut p = GatePolicy {
+                clients: vec![client("a")],
+                ..GatePolicy::default()
+            };
+            f(&mut p);
+            p.validate()
+        };
+        assert!(with(&|_| {}).is_ok());
+        assert!(with(&|p| p.clients[0].name = "a b".into()).is_err());
+        assert!(with(&|p| p.clients.push(client("a"))).is_err());
+        assert!(with(&|p| p.clients[0].key_sha256 = "]==]".into()).is_err());
+        assert!(with(&|p| p.clients[0].allow_methods = vec!["]==]".into()]).is_err());
+        assert!(with(&|p| p.deny_methods.push("a;b".into())).is_err());
+        assert!(with(&|p| p.trusted_proxy_cidrs = vec!["1.2.3.4; x".into()]).is_err());
+        assert!(with(&|p| p.lua_dir = "rel".into()).is_err());
+        assert!(with(&|p| p.max_batch_calls = 0).is_err());
+        assert!(with(&|p| p.clients[0].calls_per_second = 0).is_err());
+    }
+
+    #[test]
+    fn a_gated_render_judges_before_proxying_and_relays_websockets() {
+        use crate::backend::Backend;
+        use crate::nginx::{render, render_gated};
+        use crate::routing::RoutingPlan;
+        let plan = RoutingPlan::from_backends(&[Backend {
+            url: "http://10.0.0.1:8545".into(),
+            is_healthy: true,
+            ..Backend::default()
+        }]);
+        let options = RenderOptions::default();
+        let policy = GatePolicy {
+            clients: vec![client("app")],
+            ..GatePolicy::default()
+        };
+        let plain = render(&plan, &options);
+        assert_eq!(plain, render_gated(&plan, &options, None));
+        assert!(!plain.contains("lua"));
+        let conf = render_gated(&plan, &options, Some(&policy));
+        let public = &conf[conf.find("    location / {").expect("location /")..];
+        let public = &public[..public.find("\n    }\n").expect("end")];
+        let access = public.find("access_by_lua_block").expect("the gate");
+        assert!(
+            access
+                < public
+                    .find("proxy_pass http://jsonrpc_backends;")
+                    .expect("proxy")
+        );
+        assert!(public.contains(
+            "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+        ));
+        assert!(public.contains("error_page 413 = @jsonrpc_gate_too_large;"));
+        assert!(conf.contains("location @websocket {\n        content_by_lua_block"));
+        let relay = &conf[conf
+            .find(&format!(
+                "listen unix:/var/run/jsonrpc-proxy/{WEBSOCKET_SOCKET};"
+            ))
+            .expect("relay server")..];
+        assert!(relay.contains("proxy_pass http://jsonrpc_backends_websocket;"));
+        assert!(conf.contains(&format!(
+            "listen unix:/var/run/jsonrpc-proxy/{USAGE_SOCKET};"
+        )));
+        assert!(conf.contains("access_log /var/log/nginx/access.log jsonrpc_gate;"));
+        assert!(conf.contains("set_real_ip_from 10.0.0.0/8;"));
+        assert!(
+            !conf.contains("$request "),
+            "no request line in the log format"
+        );
+        assert!(!conf.contains("$request_uri"));
+        // Nothing healthy: still the 404 server, and the usage endpoint stays.
+        let empty = render_gated(&RoutingPlan::default(), &options, Some(&policy));
+        assert!(empty.contains("return 404;"));
+        assert!(empty.contains(USAGE_SOCKET));
+        assert!(!empty.contains(&format!(
+            "listen unix:/var/run/jsonrpc-proxy/{WEBSOCKET_SOCKET};"
+        )));
+    }
+
+    #[test]
+    fn the_configuration_holds_digests_never_keys() {
+        let key = "k3y-secret_value";
+        let policy = GatePolicy {
+            clients: vec![GateClient {
+                key_sha256: key_sha256(key),
+                ..client("app")
+            }],
+            ..GatePolicy::default()
+        };
+        let mut out = String::new();
+        render_http_level(&mut out, &policy, &RenderOptions::default());
+        assert!(!out.contains(key));
+        assert!(out.contains(&key_sha256(key)));
+        assert_eq!(
+            key_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,963 @@
+//! The JSON-RPC gate on a real nginx (with the Lua module the image ships) in front of a real
+//! anvil node: keys and open mode, the method policy, the limits, the usage endpoint and the
+//! WebSocket relay, and attempts to get around each (unicode escapes, duplicate and case-folded
+//! member names, chunked bodies, odd content types, mixed batches, fragmented WebSocket
+//! messages, keys in odd places of the path): every refused request leaves the node untouched
+//! (its block number does not move) and the key never reaches the node or a log.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use devstack::{free_port, Anvil, AnvilOptions, FaultProxy, Nginx};
+use jsonrpc_proxy::backend::Backend;
+use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
+use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
+use jsonrpc_proxy::routing::RoutingPlan;
+use serde_json::{json, Value};
+
+const KEY: &str = "k3yOfTheApp_0123456789-abcdefXYZ";
+const OTHER_KEY: &str = "an0therKey_9876543210-zyxwvuABC";
+
+fn lua_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docker/gate")
+        .canonicalize()
+        .expect("docker/gate")
+        .display()
+        .to_string()
+}
+
+/// `app` may call `evm_mine` (denied to everyone else), `other` may not.
+fn clients(cps: u32) -> Vec<GateClient> {
+    vec![
+        GateClient {
+            name: "app".into(),
+            key_sha256: key_sha256(KEY),
+            calls_per_second: cps,
+            allow_methods: vec!["evm_mine".into()],
+        },
+        GateClient {
+            name: "other".into(),
+            key_sha256: key_sha256(OTHER_KEY),
+            calls_per_second: cps,
+            allow_methods: vec![],
+        },
+    ]
+}
+
+/// nginx in front of `node_url`, gated by `policy` (its Lua directory and access log set here).
+struct Stack {
+    nginx: Nginx,
+    port: u16,
+    options: RenderOptions,
+    plan: RoutingPlan,
+    _sockets: tempfile::TempDir,
+    logs: tempfile::TempDir,
+}
+
+impl Stack {
+    fn start(node_url: &str, policy: GatePolicy, workers: u32) -> Self {
+        let sockets = tempfile::Builder::new()
+            .prefix("jrpg")
+            .tempdir()
+            .expect("sockets");
+        let logs = tempfile::tempdir().expect("logs");
+        let options = RenderOptions {
+            listen_port: free_port().expect("port"),
+            socket_dir: sockets.path().display().to_string(),
+            ..RenderOptions::default()
+        };
+        let plan = RoutingPlan::from_backends(&[Backend {
+            url: node_url.into(),
+            is_healthy: true,
+            ..Backend::default()
+        }]);
+        let text = render(&plan, &options, logs.path(), policy);
+        let nginx = Nginx::start_with_workers(&text, sockets.path(), workers).expect("nginx");
+        Self {
+            nginx,
+            port: options.listen_port,
+            options,
+            plan,
+            _sockets: sockets,
+            logs,
+        }
+    }
+
+    fn reload(&mut self, policy: GatePolicy) {
+        let text = render(&self.plan, &self.options, self.logs.path(), policy);
+        self.nginx.reload(&text).expect("reload");
+    }
+
+    fn access_log(&self) -> PathBuf {
+        self.logs.path().join("access.log")
+    }
+
+    fn post(&self, path: &str, body: &str) -> Answer {
+        self.send(path, &[("Content-Type", "application/json")], body)
+    }
+
+    fn send(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let chunked = headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == &"chunked");
+        let mut request = head.into_bytes();
+        if chunked {
+            request.extend_from_slice(b"\r\n");
+            // Three chunks, split inside the method name.
+            let bytes = body.as_bytes();
+            let cuts = [0, bytes.len() / 3, 2 * bytes.len() / 3, bytes.len()];
+            for pair in cuts.windows(2).filter(|p| p[1] > p[0]) {
+                let chunk = &bytes[pair[0]..pair[1]];
+                request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                request.extend_from_slice(chunk);
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            request.extend_from_slice(body.as_bytes());
+        }
+        exchange(self.port, &request)
+    }
+
+    fn usage(&self) -> Value {
+        let socket = Path::new(&self.options.socket_dir).join(USAGE_SOCKET);
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("usage socket");
+        stream
+            .write_all(b"GET /usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read");
+        let answer = parse_answer(&raw);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        serde_json::from_str(&answer.body).expect("usage JSON")
+    }
+
+    fn logs_text(&self) -> String {
+        let access = std::fs::read_to_string(self.access_log()).unwrap_or_default();
+        let error = std::fs::read_to_string(self.nginx.error_log_path()).unwrap_or_default();
+        format!("{access}\n{error}")
+    }
+}
+
+/// The gated configuration, with the repository's Lua modules and an access log in `logs`.
+fn render(plan: &RoutingPlan, options: &RenderOptions, logs: &Path, policy: GatePolicy) -> String {
+    let policy = GatePolicy {
+        lua_dir: lua_dir(),
+        access_log: logs.join("access.log").display().to_string(),
+        trusted_proxy_cidrs: vec!["127.0.0.1/32".into()],
+        ..policy
+    };
+    policy.validate().expect("valid policy");
+    render_gated(plan, options, Some(&policy))
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn exchange(port: u16, request: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_answer(&raw)
+}
+
+/// Status and body (de-chunked) of an HTTP/1.1 answer read to the end.
+fn parse_answer(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || after.len() < size {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = after[size..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Answer { status, body }
+}
+
+fn call(id: u64, method: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": []}).to_string()
+}
+
+fn anvil() -> Anvil {
+    Anvil::start(AnvilOptions::default()).expect("anvil")
+}
+
+/// Asserts the answer is the JSON-RPC error `code` (for a single call), and the node did not
+/// move.
+fn assert_refused(answer: &Answer, status: u16, code: i64, node: &Anvil, height: u64, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.body);
+    assert_eq!(
+        answer.json()["error"]["code"],
+        code,
+        "{what}: {}",
+        answer.body
+    );
+    assert_eq!(node.block_number().expect("height"), height, "{what}");
+}
+
+#[test]
+fn keys_open_mode_and_paths() {
+    let node = anvil();
+    // A recording proxy between nginx and the node: which paths reach the node.
+    let recorder = FaultProxy::start(&node.url()).expect("recorder");
+    let mut stack = Stack::start(&recorder.endpoint(), GatePolicy::default(), 1);
+
+    // Open mode: every path, the policy still applies.
+    let answer = stack.post("/", &call(1, "eth_chainId"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["result"], "0x7a69");
+    let answer = stack.post("/anything", &call(2, "evm_mine"));
+    assert_refused(&answer, 200, -32601, &node, 0, "evm_mine in open mode");
+
+    // From the first client on: a key is needed, at exactly /v3/<key>.
+    stack.reload(GatePolicy {
+        clients: clients(1000),
+        ..GatePolicy::default()
+    });
+    let mined = stack.post(&format!("/v3/{KEY}"), &call(3, "evm_mine"));
+    assert_eq!(mined.status, 200, "{}", mined.body);
+    assert_eq!(
+        node.block_number().expect("height"),
+        1,
+        "the allowed call ran"
+    );
+    let encoded: String = KEY.bytes().map(|b| format!("%{b:02X}")).collect();
+    for path in [
+        "/".to_owned(),
+        "/v3/".to_owned(),
+        "/v3/wrong".to_owned(),
+        format!("/v3/{KEY}/"),
+        format!("//v3/{KEY}"),
+        format!("/v3//{KEY}"),
+        format!("/v3/{KEY}?x=1"),
+        format!("/v3/{KEY}#x"),
+        format!("/v3/{encoded}"),
+        format!("/v3/{KEY}/../{OTHER_KEY}"),
+        format!("/v3/x/../{KEY}"),
+        format!("/V3/{KEY}"),
+        format!("/v3/{}", KEY.to_uppercase()),
+        format!("/ws/v3/{KEY}"),
+    ] {
+        let answer = stack.post(&path, &call(4, "evm_mine"));
+        assert_refused(&answer, 401, -32001, &node, 1, &path);
+    }
+    // nginx itself refuses a NUL in the path, before the gate.
+    let answer = stack.post(&format!("/v3/{KEY}%00"), &call(4, "evm_mine"));
+    assert_eq!(answer.status, 400);
+    assert_eq!(node.block_number().expect("height"), 1);
+    // The other client's key works, with its own policy.
+    let answer = stack.post(&format!("/v3/{OTHER_KEY}"), &call(5, "evm_mine"));
+    assert_refused(&answer, 200, -32601, &node, 1, "evm_mine for other");
+    let answer = stack.post(&format!("/v3/{OTHER_KEY}"), &call(6, "eth_blockNumber"));
+    assert_eq!(answer.json()["result"], "0x1");
+
+    // A removed client's key is refused.
+    stack.reload(GatePolicy {
+        clients: clients(1000).split_off(1),
+        ..GatePolicy::default()
+    });
+    let answer = stack.post(&format!("/v3/{KEY}"), &call(7, "eth_blockNumber"));
+    assert_refused(&answer, 401, -32001, &node, 1, "removed key");
+
+    // The node saw "/" only; no log holds a key; the access log names the clients.
+    let paths: Vec<String> = recorder.requests().into_iter().map(|r| r.path).collect();
+    assert!(!paths.is_empty());
+    assert!(paths.iter().all(|p| p == "/"), "{paths:?}");
+    std::thread::sleep(Duration::from_millis(700)); // the gate's log timer
+    let logs = stack.logs_text();
+    for key in [KEY, OTHER_KEY, &encoded] {
+        assert!(!logs.contains(key), "a key in the logs:\n{logs}");
+    }
+    let access = std::fs::read_to_string(stack.access_log()).expect("access log");
+    for name in [" app ", " other ", " (unknown) ", " (open) "] {
+        assert!(access.contains(name), "{name} in\n{access}");
+    }
+
+    // Usage: served and refused per client, by reason.
+    let usage = stack.usage();
+    assert_eq!(usage["clients"]["app"]["served"], 1, "{usage}");
+    assert_eq!(usage["clients"]["other"]["served"], 1, "{usage}");
+    assert_eq!(usage["clients"]["other"]["refused"]["method"], 1, "{usage}");
+    assert_eq!(
+        usage["clients"]["(unknown)"]["refused"]["key"], 15,
+        "{usage}"
+    );
+    assert_eq!(
+        usage["clients"]["(open)"]["refused"]["method"], 1,
+        "{usage}"
+    );
+}
+
+#[test]
+fn the_method_the_gate_judges_is_the_method_the_node_runs() {
+    let node = anvil();
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: clients(1000),
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    let path = format!("/v3/{OTHER_KEY}");
+    let refused: &[(&str, i64)] = &[
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil\u005fmine","params":[]}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"\u0061nvil_mine","params":[]}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ANVIL_MINE","params":[]}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"evm_mine","params":[]}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","method":"anvil_mine"}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine","method":"eth_blockNumber"}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","Method":"anvil_mine"}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","\u006dethod":"anvil_mine"}"#,
+            -32600,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"METHOD":"anvil_mine"}"#, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[{"a":1,"A":2}]}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","paramſ":[]}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":["anvil_mine"]}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine\ud800"}"#,
+            -32700,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}{"method":"anvil_mine"}"#,
+            -32700,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber",}"#,
+            -32700,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"method":'anvil_mine'}"#, -32700),
+        (
+            "\u{feff}{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\"}",
+            -32700,
+        ),
+        ("not json", -32700),
+        ("", -32700),
+        ("[]", -32600),
+    ];
+    for (body, code) in refused {
+        for headers in [
+            &[("Content-Type", "application/json")][..],
+            &[("Content-Type", "text/plain")],
+            &[],
+            &[
+                ("Content-Type", "application/json"),
+                ("Transfer-Encoding", "chunked"),
+            ],
+        ] {
+            let answer = stack.send(&path, headers, body);
+            assert_refused(
+                &answer,
+                200,
+                *code,
+                &node,
+                0,
+                &format!("{body} {headers:?}"),
+            );
+        }
+    }
+    // A denied call names itself and keeps its id.
+    let answer = stack.post(
+        &path,
+        r#"{"jsonrpc":"2.0","id":"x-1","method":"anvil\u005fmine"}"#,
+    );
+    assert_eq!(
+        answer.json(),
+        json!({"jsonrpc":"2.0","id":"x-1","error":{"code":-32601,"message":"method not allowed: anvil_mine"}})
+    );
+
+    // A batch with a denied call is refused whole: -32601 for it, -32600 for the others.
+    let batch = format!(
+        "[{},{},{}]",
+        call(1, "eth_blockNumber"),
+        call(2, "evm_mine"),
+        call(3, "eth_chainId")
+    );
+    let answer = stack.post(&path, &batch);
+    assert_eq!(answer.status, 200);
+    let codes: Vec<(Value, Value)> = answer
+        .json()
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|a| (a["id"].clone(), a["error"]["code"].clone()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (json!(1), json!(-32600)),
+            (json!(2), json!(-32601)),
+            (json!(3), json!(-32600))
+        ]
+    );
+    assert_eq!(node.block_number().expect("height"), 0);
+
+    // Allowed requests pass whole: chunked (nginx forwards it with a length), any content
+    // type the node takes, batches, escapes that decode to an allowed name.
+    let answer = stack.send(
+        &path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        &call(9, "eth_chainId"),
+    );
+    assert_eq!(answer.json()["result"], "0x7a69", "{}", answer.body);
+    let answer = stack.post(
+        &path,
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0063hainId","params":[]}"#,
+    );
+    assert_eq!(answer.json()["result"], "0x7a69", "{}", answer.body);
+    let answer = stack.post(
+        &path,
+        &format!(
+            "[{},{}]",
+            call(1, "eth_chainId"),
+            call(2, "eth_blockNumber")
+        ),
+    );
+    assert_eq!(answer.json()[1]["result"], "0x0", "{}", answer.body);
+    // The client allowed evm_mine may call it, in a batch too.
+    let answer = stack.post(
+        &format!("/v3/{KEY}"),
+        &format!("[{},{}]", call(1, "eth_chainId"), call(2, "evm_mine")),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(node.block_number().expect("height"), 1);
+}
+
+/// Waits until the start of the next wall-clock second (the rate window).
+fn at_second_start() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    std::thread::sleep(
+        Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
+            + Duration::from_millis(20),
+    );
+}
+
+/// Runs `attempt` from the start of a wall-clock second until a run ends within that second
+/// (at most 5 runs); every run's result, the last one's last.
+fn within_one_second<T>(mut attempt: impl FnMut() -> T) -> Vec<T> {
+    let second = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        at_second_start();
+        let started = second();
+        runs.push(attempt());
+        if second() == started {
+            return runs;
+        }
+    }
+    panic!("no run ended within the second it started in");
+}
+
+#[test]
+fn limits_hold_across_workers() {
+    let node = anvil();
+    let mut stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: clients(10),
+            max_body_bytes: 4096,
+            max_batch_calls: 12,
+            max_get_logs_blocks: 100,
+            ..GatePolicy::default()
+        },
+        2,
+    );
+    let path = format!("/v3/{OTHER_KEY}");
+
+    // Calls per second, counted per call across both workers: 10 single calls pass in one
+    // second, the 11th is refused with 429; a batch of 11 is refused whole. (Each run starts at
+    // a second's start and is repeated if it did not end within that second.)
+    let mut rate_refused = 0;
+    let runs = within_one_second(|| {
+        let statuses: Vec<u16> = (0..14)
+            .map(|i| stack.post(&path, &call(i, "eth_chainId")).status)
+            .collect();
+        (statuses, stack.post(&path, &call(99, "eth_chainId")))
+    });
+    for (statuses, last) in &runs {
+        rate_refused +=
+            statuses.iter().filter(|s| **s == 429).count() + usize::from(last.status == 429);
+    }
+    let (statuses, answer) = runs.last().expect("a run");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(answer.status, 429);
+    assert_eq!(
+        answer.json(),
+        json!({"jsonrpc":"2.0","id":99,"error":{"code":-32005,"message":"limit exceeded: 10 calls per second"}})
+    );
+    let batch = |n: u64| {
+        format!(
+            "[{}]",
+            (0..n)
+                .map(|i| call(i, "eth_chainId"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    at_second_start();
+    let answer = stack.post(&path, &batch(11));
+    assert_eq!(answer.status, 429, "{}", answer.body);
+    assert_eq!(answer.json().as_array().map(Vec::len), Some(11));
+    rate_refused += 11;
+    let runs = within_one_second(|| {
+        let batch = stack.post(&path, &batch(10)).status;
+        (batch, stack.post(&path, &call(1, "eth_chainId")).status)
+    });
+    rate_refused += runs.iter().filter(|(_, single)| *single == 429).count();
+    assert_eq!(
+        runs.last(),
+        Some(&(200, 429)),
+        "a batch of 10 used the second"
+    );
+
+    // Calls per batch.
+    stack.reload(GatePolicy {
+        clients: clients(1000),
+        max_body_bytes: 4096,
+        max_batch_calls: 12,
+        max_get_logs_blocks: 100,
+        ..GatePolicy::default()
+    });
+    let answer = stack.post(&path, &batch(13));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["error"]["code"], -32005);
+    assert!(
+        answer.body.contains("12 calls per batch"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(stack.post(&path, &batch(12)).status, 200);
+
+    // Body size: 413 with a JSON-RPC error naming the limit, by length and chunked.
+    let padding = " ".repeat(5000);
+    let big = format!("{}{padding}", call(1, "eth_chainId"));
+    for headers in [
+        &[("Content-Type", "application/json")][..],
+        &[
+            ("Content-Type", "application/json"),
+            ("Transfer-Encoding", "chunked"),
+        ],
+    ] {
+        let answer = stack.send(&path, headers, &big);
+        assert_eq!(answer.status, 413, "{headers:?}: {}", answer.body);
+        assert_eq!(answer.json()["error"]["code"], -32005);
+        assert!(
+            answer.body.contains("request body 4096 bytes"),
+            "{}",
+            answer.body
+        );
+    }
+
+    // eth_getLogs ranges whose ends are both numbers (or earliest).
+    let logs = |from: Value, to: Value| {
+        json!({"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock": from, "toBlock": to}]}).to_string()
+    };
+    for (from, to) in [
+        (json!("0x0"), json!("0x64")),
+        (json!("earliest"), json!("0x100")),
+        (json!("0x10"), json!("0x00000000000000000000000000000200")),
+        (json!("EARLIEST"), json!(1000)),
+    ] {
+        let answer = stack.post(&path, &logs(from.clone(), to.clone()));
+        assert_eq!(
+            answer.json()["error"]["code"],
+            -32005,
+            "{from} {to}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body.contains("eth_getLogs block range 100 blocks"),
+            "{}",
+            answer.body
+        );
+    }
+    let folded = r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"FROMBLOCK":"0x0","toblock":"0x1000"}]}"#;
+    assert_eq!(stack.post(&path, folded).json()["error"]["code"], -32005);
+    for (from, to) in [
+        (json!("0x0"), json!("0x63")),
+        (json!("earliest"), json!("latest")),
+        (json!("0x0"), json!("pending")),
+    ] {
+        // Passed on: the node answers (whatever it thinks of a range beyond its head).
+        let answer = stack.post(&path, &logs(from.clone(), to.clone()));
+        assert_ne!(
+            answer.json()["error"]["code"],
+            -32005,
+            "{from} {to}: {}",
+            answer.body
+        );
+        assert_eq!(answer.json()["jsonrpc"], "2.0", "{}", answer.body);
+    }
+
+    let usage = stack.usage();
+    let refused = &usage["clients"]["other"]["refused"];
+    assert_eq!(refused["rate"], rate_refused, "{usage}");
+    assert_eq!(refused["batch_size"], 13, "{usage}");
+    assert_eq!(refused["body_size"], 2, "{usage}");
+    assert_eq!(refused["get_logs_range"], 5, "{usage}");
+}
+
+/// A masked client frame.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one unmasked server frame: opcode and payload.
+fn read_frame(stream: &mut TcpStream) -> (u8, String) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("frame head");
+    let length = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).expect("length");
+            usize::from(u16::from_be_bytes(ext))
+        }
+        127 => {
+            let mut ext = [0u8; 8];
+            stream.read_exact(&mut ext).expect("length");
+            usize::try_from(u64::from_be_bytes(ext)).expect("length")
+        }
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).expect("payload");
+    (
+        head[0] & 0x0f,
+        String::from_utf8_lossy(&payload).into_owned(),
+    )
+}
+
+/// Opens a WebSocket at `path`; the status line and the stream.
+fn websocket(port: u16, path: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read_exact(&mut byte).is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    (head, stream)
+}
+
+fn text(stream: &mut TcpStream, message: &str) -> Value {
+    stream
+        .write_all(&client_frame(1, true, message.as_bytes()))
+        .expect("frame");
+    let (opcode, payload) = read_frame(stream);
+    assert_eq!(opcode, 1, "{payload}");
+    serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+}
+
+#[test]
+fn every_websocket_message_goes_through_the_gate() {
+    let node = anvil();
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: clients(1000),
+            max_body_bytes: 4096,
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    // Keys as for HTTP.
+    for path in [
+        "/".to_owned(),
+        "/v3/wrong".to_owned(),
+        format!("/v3/{KEY}"),
+        format!("/ws/v3/{KEY}/"),
+    ] {
+        let (head, _) = websocket(stack.port, &path);
+        assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
+    }
+    let (head, mut ws) = websocket(stack.port, &format!("/ws/v3/{OTHER_KEY}"));
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "{head}\n{}",
+        stack.nginx.error_log_tail()
+    );
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+
+    assert_eq!(text(&mut ws, &call(1, "eth_chainId"))["result"], "0x7a69");
+    for (message, code) in [
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"anvil\u005fmine","params":[]}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"eth_chainId","method":"evm_mine"}"#,
+            -32600,
+        ),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"evm_mine"} x"#, -32700),
+    ] {
+        let answer = text(&mut ws, message);
+        assert_eq!(answer["error"]["code"], code, "{message}: {answer}");
+    }
+    let batch = format!("[{},{}]", call(5, "eth_chainId"), call(6, "evm_mine"));
+    let answer = text(&mut ws, &batch);
+    assert_eq!(answer[0]["error"]["code"], -32600, "{answer}");
+    assert_eq!(answer[1]["error"]["code"], -32601, "{answer}");
+    // A message in fragments (a ping between them) is judged whole.
+    let denied = call(7, "evm_mine");
+    let (first, second) = denied.split_at(20);
+    ws.write_all(&client_frame(1, false, first.as_bytes()))
+        .expect("fragment");
+    ws.write_all(&client_frame(9, true, b"ping")).expect("ping");
+    ws.write_all(&client_frame(0, true, second.as_bytes()))
+        .expect("fragment");
+    // The node's pong and the gate's answer, in either order.
+    let mut frames = [read_frame(&mut ws), read_frame(&mut ws)];
+    frames.sort();
+    assert_eq!(
+        (frames[1].0, frames[1].1.as_str()),
+        (10, "ping"),
+        "the node's pong"
+    );
+    assert!(
+        frames[0].1.contains("method not allowed: evm_mine"),
+        "{frames:?}"
+    );
+    assert_eq!(
+        node.block_number().expect("height"),
+        0,
+        "nothing reached the node"
+    );
+
+    // Subscriptions pass, their notifications come back.
+    let subscribed = text(
+        &mut ws,
+        r#"{"jsonrpc":"2.0","id":8,"method":"eth_subscribe","params":["newHeads"]}"#,
+    );
+    assert!(subscribed["result"].is_string(), "{subscribed}");
+    node.mine(1).expect("mine");
+    let (_, notification) = read_frame(&mut ws);
+    assert!(notification.contains("eth_subscription"), "{notification}");
+
+    // The allowed client may mine over its WebSocket.
+    let (_, mut app) = websocket(stack.port, &format!("/ws/v3/{KEY}"));
+    assert!(text(&mut app, &call(1, "evm_mine"))["result"].is_string());
+    assert_eq!(node.block_number().expect("height"), 2);
+    let (_, notification) = read_frame(&mut ws);
+    assert!(
+        notification.contains("\"number\":\"0x2\""),
+        "{notification}"
+    );
+
+    // A message over the body limit closes the connection (1009).
+    let big = format!("{}{}", call(9, "eth_chainId"), " ".repeat(5000));
+    ws.write_all(&client_frame(1, true, big.as_bytes()))
+        .expect("big");
+    let (opcode, reason) = read_frame(&mut ws);
+    assert_eq!(opcode, 8, "{reason}");
+    assert!(reason.contains("too big"), "{reason}");
+
+    let usage = stack.usage();
+    assert_eq!(
+        usage["clients"]["other"]["refused"]["method"],
+        1 + 2 + 1,
+        "{usage}"
+    );
+    assert_eq!(usage["clients"]["other"]["served"], 2, "{usage}");
+}
+
+#[test]
+fn every_gated_variant_passes_nginx_t() {
+    let sockets = tempfile::Builder::new()
+        .prefix("jrpg")
+        .tempdir()
+        .expect("dir");
+    let options = RenderOptions {
+        listen_port: free_port().expect("port"),
+        socket_dir: sockets.path().display().to_string(),
+        ..RenderOptions::default()
+    };
+    let logs = tempfile::tempdir().expect("logs");
+    for plan in [
+        RoutingPlan::default(),
+        RoutingPlan::from_backends(&[Backend {
+            url: "https://127.0.0.1:8443/v3/0123456789abcdef".into(),
+            is_leader: true,
+            is_healthy: true,
+            ..Backend::default()
+        }]),
+    ] {
+        for clients in [vec![], clients(7)] {
+            let policy = GatePolicy {
+                clients,
+                lua_dir: lua_dir(),
+                access_log: logs.path().join("access.log").display().to_string(),
+                ..GatePolicy::default()
+            };
+            let text = render_gated(&plan, &options, Some(&policy));
+            if let Err(complaint) = Nginx::check_config(&text) {
+                panic!("nginx -t refused:\n{complaint}\n{text}");
+            }
+        }
+    }
+}
+
+/// The nginx the tests run is the one the image installs: `docker/nginx-packages` pins the
+/// packages, the Dockerfile and `scripts/install-deps.sh` both install from it, and the
+/// installed packages match it.
+#[test]
+fn the_tested_nginx_is_the_one_the_image_installs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).expect(path);
+    let dockerfile = read("docker/Dockerfile");
+    assert!(dockerfile.contains("COPY docker/nginx-packages /tmp/nginx-packages"));
+    assert!(dockerfile.contains("xargs -a /tmp/nginx-packages apt-get install"));
+    assert!(dockerfile.contains("COPY docker/gate /usr/share/jsonrpc-proxy/lua"));
+    assert_eq!(
+        jsonrpc_proxy::gate::IMAGE_LUA_DIR,
+        "/usr/share/jsonrpc-proxy/lua"
+    );
+    assert!(read("scripts/install-deps.sh").contains("\"$root/docker/nginx-packages\""));
+
+    let pins = read("docker/nginx-packages");
+    let mut nginx_version = None;
+    for pin in pins.lines().filter(|l| !l.trim().is_empty()) {
+        let (package, pattern) = pin.split_once('=').expect("package=version");
+        let output = std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", package])
+            .output()
+            .expect("dpkg-query");
+        let installed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let matches = match pattern.strip_suffix('*') {
+            Some(prefix) => installed.starts_with(prefix),
+            None => installed == pattern,
+        };
+        assert!(
+            matches,
+            "{package} {installed:?} is not {pattern} (run scripts/install-deps.sh)"
+        );
+        if package == "nginx" {
+            nginx_version = installed.split('-').next().map(str::to_owned);
+        }
+    }
+    let nginx_version = nginx_version.expect("nginx is pinned");
+    let bin = std::env::var("NGINX_BIN").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+    let output = std::process::Command::new(&bin)
+        .arg("-V")
+        .output()
+        .expect("nginx -V");
+    let about = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        about.contains(&format!("nginx/{nginx_version}\n")),
+        "{bin} is not nginx {nginx_version}: {about}"
+    );
+}

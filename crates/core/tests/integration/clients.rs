@@ -1,0 +1,578 @@
+//! add_client, list_clients and remove_client against a real (moto) clients table and
+//! renderer function record, with the functions' tracing output captured and searched for
+//! the keys they issue.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, WriteRequest,
+};
+use jsonrpc_proxy::clients::{
+    add_client, is_key_shaped, key_id, key_sha256, list_clients, remove_client, ClientRecord,
+    KEY_ID_LEN,
+};
+use jsonrpc_proxy::clients_store::{item_from_client, ClientStore, PutOutcome};
+use jsonrpc_proxy::renderer_trigger::RendererTrigger;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::admin::event;
+use devstack::testkit::{moto, recorder, unique, Clients as AwsClients};
+
+/// What serverless.yml creates for the clients: the table (hash key `name`) and the renderer.
+struct Clients {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+    store: ClientStore,
+    trigger: RendererTrigger,
+}
+
+async fn clients(prefix: &str) -> Clients {
+    let table = unique(&format!("{prefix}-clients"));
+    let function = unique(&format!("{prefix}-renderer"));
+    moto()
+        .create_lambda_function(&function)
+        .await
+        .expect("create function");
+    let aws = AwsClients::new(&moto().endpoint(), &recorder().endpoint()).await;
+    aws.dynamodb
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("name")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("name")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create clients table");
+    Clients {
+        store: ClientStore::new(aws.dynamodb.clone(), &table),
+        trigger: RendererTrigger::new(aws.lambda.clone(), &function),
+        dynamodb: aws.dynamodb,
+        table,
+    }
+}
+
+impl Clients {
+    /// Every raw item, by name.
+    async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
+        let mut items = HashMap::new();
+        let mut start = None;
+        for _ in 0..100 {
+            let page = self
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .expect("scan");
+            for item in page.items() {
+                let Some(AttributeValue::S(name)) = item.get("name") else {
+                    panic!("item without name: {item:?}");
+                };
+                items.insert(name.clone(), item.clone());
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return items,
+            }
+        }
+        panic!("scan did not end");
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Everything `tracing` emits on this thread, at every level, while the guard lives.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn start(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+
+    /// Asserts that no line holds a key, at any level (the SDK's TRACE lines print request and
+    /// response bodies), and that no line a deployment logs (INFO and above; `RUST_LOG=info`)
+    /// holds a key's hash either.
+    fn assert_no_secrets(&self, keys: &[&str]) {
+        let text = self.text();
+        assert!(!text.is_empty());
+        for key in keys {
+            assert!(!text.contains(key), "a key in the output: {text}");
+            let hash = key_sha256(key);
+            for line in text.lines() {
+                let logged = [" INFO ", " WARN ", " ERROR "]
+                    .iter()
+                    .any(|level| line.contains(level));
+                assert!(
+                    !(logged && line.contains(&hash)),
+                    "a key's hash logged: {line}"
+                );
+            }
+        }
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
+    let clients = clients("cl-add").await;
+    let log = Captured::default();
+    let _guard = log.start();
+
+    let response = add_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "wallet", "calls_per_second": 25, "allow_methods": ["debug_", "eth_sign"]})),
+        now(),
+    )
+    .await;
+    assert_eq!(response.status_code, 201, "{}", response.body);
+    let body = response.body_json().unwrap();
+    let key = body["key"].as_str().unwrap().to_owned();
+    assert!(is_key_shaped(&key), "{key}");
+    let hash = key_sha256(&key);
+    assert_eq!(body["name"], "wallet");
+    assert_eq!(body["key_id"], &hash[..KEY_ID_LEN]);
+    assert_eq!(body["calls_per_second"], 25);
+    assert_eq!(body["allow_methods"], json!(["debug_", "eth_sign"]));
+    let when_added = body["when_added"].as_str().unwrap().to_owned();
+    assert!(
+        when_added.ends_with('Z') && when_added.len() == 27,
+        "{when_added}"
+    );
+    assert_eq!(body.as_object().unwrap().len(), 6, "{body}");
+
+    // The item: the hash, never the key.
+    let items = clients.items().await;
+    assert_eq!(items.len(), 1);
+    let item = &items["wallet"];
+    assert_eq!(
+        item.get("key_sha256"),
+        Some(&AttributeValue::S(hash.clone()))
+    );
+    assert_eq!(
+        item.get("calls_per_second"),
+        Some(&AttributeValue::N("25".into()))
+    );
+    assert!(!format!("{item:?}").contains(&key), "{item:?}");
+
+    // A default client: calls_per_second null (the deployment's default), nothing stored.
+    let response = add_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "explorer"})),
+        now(),
+    )
+    .await;
+    assert_eq!(response.status_code, 201, "{}", response.body);
+    let second = response.body_json().unwrap();
+    assert_eq!(second["calls_per_second"], Value::Null);
+    assert_eq!(second["allow_methods"], json!([]));
+    let second_key = second["key"].as_str().unwrap().to_owned();
+    assert_ne!(second_key, key);
+    let items = clients.items().await;
+    assert!(!items["explorer"].contains_key("calls_per_second"));
+    assert!(!items["explorer"].contains_key("allow_methods"));
+
+    // A known name: 409, the stored client untouched, no key issued.
+    let before = clients.items().await;
+    let response = add_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "wallet", "calls_per_second": 1})),
+        now(),
+    )
+    .await;
+    assert_eq!(response.status_code, 409, "{}", response.body);
+    let refused = response.body_json().unwrap();
+    assert_eq!(refused["type"], "conflict_error");
+    assert_eq!(refused["errorClass"], "ConflictError");
+    assert!(refused["error"].as_str().unwrap().contains("wallet"));
+    assert!(refused.get("key").is_none());
+    assert_eq!(
+        clients.items().await,
+        before,
+        "nothing written on a conflict"
+    );
+
+    // list_clients: sorted by name, no key, no hash.
+    let response = list_clients(&clients.store).await;
+    assert_eq!(response.status_code, 200, "{}", response.body);
+    let listed: Vec<Value> = serde_json::from_str(&response.body).unwrap();
+    let names: Vec<&str> = listed.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["explorer", "wallet"]);
+    assert_eq!(
+        listed[1],
+        json!({
+            "name": "wallet",
+            "key_id": &hash[..KEY_ID_LEN],
+            "calls_per_second": 25,
+            "allow_methods": ["debug_", "eth_sign"],
+            "when_added": when_added,
+        })
+    );
+
+    // Each add requested a render; no output holds a key or a hash.
+    let output = log.text();
+    assert_eq!(
+        output.matches("config render requested").count(),
+        2,
+        "{output}"
+    );
+    assert!(output.contains("add_client"), "{output}");
+    log.assert_no_secrets(&[&key, &second_key]);
+    for secret in [&key, &second_key, &hash, &key_sha256(&second_key)] {
+        assert!(!response.body.contains(secret.as_str()));
+    }
+    assert!(output.contains("client added"), "{output}");
+}
+
+#[tokio::test]
+async fn add_client_refuses_bad_requests_and_writes_nothing() {
+    let clients = clients("cl-bad").await;
+    let log = Captured::default();
+    let _guard = log.start();
+    let parse = add_client(
+        &clients.store,
+        &clients.trigger,
+        &json!({"body": "{\"name\": "}),
+        now(),
+    )
+    .await;
+    assert_eq!(parse.status_code, 400);
+    assert_eq!(parse.body_json().unwrap()["type"], "parse_error");
+    let cases = [
+        json!({}),
+        json!({"body": null}),
+        event(&json!({})),
+        event(&json!({"name": "a b"})),
+        event(&json!({"name": "w", "calls_per_second": 0})),
+        event(&json!({"name": "w", "calls_per_second": "5"})),
+        event(&json!({"name": "w", "allow_methods": ["debug_*"]})),
+        event(&json!({"name": "w", "allow_methods": "debug_"})),
+        event(&json!({"name": "w", "key": "chosen-by-me"})),
+        event(&json!(["w"])),
+    ];
+    for case in cases {
+        let response = add_client(&clients.store, &clients.trigger, &case, now()).await;
+        assert_eq!(response.status_code, 400, "{case}: {}", response.body);
+        let body = response.body_json().unwrap();
+        assert_eq!(body["type"], "validation_error", "{case}");
+        assert_eq!(body["errorClass"], "ValidationError", "{case}");
+        assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    }
+    assert!(
+        clients.items().await.is_empty(),
+        "nothing written on errors"
+    );
+    assert!(
+        !log.text().contains("config render requested"),
+        "no render for a refused request"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_adds_of_one_name_issue_one_key() {
+    let clients = clients("cl-race").await;
+    let body = event(&json!({"name": "contested"}));
+    let answers = futures::future::join_all(
+        (0..8).map(|_| add_client(&clients.store, &clients.trigger, &body, now())),
+    )
+    .await;
+    let created: Vec<&_> = answers.iter().filter(|a| a.status_code == 201).collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a.status_code == 409).count(),
+        7,
+        "{answers:?}"
+    );
+    let key = created[0].body_json().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let items = clients.items().await;
+    assert_eq!(
+        items["contested"].get("key_sha256"),
+        Some(&AttributeValue::S(key_sha256(&key))),
+        "the stored hash is the answered key's"
+    );
+}
+
+fn record(name: &str, methods: usize) -> ClientRecord {
+    let hash = key_sha256(name);
+    ClientRecord {
+        name: name.to_owned(),
+        key_id: key_id(&hash),
+        key_sha256: hash,
+        calls_per_second: Some(10),
+        allow_methods: (0..methods)
+            .map(|i| format!("m{i:03}_{}", "x".repeat(58)))
+            .collect(),
+        when_added: "2026-12-02T10:00:00.000000Z".into(),
+    }
+}
+
+#[tokio::test]
+async fn all_reads_every_page_sorted_and_skips_damaged_items() {
+    let clients = clients("cl-all").await;
+    // 150 items of about 15 KB: about 2.3 MB, three 1 MB Scan pages.
+    let count = 150;
+    let mut names: Vec<String> = (0..count)
+        .map(|i| format!("c{:03}", (i * 37) % count))
+        .collect();
+    // Valid items with an attribute the clients do not use, 15 KB long.
+    let padding = "p".repeat(15_000);
+    let requests: Vec<WriteRequest> = names
+        .iter()
+        .map(|name| {
+            let mut item = item_from_client(&record(name, 2));
+            item.insert("padding".into(), AttributeValue::S(padding.clone()));
+            let put = PutRequest::builder().set_item(Some(item)).build().unwrap();
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        for _ in 0..10 {
+            let output = clients
+                .dynamodb
+                .batch_write_item()
+                .request_items(&clients.table, pending)
+                .send()
+                .await
+                .unwrap();
+            pending = output
+                .unprocessed_items()
+                .and_then(|u| u.get(&clients.table))
+                .cloned()
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+        }
+        assert!(pending.is_empty(), "unprocessed writes");
+    }
+    let mut pages = 0;
+    let mut start = None;
+    loop {
+        let page = clients
+            .dynamodb
+            .scan()
+            .table_name(&clients.table)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .unwrap();
+        pages += 1;
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() && pages < 100 => start = Some(key.clone()),
+            _ => break,
+        }
+    }
+    assert!(pages >= 3, "only {pages} Scan pages");
+
+    // Damaged items (hand-written) never read as clients.
+    let mut no_hash = item_from_client(&record("damaged-1", 0));
+    no_hash.remove("key_sha256");
+    let mut bad_method = item_from_client(&record("damaged-2", 0));
+    bad_method.insert(
+        "allow_methods".into(),
+        AttributeValue::L(vec![AttributeValue::S("*".into())]),
+    );
+    for item in [no_hash, bad_method] {
+        clients
+            .dynamodb
+            .put_item()
+            .table_name(&clients.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let all = clients.store.all().await.unwrap();
+    names.sort();
+    let listed: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(listed, names, "complete, sorted, damaged items left out");
+    assert_eq!(all[0], record(&names[0], 2));
+
+    let response = list_clients(&clients.store).await;
+    assert_eq!(response.status_code, 200);
+    let shown: Vec<Value> = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(shown.len(), count);
+    assert!(!response.body.contains(&key_sha256(&names[0])));
+}
+
+#[tokio::test]
+async fn remove_client_answers_the_removed_client_or_404_and_rerenders() {
+    let clients = clients("cl-remove").await;
+    let added = add_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "gone.soon", "allow_methods": ["trace_"]})),
+        now(),
+    )
+    .await;
+    assert_eq!(added.status_code, 201, "{}", added.body);
+    let added = added.body_json().unwrap();
+    let key = added["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        clients.store.put_new(&record("stays", 0)).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        clients.store.put_new(&record("stays", 3)).await.unwrap(),
+        PutOutcome::NameTaken
+    );
+
+    let log = Captured::default();
+    let guard = log.start();
+    let response = remove_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "gone.soon"})),
+    )
+    .await;
+    assert_eq!(response.status_code, 200, "{}", response.body);
+    let body = response.body_json().unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "name": "gone.soon",
+            "key_id": added["key_id"],
+            "calls_per_second": null,
+            "allow_methods": ["trace_"],
+            "when_added": added["when_added"],
+        })
+    );
+    assert!(!response.body.contains(&key));
+    let items = clients.items().await;
+    assert!(!items.contains_key("gone.soon"));
+    assert_eq!(items.len(), 1);
+
+    let response = remove_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "gone.soon"})),
+    )
+    .await;
+    assert_eq!(response.status_code, 404, "{}", response.body);
+    let body = response.body_json().unwrap();
+    assert_eq!(body["type"], "not_found");
+    assert_eq!(body["errorClass"], "NotFoundError");
+
+    for bad in [
+        json!({"body": "nope"}),
+        event(&json!({"name": "stays", "x": 1})),
+    ] {
+        let response = remove_client(&clients.store, &clients.trigger, &bad).await;
+        assert_eq!(response.status_code, 400, "{bad}");
+    }
+    assert_eq!(clients.items().await.len(), 1);
+    drop(guard);
+    let output = log.text();
+    assert_eq!(
+        output.matches("config render requested").count(),
+        1,
+        "one render, for the one removal: {output}"
+    );
+    assert!(output.contains("remove_client"), "{output}");
+    log.assert_no_secrets(&[&key]);
+
+    // An item that does not read as a client can still be removed.
+    let mut damaged = item_from_client(&record("hand-made", 0));
+    damaged.remove("key_sha256");
+    clients
+        .dynamodb
+        .put_item()
+        .table_name(&clients.table)
+        .set_item(Some(damaged))
+        .send()
+        .await
+        .unwrap();
+    let response = remove_client(
+        &clients.store,
+        &clients.trigger,
+        &event(&json!({"name": "hand-made"})),
+    )
+    .await;
+    assert_eq!(response.status_code, 200, "{}", response.body);
+    assert_eq!(response.body_json().unwrap(), json!({"name": "hand-made"}));
+}
+
+#[tokio::test]
+async fn a_failed_render_request_leaves_the_change_in_place() {
+    let clients = clients("cl-norender").await;
+    // A Lambda endpoint that refuses connections (moto queues an asynchronous invocation
+    // even for a function it does not have).
+    let nowhere = devstack::sdk_config("http://127.0.0.1:9").await;
+    let missing = RendererTrigger::new(
+        aws_sdk_lambda::Client::new(&nowhere),
+        unique("cl-norender-renderer"),
+    );
+    let log = Captured::default();
+    let _guard = log.start();
+    let response = add_client(
+        &clients.store,
+        &missing,
+        &event(&json!({"name": "kept"})),
+        now(),
+    )
+    .await;
+    assert_eq!(response.status_code, 201, "{}", response.body);
+    let key = response.body_json().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(clients.items().await.contains_key("kept"));
+    let response = remove_client(&clients.store, &missing, &event(&json!({"name": "kept"}))).await;
+    assert_eq!(response.status_code, 200, "{}", response.body);
+    assert!(clients.items().await.is_empty());
+    let output = log.text();
+    assert_eq!(
+        output
+            .matches("client change stored, but the re-render could not be requested")
+            .count(),
+        2,
+        "{output}"
+    );
+    log.assert_no_secrets(&[&key]);
+}

@@ -1,0 +1,28 @@
+//! `remove_client` Lambda: removes a client (its key stops working) and re-renders the
+//! config. Invoke with `sls invoke -f remove_client -d '{"body":"{\"name\":\"wallet\"}"}'`.
+
+use jsonrpc_proxy::clients::remove_client;
+use jsonrpc_proxy::clients::ClientChangeSettings;
+use jsonrpc_proxy::clients_store::ClientStore;
+use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use jsonrpc_proxy::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::settings::Env;
+use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let settings = ClientChangeSettings::from_env(&Env::process())?;
+    let config = aws_config().await;
+    let store = ClientStore::new(aws_sdk_dynamodb::Client::new(&config), settings.table);
+    let trigger = RendererTrigger::new(
+        aws_sdk_lambda::Client::new(&config),
+        settings.renderer_function,
+    );
+    run(service_fn(|event: LambdaEvent<Value>| {
+        let (store, trigger) = (&store, &trigger);
+        async move { Ok::<_, Error>(remove_client(store, trigger, &event.payload).await) }
+    }))
+    .await
+}

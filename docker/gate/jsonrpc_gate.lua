@@ -1,0 +1,416 @@
+-- The JSON-RPC gate of the public server: API keys, method policy, limits and usage counters,
+-- for plain HTTP (access phase, before proxy_pass) and every WebSocket message (through
+-- jsonrpc_gate.websocket). Configured by the rendered configuration's init_by_lua_block.
+-- Rationale: docs/architecture.md, "The JSON-RPC gate".
+
+local json = require "jsonrpc_gate.json"
+local ffi = require "ffi"
+
+local ngx = ngx
+local byte, sub, find, lower, format, gsub = string.byte, string.sub, string.find,
+  string.lower, string.format, string.gsub
+local concat = table.concat
+
+local M = {}
+
+-- Shared dictionaries named by the rendered configuration.
+local RATE_DICT = "jsonrpc_gate_rate"
+local USAGE_DICT = "jsonrpc_gate_usage"
+-- Usage names of callers that are not clients (never valid client names: those are
+-- [A-Za-z0-9._-]).
+M.OPEN = "(open)"
+M.UNKNOWN = "(unknown)"
+local SEP = "\t"
+
+local config = {
+  clients = {}, -- sha256 hex -> client
+  any_client = false,
+  deny = {},
+  max_body_bytes = 1,
+  max_batch_calls = 1,
+  max_get_logs_blocks = 0,
+  default_calls_per_second = 1,
+}
+
+local function lowered(list)
+  local out = {}
+  for i = 1, (list and list.n or 0) do out[i] = lower(list[i]) end
+  return out
+end
+
+-- Called from init_by_lua_block with the policy as JSON (rendered by crates/core/src/gate.rs).
+function M.configure(text)
+  local data, _, message = json.decode(text)
+  if not data then error("jsonrpc_gate: bad configuration: " .. tostring(message)) end
+  local clients, any = {}, false
+  local list = data.clients
+  for i = 1, list.n do
+    local c = list[i]
+    clients[lower(c.key_sha256)] = {
+      name = c.name,
+      calls_per_second = c.calls_per_second,
+      allow = lowered(c.allow_methods),
+    }
+    any = true
+  end
+  config = {
+    clients = clients,
+    any_client = any,
+    deny = lowered(data.deny_methods),
+    max_body_bytes = data.max_body_bytes,
+    max_batch_calls = data.max_batch_calls,
+    max_get_logs_blocks = data.max_get_logs_blocks,
+    default_calls_per_second = data.default_calls_per_second,
+    websocket_upstream = data.websocket_upstream,
+    websocket_timeout_ms = data.websocket_timeout_secs * 1000,
+  }
+end
+
+ffi.cdef [[unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);]]
+local digest = ffi.new("unsigned char[32]")
+local function sha256_hex(s)
+  ffi.C.SHA256(s, #s, digest)
+  return (gsub(ffi.string(digest, 32), ".", function(c) return format("%02x", byte(c)) end))
+end
+M.sha256_hex = sha256_hex
+
+---------------------------------------------------------------------------------------------
+-- Answers
+
+local function error_object(id, code, message)
+  return '{"jsonrpc":"2.0","id":' .. (id or "null") .. ',"error":{"code":' .. code
+    .. ',"message":' .. json.quote(message) .. "}}"
+end
+M.error_object = error_object
+
+local function count(name, what, n)
+  local usage = ngx.shared[USAGE_DICT]
+  if usage then usage:incr(name .. SEP .. what, n, 0) end
+end
+
+local function count_refused(name, reason, n)
+  count(name, "refused" .. SEP .. reason, n)
+end
+
+---------------------------------------------------------------------------------------------
+-- Callers
+
+local known_keys = {}
+
+-- The client a request path names: `prefix .. key` exactly (the raw request target: no
+-- normalisation, no query, no percent-encoding, nothing after the key). In open mode (no
+-- client registered) every path is the open caller, counted per client address.
+local function identify(request_uri, prefix)
+  if not config.any_client then
+    return { name = M.OPEN, calls_per_second = config.default_calls_per_second, allow = {} },
+      "a" .. SEP .. (ngx.var.remote_addr or "")
+  end
+  if sub(request_uri, 1, #prefix) ~= prefix then return nil end
+  local key = sub(request_uri, #prefix + 1)
+  if #key == 0 or #key > 128 or find(key, "[^A-Za-z0-9_-]") then return nil end
+  local client = known_keys[key]
+  if not client then
+    client = config.clients[sha256_hex(key)]
+    if not client then return nil end
+    -- Only registered keys are remembered (a worker's configuration never changes: a reload
+    -- starts new workers), so the table is as small as the client list.
+    known_keys[key] = client
+  end
+  return client, "c" .. SEP .. client.name
+end
+
+---------------------------------------------------------------------------------------------
+-- Judging a body
+
+local function matches(list, method)
+  for i = 1, #list do
+    local entry = list[i]
+    if byte(entry, -1) == 95 then -- "_": a namespace prefix
+      if sub(method, 1, #entry) == entry then return true end
+    elseif method == entry then
+      return true
+    end
+  end
+  return false
+end
+
+local function allowed(client, method)
+  local m = lower(method)
+  return not matches(config.deny, m) or matches(client.allow, m)
+end
+
+-- A block number the way nodes read one, or nil when it is a tag other than "earliest" (or
+-- not a block number at all): only ranges with both ends known are limited.
+local function block_number(v)
+  if type(v) == "number" then
+    if v >= 0 and v == math.floor(v) then return v end
+    return nil
+  end
+  if type(v) ~= "string" then return nil end
+  local s = lower(v)
+  if s == "earliest" then return 0 end
+  local hex = s:match("^0x(%x+)$")
+  if hex then
+    hex = hex:gsub("^0+", "")
+    if #hex > 13 then return 2 ^ 53 end
+    return #hex == 0 and 0 or tonumber(hex, 16)
+  end
+  local dec = s:match("^(%d+)$")
+  if dec then
+    dec = dec:gsub("^0+", "")
+    if #dec > 15 then return 2 ^ 53 end
+    return #dec == 0 and 0 or tonumber(dec)
+  end
+  return nil
+end
+
+local RANGE_METHODS = { eth_getlogs = true, eth_newfilter = true }
+local MEMBERS = { "jsonrpc", "method", "params", "id" }
+
+-- nil when the call may go to a node; else its error code and message.
+local function check_call(client, call)
+  if type(call) ~= "table" or call == json.null or json.is_array(call) then
+    return -32600, "invalid request: a call must be an object"
+  end
+  local raw = json.raw_keys(call)
+  for i = 1, #MEMBERS do
+    local name = MEMBERS[i]
+    if raw[name] ~= nil and raw[name] ~= name then
+      return -32600, "invalid request: member " .. json.quote(raw[name]) .. " must be written "
+        .. json.quote(name)
+    end
+  end
+  local method = call.method
+  if type(method) ~= "string" then return -32600, "invalid request: method must be a string" end
+  if not allowed(client, method) then return -32601, "method not allowed: " .. method end
+  if RANGE_METHODS[lower(method)] then
+    local params = call.params
+    local filter = type(params) == "table" and json.is_array(params) and params[1]
+    if type(filter) == "table" and filter ~= json.null and not json.is_array(filter) then
+      local from, to = block_number(filter.fromblock), block_number(filter.toblock)
+      if from and to and to - from + 1 > config.max_get_logs_blocks then
+        return -32005, "limit exceeded: eth_getLogs block range " .. config.max_get_logs_blocks
+          .. " blocks"
+      end
+    end
+  end
+  return nil
+end
+
+local REASONS = { [-32601] = "method", [-32600] = "invalid", [-32005] = "get_logs_range" }
+
+-- Judges one JSON-RPC body for `client` (rate counted under `rate_id`).
+-- Returns nil, calls when it may go to a node; else status, answer, reason, calls.
+function M.judge(client, rate_id, body)
+  local value, kind, message = json.decode(body)
+  if value == nil then
+    if kind == "duplicate" then
+      return 200, error_object(nil, -32600, "invalid request: " .. message), "duplicate", 1
+    end
+    return 200, error_object(nil, -32700, "parse error: " .. message), "parse", 1
+  end
+  local calls, batch = value, json.is_array(value)
+  if not batch then calls = { value, n = 1 } end
+  local n = calls.n
+  if n == 0 then
+    return 200, error_object(nil, -32600, "invalid request: empty batch"), "invalid", 1
+  end
+  if n > config.max_batch_calls then
+    return 200, error_object(nil, -32005, "limit exceeded: " .. config.max_batch_calls
+      .. " calls per batch"), "batch_size", n
+  end
+  local problems, reason = nil, nil
+  for i = 1, n do
+    local code, text = check_call(client, calls[i])
+    if code then
+      problems = problems or {}
+      problems[i] = { code, text }
+      if reason ~= "method" then reason = REASONS[code] end
+    end
+  end
+  local function id_of(call)
+    return type(call) == "table" and json.raw_id(call) or nil
+  end
+  if problems then
+    if not batch then
+      return 200, error_object(id_of(calls[1]), problems[1][1], problems[1][2]), reason, 1
+    end
+    local out = {}
+    for i = 1, n do
+      local p = problems[i]
+      if p then
+        out[i] = error_object(id_of(calls[i]), p[1], p[2])
+      else
+        out[i] = error_object(id_of(calls[i]), -32600,
+          "invalid request: the batch holds a refused call")
+      end
+    end
+    return 200, "[" .. concat(out, ",") .. "]", reason, n
+  end
+  local limit = client.calls_per_second
+  local rate = ngx.shared[RATE_DICT]
+  local used = rate:incr(rate_id .. SEP .. ngx.time(), n, 0, 2)
+  if not used or used > limit then
+    local text = "limit exceeded: " .. limit .. " calls per second"
+    if not batch then return 429, error_object(id_of(calls[1]), -32005, text), "rate", 1 end
+    local out = {}
+    for i = 1, n do out[i] = error_object(id_of(calls[i]), -32005, text) end
+    return 429, "[" .. concat(out, ",") .. "]", "rate", n
+  end
+  return nil, n
+end
+
+-- nginx adds the request line (which holds the key) to every error line it writes for a
+-- request, and a timer started by a request logs where that request would. So requests queue
+-- their lines here, and a timer of the worker (started by init_worker, in the http-level error
+-- log) writes them.
+local pending, dropped = {}, 0
+local function log_detached(level, message)
+  if #pending < 1000 then
+    pending[#pending + 1] = { level, message }
+  else
+    dropped = dropped + 1
+  end
+end
+
+local function flush_log()
+  local lines, lost = pending, dropped
+  pending, dropped = {}, 0
+  for i = 1, #lines do ngx.log(lines[i][1], lines[i][2]) end
+  if lost > 0 then ngx.log(ngx.WARN, "jsonrpc_gate: ", lost, " log lines dropped") end
+end
+
+-- init_worker_by_lua: starts the worker's log writer.
+function M.init_worker()
+  local ok, err = ngx.timer.every(0.5, flush_log)
+  if not ok then ngx.log(ngx.ERR, "jsonrpc_gate: no log timer: ", err) end
+end
+
+M.log_detached = log_detached
+
+---------------------------------------------------------------------------------------------
+-- Phases
+
+local function respond(status, body)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(body)
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+local function unauthorized()
+  count_refused(M.UNKNOWN, "key", 1)
+  ngx.var.jsonrpc_gate_client = M.UNKNOWN
+  return respond(401, error_object(nil, -32001, "missing or unknown API key"))
+end
+
+local function read_body()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if body then return body end
+  local path = ngx.req.get_body_file()
+  if not path then return "" end
+  local file = io.open(path, "rb")
+  if not file then return nil end
+  body = file:read("*a")
+  file:close()
+  return body
+end
+
+-- access_by_lua of the public location: judges the request, then forwards it to "/" (the key
+-- never reaches a node) or answers it.
+function M.http()
+  local client, rate_id = identify(ngx.var.request_uri, "/v3/")
+  if not client then return unauthorized() end
+  ngx.var.jsonrpc_gate_client = client.name
+  local body = read_body()
+  if not body then
+    count_refused(client.name, "body_size", 1)
+    return respond(413, error_object(nil, -32005, "limit exceeded: request body "
+      .. config.max_body_bytes .. " bytes"))
+  end
+  local status, answer, reason, n = M.judge(client, rate_id, body)
+  if status then
+    count_refused(client.name, reason, n)
+    return respond(status, answer)
+  end
+  count(client.name, "served", answer)
+  ngx.req.set_uri("/")
+  ngx.req.set_uri_args("")
+end
+
+-- log_by_lua of the public locations: names failed or retried upstream attempts (the public
+-- server's own error lines are dropped: they would hold the key).
+function M.log()
+  local status = ngx.var.upstream_status
+  if status and (find(status, ",", 1, true) or find(status, "^[5-]") or find(status, ":")) then
+    log_detached(ngx.WARN, "jsonrpc_gate: client " .. (ngx.var.jsonrpc_gate_client or "-")
+      .. ": upstream " .. (ngx.var.upstream_addr or "-") .. " answered " .. status
+      .. " (status " .. ngx.var.status .. ")")
+  end
+end
+
+-- content_by_lua of the error_page for 413 (nginx refused a body over client_max_body_size).
+function M.too_large()
+  local client = identify(ngx.var.request_uri, "/v3/")
+  local name = client and client.name or M.UNKNOWN
+  ngx.var.jsonrpc_gate_client = name
+  count_refused(name, "body_size", 1)
+  return respond(413, error_object(nil, -32005, "limit exceeded: request body "
+    .. config.max_body_bytes .. " bytes"))
+end
+
+-- content_by_lua of WebSocket upgrades: the relay (jsonrpc_gate.websocket).
+function M.websocket()
+  local client, rate_id = identify(ngx.var.request_uri, "/ws/v3/")
+  if not client then return unauthorized() end
+  ngx.var.jsonrpc_gate_client = client.name
+  local relay = require "jsonrpc_gate.websocket"
+  return relay.run(config.websocket_upstream, function(message)
+    local status, answer, reason, n = M.judge(client, rate_id, message)
+    if status then
+      count_refused(client.name, reason, n)
+      return answer
+    end
+    count(client.name, "served", answer)
+    return nil
+  end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms },
+  log_detached)
+end
+
+-- content_by_lua of the internal usage endpoint: every counter, monotonic since nginx started
+-- ({"clients":{"<name>":{"served":n,"refused":{"<reason>":n}}}}).
+function M.usage()
+  local usage = ngx.shared[USAGE_DICT]
+  local clients = {}
+  local names = {}
+  for _, key in ipairs(usage:get_keys(0)) do
+    local name, what, reason = key:match("^([^\t]*)\t([^\t]*)\t?([^\t]*)$")
+    if name then
+      local entry = clients[name]
+      if not entry then
+        entry = { served = 0, refused = {} }
+        clients[name] = entry
+        names[#names + 1] = name
+      end
+      local value = usage:get(key) or 0
+      if what == "served" then
+        entry.served = value
+      elseif reason ~= "" then
+        entry.refused[#entry.refused + 1] = json.quote(reason) .. ":" .. format("%d", value)
+      end
+    end
+  end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do
+    local entry = clients[name]
+    table.sort(entry.refused)
+    parts[i] = json.quote(name) .. ':{"served":' .. format("%d", entry.served)
+      .. ',"refused":{' .. concat(entry.refused, ",") .. "}}"
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print('{"clients":{' .. concat(parts, ",") .. "}}")
+end
+
+return M
