@@ -83,13 +83,7 @@ async fn tls_failures_are_unhealthy_with_a_reason_and_cost_only_their_slot() {
             held.push(stream);
         }
     });
-    let plain_port: u16 = node
-        .url("x")
-        .trim_start_matches("http://127.0.0.1:")
-        .split('/')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let plain_port = node.port();
 
     let hostile = [
         (

@@ -216,6 +216,11 @@ impl Node {
         }
     }
 
+    /// The port of the HTTP server (the one [`Node::url`] names for well-formed answers).
+    pub fn port(&self) -> u16 {
+        self.http.port()
+    }
+
     /// The URL of the node `name` ([`Node::set`]).
     pub fn named(&self, name: &str) -> String {
         self.url(&format!("/n/{name}"))
