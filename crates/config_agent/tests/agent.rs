@@ -8,135 +8,88 @@ use std::fs;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
-use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
-use jsonrpc_proxy::config_renderer::ConfigRenderer;
-use jsonrpc_proxy::nginx::RenderOptions;
-use jsonrpc_proxy::store::BackendStore;
+use aws_sdk_dynamodb::types::AttributeValue;
+use devstack::free_port;
+use devstack::testkit::{moto, recorder, wait_until, Node, TestStack};
+use jsonrpc_proxy::config_bucket::ConfigPointer;
 use sha2::{Digest, Sha256};
-use support::{agent_bin, call, fake_node, get_status, wait_until_async, Moto, NginxPrefix};
+use support::{agent_bin, call, get_status, NginxPrefix};
 
-const BUCKET: &str = "agent-test-configs";
-const TABLE: &str = "agent-test-backends";
-
-/// S3 and DynamoDB on moto, with the bucket and table `serverless.yml` creates.
-struct Aws {
-    moto: Moto,
-    s3: aws_sdk_s3::Client,
-    dynamodb: aws_sdk_dynamodb::Client,
+/// Makes `urls` the healthy backends and runs the real renderer; returns the config key.
+async fn render(
+    stack: &TestStack,
+    prefix: &NginxPrefix,
+    urls: &[String],
+    request_id: &str,
+) -> String {
+    let dynamodb = &stack.aws.dynamodb;
+    for url in stack.items().await.into_keys() {
+        dynamodb
+            .delete_item()
+            .table_name(&stack.table)
+            .key("url", AttributeValue::S(url))
+            .send()
+            .await
+            .expect("delete");
+    }
+    for url in urls {
+        dynamodb
+            .put_item()
+            .table_name(&stack.table)
+            .item("url", AttributeValue::S(url.clone()))
+            .item("is_leader", AttributeValue::Bool(false))
+            .item("is_healthy", AttributeValue::Bool(true))
+            .item(
+                "when_added",
+                AttributeValue::S("2026-11-24T03:00:00Z".into()),
+            )
+            .send()
+            .await
+            .expect("put");
+    }
+    let socket_dir = prefix.socket_dir().display().to_string();
+    let summary = stack
+        .renderer(prefix.port, &socket_dir)
+        .render_and_publish(request_id, true)
+        .await
+        .expect("render");
+    summary.key
 }
 
-impl Aws {
-    async fn start() -> Self {
-        let moto = Moto::start();
-        let config = moto.sdk_config().await;
-        let s3 = aws_sdk_s3::Client::new(&config);
-        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-        s3.create_bucket()
-            .bucket(BUCKET)
-            .send()
-            .await
-            .expect("bucket");
-        dynamodb
-            .create_table()
-            .table_name(TABLE)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("url")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("attribute"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("url")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("key"),
-            )
-            .send()
-            .await
-            .expect("table");
-        Self { moto, s3, dynamodb }
-    }
+/// Publishes `text` under `key` with a pointer to it, as the renderer would.
+async fn publish_raw(stack: &TestStack, key: &str, text: &str) {
+    let bucket = stack.bucket();
+    bucket.put_config(key, text).await.expect("put config");
+    bucket
+        .put_pointer(&ConfigPointer {
+            key: key.into(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            plan_fingerprint: "test".into(),
+            rendered_at: "2026-11-24T03:00:00Z".into(),
+            backends: vec![],
+        })
+        .await
+        .expect("put pointer");
+}
 
-    /// Makes `urls` the healthy backends and runs the real renderer; returns the config key.
-    async fn render(&self, prefix: &NginxPrefix, urls: &[String], request_id: &str) -> String {
-        let existing = self
-            .dynamodb
-            .scan()
-            .table_name(TABLE)
-            .send()
-            .await
-            .expect("scan");
-        for item in existing.items() {
-            self.dynamodb
-                .delete_item()
-                .table_name(TABLE)
-                .key("url", item["url"].clone())
-                .send()
-                .await
-                .expect("delete");
-        }
-        for url in urls {
-            self.dynamodb
-                .put_item()
-                .table_name(TABLE)
-                .item("url", AttributeValue::S(url.clone()))
-                .item("is_leader", AttributeValue::Bool(false))
-                .item("is_healthy", AttributeValue::Bool(true))
-                .item(
-                    "when_added",
-                    AttributeValue::S("2026-11-24T03:00:00Z".into()),
-                )
-                .send()
-                .await
-                .expect("put");
-        }
-        let renderer = ConfigRenderer {
-            store: BackendStore::new(self.dynamodb.clone(), TABLE),
-            bucket: ConfigBucket::new(self.s3.clone(), BUCKET),
-            options: RenderOptions {
-                listen_port: prefix.port,
-                socket_dir: prefix.socket_dir().display().to_string(),
-                ..RenderOptions::default()
-            },
-        };
-        let summary = renderer
-            .render_and_publish(request_id, true)
-            .await
-            .expect("render");
-        summary.key
-    }
-
-    /// Publishes `text` under `key` with a pointer to it, as the renderer would.
-    async fn publish_raw(&self, key: &str, text: &str) {
-        let bucket = ConfigBucket::new(self.s3.clone(), BUCKET);
-        bucket.put_config(key, text).await.expect("put config");
-        bucket
-            .put_pointer(&ConfigPointer {
-                key: key.into(),
-                sha256: hex::encode(Sha256::digest(text.as_bytes())),
-                plan_fingerprint: "test".into(),
-                rendered_at: "2026-11-24T03:00:00Z".into(),
-                backends: vec![],
-            })
-            .await
-            .expect("put pointer");
-    }
+/// The environment that points the agent at the stack's moto and recorder.
+fn aws_env(stack: &TestStack) -> Vec<(String, String)> {
+    devstack::aws_env(&moto().endpoint(), &recorder().endpoint())
+        .into_iter()
+        .chain([
+            ("CLOUDWATCH_NAMESPACE".to_owned(), stack.namespace.clone()),
+            ("STACK_NAME".to_owned(), stack.stack_name.clone()),
+        ])
+        .collect()
 }
 
 /// Runs `config_agent <args>` to completion (bounded) with the AWS environment `env`.
-async fn agent(args: &[String], env: &[(&'static str, String)]) -> (ExitStatus, String) {
+async fn agent(args: &[String], env: &[(String, String)]) -> (ExitStatus, String) {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(agent_bin())
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .kill_on_drop(true)
             .output(),
@@ -156,13 +109,13 @@ struct RunningAgent<'a> {
 }
 
 impl<'a> RunningAgent<'a> {
-    fn start(prefix: &'a NginxPrefix, args: &[String], env: &[(&'static str, String)]) -> Self {
+    fn start(prefix: &'a NginxPrefix, args: &[String], env: &[(String, String)]) -> Self {
         let log = fs::File::create(prefix.root().join("logs/agent.log")).expect("agent log");
         let child = tokio::process::Command::new(agent_bin())
             .arg("run")
             .args(args)
             .args(prefix.agent_args())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
@@ -223,7 +176,7 @@ async fn answers(port: u16, status: u16, body_part: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
-    let aws = Aws::start().await;
+    let stack = TestStack::new("agent").await;
     let prefix = NginxPrefix::new();
     fs::write(
         prefix.config_path(),
@@ -233,27 +186,28 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     let _nginx = prefix.start_daemon();
     assert!(answers(prefix.port, 404, "").await);
 
-    let node = fake_node("0x10").await;
-    aws.render(
+    let node = Node::start().await;
+    render(
+        &stack,
         &prefix,
-        &[format!("http://127.0.0.1:{node}/rpc?key=SECRET")],
+        &[node.url("/block/16/rpc?key=SECRET")],
         "first",
     )
     .await;
     let mut args = vec![
         "apply".to_owned(),
         "--pointer".into(),
-        format!("s3://{BUCKET}/latest.json"),
+        format!("s3://{}/latest.json", stack.bucket_name),
     ];
     args.extend(prefix.agent_args());
-    let (status, log) = agent(&args, &aws.moto.env()).await;
+    let (status, log) = agent(&args, &aws_env(&stack)).await;
     assert!(status.success(), "apply failed: {log}");
     assert!(
         !log.contains("SECRET"),
         "a node URL leaked into the log: {log}"
     );
     assert!(prefix.socket_dir().is_dir(), "socket directory not created");
-    wait_until_async(
+    wait_until(
         "the proxy to answer from the node",
         Duration::from_secs(10),
         || answers(prefix.port, 200, "0x10"),
@@ -264,7 +218,7 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     // A reload is graceful: nginx starts the new workers, waits 100 ms, then tells the old
     // ones (default config: 404, /healthz 503) to stop accepting. Wait for that before
     // asking for answers only the new configuration gives.
-    wait_until_async(
+    wait_until(
         "the old worker to stop accepting",
         Duration::from_secs(10),
         || async { prefix.error_log().contains("gracefully shutting down") },
@@ -273,7 +227,8 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     assert_eq!(get_status(prefix.port, "/healthz").await, Some(200));
 
     // An invalid configuration is refused, the good one stays installed and running.
-    aws.publish_raw(
+    publish_raw(
+        &stack,
         "broken_nginx.conf",
         &format!(
             "server {{ listen {}; no_such_directive on; }}\n",
@@ -281,7 +236,7 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
         ),
     )
     .await;
-    let (status, log) = agent(&args, &aws.moto.env()).await;
+    let (status, log) = agent(&args, &aws_env(&stack)).await;
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("no_such_directive"),
@@ -299,25 +254,27 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     let mut missing = vec![
         "apply".to_owned(),
         "--s3-path".into(),
-        format!("s3://{BUCKET}/gone_nginx.conf"),
+        format!("s3://{}/gone_nginx.conf", stack.bucket_name),
     ];
     missing.extend(prefix.agent_args());
-    let (status, log) = agent(&missing, &aws.moto.env()).await;
+    let (status, log) = agent(&missing, &aws_env(&stack)).await;
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("does not exist"), "{log}");
     assert_eq!(prefix.installed(), good);
 
     // Usage errors exit with 2.
-    let (status, _) = agent(&["apply".to_owned()], &aws.moto.env()).await;
+    let (status, _) = agent(&["apply".to_owned()], &aws_env(&stack)).await;
     assert_eq!(status.code(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreachable() {
-    let aws = Aws::start().await;
-    aws.s3
+    let stack = TestStack::new("agent").await;
+    stack
+        .aws
+        .s3
         .put_object()
-        .bucket(BUCKET)
+        .bucket(&stack.bucket_name)
         .key("bad_nginx.conf")
         .body(
             "server { listen 1; missing_semicolon }"
@@ -334,10 +291,13 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
     fs::write(prefix.config_path(), "# left over from an earlier run\n").expect("write");
     let mut running = RunningAgent::start(
         &prefix,
-        &["--s3-path".into(), format!("s3://{BUCKET}/bad_nginx.conf")],
-        &aws.moto.env(),
+        &[
+            "--s3-path".into(),
+            format!("s3://{}/bad_nginx.conf", stack.bucket_name),
+        ],
+        &aws_env(&stack),
     );
-    wait_until_async(
+    wait_until(
         "nginx on the default config",
         Duration::from_secs(30),
         || answers(prefix.port, 404, ""),
@@ -353,18 +313,21 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
 
     // S3 unreachable (nothing listens at the endpoint): the default again, after retries.
     let prefix = NginxPrefix::new();
-    let mut env = aws.moto.env();
-    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    let mut env = aws_env(&stack);
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
     env.push((
-        "AWS_ENDPOINT_URL",
-        format!("http://127.0.0.1:{}", support::free_port()),
+        "AWS_ENDPOINT_URL".to_owned(),
+        format!("http://127.0.0.1:{}", free_port().expect("free port")),
     ));
     let mut running = RunningAgent::start(
         &prefix,
-        &["--s3-path".into(), format!("s3://{BUCKET}/any_nginx.conf")],
+        &[
+            "--s3-path".into(),
+            format!("s3://{}/any_nginx.conf", stack.bucket_name),
+        ],
         &env,
     );
-    wait_until_async(
+    wait_until(
         "nginx on the default config",
         Duration::from_secs(60),
         || answers(prefix.port, 404, ""),
@@ -377,25 +340,18 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follows_the_pointer_with_graceful_reloads() {
-    let aws = Aws::start().await;
+    let stack = TestStack::new("agent").await;
     let prefix = NginxPrefix::new();
-    let node_a = fake_node("0xa").await;
-    let node_b = fake_node("0xb").await;
-    aws.render(&prefix, &[format!("http://127.0.0.1:{node_a}")], "render_a")
-        .await;
+    let node = Node::start().await;
+    let (node_a, node_b) = (node.url("/block/10"), node.url("/block/11"));
+    render(&stack, &prefix, &[node_a], "render_a").await;
 
     // The agent reports whether the configuration in force is the newest render.
-    let recorder = devstack::MetricsRecorder::start().expect("CloudWatch recorder");
-    let mut env = aws.moto.env();
-    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH", recorder.endpoint()));
-    env.push(("CLOUDWATCH_NAMESPACE", "agent-test".into()));
-    env.push(("STACK_NAME", "agent-test".into()));
+    let env = aws_env(&stack);
     let staleness = || -> Vec<f64> {
-        recorder
-            .recorded()
-            .expect("recorded metrics")
+        stack
+            .metric_calls()
             .iter()
-            .filter(|call| call["namespace"] == "agent-test")
             .flat_map(|call| call["metric_data"].as_array().cloned().unwrap_or_default())
             .filter(|point| point["MetricName"] == config_agent::status::METRIC_STALENESS)
             .filter_map(|point| point["Value"].as_f64())
@@ -407,13 +363,13 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
         &prefix,
         &[
             "--s3-path".into(),
-            format!("s3://{BUCKET}/deleted_nginx.conf"),
+            format!("s3://{}/deleted_nginx.conf", stack.bucket_name),
             "--poll-seconds".into(),
             "1".into(),
         ],
         &env,
     );
-    wait_until_async(
+    wait_until(
         "the proxy to answer from node A",
         Duration::from_secs(30),
         || answers(prefix.port, 200, "0xa"),
@@ -421,9 +377,8 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     .await;
 
     // A new render is picked up and loaded without restarting nginx.
-    aws.render(&prefix, &[format!("http://127.0.0.1:{node_b}")], "render_b")
-        .await;
-    wait_until_async(
+    render(&stack, &prefix, &[node_b], "render_b").await;
+    wait_until(
         "the proxy to answer from node B",
         Duration::from_secs(20),
         || answers(prefix.port, 200, "0xb"),
@@ -431,7 +386,7 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     .await;
     let good = prefix.installed();
 
-    wait_until_async(
+    wait_until(
         "a current config is reported as 0 s stale",
         Duration::from_secs(10),
         || async { staleness().contains(&0.0) },
@@ -439,13 +394,13 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     .await;
 
     // An invalid render is refused; node B keeps serving.
-    aws.publish_raw("broken_nginx.conf", "events {}\n").await;
+    publish_raw(&stack, "broken_nginx.conf", "events {}\n").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(prefix.installed(), good);
     assert!(answers(prefix.port, 200, "0xb").await);
     assert!(matches!(running.child.try_wait(), Ok(None)), "agent exited");
     // ... and the agent reports that the newest render (dated 03:00 today) waits.
-    wait_until_async(
+    wait_until(
         "the refused render is reported as waiting",
         Duration::from_secs(10),
         || async { staleness().iter().any(|seconds| *seconds > 60.0) },

@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use axum::http::{header, StatusCode};
+use axum::Router;
+use devstack::testkit::{serve, Server};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::health::{Severity, UnhealthyReason};
 use jsonrpc_proxy::probe::{
     ProbeFailure, ProbeSettings, Prober, BLOCK_NUMBER_REQUEST, PROBE_BATCH_REQUEST,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// How a fake node answers one request body: `(status, body)`.
@@ -17,56 +18,14 @@ type Answer = fn(&str) -> (u16, String);
 
 /// Serves `answer` on a loopback port; every request body received is sent to the channel.
 async fn fake_node(answer: Answer) -> (BackendUrl, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let (seen, received) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read the head, then Content-Length bytes of body.
-                let (head_end, length) = loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (end + 4, length);
-                    }
-                };
-                while buffer.len() < head_end + length {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                let body =
-                    String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
-                let _ = seen.send(body.clone());
-                let (status, reply) = answer(&body);
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
+    let router = Router::new().fallback(move |body: String| {
+        let _ = seen.send(body.clone());
+        let (status, reply) = answer(&body);
+        let status = StatusCode::from_u16(status).expect("status");
+        async move { (status, [(header::CONTENT_TYPE, "application/json")], reply) }
     });
-    let url = BackendUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
+    let url = BackendUrl::parse(&serve(router).await.url("/")).expect("url");
     (url, received)
 }
 
@@ -241,69 +200,16 @@ async fn the_deadline_covers_the_fallback_too() {
 }
 
 /// Serves the probe batch on `count` loopback ports with HTTP/1.1 keep-alive (a connection
-/// stays open until the client closes it); returns the URLs and the number of connections
-/// currently open.
-async fn keep_alive_nodes(
-    count: usize,
-) -> (
-    Vec<BackendUrl>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut urls = Vec::new();
+/// stays open until the client closes it).
+async fn keep_alive_nodes(count: usize) -> Vec<Server> {
+    let reply = r#"[{"jsonrpc":"2.0","id":1,"result":"0x2a"},{"jsonrpc":"2.0","id":2,"result":"0x1"},{"jsonrpc":"2.0","id":3,"result":false}]"#;
+    let mut nodes = Vec::new();
     for _ in 0..count {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        urls.push(BackendUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url"));
-        let open = open.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                open.fetch_add(1, Ordering::SeqCst);
-                let open = open.clone();
-                tokio::spawn(async move {
-                    let reply = r#"[{"jsonrpc":"2.0","id":1,"result":"0x2a"},{"jsonrpc":"2.0","id":2,"result":"0x1"},{"jsonrpc":"2.0","id":3,"result":false}]"#;
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    'connection: loop {
-                        // One request: the head, then Content-Length bytes of body.
-                        let (head_end, length) = loop {
-                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                                let head =
-                                    String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                                let length = head
-                                    .lines()
-                                    .find_map(|l| l.strip_prefix("content-length:"))
-                                    .and_then(|v| v.trim().parse::<usize>().ok())
-                                    .unwrap_or(0);
-                                break (end + 4, length);
-                            }
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'connection,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        while buffer.len() < head_end + length {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'connection,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buffer.drain(..head_end + length);
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
-                            reply.len()
-                        );
-                        if stream.write_all(response.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
+        let router = Router::new()
+            .fallback(move || async move { ([(header::CONTENT_TYPE, "application/json")], reply) });
+        nodes.push(serve(router).await);
     }
-    (urls, open)
+    nodes
 }
 
 /// A round probes every node once and rounds are far apart, so the prober must not keep an
@@ -311,20 +217,24 @@ async fn keep_alive_nodes(
 /// connections left no descriptor for the table writes after the probes.
 #[tokio::test]
 async fn the_prober_keeps_no_idle_connection_to_the_nodes_after_a_round() {
-    use std::sync::atomic::Ordering;
-    let (urls, open) = keep_alive_nodes(20).await;
+    let nodes = keep_alive_nodes(20).await;
+    let urls: Vec<BackendUrl> = nodes
+        .iter()
+        .map(|node| BackendUrl::parse(&node.url("/")).expect("url"))
+        .collect();
+    let open = || nodes.iter().map(Server::open_connections).sum::<usize>();
     let prober = prober();
     let outcomes = prober.probe_all(&urls).await;
     assert!(outcomes.iter().all(|o| o.result == Ok(42)), "{outcomes:?}");
     // The prober (and its client) is still alive, as in a warm Lambda between rounds. The
     // nodes see the client's closes shortly after the answers; allow generous time for that.
-    let mut still_open = open.load(Ordering::SeqCst);
+    let mut still_open = open();
     for _ in 0..100 {
         if still_open == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        still_open = open.load(Ordering::SeqCst);
+        still_open = open();
     }
     assert_eq!(
         still_open, 0,

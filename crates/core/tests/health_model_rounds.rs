@@ -6,20 +6,15 @@
 //! `health_checker` invocation of several rounds against moto, the CloudWatch recorder and
 //! anvil nodes, with the hysteresis counters going through DynamoDB.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto};
+use devstack::testkit::{b, n, s, Item, TestStack};
+use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::{assess, HealthPolicy, Observation, RoundAssessment};
 use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule};
-use jsonrpc_proxy::metrics::MetricsPublisher;
-use jsonrpc_proxy::probe::{ProbeFailure, ProbeOutcome, ProbeSettings, Prober};
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::probe::{ProbeFailure, ProbeOutcome};
 use jsonrpc_proxy::routing::RoutingPlan;
-use jsonrpc_proxy::store::BackendStore;
 use time::OffsetDateTime;
 
 // ---------------------------------------------------------------------------------------
@@ -229,97 +224,33 @@ fn a_node_on_another_chain_is_never_routed() {
 // ---------------------------------------------------------------------------------------
 
 struct Real {
-    _moto: Moto,
-    recorder: MetricsRecorder,
-    dynamodb: aws_sdk_dynamodb::Client,
-    table: String,
-    namespace: String,
+    stack: TestStack,
     checker: HealthChecker,
 }
 
+/// A checker with the function's health policy, 1.5 s probes and 4 writes in flight.
+fn checker(stack: &TestStack, schedule: RoundSchedule) -> HealthChecker {
+    stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .policy(HealthPolicy::default())
+        .schedule(schedule)
+        .write_concurrency(4)
+        .build()
+}
+
 async fn real(schedule: RoundSchedule) -> Real {
-    let moto = tokio::task::block_in_place(Moto::start).expect("moto");
-    let recorder = tokio::task::block_in_place(MetricsRecorder::start).expect("recorder");
-    let (table, bucket, function) = (
-        "health-model",
-        "health-model-bucket",
-        "health-model-renderer",
-    );
-    moto.create_table(table).await.expect("table");
-    moto.create_bucket(bucket).await.expect("bucket");
-    moto.create_lambda_function(function)
-        .await
-        .expect("function");
-    let config = moto.sdk_config().await;
-    let cloudwatch = devstack::sdk_config(&recorder.endpoint()).await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    let namespace = "health-model-ns".to_owned();
-    let checker = HealthChecker {
-        store: BackendStore::new(dynamodb.clone(), table),
-        prober: Prober::new(ProbeSettings {
-            timeout: Duration::from_millis(1500),
-            ..ProbeSettings::default()
-        })
-        .expect("prober"),
-        metrics: MetricsPublisher::new(aws_sdk_cloudwatch::Client::new(&cloudwatch), &namespace),
-        bucket: ConfigBucket::new(aws_sdk_s3::Client::new(&config), bucket),
-        trigger: RendererTrigger::new(aws_sdk_lambda::Client::new(&config), function),
-        policy: HealthPolicy::default(),
-        schedule,
-        stack_name: "health-model-stack".into(),
-        write_concurrency: 4,
-        row_refresh: std::time::Duration::from_secs(
-            jsonrpc_proxy::health_checker::DEFAULT_ROW_REFRESH_SECS,
-        ),
-        scan_page_items: None,
-    };
-    Real {
-        _moto: moto,
-        recorder,
-        dynamodb,
-        table: table.into(),
-        namespace,
-        checker,
-    }
+    let stack = TestStack::new("health-model").await;
+    let checker = checker(&stack, schedule);
+    Real { stack, checker }
 }
 
 impl Real {
-    async fn add(&self, url: &str, is_leader: bool) {
-        self.checker
-            .store
-            .upsert(
-                &jsonrpc_proxy::backend_url::BackendUrl::parse(url).expect("url"),
-                is_leader,
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .expect("add");
-    }
-
-    async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
-        let scan = self
-            .dynamodb
-            .scan()
-            .table_name(&self.table)
-            .send()
-            .await
-            .expect("scan");
-        scan.items()
-            .iter()
-            .map(|item| match item.get("url") {
-                Some(AttributeValue::S(url)) => (url.clone(), item.clone()),
-                _ => panic!("item without url"),
-            })
-            .collect()
-    }
-
     /// The values of a stack-level metric, in the order sent.
     fn stack_metric(&self, name: &str) -> Vec<f64> {
-        self.recorder
-            .recorded()
-            .expect("recorded")
+        self.stack
+            .metric_calls()
             .iter()
-            .filter(|call| call["namespace"] == self.namespace.as_str())
             .flat_map(|call| call["metric_data"].as_array().cloned().unwrap_or_default())
             .filter(|point| point["MetricName"] == name)
             .filter_map(|point| point["Value"].as_f64())
@@ -327,22 +258,8 @@ impl Real {
     }
 }
 
-fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
-    match item.get(name) {
-        Some(AttributeValue::S(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<f64> {
-    match item.get(name) {
-        Some(AttributeValue::N(n)) => n.parse().ok(),
-        _ => None,
-    }
-}
-
-fn healthy(item: &HashMap<String, AttributeValue>) -> bool {
-    matches!(item.get("is_healthy"), Some(AttributeValue::Bool(true)))
+fn healthy(item: &Item) -> bool {
+    b(item, "is_healthy") == Some(true)
 }
 
 fn anvil(chain_id: Option<u64>) -> Anvil {
@@ -368,9 +285,9 @@ async fn one_invocation_runs_its_rounds_at_the_interval_with_hysteresis_through_
     for node in [&leader, &a, &b, &other] {
         node.mine(100).expect("mine");
     }
-    real.add(&leader.url(), true).await;
+    real.stack.add(&leader.url(), true).await;
     for node in [&a, &b, &other] {
-        real.add(&node.url(), false).await;
+        real.stack.add(&node.url(), false).await;
     }
 
     // A fresh deployment: healthy in the first round, the wrong chain never.
@@ -390,41 +307,38 @@ async fn one_invocation_runs_its_rounds_at_the_interval_with_hysteresis_through_
     assert_eq!(summary.healthy, 3);
     assert_eq!(summary.expected_chain_id, Some(31_337));
     assert_eq!(summary.leader, "current");
-    let items = real.items().await;
+    let items = real.stack.items().await;
     let wrong = &items[&other.url()];
     assert!(!healthy(wrong));
     assert_eq!(
-        text(wrong, "health_reason"),
+        s(wrong, "health_reason"),
         Some("wrong chain: 5, expected 31337")
     );
-    assert_eq!(number(wrong, "chain_id"), Some(5.0));
+    assert_eq!(n(wrong, "chain_id"), Some(5.0));
     // After the first round nothing was new for any row (the counters change no judgement: a
     // healthy node's passes, an unhealthy node's failures), so the rows are the first
     // round's snapshot (ROW_REFRESH_SECS is 300).
-    assert_eq!(number(wrong, "consecutive_failures"), Some(1.0));
-    assert_eq!(number(&items[&a.url()], "consecutive_passes"), Some(1.0));
+    assert_eq!(n(wrong, "consecutive_failures"), Some(1.0));
+    assert_eq!(n(&items[&a.url()], "consecutive_passes"), Some(1.0));
     assert_eq!((summary.written, summary.unchanged), (0, 4), "{summary:?}");
     assert_eq!(real.stack_metric("Leader stalled"), [0.0, 0.0, 0.0]);
 
     // The leader stalls while the nodes move on; b falls behind with it.
     a.mine(50).expect("mine");
-    let one_round = HealthChecker {
-        schedule: RoundSchedule::default(),
-        ..real.checker.clone()
-    };
+    let one_round = checker(&real.stack, RoundSchedule::default());
     let summary = one_round.run_invocation(None).await.expect("round");
     assert_eq!((summary.round, summary.rounds), (1, 1));
     // Candidates: leader 100, a 150, b 100. The majority (leader and b) holds 100.
     assert_eq!(summary.corroborated_head, Some(100));
     assert_eq!(summary.leader, "current");
-    let items = real.items().await;
+    let items = real.stack.items().await;
     let a_item = &items[&a.url()];
     assert!(healthy(a_item), "soft: one implausible answer is tolerated");
     assert_eq!(
-        text(a_item, "health_reason"),
+        s(a_item, "health_reason"),
         Some("claims block 150, 50 ahead of corroborated head 100 (1 of 2 failures before unhealthy)")
     );
-    assert_eq!(number(a_item, "consecutive_failures"), Some(1.0));
+    assert_eq!(n(a_item, "consecutive_failures"), Some(1.0));
 
     // b catches up with a: now the leader is outvoted and stalled.
     b.mine(50).expect("mine");
@@ -434,24 +348,24 @@ async fn one_invocation_runs_its_rounds_at_the_interval_with_hysteresis_through_
     assert_eq!(summary.reference_source, "corroborated");
     assert_eq!(summary.reference_block, Some(150));
     assert_eq!(real.stack_metric("Leader stalled").last(), Some(&1.0));
-    let items = real.items().await;
+    let items = real.stack.items().await;
     let leader_item = &items[&leader.url()];
     assert!(healthy(leader_item), "the leader's lag is soft too");
     assert_eq!(
-        text(leader_item, "health_reason"),
+        s(leader_item, "health_reason"),
         Some("lagging 50 blocks behind reference 150 (tolerance 10) (1 of 2 failures before unhealthy)")
     );
     assert!(healthy(&items[&a.url()]));
-    assert_eq!(text(&items[&a.url()], "health_reason"), None);
+    assert_eq!(s(&items[&a.url()], "health_reason"), None);
     assert_eq!(
-        text(&items[&a.url()], "last_failure"),
+        s(&items[&a.url()], "last_failure"),
         Some("claims block 150, 50 ahead of corroborated head 100")
     );
 
     // Still stalled: the leader leaves.
     let summary = one_round.run_invocation(None).await.expect("round");
     assert_eq!(summary.healthy, 2);
-    let items = real.items().await;
+    let items = real.stack.items().await;
     assert!(!healthy(&items[&leader.url()]));
 }
 
@@ -463,7 +377,7 @@ async fn a_round_that_would_not_finish_before_the_deadline_is_not_started() {
     })
     .await;
     let node = anvil(None);
-    real.add(&node.url(), false).await;
+    real.stack.add(&node.url(), false).await;
     // Room for the first round only: the next would start in 2 s and needs 1.5 s + 5 s.
     let started = Instant::now();
     let summary = real

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::http::{dechunk, invalid};
 use crate::Error;
 
 /// Largest request or response body relayed, in bytes.
@@ -362,10 +363,6 @@ impl Request {
         self.header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     }
-}
-
-fn invalid(message: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
 }
 
 /// Reads a CRLF-terminated line (without the terminator); `None` at a clean end of stream.
@@ -774,28 +771,6 @@ fn forward(request: &Request, shared: &Shared) -> std::io::Result<Vec<u8>> {
         let mut answer = answer.into_bytes();
         answer.extend_from_slice(&body);
         return Ok(answer);
-    }
-}
-
-/// Decodes a chunk-framed body (as read by [`read_chunked_raw`]).
-fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| invalid("truncated chunk size"))?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| invalid("malformed chunk size"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data.get(..size).ok_or_else(|| invalid("truncated chunk"))?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).unwrap_or_default();
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) fn request(
     parse_response(&raw)
 }
 
-fn invalid(message: &str) -> std::io::Error {
+pub(crate) fn invalid(message: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
 }
 
@@ -91,7 +91,8 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     Ok(Response { status, body })
 }
 
-fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Decodes a chunk-framed body.
+pub(crate) fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = data

@@ -10,7 +10,12 @@
 //! - [`Anvil`]: an Ethereum node that can be mined, stopped and restarted on the same port;
 //! - [`Nginx`]: `nginx -t` on a rendered configuration, and a real nginx running one;
 //! - [`MetricsRecorder`]: `scripts/cloudwatch_recorder.py`, a CloudWatch stand-in that records
-//!   `PutMetricData` calls (moto does not speak the SDK's RPC v2 CBOR protocol).
+//!   `PutMetricData` calls (moto does not speak the SDK's RPC v2 CBOR protocol);
+//! - [`FaultProxy`]: an HTTP proxy in front of moto or the recorder that injects AWS errors,
+//!   drops, lost answers and delays;
+//! - [`testkit`]: what every test crate shares: the binary's moto and recorder, unique names,
+//!   a [`testkit::TestStack`] (optionally behind fault proxies), a
+//!   [`testkit::CheckerBuilder`], item helpers, and a scripted JSON-RPC [`testkit::Node`].
 //!
 //! Every process writes stdout and stderr to a log file in a temporary directory, is waited
 //! for with a bounded timeout (errors name the program, its log file and the log's tail), and
@@ -39,6 +44,7 @@ mod moto;
 mod nginx;
 mod process;
 mod recorder;
+pub mod testkit;
 
 use std::collections::HashSet;
 use std::net::TcpListener;

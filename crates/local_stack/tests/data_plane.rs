@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use devstack::testkit::wait_until;
 use devstack::{Anvil, AnvilOptions};
 use local_stack::stack::LocalStack;
 
@@ -81,7 +82,7 @@ async fn no_request_fails_while_nodes_die_and_a_foreign_chain_is_never_served() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     blocking(|| stack.nodes[1].anvil.stop());
     let killed = Instant::now();
-    wait_for(
+    wait_until(
         "node A leaves the config",
         INTERVAL * 3 + Duration::from_secs(8),
         || async { !routes_to(&stack, &node_a, "node") },
@@ -112,7 +113,7 @@ async fn no_request_fails_while_nodes_die_and_a_foreign_chain_is_never_served() 
         Ok(1000),
         "the leader answers"
     );
-    wait_for(
+    wait_until(
         "only the leader is routed",
         INTERVAL * 3 + Duration::from_secs(8),
         || async { routed(&stack) == vec![format!("{leader} (leader)")] },

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use devstack::testkit::wait_until;
 use local_stack::stack::LocalStack;
 use serde_json::json;
 
@@ -52,7 +53,7 @@ async fn the_whole_system_routes_around_failures() {
             "retried on the other node"
         );
     }
-    wait_for(
+    wait_until(
         "the stopped node leaves the config",
         INTERVAL * 3 + Duration::from_secs(8),
         || async { !routes_to(&stack, &node_a, "node") },
@@ -79,7 +80,7 @@ async fn the_whole_system_routes_around_failures() {
             .rpc("anvil_setBalance", json!([MARKER, "0x3e9"]))
     })
     .expect("marker");
-    wait_for(
+    wait_until(
         "the recovered node is routed again",
         INTERVAL * 4 + Duration::from_secs(8),
         || async { routes_to(&stack, &node_a, "node") },
@@ -94,7 +95,7 @@ async fn the_whole_system_routes_around_failures() {
     })
     .expect("pause mining");
     let paused_at = Instant::now();
-    wait_for(
+    wait_until(
         "the lagging node leaves the config",
         Duration::from_secs(TOLERANCE) + INTERVAL * 4 + Duration::from_secs(10),
         || async { !routes_to(&stack, &node_b, "node") },
@@ -127,7 +128,7 @@ async fn the_whole_system_routes_around_failures() {
             .rpc("evm_setIntervalMining", json!([1]))
     })
     .expect("resume mining");
-    wait_for(
+    wait_until(
         "the caught-up node is routed again",
         INTERVAL * 4 + Duration::from_secs(8),
         || async { routes_to(&stack, &node_b, "node") },
@@ -146,7 +147,7 @@ async fn the_whole_system_routes_around_failures() {
             "the backup leader answers at once"
         );
     }
-    wait_for(
+    wait_until(
         "only the leader is routed",
         INTERVAL * 3 + Duration::from_secs(8),
         || async { routed(&stack) == vec![format!("{leader} (leader)")] },
@@ -156,14 +157,14 @@ async fn the_whole_system_routes_around_failures() {
 
     // Everything down: the 404 server answers.
     blocking(|| stack.nodes[0].anvil.stop());
-    wait_for(
+    wait_until(
         "nothing is routed",
         INTERVAL * 3 + Duration::from_secs(8),
         || async { routed(&stack).is_empty() && stack.snapshot().1.is_some() },
     )
     .await;
     // nginx's old workers keep accepting for 100 ms after a reload: poll for the new answer.
-    wait_for(
+    wait_until(
         "the 404 server to answer",
         Duration::from_secs(5),
         || async {
@@ -187,7 +188,7 @@ async fn the_whole_system_routes_around_failures() {
             .rpc("anvil_setBalance", json!([MARKER, "0x3e9"]))
     })
     .expect("restart the leader and node A");
-    wait_for(
+    wait_until(
         "node A and the leader are routed again",
         INTERVAL * 4 + Duration::from_secs(8),
         || async { routes_to(&stack, &node_a, "node") && routes_to(&stack, &leader, "backup") },
@@ -195,7 +196,7 @@ async fn the_whole_system_routes_around_failures() {
     .await;
     let removed = stack.remove_backend(&node_a).await.expect("remove_backend");
     assert_eq!(removed["statusCode"], 200);
-    wait_for(
+    wait_until(
         "the removed node leaves the config",
         Duration::from_secs(10),
         || async { !routes_to(&stack, &node_a, "node") },
@@ -209,7 +210,7 @@ async fn the_whole_system_routes_around_failures() {
         .any(|b| b.url == node_a));
     // Once nginx's old workers have stopped accepting (100 ms after the reload), only the
     // leader answers.
-    wait_for("the leader to answer", Duration::from_secs(5), || async {
+    wait_until("the leader to answer", Duration::from_secs(5), || async {
         who_answers(&client, &proxy).await == Ok(1000)
     })
     .await;

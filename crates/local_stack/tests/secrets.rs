@@ -11,16 +11,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use common::*;
+use devstack::testkit::wait_until;
+use devstack::testkit::{node_result, rpc_answer, serve, Server};
 use jsonrpc_proxy::config_bucket::ConfigBucket;
 use local_stack::stack::LocalStack;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 const KEY_LEADER: &str = "k3yLeaderQx7Z9v2WmSecret";
 const KEY_A: &str = "k3yNodeA8Hf2LpR4tSecret";
@@ -67,47 +72,45 @@ struct Seen {
 
 /// The keyed provider: one port, one route per backend.
 struct Provider {
-    port: u16,
-    seen: Arc<Mutex<Seen>>,
-    down: Arc<AtomicBool>,
+    server: Server,
+    state: Arc<ProviderState>,
+}
+
+struct ProviderState {
+    seen: Mutex<Seen>,
+    down: AtomicBool,
     started: Instant,
+    port: AtomicU16,
 }
 
 impl Provider {
     async fn start() -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let provider = Self {
-            port,
-            seen: Arc::default(),
-            down: Arc::default(),
+        let state = Arc::new(ProviderState {
+            seen: Mutex::default(),
+            down: AtomicBool::new(false),
             started: Instant::now(),
-        };
-        let (seen, down, started) = (
-            provider.seen.clone(),
-            provider.down.clone(),
-            provider.started,
-        );
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (seen, down) = (seen.clone(), down.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, port, seen, down, started).await;
-                });
-            }
+            port: AtomicU16::new(0),
         });
-        provider
+        let router = Router::new().fallback(answer).with_state(state.clone());
+        let server = serve(router).await;
+        state.port.store(server.port(), Ordering::SeqCst);
+        Self { server, state }
+    }
+
+    fn port(&self) -> u16 {
+        self.server.port()
     }
 
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url("")
     }
 
     fn served(&self, route: &str) -> usize {
-        lock(&self.seen).served.get(route).copied().unwrap_or(0)
+        lock(&self.state.seen)
+            .served
+            .get(route)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -136,111 +139,53 @@ fn route(target: &str, authorization: Option<&str>) -> Option<&'static str> {
     found
 }
 
-fn rpc_answer(request: &[u8], height: u64, marker: u64) -> String {
-    let single = |call: &Value| {
-        let id = call.get("id").cloned().unwrap_or(json!(1));
-        let result = match call.get("method").and_then(Value::as_str) {
-            Some("eth_blockNumber") => json!(format!("{height:#x}")),
-            Some("eth_chainId") => json!("0x1"),
-            Some("eth_syncing") => json!(false),
-            Some("eth_getBalance") => json!(format!("{marker:#x}")),
-            _ => {
-                return json!({"jsonrpc": "2.0", "id": id,
-                    "error": {"code": -32601, "message": "method not found"}})
-            }
-        };
-        json!({"jsonrpc": "2.0", "id": id, "result": result})
-    };
-    match serde_json::from_slice::<Value>(request) {
-        Ok(Value::Array(calls)) => Value::Array(calls.iter().map(single).collect()).to_string(),
-        Ok(call) => single(&call).to_string(),
-        Err(_) => json!({"jsonrpc": "2.0", "id": null,
-            "error": {"code": -32700, "message": "parse error"}})
-        .to_string(),
-    }
-}
-
-/// Serves one connection (keep-alive, as nginx's upstream keepalive uses it).
-async fn serve(
-    stream: TcpStream,
-    port: u16,
-    seen: Arc<Mutex<Seen>>,
-    down: Arc<AtomicBool>,
-    started: Instant,
-) -> std::io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    for _ in 0..10_000 {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
+async fn answer(
+    State(state): State<Arc<ProviderState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = uri.path_and_query().map_or("", |target| target.as_str());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let height = 1000 + state.started.elapsed().as_secs();
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match route(target, authorization) {
+        Some("slow") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (StatusCode::GATEWAY_TIMEOUT, json, "{}".to_owned()).into_response()
         }
-        let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let (mut length, mut authorization, mut close) = (0usize, None, false);
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).await? == 0 {
-                return Ok(());
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap_or(0),
-                    "authorization" => authorization = Some(value.to_owned()),
-                    "connection" => close = value.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
+        Some("redirect") => {
+            let port = state.port.load(Ordering::SeqCst);
+            let location = format!("http://127.0.0.1:{port}/v3/{KEY_REDIRECT}/moved");
+            (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
         }
-        let mut body = vec![0; length.min(1 << 20)];
-        reader.read_exact(&mut body).await?;
-        let height = 1000 + started.elapsed().as_secs();
-        let routed = route(&target, authorization.as_deref());
-        let (status, text, extra) = match routed {
-            Some("slow") => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                return Ok(());
-            }
-            Some("redirect") => (
-                "302 Found",
-                String::new(),
-                format!("Location: http://127.0.0.1:{port}/v3/{KEY_REDIRECT}/moved\r\n"),
-            ),
-            Some("down") if down.load(Ordering::SeqCst) => {
-                ("503 Service Unavailable", "{}".to_owned(), String::new())
-            }
-            Some(name) => {
-                *lock(&seen).served.entry(name).or_insert(0) += 1;
-                let marker = match name {
-                    "leader" => 1000,
-                    "a" => 1001,
-                    "b" => 1002,
-                    "query" => 1003,
-                    _ => 1004,
-                };
-                ("200 OK", rpc_answer(&body, height, marker), String::new())
-            }
-            None => {
-                lock(&seen)
-                    .refused
-                    .push(format!("{target} auth={}", authorization.is_some()));
-                ("401 Unauthorized", "{}".to_owned(), String::new())
-            }
-        };
-        let reply = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{text}",
-            text.len()
-        );
-        writer.write_all(reply.as_bytes()).await?;
-        if close {
-            return Ok(());
+        Some("down") if state.down.load(Ordering::SeqCst) => {
+            (StatusCode::SERVICE_UNAVAILABLE, json, "{}".to_owned()).into_response()
+        }
+        Some(name) => {
+            *lock(&state.seen).served.entry(name).or_insert(0) += 1;
+            let marker: u64 = match name {
+                "leader" => 1000,
+                "a" => 1001,
+                "b" => 1002,
+                "query" => 1003,
+                _ => 1004,
+            };
+            let text = rpc_answer(&body, |method| match method {
+                "eth_getBalance" => Some(json!(format!("{marker:#x}"))),
+                other => node_result(other, height),
+            });
+            (StatusCode::OK, json, text).into_response()
+        }
+        None => {
+            lock(&state.seen)
+                .refused
+                .push(format!("{target} auth={}", authorization.is_some()));
+            (StatusCode::UNAUTHORIZED, json, "{}".to_owned()).into_response()
         }
     }
-    Ok(())
 }
 
 /// Every secret, in each form it could leak in.
@@ -302,7 +247,7 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     let closed_port = devstack::free_port().expect("a free port");
     let leader = format!("{base}/v3/{KEY_LEADER}");
     let node_a = format!("{base}/v3/{KEY_A}");
-    let node_b = format!("http://{USER}:{PASSWORD}@127.0.0.1:{}/rpc", provider.port);
+    let node_b = format!("http://{USER}:{PASSWORD}@127.0.0.1:{}/rpc", provider.port());
     let node_query = format!("{base}/rpc?apikey={KEY_QUERY}");
     let node_down = format!("{base}/v3/{KEY_DOWN}");
     let redirect = format!("{base}/v3/{KEY_REDIRECT}");
@@ -334,7 +279,7 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
     }
 
     // All four keyed nodes are routed, the keyed leader as backup.
-    wait_for(
+    wait_until(
         "four keyed nodes and the leader are routed",
         Duration::from_secs(40),
         || async { routed(&stack).len() == 5 },
@@ -364,12 +309,12 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
 
     // A keyed node fails (a transition with a reason), then is removed. Requests meanwhile
     // make nginx log the failing upstream (its public server retries them elsewhere).
-    provider.down.store(true, Ordering::SeqCst);
+    provider.state.down.store(true, Ordering::SeqCst);
     for _ in 0..20 {
         let who = who_answers(&client, &proxy).await;
         assert!(who.is_ok(), "retried on another node: {who:?}");
     }
-    wait_for(
+    wait_until(
         "the failed keyed node leaves the config",
         Duration::from_secs(20),
         || async { routed(&stack).len() == 4 },
@@ -387,7 +332,7 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
 
     // The hostile keyed backends have reasons.
     let reasons_seen = Arc::new(AtomicUsize::new(0));
-    wait_for(
+    wait_until(
         "the redirecting, slow and refusing keyed backends have reasons",
         Duration::from_secs(20),
         || {
@@ -610,7 +555,7 @@ async fn no_secret_leaves_the_url_fields_and_the_rendered_config() {
             .any(|c| c.to_string().contains("[redacted:")),
         "keyed nodes have metrics under their redacted labels"
     );
-    let refused_requests = lock(&provider.seen).refused.clone();
+    let refused_requests = lock(&provider.state.seen).refused.clone();
     assert!(
         refused_requests.is_empty(),
         "every request to the provider carried the right path and credentials: {refused_requests:?}"

@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::Router;
+use devstack::testkit::serve;
 use serde_json::Value;
 use slack_notifier::{notify, NotifyError, PostError, SlackWebhook};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -19,66 +22,41 @@ struct Received {
     body: Value,
 }
 
-/// Starts a one-purpose HTTP/1.1 server on 127.0.0.1 that answers every request with
-/// `status` and `answer`; returns its URL and the requests it receives. It stops when the
-/// test's runtime ends.
+/// Starts a stand-in for the webhook on 127.0.0.1 that answers every request with `status`
+/// and `answer`; returns its URL and the requests it receives.
 async fn fake_slack(
     status: u16,
     answer: &'static str,
 ) -> (String, mpsc::UnboundedReceiver<Received>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
     let (sender, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut reader = BufReader::new(read);
-                let mut request_line = String::new();
-                reader
-                    .read_line(&mut request_line)
-                    .await
-                    .expect("request line");
-                let mut content_length = 0usize;
-                let mut content_type = None;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).await.expect("header");
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    let (name, value) = line.split_once(':').expect("header syntax");
-                    match name.to_ascii_lowercase().as_str() {
-                        "content-length" => content_length = value.trim().parse().expect("length"),
-                        "content-type" => content_type = Some(value.trim().to_owned()),
-                        _ => {}
-                    }
-                }
-                let mut body = vec![0u8; content_length];
-                reader.read_exact(&mut body).await.expect("body");
-                let _ = sender.send(Received {
-                    request_line: request_line.trim_end().to_owned(),
-                    content_type,
-                    body: serde_json::from_slice(&body).expect("JSON body"),
-                });
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                write.write_all(response.as_bytes()).await.expect("write");
-                write.shutdown().await.ok();
+    let router = Router::new().fallback(move |request: Request| {
+        let sender = sender.clone();
+        async move {
+            let request_line = format!(
+                "{} {} {:?}",
+                request.method(),
+                request.uri(),
+                request.version()
+            );
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let _ = sender.send(Received {
+                request_line,
+                content_type,
+                body: serde_json::from_slice(&body).expect("JSON body"),
             });
+            let status = StatusCode::from_u16(status).expect("status");
+            (status, [(header::CONTENT_TYPE, "text/plain")], answer)
         }
     });
-    (
-        format!("http://{address}/services/T000/B000/SECRETTOKEN"),
-        receiver,
-    )
+    let server = serve(router).await;
+    (server.url("/services/T000/B000/SECRETTOKEN"), receiver)
 }
 
 #[tokio::test]

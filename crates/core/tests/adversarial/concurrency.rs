@@ -14,7 +14,9 @@ use time::format_description::well_known::Iso8601;
 use time::OffsetDateTime;
 
 use crate::faults::{ecs_state, put_config};
-use crate::support::{b, figure, moto, n, s, unique, Answer, ControlledNode, Env};
+use devstack::testkit::{b, int, moto, s, unique, Answer, Node, TestStack};
+
+use crate::{checker, figure};
 
 // States of a URL in the add/remove test.
 const NONE: u8 = 0;
@@ -26,15 +28,15 @@ const REMOVED: u8 = 4;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() {
     const URLS: usize = 45;
-    let env = Env::new("adv-churn").await;
-    let node = ControlledNode::start().await;
+    let env = TestStack::with_faults("adv-churn").await;
+    let node = Node::start().await;
     node.set("leader", Answer::Height(500));
-    env.add(&node.url("leader"), true).await;
+    env.add(&node.named("leader"), true).await;
     let names: Vec<String> = (0..URLS).map(|i| format!("n{i}")).collect();
     for name in &names {
         node.set(name, Answer::Height(500));
     }
-    let urls: Vec<String> = names.iter().map(|name| node.url(name)).collect();
+    let urls: Vec<String> = names.iter().map(|name| node.named(name)).collect();
     let states: Arc<Vec<AtomicU8>> = Arc::new((0..URLS).map(|_| AtomicU8::new(NONE)).collect());
     let done = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -54,9 +56,9 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
     };
     // Everything that writes goes through the proxy, one request at a time: moto does not
     // apply a conditional write atomically (DynamoDB does), see FaultProxy::set_serialized.
-    env.moto_proxy.set_serialized(true);
-    let first_loop = checker_loop(env.checker(), done.clone());
-    let second_loop = checker_loop(env.checker(), done.clone());
+    env.moto_proxy().set_serialized(true);
+    let first_loop = checker_loop(checker(&env).build(), done.clone());
+    let second_loop = checker_loop(checker(&env).build(), done.clone());
 
     // A monitor: a URL removed before a scan started is absent from it; a URL added before a
     // scan started, and not being removed by its end, is present.
@@ -93,7 +95,7 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
     };
 
     // The churn: add every URL through add_backend; remove every third one soon after.
-    let store = jsonrpc_proxy::store::BackendStore::new(env.faulty.dynamodb.clone(), &env.table);
+    let store = jsonrpc_proxy::store::BackendStore::new(env.clients().dynamodb.clone(), &env.table);
     let trigger = env.trigger();
     let churn = async {
         let (mut adds, mut removes) = (0, 0);
@@ -128,7 +130,9 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
 
     // One more round, then the table is exactly the added-and-not-removed URLs, each checked
     // and with the fields add_backend gave it.
-    env.checker_with(&env.direct)
+    checker(&env)
+        .clients(&env.aws)
+        .build()
         .run_round()
         .await
         .expect("final round");
@@ -138,7 +142,7 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
         .enumerate()
         .filter(|(i, _)| states[*i].load(Ordering::SeqCst) == ADDED)
         .map(|(_, url)| url.clone())
-        .chain(std::iter::once(node.url("leader")))
+        .chain(std::iter::once(node.named("leader")))
         .collect();
     let actual: BTreeSet<String> = items.keys().cloned().collect();
     assert_eq!(
@@ -150,10 +154,13 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
         assert!(s(item, "when_added").is_some(), "{url} lost when_added");
         assert_eq!(
             b(item, "is_leader"),
-            Some(*url == node.url("leader")),
+            Some(*url == node.named("leader")),
             "{url}"
         );
-        assert!(n(item, "last_checked_ms").is_some(), "{url} never checked");
+        assert!(
+            int(item, "last_checked_ms").is_some(),
+            "{url} never checked"
+        );
     }
     figure("churn: rounds", rounds);
     figure("churn: adds / removes", format!("{adds} / {removes}"));
@@ -168,21 +175,21 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
     const ITERATIONS: u64 = 12;
-    let env = Env::new("adv-overlap").await;
-    let node = ControlledNode::start().await;
+    let env = TestStack::with_faults("adv-overlap").await;
+    let node = Node::start().await;
     let names = ["leader", "edge", "current", "near", "down"];
     for name in names {
         node.set(name, Answer::Height(1));
     }
-    env.add(&node.url("leader"), true).await;
+    env.add(&node.named("leader"), true).await;
     for name in &names[1..] {
-        env.add(&node.url(name), false).await;
+        env.add(&node.named(name), false).await;
     }
     // Both rounds go through the proxy, one request at a time: moto does not apply a
     // conditional write atomically (DynamoDB does), see FaultProxy::set_serialized.
-    env.moto_proxy.set_serialized(true);
-    let first = env.checker();
-    let second = env.checker();
+    env.moto_proxy().set_serialized(true);
+    let first = checker(&env).build();
+    let second = checker(&env).build();
 
     // Watches last_checked_ms of every item: it never goes back.
     let done = Arc::new(AtomicBool::new(false));
@@ -236,8 +243,8 @@ async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
         b_round.expect("second round");
 
         let items = env.items().await;
-        let leader = &items[&node.url("leader")];
-        let stamp = n(leader, "last_checked_ms").expect("stamp");
+        let leader = &items[&node.named("leader")];
+        let stamp = int(leader, "last_checked_ms").expect("stamp");
         assert!(
             stamp > previous_stamp,
             "iteration {iteration}: stamps move forward"
@@ -246,7 +253,7 @@ async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
         let mut references = BTreeSet::new();
         for (url, item) in &items {
             // Every item carries the newest round's stamp, and its ISO time agrees with it.
-            assert_eq!(n(item, "last_checked_ms"), Some(stamp), "{url}: {item:?}");
+            assert_eq!(int(item, "last_checked_ms"), Some(stamp), "{url}: {item:?}");
             let iso = OffsetDateTime::parse(
                 s(item, "last_checked").expect("last_checked"),
                 &Iso8601::DEFAULT,
@@ -266,8 +273,8 @@ async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
                 "{url}: healthy iff no reason: {item:?}"
             );
             let (failures, passes) = (
-                n(item, "consecutive_failures").unwrap_or(0),
-                n(item, "consecutive_passes").unwrap_or(0),
+                int(item, "consecutive_failures").unwrap_or(0),
+                int(item, "consecutive_passes").unwrap_or(0),
             );
             assert!(
                 if healthy {
@@ -278,8 +285,8 @@ async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
                 "{url}: counters disagree with the verdict: {item:?}"
             );
             let name = url.rsplit('/').next().unwrap_or_default();
-            let block = n(item, "block_number");
-            let lag = n(item, "lag_blocks");
+            let block = int(item, "block_number");
+            let lag = int(item, "lag_blocks");
             let reference = match (name, block, lag) {
                 ("down", _, _) if iteration % 2 == 0 => {
                     assert_eq!(reason, Some("http status 503"), "{url}");
@@ -325,7 +332,7 @@ async fn overlapping_rounds_leave_every_item_consistent_and_time_ordered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it() {
     const PAIRS: usize = 4;
-    let env = Env::new("adv-ecsrace").await;
+    let env = TestStack::with_faults("adv-ecsrace").await;
     let family = unique("adv-race-family");
     let service = moto()
         .create_ecs_service(
@@ -336,8 +343,8 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
         .await
         .expect("ecs service");
     let updater = EcsUpdater {
-        ecs: env.direct.ecs.clone(),
-        s3: env.direct.s3.clone(),
+        ecs: env.aws.ecs.clone(),
+        s3: env.aws.s3.clone(),
         family: service.family.clone(),
         cluster: service.cluster_arn.clone(),
         service: service.service_name.clone(),
@@ -371,7 +378,7 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
             a.map(|s| s.outcome).unwrap_or("error"),
             b_result.map(|s| s.outcome).unwrap_or("error"),
         );
-        let (running, config, active) = ecs_state(&env.direct.ecs, &updater).await;
+        let (running, config, active) = ecs_state(&env.aws.ecs, &updater).await;
         if !active.contains(&running) {
             violations.push(format!(
                 "pair {pair} {outcomes:?}: the running revision {running} is deregistered"

@@ -15,16 +15,18 @@ use devstack::{Fault, FaultRule};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
 use jsonrpc_proxy::config_renderer::RenderError;
 use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
-use jsonrpc_proxy::health_checker::{HealthCheckError, HealthChecker};
+use jsonrpc_proxy::health_checker::HealthCheckError;
 use serde_json::{json, Value};
 
-use crate::support::{b, figure, moto, n, unique, Answer, ControlledNode, Env};
+use devstack::testkit::{b, int, moto, unique, Answer, Node, TestStack};
+
+use crate::{checker, figure};
 
 const SCAN: &str = "DynamoDB_20120810.Scan";
 const UPDATE_ITEM: &str = "DynamoDB_20120810.UpdateItem";
 
 /// Snapshot of the fields a round writes, per URL.
-async fn health_fields(env: &Env) -> Vec<(String, Option<bool>, Option<u64>, Option<u64>)> {
+async fn health_fields(env: &TestStack) -> Vec<(String, Option<bool>, Option<u64>, Option<u64>)> {
     env.items()
         .await
         .into_iter()
@@ -32,8 +34,8 @@ async fn health_fields(env: &Env) -> Vec<(String, Option<bool>, Option<u64>, Opt
             (
                 url,
                 b(&item, "is_healthy"),
-                n(&item, "block_number"),
-                n(&item, "last_checked_ms"),
+                int(&item, "block_number"),
+                int(&item, "last_checked_ms"),
             )
         })
         .collect()
@@ -41,19 +43,19 @@ async fn health_fields(env: &Env) -> Vec<(String, Option<bool>, Option<u64>, Opt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
-    let env = Env::new("adv-hc").await;
-    let node = ControlledNode::start().await;
+    let env = TestStack::with_faults("adv-hc").await;
+    let node = Node::start().await;
     for name in ["leader", "a", "b", "c"] {
         node.set(name, Answer::Height(100));
     }
-    let (leader, c_url) = (node.url("leader"), node.url("c"));
+    let (leader, c_url) = (node.named("leader"), node.named("c"));
     env.add(&leader, true).await;
     for name in ["a", "b", "c"] {
-        env.add(&node.url(name), false).await;
+        env.add(&node.named(name), false).await;
     }
-    let checker = env.checker();
-    let renderer = env.renderer();
-    let proxy = &env.moto_proxy;
+    let checker = checker(&env).build();
+    let renderer = env.renderer(8080, "/tmp/jrp-adversarial");
+    let proxy = &env.moto_proxy();
     let mut faults = 0;
 
     // A clean start: all healthy, first render requested and done.
@@ -91,7 +93,7 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
 
     // 2. Scan throttled persistently: error, nothing probed, written, published or triggered.
     let before = health_fields(&env).await;
-    let metric_calls = env.metric_calls();
+    let metric_calls = env.metric_calls().len();
     proxy.forget_requests();
     proxy.inject(FaultRule::new(Fault::Throttle).operation(SCAN));
     let error = checker
@@ -108,7 +110,7 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
     assert_eq!(proxy.attempts(UPDATE_ITEM), 0);
     assert_eq!(proxy.attempts("Lambda.Invoke"), 0);
     assert_eq!(health_fields(&env).await, before, "nothing written");
-    assert_eq!(env.metric_calls(), metric_calls, "nothing published");
+    assert_eq!(env.metric_calls().len(), metric_calls, "nothing published");
     faults += proxy.faults_injected();
     figure("persistent Scan throttle: SDK attempts", scan_attempts);
     proxy.clear();
@@ -140,12 +142,12 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
     let stamps: Vec<u64> = items
         .iter()
         .filter(|(url, _)| **url != c_url)
-        .map(|(_, item)| n(item, "last_checked_ms").unwrap())
+        .map(|(_, item)| int(item, "last_checked_ms").unwrap())
         .collect();
     assert!(
         stamps
             .iter()
-            .all(|s| *s == stamps[0] && Some(*s) > n(&c_before, "last_checked_ms")),
+            .all(|s| *s == stamps[0] && Some(*s) > int(&c_before, "last_checked_ms")),
         "the other three carry this round's stamp: {stamps:?}"
     );
     // The plan the round computed (c unhealthy) differs from the pointer: a render was
@@ -242,7 +244,7 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
     let items = env.items().await;
     let stamps: Vec<u64> = items
         .values()
-        .map(|item| n(item, "last_checked_ms").unwrap())
+        .map(|item| int(item, "last_checked_ms").unwrap())
         .collect();
     assert!(stamps.iter().all(|s| *s == stamps[0]), "{stamps:?}");
     assert_eq!(b(&items[&c_url], "is_healthy"), Some(true), "c is back");
@@ -269,7 +271,7 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
 
     // 9. CloudWatch fails (500, persistently): the writes and the render check still happen,
     // the error is returned.
-    let metrics = &env.metrics_proxy;
+    let metrics = &env.metrics_proxy();
     metrics.forget_requests();
     metrics.inject(FaultRule::new(Fault::InternalError));
     proxy.forget_requests();
@@ -308,7 +310,7 @@ async fn health_check_faults_fail_the_round_leave_whole_items_and_heal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn render_faults_never_leave_a_pointer_to_a_missing_or_different_config() {
-    let env = Env::new("adv-render").await;
+    let env = TestStack::with_faults("adv-render").await;
     let urls = [
         "http://10.1.0.1:8545",
         "http://10.1.0.2:8545",
@@ -318,8 +320,8 @@ async fn render_faults_never_leave_a_pointer_to_a_missing_or_different_config() 
         env.add(url, url.starts_with("https")).await;
         env.set_healthy(url, true).await;
     }
-    let renderer = env.renderer();
-    let proxy = &env.moto_proxy;
+    let renderer = env.renderer(8080, "/tmp/jrp-adversarial");
+    let proxy = &env.moto_proxy();
     let mut faults = 0;
 
     let first = renderer
@@ -556,8 +558,8 @@ pub async fn assert_running_is_active(
     );
 }
 
-pub async fn put_config(env: &Env, key: &str) {
-    env.direct
+pub async fn put_config(env: &TestStack, key: &str) {
+    env.aws
         .s3
         .put_object()
         .bucket(&env.bucket_name)
@@ -570,21 +572,21 @@ pub async fn put_config(env: &Env, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() {
-    let env = Env::new("adv-ecs").await;
+    let env = TestStack::with_faults("adv-ecs").await;
     let family = unique("adv-family");
     let service = moto()
         .create_ecs_service(&unique("adv-cluster"), &family, &unique("adv-service"))
         .await
         .expect("ecs service");
     let updater = EcsUpdater {
-        ecs: env.faulty.ecs.clone(),
-        s3: env.faulty.s3.clone(),
+        ecs: env.clients().ecs.clone(),
+        s3: env.clients().s3.clone(),
         family: service.family.clone(),
         cluster: service.cluster_arn.clone(),
         service: service.service_name.clone(),
     };
-    let ecs = env.direct.ecs.clone();
-    let proxy = &env.moto_proxy;
+    let ecs = env.aws.ecs.clone();
+    let proxy = &env.moto_proxy();
     let bucket = env.bucket_name.clone();
     let path = |key: &str| format!("s3://{bucket}/{key}");
     let mut faults = 0;
@@ -662,29 +664,26 @@ async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probing_starts_with_the_first_scan_page() {
     use futures::stream::StreamExt;
-    let env = Env::new("adv-pages").await;
-    let node = ControlledNode::start().await;
+    let env = TestStack::with_faults("adv-pages").await;
+    let node = Node::start().await;
     node.set("leader", Answer::Height(100));
-    env.add(&node.url("leader"), true).await;
+    env.add(&node.named("leader"), true).await;
     let names: Vec<String> = (0..600).map(|i| format!("n{i}")).collect();
     for name in &names {
         node.set(name, Answer::Height(100));
     }
     futures::stream::iter(&names)
         .for_each_concurrent(8, |name| {
-            let url = node.url(name);
+            let url = node.named(name);
             let env = &env;
             async move { env.add(&url, false).await }
         })
         .await;
-    let proxy = &env.moto_proxy;
+    let proxy = &env.moto_proxy();
     proxy.forget_requests();
     let hold = Duration::from_secs(3);
     proxy.inject(FaultRule::new(Fault::Delay(hold)).operation(SCAN).nth(2));
-    let checker = HealthChecker {
-        scan_page_items: Some(250),
-        ..env.checker()
-    };
+    let checker = checker(&env).scan_page_items(250).build();
     let round = tokio::spawn(async move { checker.run_round().await });
 
     // The second page is requested and held back for 3 s…
@@ -696,13 +695,13 @@ async fn probing_starts_with_the_first_scan_page() {
     }
     assert_eq!(proxy.attempts(SCAN), 2, "the second page was requested");
     // …meanwhile the first page's 250 backends are probed (one batch request each).
-    let mut probed = node.total_requests();
+    let mut probed = node.requests();
     for _ in 0..50 {
         if probed >= 250 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        probed = node.total_requests();
+        probed = node.requests();
     }
     assert_eq!(
         proxy.attempts(SCAN),
@@ -722,13 +721,12 @@ async fn probing_starts_with_the_first_scan_page() {
     let before = env.items().await;
     proxy.forget_requests();
     proxy.inject(FaultRule::new(Fault::InternalError).operation(SCAN).skip(2));
-    let error = HealthChecker {
-        scan_page_items: Some(250),
-        ..env.checker()
-    }
-    .run_round()
-    .await
-    .expect_err("a failed page fails the round");
+    let error = crate::checker(&env)
+        .scan_page_items(250)
+        .build()
+        .run_round()
+        .await
+        .expect_err("a failed page fails the round");
     assert!(matches!(error, HealthCheckError::Scan(_)), "{error}");
     assert_eq!(proxy.attempts(UPDATE_ITEM), 0);
     assert_eq!(env.items().await, before, "nothing written");

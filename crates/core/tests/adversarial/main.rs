@@ -6,5 +6,17 @@
 
 mod concurrency;
 mod faults;
-mod support;
 mod tls;
+
+use devstack::testkit::{CheckerBuilder, TestStack};
+
+/// A health checker through the stack's fault proxies that writes every row every round: these
+/// scenarios exercise the write path under faults.
+fn checker(stack: &TestStack) -> CheckerBuilder {
+    stack.checker().row_refresh(std::time::Duration::ZERO)
+}
+
+/// One line of the suite's figures, printed for docs/reliability.md.
+fn figure(what: &str, value: impl std::fmt::Display) {
+    eprintln!("[figures] {what}: {value}");
+}

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use crate::support::{b, figure, n, s, Answer, ControlledNode, Env};
+use devstack::testkit::{b, n, s, Answer, Node, TestStack};
+
+use crate::{checker, figure};
 
 /// A child process killed when dropped.
 struct Killed(Child);
@@ -66,8 +68,8 @@ fn self_signed_server(dir: &std::path::Path) -> (Killed, u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_failures_are_unhealthy_with_a_reason_and_cost_only_their_slot() {
-    let env = Env::new("adv-tls").await;
-    let node = ControlledNode::start().await;
+    let env = TestStack::with_faults("adv-tls").await;
+    let node = Node::start().await;
     node.set("leader", Answer::Height(70));
     node.set("good", Answer::Height(70));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -81,13 +83,7 @@ async fn tls_failures_are_unhealthy_with_a_reason_and_cost_only_their_slot() {
             held.push(stream);
         }
     });
-    let plain_port: u16 = node
-        .url("x")
-        .trim_start_matches("http://127.0.0.1:")
-        .split('/')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let plain_port = node.port();
 
     let hostile = [
         (
@@ -103,13 +99,13 @@ async fn tls_failures_are_unhealthy_with_a_reason_and_cost_only_their_slot() {
             "handshake never answered",
         ),
     ];
-    env.add(&node.url("leader"), true).await;
-    env.add(&node.url("good"), false).await;
+    env.add(&node.named("leader"), true).await;
+    env.add(&node.named("good"), false).await;
     for (url, _) in &hostile {
         env.add(url, false).await;
     }
 
-    let checker = env.checker_with(&env.direct);
+    let checker = checker(&env).clients(&env.aws).build();
     let started = Instant::now();
     let summary = checker.run_round().await.expect("round");
     let took = started.elapsed();
@@ -119,9 +115,9 @@ async fn tls_failures_are_unhealthy_with_a_reason_and_cost_only_their_slot() {
     );
     assert_eq!(summary.healthy, 2, "{summary:?}");
     let items = env.items().await;
-    let good = &items[&node.url("good")];
+    let good = &items[&node.named("good")];
     assert_eq!(b(good, "is_healthy"), Some(true));
-    assert!(n(good, "response_time_ms").unwrap_or(u64::MAX) < 900);
+    assert!(n(good, "response_time_ms").unwrap_or(f64::MAX) < 900.0);
     for (url, what) in &hostile {
         let item = &items[url];
         assert_eq!(b(item, "is_healthy"), Some(false), "{what}");

@@ -6,7 +6,12 @@ use jsonrpc_proxy::backend_url::BackendUrl;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::common::{b, event, n, s, stack};
+use devstack::testkit::{b, n, s, TestStack};
+
+/// The admin event `sls invoke -d '{"body": "..."}'` sends.
+pub(crate) fn event(body: &Value) -> Value {
+    json!({ "body": body.to_string() })
+}
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -14,13 +19,13 @@ fn now() -> OffsetDateTime {
 
 #[tokio::test]
 async fn add_backend_creates_updates_and_refuses_a_second_leader() {
-    let stack = stack("admin-add").await;
+    let stack = TestStack::new("admin-add").await;
     let leader = "http://ops:SECRETPASS@10.0.0.1:8545/";
     let node = "http://10.0.0.2:8545";
 
     // New backend: 201 with the stored item.
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": node, "is_leader": false})),
         now(),
     )
@@ -57,7 +62,7 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
         .unwrap();
     // ... survives a re-add, which answers 200 and updates is_leader.
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": node, "is_leader": true})),
         now(),
     )
@@ -76,7 +81,7 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
 
     // Re-adding the leader as leader is not a conflict.
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": node, "is_leader": true})),
         now(),
     )
@@ -85,13 +90,13 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
 
     // A second leader: 409 naming the existing one, redacted; nothing written.
     stack
-        .store
+        .store()
         .delete(node)
         .await
         .unwrap()
         .expect("node was stored");
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": leader, "is_leader": true})),
         now(),
     )
@@ -99,7 +104,7 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
     assert_eq!(response.status_code, 201, "{}", response.body);
     let before = stack.items().await;
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": node, "is_leader": true})),
         now(),
     )
@@ -118,7 +123,7 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
 
     // The same URL as a non-leader is fine.
     let response = add_backend(
-        &stack.store,
+        &stack.store(),
         &event(&json!({"url": node, "is_leader": false})),
         now(),
     )
@@ -128,8 +133,8 @@ async fn add_backend_creates_updates_and_refuses_a_second_leader() {
 
 #[tokio::test]
 async fn add_backend_refuses_bad_requests_and_writes_nothing() {
-    let stack = stack("admin-bad").await;
-    let parse = add_backend(&stack.store, &json!({"body": "{\"url\": "}), now()).await;
+    let stack = TestStack::new("admin-bad").await;
+    let parse = add_backend(&stack.store(), &json!({"body": "{\"url\": "}), now()).await;
     assert_eq!(parse.status_code, 400);
     let body = parse.body_json().unwrap();
     assert_eq!(body["type"], "parse_error");
@@ -148,7 +153,7 @@ async fn add_backend_refuses_bad_requests_and_writes_nothing() {
         event(&json!([1, 2])),
     ];
     for case in cases {
-        let response = add_backend(&stack.store, &case, now()).await;
+        let response = add_backend(&stack.store(), &case, now()).await;
         assert_eq!(response.status_code, 400, "{case}: {}", response.body);
         let body = response.body_json().unwrap();
         assert_eq!(body["type"], "validation_error", "{case}");
@@ -160,7 +165,7 @@ async fn add_backend_refuses_bad_requests_and_writes_nothing() {
 
 #[tokio::test]
 async fn list_backends_is_sorted_and_complete_across_scan_pages() {
-    let stack = stack("admin-list").await;
+    let stack = TestStack::new("admin-list").await;
     // 1100 items of about 1.9 KB: about 2.2 MB, three 1 MB Scan pages.
     let count = 1100;
     let padding = "p".repeat(1900);
@@ -239,7 +244,7 @@ async fn list_backends_is_sorted_and_complete_across_scan_pages() {
     }
     assert!(pages >= 3, "only {pages} Scan pages");
 
-    let response = list_backends(&stack.store).await;
+    let response = list_backends(&stack.store()).await;
     assert_eq!(response.status_code, 200);
     let listed: Vec<Value> = serde_json::from_str(&response.body).unwrap();
     assert_eq!(listed.len(), count);
@@ -269,13 +274,17 @@ async fn list_backends_is_sorted_and_complete_across_scan_pages() {
 
 #[tokio::test]
 async fn remove_backend_answers_the_removed_item_or_404() {
-    let stack = stack("admin-remove").await;
+    let stack = TestStack::new("admin-remove").await;
     let node = "http://10.0.0.9:8545";
     stack.add(node, false).await;
     stack.add("http://10.0.0.10:8545", false).await;
 
-    let response =
-        remove_backend(&stack.store, &stack.trigger, &event(&json!({"url": node}))).await;
+    let response = remove_backend(
+        &stack.store(),
+        &stack.trigger(),
+        &event(&json!({"url": node})),
+    )
+    .await;
     assert_eq!(response.status_code, 200, "{}", response.body);
     let body = response.body_json().unwrap();
     assert_eq!(body["url"], node);
@@ -284,14 +293,18 @@ async fn remove_backend_answers_the_removed_item_or_404() {
     assert!(!items.contains_key(node));
     assert_eq!(items.len(), 1);
 
-    let response =
-        remove_backend(&stack.store, &stack.trigger, &event(&json!({"url": node}))).await;
+    let response = remove_backend(
+        &stack.store(),
+        &stack.trigger(),
+        &event(&json!({"url": node})),
+    )
+    .await;
     assert_eq!(response.status_code, 404, "{}", response.body);
     let body = response.body_json().unwrap();
     assert_eq!(body["type"], "not_found");
     assert_eq!(body["errorClass"], "NotFoundError");
 
-    let response = remove_backend(&stack.store, &stack.trigger, &json!({"body": "nope"})).await;
+    let response = remove_backend(&stack.store(), &stack.trigger(), &json!({"body": "nope"})).await;
     assert_eq!(response.status_code, 400);
     assert_eq!(stack.items().await.len(), 1);
 }

@@ -19,7 +19,8 @@ use jsonrpc_proxy::renderer_trigger::RendererTrigger;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::common::{aws, event, moto, unique};
+use crate::admin::event;
+use devstack::testkit::{moto, recorder, unique, Clients as AwsClients};
 
 /// What serverless.yml creates for the clients: the table (hash key `name`) and the renderer.
 struct Clients {
@@ -36,7 +37,7 @@ async fn clients(prefix: &str) -> Clients {
         .create_lambda_function(&function)
         .await
         .expect("create function");
-    let aws = aws().await;
+    let aws = AwsClients::new(&moto().endpoint(), &recorder().endpoint()).await;
     aws.dynamodb
         .create_table()
         .table_name(&table)

@@ -7,7 +7,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
 use serde_json::{json, Value};
 
-use crate::common::{moto, stack, unique, Stack};
+use devstack::testkit::{moto, unique, TestStack};
 
 /// An S3 notification as Lambda delivers it; `raw_key` is URL-encoded as S3 does.
 fn s3_event(bucket: &str, raw_key: &str, event_name: &str) -> Value {
@@ -35,7 +35,7 @@ fn s3_event(bucket: &str, raw_key: &str, event_name: &str) -> Value {
     })
 }
 
-async fn put(stack: &Stack, key: &str, text: &str) {
+async fn put(stack: &TestStack, key: &str, text: &str) {
     stack
         .aws
         .s3
@@ -48,7 +48,7 @@ async fn put(stack: &Stack, key: &str, text: &str) {
         .unwrap();
 }
 
-async fn active_revisions(stack: &Stack, family: &str) -> Vec<String> {
+async fn active_revisions(stack: &TestStack, family: &str) -> Vec<String> {
     let listed = stack
         .aws
         .ecs
@@ -70,7 +70,7 @@ fn revision(arn: &str) -> u32 {
         .unwrap_or(0)
 }
 
-async fn running(stack: &Stack, updater: &EcsUpdater) -> (String, Option<String>) {
+async fn running(stack: &TestStack, updater: &EcsUpdater) -> (String, Option<String>) {
     let services = stack
         .aws
         .ecs
@@ -96,7 +96,7 @@ async fn running(stack: &Stack, updater: &EcsUpdater) -> (String, Option<String>
 
 #[tokio::test]
 async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
-    let stack = stack("ecs").await;
+    let stack = TestStack::new("ecs").await;
     let family = unique("ecs-family");
     let ecs = moto()
         .create_ecs_service(&unique("ecs-cluster"), &family, &unique("ecs-service"))

@@ -1,6 +1,6 @@
 //! Health-check rounds against real anvil nodes, moto and the CloudWatch recorder.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
@@ -8,15 +8,12 @@ use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::config_renderer::ConfigRenderer;
 use jsonrpc_proxy::health::{UnhealthyReason, Verdict};
-use jsonrpc_proxy::health_checker::HealthChecker;
-use jsonrpc_proxy::nginx::RenderOptions;
 use jsonrpc_proxy::probe::ProbeFailure;
 use jsonrpc_proxy::store::CheckWrite;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::common::{b, n, s, stack, Stack};
-use crate::nodes::ScriptedNode;
+use devstack::testkit::{b, n, s, Item, Node, TestStack};
 
 fn anvil() -> Anvil {
     Anvil::start(AnvilOptions::default()).expect("start anvil")
@@ -37,21 +34,13 @@ fn point<'a>(points: &'a [Value], metric: &str, label: &str) -> Option<&'a Value
         .find(|p| p["MetricName"] == metric && p["Dimensions"][0]["Value"] == label)
 }
 
-fn renderer(stack: &Stack) -> ConfigRenderer {
-    ConfigRenderer {
-        store: stack.store.clone(),
-        bucket: stack.bucket.clone(),
-        options: RenderOptions {
-            listen_port: 8080,
-            socket_dir: "/tmp/jrp-health".into(),
-            ..RenderOptions::default()
-        },
-    }
+fn renderer(stack: &TestStack) -> ConfigRenderer {
+    stack.renderer(8080, "/tmp/jrp-health")
 }
 
 #[tokio::test]
 async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
-    let stack = stack("health").await;
+    let stack = TestStack::new("health").await;
     let mut leader = anvil();
     let mut a = anvil();
     let mut b_node = anvil();
@@ -66,7 +55,10 @@ async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
     stack.add(&leader_url, true).await;
     stack.add(&a_url, false).await;
     stack.add(&b_url, false).await;
-    let checker = stack.checker(Duration::from_millis(1500));
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .build();
 
     // Round 1: all healthy; nothing rendered yet, so a render is requested.
     let summary = checker.run_round().await.unwrap();
@@ -207,8 +199,8 @@ async fn rounds_follow_lagging_dead_and_recovered_anvil_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_go_in_calls_of_at_most_1000_points() {
-    let stack = stack("health-batch").await;
-    let node = ScriptedNode::start().await;
+    let stack = TestStack::new("health-batch").await;
+    let node = Node::start().await;
     let count = 400;
     let requests: Vec<WriteRequest> = (0..count)
         .map(|i| {
@@ -246,7 +238,9 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     }
 
     let summary = stack
-        .checker(Duration::from_secs(2))
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build()
         .run_round()
         .await
         .unwrap();
@@ -255,7 +249,7 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     assert_eq!(summary.reference_block, Some(100));
     // 95..=104 against 100 with tolerance 10: all healthy.
     assert_eq!(summary.healthy, count);
-    assert!(node.requests() >= count, "every backend was probed");
+    assert!(node.requests() >= count as u64, "every backend was probed");
     // 2 points for the leader, 3 per node, 1 count, 1 leader stalled = 1201 = 1000 + 201.
     assert_eq!(summary.metric_calls, 2);
     let calls = stack.metric_calls();
@@ -296,22 +290,25 @@ fn verdict(url: &str, healthy: bool, block: Option<u64>) -> Verdict {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_removed_during_a_round_is_not_recreated() {
-    let stack = stack("health-removed").await;
-    let node = ScriptedNode::start().await;
+    let stack = TestStack::new("health-removed").await;
+    let node = Node::start().await;
     let (kept, removed) = (node.url("/block/7/kept"), node.url("/block/7/removed"));
     stack.add(&kept, false).await;
     stack.add(&removed, false).await;
-    let checker = stack.checker(Duration::from_secs(2));
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build();
 
-    let backends = stack.store.scan_all().await.unwrap();
+    let backends = stack.store().scan_all().await.unwrap();
     let round = checker.probe_and_assess(&backends).await;
     assert_eq!(round.healthy_count(), 2);
     // Removed between probing and writing.
-    assert!(stack.store.delete(&removed).await.unwrap().is_some());
+    assert!(stack.store().delete(&removed).await.unwrap().is_some());
     let now = OffsetDateTime::now_utc();
     let mut outcomes = HashMap::new();
     for verdict in &round.verdicts {
-        let outcome = stack.store.record_check(verdict, now).await.unwrap();
+        let outcome = stack.store().record_check(verdict, now).await.unwrap();
         outcomes.insert(verdict.url.clone(), outcome);
     }
     assert_eq!(outcomes[&kept], CheckWrite::Written);
@@ -326,7 +323,7 @@ async fn a_backend_removed_during_a_round_is_not_recreated() {
     // A write for a URL that was never in the table creates nothing either.
     let ghost = verdict(&node.url("/block/7/ghost"), true, Some(7));
     assert_eq!(
-        stack.store.record_check(&ghost, now).await.unwrap(),
+        stack.store().record_check(&ghost, now).await.unwrap(),
         CheckWrite::Skipped
     );
     assert_eq!(stack.items().await.len(), 1);
@@ -334,7 +331,7 @@ async fn a_backend_removed_during_a_round_is_not_recreated() {
 
 #[tokio::test]
 async fn an_older_round_never_overwrites_a_newer_one() {
-    let stack = stack("health-order").await;
+    let stack = TestStack::new("health-order").await;
     let url = "http://10.0.0.77:8545";
     stack.add(url, false).await;
     let newer_at = OffsetDateTime::now_utc();
@@ -342,17 +339,17 @@ async fn an_older_round_never_overwrites_a_newer_one() {
 
     let newer = verdict(url, true, Some(300));
     assert_eq!(
-        stack.store.record_check(&newer, newer_at).await.unwrap(),
+        stack.store().record_check(&newer, newer_at).await.unwrap(),
         CheckWrite::Written
     );
     let older = verdict(url, false, Some(100));
     assert_eq!(
-        stack.store.record_check(&older, older_at).await.unwrap(),
+        stack.store().record_check(&older, older_at).await.unwrap(),
         CheckWrite::Skipped
     );
     // The same instant is not newer either.
     assert_eq!(
-        stack.store.record_check(&older, newer_at).await.unwrap(),
+        stack.store().record_check(&older, newer_at).await.unwrap(),
         CheckWrite::Skipped
     );
     let items = stack.items().await;
@@ -369,7 +366,7 @@ async fn an_older_round_never_overwrites_a_newer_one() {
     let later = verdict(url, false, None);
     assert_eq!(
         stack
-            .store
+            .store()
             .record_check(&later, newer_at + Duration::from_secs(1))
             .await
             .unwrap(),
@@ -391,17 +388,20 @@ async fn an_older_round_never_overwrites_a_newer_one() {
 /// and rewrites an unchanged row once its last write is `ROW_REFRESH_SECS` old.
 #[tokio::test]
 async fn rows_with_nothing_new_are_not_rewritten_until_their_refresh_is_due() {
-    let stack = stack("unchanged").await;
+    let stack = TestStack::new("unchanged").await;
     let (leader, a) = (anvil(), anvil());
     leader.mine(20).unwrap();
     a.mine(20).unwrap();
     stack.add(&leader.url(), true).await;
     stack.add(&a.url(), false).await;
-    let checker = stack.checker(Duration::from_millis(1500));
+    let checker = stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .build();
 
     let first = checker.run_round().await.unwrap();
     assert_eq!((first.written, first.unchanged), (2, 0), "{first:?}");
-    let stamps = |items: &HashMap<String, HashMap<String, AttributeValue>>| {
+    let stamps = |items: &BTreeMap<String, Item>| {
         let mut stamps: Vec<f64> = items
             .values()
             .map(|item| n(item, "last_checked_ms").expect("stamp"))
@@ -429,10 +429,11 @@ async fn rows_with_nothing_new_are_not_rewritten_until_their_refresh_is_due() {
     assert_eq!(n(&items[&a.url()], "block_number"), Some(21.0));
 
     // A refresh period of zero rewrites every row every round, as the original did.
-    let always = HealthChecker {
-        row_refresh: Duration::ZERO,
-        ..checker.clone()
-    };
+    let always = stack
+        .checker()
+        .probe_timeout(Duration::from_millis(1500))
+        .row_refresh(Duration::ZERO)
+        .build();
     let refreshed = always.run_round().await.unwrap();
     assert_eq!((refreshed.written, refreshed.unchanged), (2, 0));
     let after_refresh = stack.items().await;

@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{b, n, s, stack};
-use crate::nodes::ScriptedNode;
+use devstack::testkit::{b, n, s, Node, TestStack};
 
 /// How a backend must come out of the round.
 enum Expect {
@@ -14,8 +13,8 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_nodes_get_reasons_and_cost_only_their_own_slot() {
-    let stack = stack("hostile").await;
-    let node = ScriptedNode::start().await;
+    let stack = TestStack::new("hostile").await;
+    let node = Node::start().await;
     let refused_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -120,7 +119,7 @@ async fn hostile_nodes_get_reasons_and_cost_only_their_own_slot() {
         stack.add(url, *is_leader).await;
     }
 
-    let checker = stack.checker(timeout);
+    let checker = stack.checker().probe_timeout(timeout).build();
     let started = Instant::now();
     let summary = checker.run_round().await.unwrap();
     let took = started.elapsed();

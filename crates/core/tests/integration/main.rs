@@ -5,9 +5,7 @@
 
 mod admin;
 mod clients;
-mod common;
 mod ecs;
 mod health;
 mod hostile;
-mod nodes;
 mod renderer;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
 use jsonrpc_proxy::config_renderer::ConfigRenderer;
-use jsonrpc_proxy::nginx::{RenderOptions, UPSTREAM_NAME};
+use jsonrpc_proxy::nginx::UPSTREAM_NAME;
 use jsonrpc_proxy::routing::RoutingPlan;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::common::{stack, Stack};
+use devstack::testkit::TestStack;
 
 /// A short socket directory (unix socket paths are limited to 108 bytes).
 fn socket_dir() -> TempDir {
@@ -24,16 +24,8 @@ fn socket_dir() -> TempDir {
         .expect("socket dir")
 }
 
-fn renderer(stack: &Stack, listen_port: u16, socket_dir: &TempDir) -> ConfigRenderer {
-    ConfigRenderer {
-        store: stack.store.clone(),
-        bucket: stack.bucket.clone(),
-        options: RenderOptions {
-            listen_port,
-            socket_dir: socket_dir.path().to_str().expect("utf-8 path").to_owned(),
-            ..RenderOptions::default()
-        },
-    }
+fn renderer(stack: &TestStack, listen_port: u16, socket_dir: &TempDir) -> ConfigRenderer {
+    stack.renderer(listen_port, socket_dir.path().to_str().expect("utf-8 path"))
 }
 
 /// The server lines of the public upstream (`upstream jsonrpc_backends { ... }`).
@@ -50,7 +42,7 @@ fn public_upstream_servers(text: &str) -> Vec<String> {
 }
 
 /// Renders under `request_id`, checks what was published, returns the config text.
-async fn render_case(stack: &Stack, renderer: &ConfigRenderer, request_id: &str) -> String {
+async fn render_case(stack: &TestStack, renderer: &ConfigRenderer, request_id: &str) -> String {
     let summary = renderer
         .render_and_publish(request_id, false)
         .await
@@ -60,7 +52,7 @@ async fn render_case(stack: &Stack, renderer: &ConfigRenderer, request_id: &str)
     assert_eq!(summary.key, key);
     let text = String::from_utf8(
         stack
-            .bucket
+            .bucket()
             .get(&key)
             .await
             .unwrap()
@@ -69,10 +61,15 @@ async fn render_case(stack: &Stack, renderer: &ConfigRenderer, request_id: &str)
     .unwrap();
     assert_eq!(summary.sha256, hex::encode(Sha256::digest(text.as_bytes())));
 
-    let pointer = stack.bucket.read_pointer().await.unwrap().expect("pointer");
+    let pointer = stack
+        .bucket()
+        .read_pointer()
+        .await
+        .unwrap()
+        .expect("pointer");
     assert_eq!(pointer.key, key);
     assert_eq!(pointer.sha256, summary.sha256);
-    let plan = RoutingPlan::from_backends(&stack.store.scan_all().await.unwrap());
+    let plan = RoutingPlan::from_backends(&stack.store().scan_all().await.unwrap());
     assert_eq!(pointer.plan_fingerprint, plan.fingerprint());
     assert_eq!(pointer.backends, plan.labels());
 
@@ -84,7 +81,7 @@ async fn render_case(stack: &Stack, renderer: &ConfigRenderer, request_id: &str)
 
 #[tokio::test]
 async fn each_case_is_published_and_passes_nginx_t() {
-    let stack = stack("render").await;
+    let stack = TestStack::new("render").await;
     let sockets = socket_dir();
     let port = free_port().unwrap();
     let renderer = renderer(&stack, port, &sockets);
@@ -104,7 +101,7 @@ async fn each_case_is_published_and_passes_nginx_t() {
     assert!(!again.written);
     assert_eq!(again.key, "case-404_nginx.conf");
     assert!(stack
-        .bucket
+        .bucket()
         .head("case-404-again_nginx.conf")
         .await
         .unwrap()
@@ -116,7 +113,7 @@ async fn each_case_is_published_and_passes_nginx_t() {
         .unwrap();
     assert!(forced.written);
     assert!(stack
-        .bucket
+        .bucket()
         .head("case-404-forced_nginx.conf")
         .await
         .unwrap()
@@ -135,7 +132,7 @@ async fn each_case_is_published_and_passes_nginx_t() {
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert!(!servers[0].contains("backup"));
     assert!(!text.contains("10.0.0.2"));
-    let pointer = stack.bucket.get(POINTER_KEY).await.unwrap().unwrap();
+    let pointer = stack.bucket().get(POINTER_KEY).await.unwrap().unwrap();
     let pointer = String::from_utf8(pointer).unwrap();
     assert!(!pointer.contains("SECRETKEY"), "{pointer}");
     let comments: String = text
@@ -240,7 +237,7 @@ async fn tally(client: &reqwest::Client, port: u16, requests: usize) -> BTreeMap
 
 #[tokio::test]
 async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
-    let stack = stack("proxy").await;
+    let stack = TestStack::new("proxy").await;
     let start = |height| {
         let node = Anvil::start(AnvilOptions::default()).expect("start anvil");
         node.mine(height).expect("mine");
@@ -257,7 +254,9 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
 
     // The health checker makes them healthy, then the renderer renders.
     let summary = stack
-        .checker(Duration::from_secs(2))
+        .checker()
+        .probe_timeout(Duration::from_secs(2))
+        .build()
         .run_round()
         .await
         .unwrap();

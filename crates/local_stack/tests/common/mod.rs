@@ -1,10 +1,10 @@
 //! Helpers shared by the local-stack tests.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use devstack::testkit::wait_until;
 use local_stack::stack::{LocalStack, StackOptions};
 use serde_json::{json, Value};
 
@@ -78,25 +78,6 @@ pub async fn who_answers(client: &reqwest::Client, url: &str) -> Result<u64, Str
     u64::from_str_radix(hex.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
 }
 
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if condition().await {
-            eprintln!(
-                "[e2e] {what}: after {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("[e2e] timed out after {timeout:?} waiting until {what}");
-}
-
 pub fn routed(stack: &LocalStack) -> Vec<String> {
     stack
         .snapshot()
@@ -156,7 +137,7 @@ pub fn mark_nodes(stack: &LocalStack) {
 
 /// Waits (at most 30 s) until both nodes are routed with the leader as backup.
 pub async fn wait_until_fully_routed(stack: &LocalStack, leader: &str, node_a: &str, node_b: &str) {
-    wait_for(
+    wait_until(
         "both nodes are routed with the leader as backup",
         Duration::from_secs(30),
         || async {

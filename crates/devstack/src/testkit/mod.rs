@@ -1,0 +1,110 @@
+//! The test kit every test crate shares: the binary's moto and CloudWatch recorder, unique
+//! names, a [`TestStack`] of what `serverless.yml` creates (optionally behind fault proxies),
+//! a [`CheckerBuilder`], item helpers, and a scripted JSON-RPC [`Node`] on axum.
+//!
+//! How tests use it: "Build and test" in `CONTRIBUTING.md`.
+
+mod checker;
+mod node;
+mod stack;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::{MetricsRecorder, Moto};
+
+pub use checker::CheckerBuilder;
+pub use node::{node_answer, node_result, rpc_answer, serve, Answer, Node, Server};
+pub use stack::{Clients, TestStack};
+
+/// A DynamoDB item as the SDK returns it.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The test binary's moto_server, started on first use (devstack's watchdog stops it when
+/// the binary exits).
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| match Moto::start() {
+        Ok(moto) => moto,
+        Err(error) => panic!("cannot start moto_server: {error}"),
+    })
+}
+
+/// The test binary's CloudWatch recorder, started on first use. Tests tell their calls apart
+/// by namespace.
+pub fn recorder() -> &'static MetricsRecorder {
+    static RECORDER: OnceLock<MetricsRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| match MetricsRecorder::start() {
+        Ok(recorder) => recorder,
+        Err(error) => panic!("cannot start the CloudWatch recorder: {error}"),
+    })
+}
+
+/// A name no other test of this run uses: `prefix`, the process id and a counter (lowercase
+/// letters, digits and `-` keep it valid for tables, buckets, ECS and Lambda).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A string attribute of an item.
+pub fn s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Some(value),
+        _ => None,
+    }
+}
+
+/// A number attribute of an item, as written (`response_time_ms` has decimals).
+pub fn n(item: &Item, name: &str) -> Option<f64> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A whole-number attribute of an item (blocks, counters, stamps); `None` for a fraction.
+pub fn int(item: &Item, name: &str) -> Option<u64> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A boolean attribute of an item.
+pub fn b(item: &Item, name: &str) -> Option<bool> {
+    match item.get(name) {
+        Some(AttributeValue::Bool(value)) => Some(*value),
+        _ => None,
+    }
+}
+
+/// Waits until `condition` holds, polling every 100 ms, and prints how long that took;
+/// panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[wait] {what}: after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
