@@ -2,7 +2,7 @@
 //! renderer function record, with the functions' tracing output captured and searched for
 //! the keys they issue.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::admin::event;
-use devstack::testkit::{moto, put_items, recorder, scan_pages, unique, Clients as AwsClients};
+use devstack::testkit::{
+    moto, put_items, recorder, scan_items, scan_pages, unique, Clients as AwsClients, Item,
+};
 
 /// What serverless.yml creates for the clients: the table (hash key `name`) and the renderer.
 struct Clients {
@@ -69,30 +71,8 @@ async fn clients(prefix: &str) -> Clients {
 
 impl Clients {
     /// Every raw item, by name.
-    async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
-        let mut items = HashMap::new();
-        let mut start = None;
-        for _ in 0..100 {
-            let page = self
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .expect("scan");
-            for item in page.items() {
-                let Some(AttributeValue::S(name)) = item.get("name") else {
-                    panic!("item without name: {item:?}");
-                };
-                items.insert(name.clone(), item.clone());
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return items,
-            }
-        }
-        panic!("scan did not end");
+    async fn items(&self) -> BTreeMap<String, Item> {
+        scan_items(&self.dynamodb, &self.table, "name").await
     }
 }
 

@@ -8,7 +8,7 @@ mod checker;
 mod node;
 mod stack;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -161,4 +161,35 @@ pub async fn scan_pages(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> usi
             _ => return pages,
         }
     }
+}
+
+/// Every raw item of `table` by its string hash key `key` (consistent scans, page by page).
+pub async fn scan_items(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+) -> BTreeMap<String, Item> {
+    let mut items = BTreeMap::new();
+    let mut start = None;
+    for _ in 0..1000 {
+        let page = dynamodb
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .expect("Scan");
+        for item in page.items() {
+            let Some(AttributeValue::S(name)) = item.get(key) else {
+                panic!("item without {key}: {item:?}");
+            };
+            items.insert(name.clone(), item.clone());
+        }
+        match page.last_evaluated_key() {
+            Some(last) if !last.is_empty() => start = Some(last.clone()),
+            _ => return items,
+        }
+    }
+    panic!("scan did not end");
 }

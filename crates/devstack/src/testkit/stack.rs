@@ -218,31 +218,7 @@ impl TestStack {
 
     /// Every raw item of the table, by URL (a consistent scan).
     pub async fn items(&self) -> BTreeMap<String, Item> {
-        let mut items = BTreeMap::new();
-        let mut start = None;
-        for _ in 0..1000 {
-            let page = self
-                .aws
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .expect("scan");
-            for item in page.items() {
-                let Some(AttributeValue::S(url)) = item.get("url") else {
-                    panic!("item without url: {item:?}");
-                };
-                items.insert(url.clone(), item.clone());
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return items,
-            }
-        }
-        panic!("scan did not end");
+        super::scan_items(&self.aws.dynamodb, &self.table, "url").await
     }
 
     /// The backends, decoded.
