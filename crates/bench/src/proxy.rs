@@ -1,12 +1,14 @@
-//! Part 2: proxy overhead and a peer. wrk against anvil straight, through our rendered nginx,
-//! through nginx in the original's style and through blutgang, interleaved round by round, for
-//! three workloads (an uncacheable call, a cacheable one, a 10-call batch); then what a node's
-//! death costs clients of each, before any control plane reacts.
+//! Part 2: proxy overhead and a peer. wrk against anvil straight, through our rendered nginx
+//! (open, and gated: a client's key URL through the JSON-RPC gate), through nginx in the
+//! original's style and through blutgang, interleaved round by round, for four workloads (an
+//! uncacheable call, a cacheable one, a 10-call and a 100-call batch); then what a node's death
+//! costs clients of each, before any control plane reacts.
 //!
 //! nginx runs with a main configuration like the official `nginx:stable` image's (the one
 //! `docker/Dockerfile` builds on): `worker_processes auto`, `worker_connections 1024`, the
-//! `main` access log, `sendfile on`, `keepalive_timeout 65`; only paths differ. The rendered
-//! configuration (or the original's style) is included in `http { }`.
+//! `main` access log, `sendfile on`, `keepalive_timeout 65`; only paths differ, and the Lua
+//! module is loaded as in our image. The rendered configuration (or the original's style) is
+//! included in `http { }`.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{render, RenderOptions};
+use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy};
+use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
 use jsonrpc_proxy::routing::{RouteTarget, RoutingPlan};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -27,6 +30,10 @@ use crate::sys;
 
 /// An address with a balance on every fresh anvil (its first dev account).
 const ACCOUNT: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+/// The bench client's key (the gated row's URL is `/v3/<key>`).
+const BENCH_KEY: &str = "bench-client-key-0123456789abcdefghijklmnop";
+/// The bench client's rate limit: high enough never to refuse a call of the bench.
+const BENCH_CALLS_PER_SECOND: u32 = 1_000_000_000;
 
 /// What the clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,11 +44,18 @@ pub enum Workload {
     ChainId,
     /// One POST holding 10 calls (a JSON-RPC batch), some cacheable, some not.
     Batch,
+    /// One POST holding 100 calls (the gate's default batch limit): the 10 calls ten times.
+    Batch100,
 }
 
 impl Workload {
     /// Every workload, in the order they are run and reported.
-    pub const ALL: [Workload; 3] = [Self::BlockNumber, Self::ChainId, Self::Batch];
+    pub const ALL: [Workload; 4] = [
+        Self::BlockNumber,
+        Self::ChainId,
+        Self::Batch,
+        Self::Batch100,
+    ];
 
     /// How the report names it.
     pub fn title(self) -> &'static str {
@@ -49,6 +63,7 @@ impl Workload {
             Self::BlockNumber => "`eth_blockNumber` (not cacheable)",
             Self::ChainId => "`eth_chainId` (cacheable)",
             Self::Batch => "a batch of 10 calls in one POST",
+            Self::Batch100 => "a batch of 100 calls in one POST",
         }
     }
 
@@ -58,28 +73,40 @@ impl Workload {
             Self::BlockNumber => "eth_blockNumber",
             Self::ChainId => "eth_chainId",
             Self::Batch => "10-call batch",
+            Self::Batch100 => "100-call batch",
+        }
+    }
+
+    /// Calls in one request.
+    pub fn calls(self) -> u64 {
+        match self {
+            Self::BlockNumber | Self::ChainId => 1,
+            Self::Batch => 10,
+            Self::Batch100 => 100,
         }
     }
 
     /// The request body.
     pub fn body(self) -> String {
         let call = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        let batch_call = |id: u64| match id % 10 {
+            1 => call(id, "eth_chainId", json!([])),
+            2 => call(id, "net_version", json!([])),
+            3 => call(id, "eth_blockNumber", json!([])),
+            4 => call(id, "eth_gasPrice", json!([])),
+            5 => call(id, "eth_getBalance", json!([ACCOUNT, "latest"])),
+            6 => call(id, "eth_getTransactionCount", json!([ACCOUNT, "latest"])),
+            7 => call(id, "eth_getCode", json!([ACCOUNT, "latest"])),
+            8 => call(id, "eth_getBlockByNumber", json!(["0x0", false])),
+            9 => call(id, "eth_getBalance", json!([ACCOUNT, "0x0"])),
+            _ => call(id, "eth_getStorageAt", json!([ACCOUNT, "0x0", "0x0"])),
+        };
         match self {
             Self::BlockNumber => call(1, "eth_blockNumber", json!([])).to_string(),
             Self::ChainId => call(1, "eth_chainId", json!([])).to_string(),
-            Self::Batch => Value::Array(vec![
-                call(1, "eth_chainId", json!([])),
-                call(2, "net_version", json!([])),
-                call(3, "eth_blockNumber", json!([])),
-                call(4, "eth_gasPrice", json!([])),
-                call(5, "eth_getBalance", json!([ACCOUNT, "latest"])),
-                call(6, "eth_getTransactionCount", json!([ACCOUNT, "latest"])),
-                call(7, "eth_getCode", json!([ACCOUNT, "latest"])),
-                call(8, "eth_getBlockByNumber", json!(["0x0", false])),
-                call(9, "eth_getBalance", json!([ACCOUNT, "0x0"])),
-                call(10, "eth_getStorageAt", json!([ACCOUNT, "0x0", "0x0"])),
-            ])
-            .to_string(),
+            Self::Batch | Self::Batch100 => {
+                Value::Array((1..=self.calls()).map(batch_call).collect()).to_string()
+            }
         }
     }
 
@@ -104,12 +131,13 @@ impl Workload {
         };
         match self {
             Self::BlockNumber | Self::ChainId => one(&value, 1),
-            Self::Batch => {
+            Self::Batch | Self::Batch100 => {
                 let calls = value
                     .as_array()
                     .ok_or_else(|| "a batch answered by something else than an array".to_owned())?;
-                if calls.len() != 10 {
-                    return Err(format!("{} answers to 10 calls", calls.len()));
+                let expected = self.calls();
+                if calls.len() as u64 != expected {
+                    return Err(format!("{} answers to {expected} calls", calls.len()));
                 }
                 // A batch's answers may come in any order.
                 let mut ids: Vec<u64> = calls
@@ -117,7 +145,7 @@ impl Workload {
                     .filter_map(|c| c.get("id").and_then(Value::as_u64))
                     .collect();
                 ids.sort_unstable();
-                if ids != (1..=10).collect::<Vec<_>>() {
+                if ids != (1..=expected).collect::<Vec<_>>() {
                     return Err(format!("answer ids {ids:?}"));
                 }
                 calls
@@ -204,6 +232,8 @@ pub enum Role {
     Direct,
     /// nginx with our rendered configuration.
     Ours,
+    /// The same with one registered client, called through its key URL: the JSON-RPC gate.
+    Gated,
     /// nginx in the original's style.
     Original,
     /// Another JSON-RPC proxy (blutgang).
@@ -423,6 +453,7 @@ impl BenchNginx {
         for dir in [prefix.path(), &prefix.path().join("temp"), socket_dir] {
             set_mode(dir, 0o755)?;
         }
+        let modules = devstack::lua_module_lines(&nginx_bin());
         let workers = if workers == 0 {
             "auto".to_owned()
         } else {
@@ -430,7 +461,7 @@ impl BenchNginx {
         };
         let main = format!(
             "# The official nginx image's main configuration, with the bench's paths.
-worker_processes {workers};
+{modules}worker_processes {workers};
 pid {p}/nginx.pid;
 error_log {p}/logs/error.log notice;
 events {{
@@ -593,12 +624,14 @@ pub fn run_wrk(url: &str, body: &str, seconds: u32, connections: u32) -> Result<
     })
 }
 
-/// The rendered configuration (what is deployed) for `nodes` with `leader` as backup.
+/// The rendered configuration (what is deployed) for `nodes` with `leader` as backup; with
+/// `gate`, the JSON-RPC gate too.
 pub fn ours_fragment(
     port: u16,
     socket_dir: &Path,
     nodes: &[String],
     leader: &str,
+    gate: Option<&GatePolicy>,
 ) -> Result<String, String> {
     let target = |url: &str, is_leader| {
         BackendUrl::parse(url)
@@ -618,7 +651,31 @@ pub fn ours_fragment(
         ..RenderOptions::default()
     };
     options.validate().map_err(|e| e.to_string())?;
-    Ok(render(&plan, &options))
+    if let Some(gate) = gate {
+        gate.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(render_gated(&plan, &options, gate))
+}
+
+/// The gate with the deployment's defaults and one client, the bench's ([`BENCH_KEY`]), whose
+/// access log goes into `socket_dir`.
+pub fn bench_gate(socket_dir: &Path) -> GatePolicy {
+    GatePolicy {
+        clients: vec![GateClient {
+            name: "bench".into(),
+            key_sha256: key_sha256(BENCH_KEY),
+            calls_per_second: BENCH_CALLS_PER_SECOND,
+            allow_methods: Vec::new(),
+        }],
+        lua_dir: devstack::gate_lua_dir().display().to_string(),
+        access_log: socket_dir.join("access.log").display().to_string(),
+        ..GatePolicy::default()
+    }
+}
+
+/// The path of the bench client's key URL.
+pub fn bench_key_path() -> String {
+    format!("/v3/{BENCH_KEY}")
 }
 
 /// A node's URL with an empty query: the same node, but no longer a plain `http://host:port`
@@ -725,7 +782,7 @@ impl Nodes {
     /// nginx running our rendered configuration on `port`.
     fn ours(&mut self, port: u16, workers: u32, buffered_log: bool) -> Result<BenchNginx, String> {
         let dir = self.socket_dir();
-        let mut fragment = ours_fragment(port, &dir, &self.urls(), &self.leader.url())?;
+        let mut fragment = ours_fragment(port, &dir, &self.urls(), &self.leader.url(), None)?;
         if buffered_log {
             fragment = with_buffered_access_log(&fragment);
         }
@@ -741,7 +798,15 @@ impl Nodes {
             .map(|u| through_internal_server(u))
             .collect();
         let leader = through_internal_server(&self.leader.url());
-        let fragment = ours_fragment(port, &dir, &nodes, &leader)?;
+        let fragment = ours_fragment(port, &dir, &nodes, &leader, None)?;
+        BenchNginx::start(&fragment, 0, port, &dir)
+    }
+
+    /// Our rendered configuration with the JSON-RPC gate and one client ([`bench_gate`]).
+    fn gated(&mut self, port: u16) -> Result<BenchNginx, String> {
+        let dir = self.socket_dir();
+        let gate = bench_gate(&dir);
+        let fragment = ours_fragment(port, &dir, &self.urls(), &self.leader.url(), Some(&gate))?;
         BenchNginx::start(&fragment, 0, port, &dir)
     }
 
@@ -888,7 +953,9 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     let peer_name = peer_version.clone().unwrap_or_else(|_| "blutgang".into());
 
     let proxy_url = |port: u16| format!("http://127.0.0.1:{port}/");
-    let (ours_port, original_port, peer_port) = (free_port()?, free_port()?, free_port()?);
+    let (ours_port, gated_port, original_port, peer_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
+    let gated_url = |port: u16| format!("http://127.0.0.1:{port}{}", bench_key_path());
     let mut contenders = vec![
         Contender {
             name: "direct to anvil".into(),
@@ -901,6 +968,12 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
             role: Role::Ours,
             url: proxy_url(ours_port),
             server: Ok(Server::Nginx(block(|| nodes.ours(ours_port, 0, false))?)),
+        },
+        Contender {
+            name: "ours, gated (a client's key URL)".into(),
+            role: Role::Gated,
+            url: gated_url(gated_port),
+            server: Ok(Server::Nginx(block(|| nodes.gated(gated_port))?)),
         },
         Contender {
             name: "original's style".into(),
@@ -981,12 +1054,20 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     }
 
     let mut deaths = Vec::new();
-    for role in [Role::Ours, Role::Original, Role::Peer] {
+    for role in [Role::Ours, Role::Gated, Role::Original, Role::Peer] {
         let port = free_port()?;
+        let url = match role {
+            Role::Gated => gated_url(port),
+            _ => proxy_url(port),
+        };
         let (name, server) = match role {
             Role::Ours => (
                 "ours (rendered config)".to_owned(),
                 block(|| nodes.ours(port, 0, false)).map(Server::Nginx),
+            ),
+            Role::Gated => (
+                "ours, gated".to_owned(),
+                block(|| nodes.gated(port)).map(Server::Nginx),
             ),
             Role::Original => (
                 "original's style".to_owned(),
@@ -1018,14 +1099,7 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
             Err(error) => return Err(error),
         };
         eprintln!("[bench] node death: {name}");
-        let row = death_run(
-            &name,
-            role,
-            &proxy_url(port),
-            &mut nodes.a,
-            options.death_seconds,
-        )
-        .await;
+        let row = death_run(&name, role, &url, &mut nodes.a, options.death_seconds).await;
         drop(server);
         block(|| nodes.a.restart()).map_err(|e| e.to_string())?;
         deaths.push(row?);
@@ -1233,7 +1307,7 @@ mod tests {
             "http://127.0.0.1:2".to_owned(),
         ];
         let dir = Path::new("/tmp/jrp-bench-test");
-        let ours = ours_fragment(8080, dir, &nodes, "http://127.0.0.1:3").expect("rendered");
+        let ours = ours_fragment(8080, dir, &nodes, "http://127.0.0.1:3", None).expect("rendered");
         assert!(ours.contains("server 127.0.0.1:1 max_fails=1 fail_timeout=10s;"));
         assert!(ours.contains("server 127.0.0.1:3 backup;"));
         assert!(ours.contains("non_idempotent"));
@@ -1245,10 +1319,34 @@ mod tests {
             dir,
             &internal,
             &through_internal_server("http://127.0.0.1:3/"),
+            None,
         )
         .expect("rendered");
         assert_eq!(two_layers.matches("    listen unix:").count(), 6);
         assert!(two_layers.contains("non_idempotent"));
         assert!(!two_layers.contains("direct member"));
+        let gate = bench_gate(dir);
+        let gated =
+            ours_fragment(8080, dir, &nodes, "http://127.0.0.1:3", Some(&gate)).expect("rendered");
+        assert!(gated.contains(&key_sha256(BENCH_KEY)));
+        assert!(!gated.contains(BENCH_KEY));
+        assert!(gated.contains("server 127.0.0.1:1 max_fails=1 fail_timeout=10s;"));
+    }
+
+    #[test]
+    fn the_large_batch_is_the_small_one_ten_times() {
+        let calls: Vec<Value> = serde_json::from_str(&Workload::Batch100.body()).expect("JSON");
+        assert_eq!(calls.len(), 100);
+        assert_eq!(calls[99]["id"], 100);
+        assert_eq!(calls[10]["method"], calls[0]["method"]);
+        let answers: Vec<Value> = (1..=100)
+            .map(|id| json!({"jsonrpc": "2.0", "id": id, "result": "0x1"}))
+            .collect();
+        assert!(Workload::Batch100
+            .check(Value::Array(answers.clone()).to_string().as_bytes())
+            .is_ok());
+        assert!(Workload::Batch
+            .check(Value::Array(answers).to_string().as_bytes())
+            .is_err());
     }
 }

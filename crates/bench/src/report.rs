@@ -345,6 +345,53 @@ impl Results {
                     Some(added < 1.0),
                 );
             }
+            let gated_vs_ours = |workload| {
+                let comparison = proxy.comparison(workload)?;
+                let ours = comparison.row(Role::Ours).filter(|r| r.valid())?;
+                let gated = comparison.row(Role::Gated).filter(|r| r.valid())?;
+                Some((ours, gated))
+            };
+            if let Some((ours, gated)) = gated_vs_ours(Workload::BlockNumber) {
+                let ratio = gated.rps() / ours.rps().max(1.0);
+                line(
+                    "2",
+                    "throughput through the gate (a key URL) / ungated",
+                    format!("{ratio:.2}"),
+                    "— (no gate)",
+                    "≥ 0.8",
+                    Some(ratio >= 0.8),
+                );
+                let added = gated.p50_ms() - ours.p50_ms();
+                line(
+                    "2",
+                    "latency the gate adds at p50",
+                    format!("{added:.3} ms"),
+                    "—",
+                    "< 0.2 ms",
+                    Some(added < 0.2),
+                );
+            }
+            if let Some((ours, gated)) = gated_vs_ours(Workload::Batch100) {
+                let calls = Workload::Batch100.calls() as f64;
+                let per_call = gated
+                    .cpu_us()
+                    .zip(ours.cpu_us())
+                    .map_or("—".to_owned(), |(g, o)| {
+                        format!("{:.1} µs of nginx CPU per call", (g - o) / calls)
+                    });
+                line(
+                    "2",
+                    "a 100-call batch through the gate: cost",
+                    format!(
+                        "{:.2} of ungated requests/s, {:+.2} ms at p50, {per_call}",
+                        gated.rps() / ours.rps().max(1.0),
+                        gated.p50_ms() - ours.p50_ms()
+                    ),
+                    "—",
+                    "— (reported)",
+                    None,
+                );
+            }
             if let Ok(peer) = &proxy.peer_version {
                 let ratios: Vec<String> = proxy
                     .comparisons
@@ -385,6 +432,19 @@ impl Results {
                     &others.join("; "),
                     "0",
                     Some(ours.errors == 0),
+                );
+            }
+            if let Some(gated) = death(Role::Gated) {
+                line(
+                    "3",
+                    "node killed under gated load (a key URL): client errors",
+                    gated.not_run.as_ref().map_or_else(
+                        || format!("{} of {}", gated.errors, thousands(gated.requests)),
+                        |reason| format!("not measured: {reason}"),
+                    ),
+                    "— (no gate)",
+                    "0",
+                    Some(gated.not_run.is_none() && gated.errors == 0),
                 );
             }
         }

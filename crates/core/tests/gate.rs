@@ -21,12 +21,7 @@ const KEY: &str = "k3yOfTheApp_0123456789-abcdefXYZ";
 const OTHER_KEY: &str = "an0therKey_9876543210-zyxwvuABC";
 
 fn lua_dir() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docker/gate")
-        .canonicalize()
-        .expect("docker/gate")
-        .display()
-        .to_string()
+    devstack::gate_lua_dir().display().to_string()
 }
 
 /// `app` may call `evm_mine` (denied to everyone else), `other` may not.

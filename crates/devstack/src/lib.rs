@@ -54,7 +54,7 @@ pub use anvil::{Anvil, AnvilOptions};
 pub use error::Error;
 pub use fault::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use moto::{aws_env, sdk_config, EcsService, Moto, SharedInfrastructure, TEST_REGION};
-pub use nginx::Nginx;
+pub use nginx::{lua_module_lines, Nginx};
 pub use recorder::MetricsRecorder;
 
 /// A port on 127.0.0.1 that was free a moment ago and that this process has not handed out
@@ -102,6 +102,12 @@ pub fn repo_root() -> std::path::PathBuf {
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
+}
+
+/// The JSON-RPC gate's Lua modules in this checkout (`docker/gate`; the image installs them at
+/// `gate::IMAGE_LUA_DIR`).
+pub fn gate_lua_dir() -> std::path::PathBuf {
+    repo_root().join("docker/gate")
 }
 
 /// The service's Lambda functions, in `serverless.yml`'s order: the keys under its top-level

@@ -44,7 +44,7 @@ pub struct Nginx {
 /// The `load_module` lines of the Lua module (and the NDK it needs), from nginx's own
 /// modules directory (`--modules-path` of `nginx -V`): the rendered configuration's JSON-RPC
 /// gate runs on it, as in the image (`docker/Dockerfile`).
-fn lua_module_lines(bin: &Path) -> String {
+pub fn lua_module_lines(bin: &Path) -> String {
     let modules = Command::new(bin)
         .arg("-V")
         .output()
