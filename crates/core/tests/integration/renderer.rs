@@ -368,15 +368,12 @@ async fn a_client_change_is_published_with_its_key_digest_never_its_key() {
     let mut damaged = stack.client_store().all().await.unwrap().remove(0);
     damaged.name = "damaged".into();
     damaged.key_sha256 = "not-a-digest".into();
-    stack
-        .aws
-        .dynamodb
-        .put_item()
-        .table_name(&stack.clients_table)
-        .set_item(Some(item_from_client(&damaged)))
-        .send()
-        .await
-        .unwrap();
+    devstack::testkit::put_items(
+        &stack.aws.dynamodb,
+        &stack.clients_table,
+        vec![item_from_client(&damaged)],
+    )
+    .await;
 
     let gated = render_case(&stack, &renderer, "clients-one").await;
     assert!(gated.contains(&key_sha256(&key)), "{gated}");
