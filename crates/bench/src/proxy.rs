@@ -667,7 +667,7 @@ pub fn bench_gate(socket_dir: &Path) -> GatePolicy {
             calls_per_second: BENCH_CALLS_PER_SECOND,
             allow_methods: Vec::new(),
         }],
-        lua_dir: devstack::gate_lua_dir().display().to_string(),
+        lua_dir: devstack::gate_lua_dir(),
         access_log: socket_dir.join("access.log").display().to_string(),
         ..GatePolicy::default()
     }

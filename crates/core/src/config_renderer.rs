@@ -1,5 +1,6 @@
-//! `config_renderer`: scans the table, renders the plan, publishes it to S3; its event and
-//! settings. Rationale: docs/architecture.md, "Level-triggered renders".
+//! `config_renderer`: scans the backends and the clients, renders the plan behind the JSON-RPC
+//! gate, publishes it to S3; its event and settings (the gate's among them). Rationale:
+//! docs/architecture.md, "Level-triggered renders" and "The JSON-RPC gate".
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,8 +9,11 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::backend::iso8601;
+use crate::clients::MAX_CALLS_PER_SECOND;
+use crate::clients_store::ClientStore;
 use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, CONFIG_KEY_SUFFIX};
-use crate::nginx::{render, RenderOptions};
+use crate::gate::{GatePolicy, GatePolicyError};
+use crate::nginx::{render_gated, RenderOptions};
 use crate::routing::RoutingPlan;
 use crate::settings::{Env, SettingsError};
 use crate::store::{BackendStore, StoreError};
@@ -26,6 +30,9 @@ pub enum RenderError {
     /// The request id cannot form an object key.
     #[error("request id {0:?} cannot be used in an object key")]
     RequestId(String),
+    /// The gate's policy would not give a safe configuration; nothing was written.
+    #[error("the gate policy is invalid: {0}")]
+    Gate(#[from] GatePolicyError),
 }
 
 /// What a render did.
@@ -41,6 +48,8 @@ pub struct RenderSummary {
     pub plan_fingerprint: String,
     /// Redacted labels of the routed backends.
     pub backends: Vec<String>,
+    /// Names of the clients the gate admits.
+    pub clients: Vec<String>,
 }
 
 /// Settings of `config_renderer`.
@@ -48,10 +57,56 @@ pub struct RenderSummary {
 pub struct ConfigRendererSettings {
     /// `DYNAMODB_TABLE`.
     pub table: String,
+    /// `DYNAMODB_CLIENTS_TABLE`.
+    pub clients_table: String,
     /// `NGINX_CONFIG_BUCKET_NAME`.
     pub bucket: String,
     /// `NGINX_LISTEN_PORT`, `NGINX_SOCKET_DIR`, `NGINX_CA_BUNDLE` and the proxy's timeouts.
     pub render: RenderOptions,
+    /// The gate's deployment-wide policy (`GATE_*`; no clients: those come from the table).
+    pub gate: GatePolicy,
+}
+
+/// Reads the gate's deployment-wide policy; an unset or blank variable keeps
+/// [`GatePolicy::default`]'s value, a list variable (comma-separated) replaces the default list.
+fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
+    let defaults = GatePolicy::default();
+    let gate = GatePolicy {
+        clients: Vec::new(),
+        default_calls_per_second: env.bounded_number(
+            "GATE_DEFAULT_CALLS_PER_SECOND",
+            defaults.default_calls_per_second,
+            1,
+            u32::try_from(MAX_CALLS_PER_SECOND).unwrap_or(u32::MAX),
+        )?,
+        deny_methods: env.list_or("GATE_DENY_METHODS", &defaults.deny_methods),
+        max_body_bytes: env.number("GATE_MAX_BODY_BYTES", defaults.max_body_bytes, 1)?,
+        max_batch_calls: env.number("GATE_MAX_BATCH_CALLS", defaults.max_batch_calls, 1)?,
+        max_get_logs_blocks: env.number(
+            "GATE_MAX_GET_LOGS_BLOCKS",
+            defaults.max_get_logs_blocks,
+            1,
+        )?,
+        trusted_proxy_cidrs: env.list_or("GATE_TRUSTED_PROXY_CIDRS", &defaults.trusted_proxy_cidrs),
+        lua_dir: env.string_or("GATE_LUA_DIR", &defaults.lua_dir),
+        access_log: env.string_or("GATE_ACCESS_LOG", &defaults.access_log),
+        shared_dict_mib: env.number("GATE_SHARED_DICT_MIB", defaults.shared_dict_mib, 1)?,
+    };
+    gate.validate().map_err(|error| {
+        let name = match &error {
+            GatePolicyError::Method(_) => "GATE_DENY_METHODS",
+            GatePolicyError::Cidr(_) => "GATE_TRUSTED_PROXY_CIDRS",
+            GatePolicyError::Path(path) if *path == gate.access_log => "GATE_ACCESS_LOG",
+            GatePolicyError::Path(_) => "GATE_LUA_DIR",
+            _ => "GATE_*",
+        };
+        SettingsError::Invalid {
+            name,
+            value: env.get(name).unwrap_or_default(),
+            problem: error.to_string(),
+        }
+    })?;
+    Ok(gate)
 }
 
 impl ConfigRendererSettings {
@@ -97,8 +152,10 @@ impl ConfigRendererSettings {
         })?;
         Ok(Self {
             table: env.required("DYNAMODB_TABLE")?,
+            clients_table: env.required("DYNAMODB_CLIENTS_TABLE")?,
             bucket: env.required("NGINX_CONFIG_BUCKET_NAME")?,
             render,
+            gate: gate_from_env(env)?,
         })
     }
 }
@@ -139,9 +196,12 @@ impl RenderRequest {
 #[derive(Debug, Clone)]
 pub struct ConfigRenderer {
     pub store: BackendStore,
+    pub clients: ClientStore,
     pub bucket: ConfigBucket,
     /// Fixed rendering options.
     pub options: RenderOptions,
+    /// The gate's deployment-wide policy; the clients are read at every render.
+    pub gate: GatePolicy,
 }
 
 impl ConfigRenderer {
@@ -152,9 +212,11 @@ impl ConfigRenderer {
         settings: &ConfigRendererSettings,
     ) -> Self {
         Self {
-            store: BackendStore::new(dynamodb, &settings.table),
+            store: BackendStore::new(dynamodb.clone(), &settings.table),
+            clients: ClientStore::new(dynamodb, &settings.clients_table),
             bucket: ConfigBucket::new(s3, &settings.bucket),
             options: settings.render.clone(),
+            gate: settings.gate.clone(),
         }
     }
 
@@ -171,9 +233,11 @@ impl ConfigRenderer {
         self.render_and_publish(request_id, request.force).await
     }
 
-    /// Renders the plan the table implies and publishes it as `<request_id>_nginx.conf`,
-    /// then updates the pointer. When the last published config has the same text, nothing is
-    /// written (no needless redeploy) unless `force` is set.
+    /// Renders the plan the backends table implies, behind the gate with the clients table's
+    /// clients, and publishes it as `<request_id>_nginx.conf`, then updates the pointer. When
+    /// the last published config has the same text (which holds the clients' key digests),
+    /// nothing is written (no needless redeploy) unless `force` is set. A policy that fails
+    /// validation is an error: nothing is written.
     pub async fn render_and_publish(
         &self,
         request_id: &str,
@@ -187,9 +251,13 @@ impl ConfigRenderer {
         {
             return Err(RenderError::RequestId(request_id.to_owned()));
         }
-        let backends = self.store.scan_all().await?;
+        let (backends, records) = tokio::join!(self.store.scan_all(), self.clients.all());
+        let (backends, records) = (backends?, records?);
         let plan = RoutingPlan::from_backends(&backends);
-        let text = render(&plan, &self.options);
+        let policy = self.gate.with_clients(&records);
+        policy.validate()?;
+        let clients: Vec<String> = policy.clients.iter().map(|c| c.name.clone()).collect();
+        let text = render_gated(&plan, &self.options, Some(&policy));
         let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
         let plan_fingerprint = plan.fingerprint();
         let labels = plan.labels();
@@ -207,6 +275,7 @@ impl ConfigRenderer {
                         sha256,
                         plan_fingerprint,
                         backends: labels,
+                        clients,
                     });
                 }
                 Ok(_) => {}
@@ -226,13 +295,14 @@ impl ConfigRenderer {
             backends: labels.clone(),
         };
         self.bucket.put_pointer(&pointer).await?;
-        tracing::info!(%key, backends = ?labels, "config published");
+        tracing::info!(%key, backends = ?labels, clients = ?clients, "config published");
         Ok(RenderSummary {
             written: true,
             key,
             sha256,
             plan_fingerprint,
             backends: labels,
+            clients,
         })
     }
 }
@@ -243,16 +313,111 @@ mod tests {
     use crate::settings::tests::vars as env;
     use serde_json::json;
 
+    const REQUIRED: [(&str, &str); 3] = [
+        ("DYNAMODB_TABLE", "t"),
+        ("DYNAMODB_CLIENTS_TABLE", "c"),
+        ("NGINX_CONFIG_BUCKET_NAME", "b"),
+    ];
+
+    fn settings(extra: &[(&str, &str)]) -> Result<ConfigRendererSettings, SettingsError> {
+        let vars = env(&[&REQUIRED[..], extra].concat());
+        let result = ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
+        result
+    }
+
+    #[test]
+    fn gate_settings_default_to_the_gate_policy_defaults() {
+        let read = settings(&[]).unwrap();
+        assert_eq!(read.clients_table, "c");
+        assert_eq!(read.gate, GatePolicy::default());
+        let blank = settings_with_all_gate_variables("");
+        assert_eq!(blank.unwrap().gate, GatePolicy::default());
+        assert_eq!(
+            settings(&[("DYNAMODB_CLIENTS_TABLE", "")]).unwrap_err(),
+            SettingsError::Missing("DYNAMODB_CLIENTS_TABLE")
+        );
+    }
+
+    fn settings_with_all_gate_variables(
+        value: &str,
+    ) -> Result<ConfigRendererSettings, SettingsError> {
+        settings(&[
+            ("GATE_DEFAULT_CALLS_PER_SECOND", value),
+            ("GATE_DENY_METHODS", value),
+            ("GATE_MAX_BODY_BYTES", value),
+            ("GATE_MAX_BATCH_CALLS", value),
+            ("GATE_MAX_GET_LOGS_BLOCKS", value),
+            ("GATE_TRUSTED_PROXY_CIDRS", value),
+            ("GATE_LUA_DIR", value),
+            ("GATE_ACCESS_LOG", value),
+            ("GATE_SHARED_DICT_MIB", value),
+        ])
+    }
+
+    #[test]
+    fn gate_settings_are_read_and_checked() {
+        let gate = settings(&[
+            ("GATE_DEFAULT_CALLS_PER_SECOND", "250"),
+            ("GATE_DENY_METHODS", "debug_, eth_sign"),
+            ("GATE_MAX_BODY_BYTES", "2048"),
+            ("GATE_MAX_BATCH_CALLS", "10"),
+            ("GATE_MAX_GET_LOGS_BLOCKS", "500"),
+            ("GATE_TRUSTED_PROXY_CIDRS", "10.1.0.0/16,fd00::/8"),
+            ("GATE_LUA_DIR", "/repo/docker/gate"),
+            ("GATE_ACCESS_LOG", "/tmp/run/access.log"),
+            ("GATE_SHARED_DICT_MIB", "2"),
+        ])
+        .unwrap()
+        .gate;
+        assert_eq!(
+            gate,
+            GatePolicy {
+                clients: Vec::new(),
+                default_calls_per_second: 250,
+                deny_methods: vec!["debug_".into(), "eth_sign".into()],
+                max_body_bytes: 2048,
+                max_batch_calls: 10,
+                max_get_logs_blocks: 500,
+                trusted_proxy_cidrs: vec!["10.1.0.0/16".into(), "fd00::/8".into()],
+                lua_dir: "/repo/docker/gate".into(),
+                access_log: "/tmp/run/access.log".into(),
+                shared_dict_mib: 2,
+            }
+        );
+        for (name, value) in [
+            ("GATE_DEFAULT_CALLS_PER_SECOND", "0"),
+            ("GATE_DEFAULT_CALLS_PER_SECOND", "1000001"),
+            ("GATE_DEFAULT_CALLS_PER_SECOND", "many"),
+            ("GATE_MAX_BODY_BYTES", "0"),
+            ("GATE_MAX_BATCH_CALLS", "-1"),
+            ("GATE_MAX_GET_LOGS_BLOCKS", "0"),
+            ("GATE_SHARED_DICT_MIB", "0"),
+            ("GATE_DENY_METHODS", "debug_,a;b"),
+            ("GATE_TRUSTED_PROXY_CIDRS", "10.0.0.0/8; deny all"),
+            ("GATE_LUA_DIR", "relative/dir"),
+            ("GATE_ACCESS_LOG", "/var/log/a b.log"),
+        ] {
+            match settings(&[(name, value)]) {
+                Err(SettingsError::Invalid { name: named, .. }) => {
+                    assert_eq!(named, name, "{name}={value}")
+                }
+                other => panic!("{name}={value} gave {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn renderer_settings_refuse_unsafe_paths() {
         let vars = env(&[
             ("DYNAMODB_TABLE", "t"),
+            ("DYNAMODB_CLIENTS_TABLE", "c"),
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("NGINX_SOCKET_DIR", "/tmp/x;y"),
         ]);
         assert!(ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).is_err());
         let vars = env(&[
             ("DYNAMODB_TABLE", "t"),
+            ("DYNAMODB_CLIENTS_TABLE", "c"),
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("NGINX_LISTEN_PORT", "8080"),
         ]);
@@ -262,6 +427,7 @@ mod tests {
         assert_eq!(settings.render.websocket_timeout_secs, 3600);
         let vars = env(&[
             ("DYNAMODB_TABLE", "t"),
+            ("DYNAMODB_CLIENTS_TABLE", "c"),
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("PROXY_WEBSOCKET_TIMEOUT_SECS", "600"),
         ]);

@@ -6,9 +6,10 @@
 use std::fmt::Write as _;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub use crate::clients::key_sha256;
+use crate::clients::ClientRecord;
 use crate::nginx::RenderOptions;
 
 /// Shared dictionary of the per-second call counters.
@@ -37,6 +38,46 @@ pub struct GateClient {
     /// Method names, or namespace prefixes ending in `_`, this client may call although the
     /// deployment denies them.
     pub allow_methods: Vec<String>,
+}
+
+impl GateClient {
+    /// What a stored client is granted: its own calls per second, or `default_calls_per_second`
+    /// when it has none (the deployment's default, applied at every render).
+    pub fn of(record: &ClientRecord, default_calls_per_second: u32) -> Self {
+        Self {
+            name: record.name.clone(),
+            key_sha256: record.key_sha256.clone(),
+            calls_per_second: record.calls_per_second.unwrap_or(default_calls_per_second),
+            allow_methods: record.allow_methods.clone(),
+        }
+    }
+
+    /// Checks this client alone (names and digests must also be unique within a policy).
+    pub fn validate(&self) -> Result<(), GatePolicyError> {
+        let name_ok = (1..=64).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !name_ok {
+            return Err(GatePolicyError::ClientName(self.name.clone()));
+        }
+        let digest_ok = self.key_sha256.len() == 64
+            && self
+                .key_sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !digest_ok {
+            return Err(GatePolicyError::KeyDigest(self.name.clone()));
+        }
+        if self.calls_per_second == 0 {
+            return Err(GatePolicyError::Zero("calls per second"));
+        }
+        if let Some(bad) = self.allow_methods.iter().find(|m| !is_method(m)) {
+            return Err(GatePolicyError::Method(bad.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// What the gate enforces: the registered clients and the deployment-wide policy.
@@ -132,11 +173,6 @@ pub enum GatePolicyError {
     Zero(&'static str),
 }
 
-/// Lowercase hex SHA-256 of a client key: the only form of it the configuration holds.
-pub fn key_sha256(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
 fn is_method(m: &str) -> bool {
     (1..=128).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
@@ -154,27 +190,12 @@ impl GatePolicy {
         let mut names = std::collections::BTreeSet::new();
         let mut digests = std::collections::BTreeSet::new();
         for client in &self.clients {
-            let name_ok = (1..=64).contains(&client.name.len())
-                && client
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !name_ok || !names.insert(client.name.as_str()) {
+            client.validate()?;
+            if !names.insert(client.name.as_str()) {
                 return Err(GatePolicyError::ClientName(client.name.clone()));
             }
-            let digest_ok = client.key_sha256.len() == 64
-                && client
-                    .key_sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !digest_ok || !digests.insert(client.key_sha256.as_str()) {
+            if !digests.insert(client.key_sha256.as_str()) {
                 return Err(GatePolicyError::KeyDigest(client.name.clone()));
-            }
-            if client.calls_per_second == 0 {
-                return Err(GatePolicyError::Zero("calls per second"));
-            }
-            if let Some(bad) = client.allow_methods.iter().find(|m| !is_method(m)) {
-                return Err(GatePolicyError::Method(bad.clone()));
             }
         }
         if let Some(bad) = self.deny_methods.iter().find(|m| !is_method(m)) {
@@ -209,6 +230,37 @@ impl GatePolicy {
             }
         }
         Ok(())
+    }
+
+    /// This deployment-wide policy with the stored clients as its clients. A client the gate
+    /// cannot use (a damaged item, or a name or key digest another client already has) is
+    /// left out with a warning naming it, never its digest, and grants nothing.
+    pub fn with_clients(&self, records: &[ClientRecord]) -> Self {
+        let mut names = std::collections::BTreeSet::new();
+        let mut digests = std::collections::BTreeSet::new();
+        let mut clients = Vec::with_capacity(records.len());
+        for record in records {
+            let client = GateClient::of(record, self.default_calls_per_second);
+            let problem = match client.validate() {
+                Err(error) => Some(error.to_string()),
+                Ok(()) if names.contains(&client.name) => Some("its name is listed twice".into()),
+                Ok(()) if digests.contains(&client.key_sha256) => {
+                    Some("another client has the same key".into())
+                }
+                Ok(()) => None,
+            };
+            if let Some(problem) = problem {
+                tracing::warn!(client = %client.name, %problem, "client left out of the gate");
+                continue;
+            }
+            names.insert(client.name.clone());
+            digests.insert(client.key_sha256.clone());
+            clients.push(client);
+        }
+        Self {
+            clients,
+            ..self.clone()
+        }
     }
 
     /// The policy as the Lua module's `configure` reads it.
@@ -397,6 +449,56 @@ mod tests {
         assert!(with(&|p| p.lua_dir = "rel".into()).is_err());
         assert!(with(&|p| p.max_batch_calls = 0).is_err());
         assert!(with(&|p| p.clients[0].calls_per_second = 0).is_err());
+    }
+
+    #[test]
+    fn stored_clients_get_the_default_rate_and_unusable_ones_are_left_out() {
+        use crate::clients::{key_id, ClientRecord};
+        let record = |name: &str, key: &str, calls: Option<u32>| {
+            let digest = key_sha256(key);
+            ClientRecord {
+                name: name.into(),
+                key_id: key_id(&digest),
+                key_sha256: digest,
+                calls_per_second: calls,
+                allow_methods: vec!["debug_".into()],
+                when_added: String::new(),
+            }
+        };
+        let deployment = GatePolicy {
+            default_calls_per_second: 7,
+            ..GatePolicy::default()
+        };
+        let policy = deployment.with_clients(&[
+            record("a", "ka", None),
+            record("b", "kb", Some(40)),
+            ClientRecord {
+                key_sha256: "not-a-digest".into(),
+                ..record("damaged", "kd", None)
+            },
+            record("bad name", "kn", None),
+            record("c", "ka", None),
+        ]);
+        assert_eq!(
+            policy.clients,
+            vec![
+                GateClient {
+                    name: "a".into(),
+                    key_sha256: key_sha256("ka"),
+                    calls_per_second: 7,
+                    allow_methods: vec!["debug_".into()],
+                },
+                GateClient {
+                    name: "b".into(),
+                    key_sha256: key_sha256("kb"),
+                    calls_per_second: 40,
+                    allow_methods: vec!["debug_".into()],
+                },
+            ]
+        );
+        assert_eq!(policy.deny_methods, deployment.deny_methods);
+        policy.validate().expect("what is left is valid");
+        assert!(deployment.with_clients(&[]).clients.is_empty());
     }
 
     #[test]

@@ -114,6 +114,20 @@ impl<'a> Env<'a> {
     pub fn string_or(&self, name: &'static str, default: &str) -> String {
         self.get(name).unwrap_or_else(|| default.to_owned())
     }
+
+    /// An optional comma-separated list (entries trimmed, empty ones dropped); unset or blank:
+    /// `default`.
+    pub fn list_or(&self, name: &'static str, default: &[String]) -> Vec<String> {
+        match self.get(name) {
+            None => default.to_vec(),
+            Some(value) => value
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +155,12 @@ pub(crate) mod tests {
         assert_eq!(env.string_or("UNSET", "d"), "d");
         assert_eq!(env.string_or("S", "d"), "x");
         assert_eq!(env.required("BLANK"), Err(SettingsError::Missing("BLANK")));
+        let default = vec!["d".to_owned()];
+        assert_eq!(env.list_or("UNSET", &default), default);
+        assert_eq!(env.list_or("BLANK", &default), default);
+        let map = vars(&[("L", " a, b ,,c ")]);
+        let lists = Env::from_fn(|k| map.get(k).cloned());
+        assert_eq!(lists.list_or("L", &default), ["a", "b", "c"]);
         assert_eq!(
             env.number("NEG", 0i64, 0).unwrap_err().to_string(),
             "environment variable NEG=\"-1\" is invalid: expected a whole number of at least 0"

@@ -20,10 +20,6 @@ use serde_json::{json, Value};
 const KEY: &str = "k3yOfTheApp_0123456789-abcdefXYZ";
 const OTHER_KEY: &str = "an0therKey_9876543210-zyxwvuABC";
 
-fn lua_dir() -> String {
-    devstack::gate_lua_dir().display().to_string()
-}
-
 /// `app` may call `evm_mine` (denied to everyone else), `other` may not.
 fn clients(cps: u32) -> Vec<GateClient> {
     vec![
@@ -145,7 +141,7 @@ impl Stack {
 /// The gated configuration, with the repository's Lua modules and an access log in `logs`.
 fn render(plan: &RoutingPlan, options: &RenderOptions, logs: &Path, policy: GatePolicy) -> String {
     let policy = GatePolicy {
-        lua_dir: lua_dir(),
+        lua_dir: devstack::gate_lua_dir(),
         access_log: logs.join("access.log").display().to_string(),
         trusted_proxy_cidrs: vec!["127.0.0.1/32".into()],
         ..policy
@@ -894,7 +890,7 @@ fn every_gated_variant_passes_nginx_t() {
         for clients in [vec![], clients(7)] {
             let policy = GatePolicy {
                 clients,
-                lua_dir: lua_dir(),
+                lua_dir: devstack::gate_lua_dir(),
                 access_log: logs.path().join("access.log").display().to_string(),
                 ..GatePolicy::default()
             };

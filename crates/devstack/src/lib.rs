@@ -104,10 +104,10 @@ pub fn repo_root() -> std::path::PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// The JSON-RPC gate's Lua modules in this checkout (`docker/gate`; the image installs them at
-/// `gate::IMAGE_LUA_DIR`).
-pub fn gate_lua_dir() -> std::path::PathBuf {
-    repo_root().join("docker/gate")
+/// The repository's Lua modules of the JSON-RPC gate (`docker/gate`), as an absolute path:
+/// what the local stage and the tests give the renderer as `GATE_LUA_DIR`.
+pub fn gate_lua_dir() -> String {
+    repo_root().join("docker/gate").display().to_string()
 }
 
 /// The service's Lambda functions, in `serverless.yml`'s order: the keys under its top-level

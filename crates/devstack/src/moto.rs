@@ -213,20 +213,29 @@ impl Moto {
 
     /// Creates the backends table as `serverless.yml` does: hash key `url` (S), on-demand.
     pub async fn create_table(&self, name: &str) -> Result<(), Error> {
+        self.create_table_keyed(name, "url").await
+    }
+
+    /// Creates the clients table as `serverless.yml` does: hash key `name` (S), on-demand.
+    pub async fn create_clients_table(&self, name: &str) -> Result<(), Error> {
+        self.create_table_keyed(name, "name").await
+    }
+
+    async fn create_table_keyed(&self, name: &str, hash_key: &str) -> Result<(), Error> {
         let client = aws_sdk_dynamodb::Client::new(&self.sdk_config().await);
         client
             .create_table()
             .table_name(name)
             .attribute_definitions(
                 AttributeDefinition::builder()
-                    .attribute_name("url")
+                    .attribute_name(hash_key)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
                     .map_err(|e| Error::aws("CreateTable", &e))?,
             )
             .key_schema(
                 KeySchemaElement::builder()
-                    .attribute_name("url")
+                    .attribute_name(hash_key)
                     .key_type(KeyType::Hash)
                     .build()
                     .map_err(|e| Error::aws("CreateTable", &e))?,

@@ -19,6 +19,11 @@ pub const STAGE: &str = "local";
 /// `<service>-<stage>`: the stack, the table and the prefix of every function name.
 pub const STACK_NAME: &str = "jsonrpc-proxy-local";
 
+/// Logical id of the backends table (`infra/storage.yml`).
+pub const BACKENDS_TABLE: &str = "BackendsTable";
+/// Logical id of the clients table (`infra/storage.yml`).
+pub const CLIENTS_TABLE: &str = "ClientsTable";
+
 /// Deploying or reading the stack failed.
 #[derive(Debug, Error)]
 pub enum DeployError {
@@ -75,6 +80,12 @@ pub struct LocalConfig {
     pub slack_webhook_url: String,
     /// `alarm_period_seconds` (10, 30 or a multiple of 60).
     pub alarm_period_seconds: u64,
+    /// `gate.lua_dir`: the repository's `docker/gate`, absolute.
+    pub gate_lua_dir: String,
+    /// `gate.access_log`: nginx's access log of the public server, absolute.
+    pub gate_access_log: String,
+    /// `gate.default_calls_per_second`; `None` keeps the deployment's default.
+    pub gate_calls_per_second: Option<u32>,
 }
 
 impl LocalConfig {
@@ -101,7 +112,11 @@ impl LocalConfig {
              slack_webhook_url: {webhook}\n\
              alarm_healthy_nodes_threshold: 2\n\
              alarm_evaluation_periods: 2\n\
-             alarm_period_seconds: {period}\n",
+             alarm_period_seconds: {period}\n\
+             gate:\n\
+             \x20 lua_dir: \"{lua}\"\n\
+             \x20 access_log: \"{access_log}\"\n\
+             \x20 default_calls_per_second: \"{calls}\"\n",
             region = devstack::TEST_REGION,
             vpc = self.shared.vpc_id,
             subnets = list(&self.shared.subnet_ids),
@@ -114,6 +129,12 @@ impl LocalConfig {
             probe = self.probe_timeout_ms,
             webhook = self.slack_webhook_url,
             period = self.alarm_period_seconds,
+            lua = self.gate_lua_dir,
+            access_log = self.gate_access_log,
+            calls = self
+                .gate_calls_per_second
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
         )
     }
 }
@@ -249,6 +270,8 @@ pub struct DeployedStack {
     pub functions: BTreeMap<String, DeployedFunction>,
     /// The backends table.
     pub table: String,
+    /// The clients table.
+    pub clients_table: String,
     /// The config bucket.
     pub bucket: String,
     /// The bucket's Lambda notifications: (key suffix, function key).
@@ -376,7 +399,15 @@ impl DeployedStack {
             other => other["Ref"].as_str().and_then(physical),
         };
 
-        let (table, _) = single("AWS::DynamoDB::Table")?;
+        let table_named = |logical: &str| {
+            resources
+                .get(logical)
+                .filter(|(kind, _)| kind == "AWS::DynamoDB::Table")
+                .map(|(_, id)| id.clone())
+                .ok_or_else(|| DeployError::Stack(format!("has no table {logical}")))
+        };
+        let table = table_named(BACKENDS_TABLE)?;
+        let clients_table = table_named(CLIENTS_TABLE)?;
         let (bucket, bucket_properties) = of_type("AWS::S3::Bucket")
             .filter(|(_, properties)| !properties["NotificationConfiguration"].is_null())
             .find_map(|(logical, properties)| Some((physical(&logical)?, properties)))
@@ -436,6 +467,7 @@ impl DeployedStack {
         Ok(Self {
             functions,
             table,
+            clients_table,
             bucket,
             bucket_notifications,
             schedules,

@@ -31,6 +31,7 @@ const USAGE: &str = "usage: jsonrpc-proxy-local [options]
   --agent PATH      the config_agent binary (default: beside this binary)
   --work-dir DIR    logs (default .local/run-<pid>)
   --no-register     start the nodes but leave registering them to you (sls invoke)
+  --no-demo-client  register no demo client: the endpoint stays open at / until you add one
   --no-view         print transitions as log lines instead of the live view
 ";
 
@@ -45,6 +46,7 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
     );
     options.aws_port = 4566;
     options.config_path = options.repo_root.join("config.local.yml");
+    options.demo_client = true;
     let mut agent_given = false;
     let mut view = std::io::stdout().is_terminal();
     let mut args = std::env::args().skip(1);
@@ -99,6 +101,7 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
             "--work-dir" => options.work_dir = PathBuf::from(value("--work-dir")?),
             "--no-view" => view = false,
             "--no-register" => options.register = false,
+            "--no-demo-client" => options.demo_client = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
         }
@@ -150,6 +153,14 @@ async fn main() -> std::process::ExitCode {
         println!("anvil {role}: {}", node.anvil.url());
     }
     println!("JSON-RPC proxy: {}", stack.proxy_url());
+    if options.demo_client {
+        println!(
+            "demo client {:?}: {} (WebSocket: {})",
+            local_stack::stack::DEMO_CLIENT,
+            stack.endpoint_url(),
+            stack.websocket_url()
+        );
+    }
     println!(
         "local AWS endpoint: {} (stack {}; try `npx sls invoke -f list_backends -s local`)",
         stack.aws_endpoint(),
@@ -157,7 +168,7 @@ async fn main() -> std::process::ExitCode {
     );
     println!(
         "try: curl -s -X POST -H 'Content-Type: application/json' --data '{{\"jsonrpc\":\"2.0\",\"method\":\"eth_blockNumber\",\"params\":[],\"id\":1}}' {}",
-        stack.proxy_url()
+        stack.endpoint_url()
     );
 
     let log_dir = options.work_dir.display().to_string();

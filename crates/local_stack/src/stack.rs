@@ -28,6 +28,8 @@ use crate::webhook::SlackStandIn;
 
 /// The shared ECS cluster the local account has.
 pub const CLUSTER: &str = "local";
+/// The name of the client the stack registers at start ([`StackOptions::demo_client`]).
+pub const DEMO_CLIENT: &str = "demo";
 
 /// How to run the stack.
 #[derive(Debug, Clone)]
@@ -68,6 +70,11 @@ pub struct StackOptions {
     pub artifacts_dir: PathBuf,
     /// Deploy the zips already in `artifacts_dir` instead of building them first.
     pub skip_zip_build: bool,
+    /// Register the demo client ([`DEMO_CLIENT`]) with `add_client` at start: from then on the
+    /// endpoint answers at its key URL ([`LocalStack::endpoint_url`]) only.
+    pub demo_client: bool,
+    /// `gate.default_calls_per_second` of the local configuration (`None`: the default).
+    pub calls_per_second: Option<u32>,
 }
 
 impl StackOptions {
@@ -98,6 +105,8 @@ impl StackOptions {
             repo_root,
             artifacts_dir,
             skip_zip_build: false,
+            demo_client: false,
+            calls_per_second: None,
         }
     }
 }
@@ -211,6 +220,8 @@ pub struct LocalStack {
     agent_env: Vec<(String, String)>,
     socket_dir: PathBuf,
     tasks: Vec<JoinHandle<()>>,
+    /// The demo client's key, as `add_client` answered it (shown only in its URLs).
+    demo_key: Option<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -226,6 +237,10 @@ impl LocalStack {
     pub async fn start(options: StackOptions) -> Result<Self, StackError> {
         std::fs::create_dir_all(&options.work_dir)
             .map_err(|e| StackError::Io(format!("creating {}", options.work_dir.display()), e))?;
+        let work_dir = options
+            .work_dir
+            .canonicalize()
+            .map_err(|e| StackError::Io(format!("resolving {}", options.work_dir.display()), e))?;
         let socket_dir = short_socket_dir()?;
 
         let moto = tokio::task::block_in_place(Moto::start)?;
@@ -274,6 +289,9 @@ impl LocalStack {
             probe_timeout_ms: options.probe_timeout.as_millis(),
             slack_webhook_url: slack.url(),
             alarm_period_seconds: options.alarm_period.as_secs(),
+            gate_lua_dir: devstack::gate_lua_dir(),
+            gate_access_log: work_dir.join("nginx-access.log").display().to_string(),
+            gate_calls_per_second: options.calls_per_second,
         };
         std::fs::write(&options.config_path, config.yaml())
             .map_err(|e| StackError::Io(format!("writing {}", options.config_path.display()), e))?;
@@ -291,6 +309,7 @@ impl LocalStack {
         for (variable, expected) in [
             ("NGINX_LISTEN_PORT", render_options.listen_port.to_string()),
             ("NGINX_SOCKET_DIR", render_options.socket_dir.clone()),
+            ("GATE_LUA_DIR", config.gate_lua_dir.clone()),
         ] {
             if renderer.get(variable) != Some(&expected) {
                 return Err(StackError::Other(format!(
@@ -374,6 +393,7 @@ impl LocalStack {
             agent_env,
             socket_dir,
             tasks: Vec::new(),
+            demo_key: None,
         };
         if stack.options.register {
             if let Some(url) = leader_url {
@@ -383,6 +403,9 @@ impl LocalStack {
                 stack.add_backend(&url, false).await?;
             }
         }
+        if stack.options.demo_client {
+            stack.demo_key = Some(stack.add_client(DEMO_CLIENT).await?);
+        }
         stack.spawn_background_tasks();
         Ok(stack)
     }
@@ -390,6 +413,24 @@ impl LocalStack {
     /// The proxy's URL.
     pub fn proxy_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.options.proxy_port)
+    }
+
+    /// Where applications call JSON-RPC: the demo client's `/v3/<key>` when there is one, else
+    /// the proxy itself (open while no client is registered).
+    pub fn endpoint_url(&self) -> String {
+        match &self.demo_key {
+            Some(key) => format!("{}/v3/{key}", self.proxy_url()),
+            None => self.proxy_url(),
+        }
+    }
+
+    /// The WebSocket form of [`LocalStack::endpoint_url`] (`/ws/v3/<key>`).
+    pub fn websocket_url(&self) -> String {
+        let port = self.options.proxy_port;
+        match &self.demo_key {
+            Some(key) => format!("ws://127.0.0.1:{port}/ws/v3/{key}"),
+            None => format!("ws://127.0.0.1:{port}"),
+        }
     }
 
     /// The local AWS endpoint (moto behind the Lambda emulator's Invoke API).
@@ -443,6 +484,29 @@ impl LocalStack {
         let body = json!({ "url": url, "is_leader": is_leader }).to_string();
         let answer = self.invoke("add_backend", &json!({ "body": body })).await?;
         check_admin_answer(url, answer)
+    }
+
+    /// Registers a client through the `add_client` function, with the event `sls invoke`
+    /// sends; answers its key.
+    pub async fn add_client(&self, name: &str) -> Result<String, StackError> {
+        let body = json!({ "name": name }).to_string();
+        let answer = self.invoke("add_client", &json!({ "body": body })).await?;
+        let status = answer
+            .get("statusCode")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let body: Value = answer
+            .get("body")
+            .and_then(Value::as_str)
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        match body.get("key").and_then(Value::as_str) {
+            Some(key) if status == 201 => Ok(key.to_owned()),
+            _ => Err(StackError::Other(format!(
+                "add_client refused {name:?}: status {status}, {}",
+                body.get("error").unwrap_or(&body)
+            ))),
+        }
     }
 
     /// Removes a backend through the `remove_backend` function.

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use jsonrpc_proxy::clients::{
     add_client, is_key_shaped, key_id, key_sha256, list_clients, remove_client, ClientRecord,
     KEY_ID_LEN,
@@ -39,28 +36,11 @@ async fn clients(prefix: &str) -> Clients {
         .create_lambda_function(&function)
         .await
         .expect("create function");
-    let aws = AwsClients::new(&moto().endpoint(), &recorder().endpoint()).await;
-    aws.dynamodb
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("name")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute definition"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("name")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key schema"),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
+    moto()
+        .create_clients_table(&table)
         .await
         .expect("create clients table");
+    let aws = AwsClients::new(&moto().endpoint(), &recorder().endpoint()).await;
     Clients {
         store: ClientStore::new(aws.dynamodb.clone(), &table),
         trigger: RendererTrigger::new(aws.lambda.clone(), &function),

@@ -153,7 +153,12 @@ async fn each_case_is_published_and_passes_nginx_t() {
         ["server 10.0.0.2:8545 max_fails=1 fail_timeout=10s;"],
         "{text}"
     );
-    assert!(!text.contains("unix:"), "{text}");
+    assert!(
+        text.lines()
+            .filter(|line| line.contains("unix:"))
+            .all(|line| line.contains("/gate-")),
+        "only the gate's own sockets: {text}"
+    );
 
     // Several nodes (one https, one with credentials) and the leader as backup.
     stack.set_healthy(leader, true).await;
@@ -312,4 +317,104 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
         "{seen:?}"
     );
     drop(nginx);
+}
+
+/// Every object of the bucket, as text.
+async fn bucket_text(stack: &TestStack) -> String {
+    let mut all = String::new();
+    for key in stack.object_keys().await {
+        let body = stack.bucket().get(&key).await.unwrap().unwrap_or_default();
+        all.push_str(&String::from_utf8_lossy(&body));
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_client_change_is_published_with_its_key_digest_never_its_key() {
+    use jsonrpc_proxy::clients::{add_client, key_sha256, remove_client};
+    use jsonrpc_proxy::clients_store::item_from_client;
+    use jsonrpc_proxy::config_renderer::RenderError;
+    use jsonrpc_proxy::gate::GatePolicy;
+    use serde_json::json;
+
+    use crate::admin::event;
+
+    let stack = TestStack::new("render-clients").await;
+    let sockets = socket_dir();
+    let renderer = renderer(&stack, free_port().unwrap(), &sockets);
+    stack.add("http://10.0.0.1:8545", false).await;
+    stack.set_healthy("http://10.0.0.1:8545", true).await;
+
+    // No client: the gate is in front, open to every caller.
+    let open = render_case(&stack, &renderer, "clients-open").await;
+    assert!(open.contains("access_by_lua_block"), "{open}");
+    assert!(open.contains("\"clients\":[]"), "{open}");
+
+    // A client added the way `sls invoke -f add_client` does. Its render request goes to a
+    // function record that runs nothing, as if the render were lost: the next run publishes.
+    let added = add_client(
+        &stack.client_store(),
+        &stack.trigger(),
+        &event(&json!({"name": "wallet"})),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await;
+    assert_eq!(added.status_code, 201, "{}", added.body);
+    let key = added.body_json().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An item written by hand that grants nothing: a digest that is not one.
+    let mut damaged = stack.client_store().all().await.unwrap().remove(0);
+    damaged.name = "damaged".into();
+    damaged.key_sha256 = "not-a-digest".into();
+    devstack::testkit::put_items(
+        &stack.aws.dynamodb,
+        &stack.clients_table,
+        vec![item_from_client(&damaged)],
+    )
+    .await;
+
+    let gated = render_case(&stack, &renderer, "clients-one").await;
+    assert!(gated.contains(&key_sha256(&key)), "{gated}");
+    assert!(
+        gated.contains("\"calls_per_second\":100"),
+        "the deployment's default for a client added without one: {gated}"
+    );
+    assert!(!gated.contains("damaged"), "{gated}");
+    let published = bucket_text(&stack).await;
+    assert!(!published.contains(&key), "a key reached the bucket");
+
+    // A policy that fails validation is never written.
+    let invalid = ConfigRenderer {
+        gate: GatePolicy {
+            deny_methods: vec!["debug_;".into()],
+            ..renderer.gate.clone()
+        },
+        ..renderer.clone()
+    };
+    assert!(matches!(
+        invalid.render_and_publish("clients-invalid", true).await,
+        Err(RenderError::Gate(_))
+    ));
+    assert!(stack
+        .bucket()
+        .head("clients-invalid_nginx.conf")
+        .await
+        .unwrap()
+        .is_none());
+    let pointer = stack.bucket().read_pointer().await.unwrap().unwrap();
+    assert_eq!(pointer.key, "clients-one_nginx.conf");
+
+    // Removed: the next render drops its digest.
+    let removed = remove_client(
+        &stack.client_store(),
+        &stack.trigger(),
+        &event(&json!({"name": "wallet"})),
+    )
+    .await;
+    assert_eq!(removed.status_code, 200, "{}", removed.body);
+    let after = render_case(&stack, &renderer, "clients-removed").await;
+    assert!(!after.contains(&key_sha256(&key)), "{after}");
+    assert!(!bucket_text(&stack).await.contains(&key));
 }

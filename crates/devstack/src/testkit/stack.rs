@@ -6,8 +6,10 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::backend_url::BackendUrl;
+use jsonrpc_proxy::clients_store::ClientStore;
 use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
 use jsonrpc_proxy::config_renderer::ConfigRenderer;
+use jsonrpc_proxy::gate::GatePolicy;
 use jsonrpc_proxy::nginx::RenderOptions;
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;
 use jsonrpc_proxy::routing::RoutingPlan;
@@ -56,7 +58,7 @@ struct Faults {
     clients: Clients,
 }
 
-/// The table, bucket and renderer function `serverless.yml` creates, a CloudWatch namespace
+/// The tables, bucket and renderer function `serverless.yml` creates, a CloudWatch namespace
 /// and a stack name, all unique to one test, on the binary's [`moto`] and [`recorder`].
 ///
 /// [`TestStack::with_faults`] puts a [`FaultProxy`] in front of each; the code under test
@@ -69,6 +71,8 @@ pub struct TestStack {
     pub aws: Clients,
     #[allow(missing_docs)]
     pub table: String,
+    /// The clients table (hash key `name`).
+    pub clients_table: String,
     #[allow(missing_docs)]
     pub bucket_name: String,
     /// The renderer's Lambda function.
@@ -94,9 +98,13 @@ impl TestStack {
     async fn create(prefix: &str, faulty: bool) -> Self {
         let moto = moto();
         let table = unique(&format!("{prefix}-table"));
+        let clients_table = unique(&format!("{prefix}-clients"));
         let bucket_name = unique(&format!("{prefix}-bucket"));
         let function = unique(&format!("{prefix}-renderer"));
         moto.create_table(&table).await.expect("create table");
+        moto.create_clients_table(&clients_table)
+            .await
+            .expect("create clients table");
         moto.create_bucket(&bucket_name)
             .await
             .expect("create bucket");
@@ -130,6 +138,7 @@ impl TestStack {
             namespace: unique(&format!("{prefix}-ns")),
             stack_name: unique(&format!("{prefix}-stack")),
             table,
+            clients_table,
             bucket_name,
             function,
             faults,
@@ -164,6 +173,11 @@ impl TestStack {
         BackendStore::new(self.aws.dynamodb.clone(), &self.table)
     }
 
+    /// The clients table, straight to moto.
+    pub fn client_store(&self) -> ClientStore {
+        ClientStore::new(self.aws.dynamodb.clone(), &self.clients_table)
+    }
+
     /// The bucket, straight to moto.
     pub fn bucket(&self) -> ConfigBucket {
         ConfigBucket::new(self.aws.s3.clone(), &self.bucket_name)
@@ -179,16 +193,24 @@ impl TestStack {
         CheckerBuilder::new(self)
     }
 
-    /// The renderer of the code under test, rendering for `listen_port` and `socket_dir`.
+    /// The renderer of the code under test, rendering for `listen_port` and `socket_dir`, with
+    /// the gate's default policy, the repository's Lua modules ([`crate::gate_lua_dir`]) and
+    /// no access log.
     pub fn renderer(&self, listen_port: u16, socket_dir: &str) -> ConfigRenderer {
         let clients = self.clients();
         ConfigRenderer {
             store: BackendStore::new(clients.dynamodb.clone(), &self.table),
+            clients: ClientStore::new(clients.dynamodb.clone(), &self.clients_table),
             bucket: ConfigBucket::new(clients.s3.clone(), &self.bucket_name),
             options: RenderOptions {
                 listen_port,
                 socket_dir: socket_dir.to_owned(),
                 ..RenderOptions::default()
+            },
+            gate: GatePolicy {
+                lua_dir: crate::gate_lua_dir(),
+                access_log: "/dev/null".into(),
+                ..GatePolicy::default()
             },
         }
     }

@@ -117,6 +117,8 @@ pub fn options(work_dir: &std::path::Path) -> StackOptions {
         tolerance: TOLERANCE,
         probe_timeout: Duration::from_millis(1000),
         skip_zip_build: built,
+        // The load tests send as fast as they can, from one address: past any default rate.
+        calls_per_second: Some(100_000),
         ..defaults
     }
 }
