@@ -45,6 +45,12 @@ pub fn recorder() -> &'static MetricsRecorder {
     })
 }
 
+/// The gate's Lua modules in this checkout (`docker/gate`, what the image installs), for a
+/// `GatePolicy`'s `lua_dir`.
+pub fn gate_lua_dir() -> std::path::PathBuf {
+    crate::repo_root().join("docker/gate")
+}
+
 /// A name no other test of this run uses: `prefix`, the process id and a counter (lowercase
 /// letters, digits and `-` keep it valid for tables, buckets, ECS and Lambda).
 pub fn unique(prefix: &str) -> String {
