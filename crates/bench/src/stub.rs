@@ -3,10 +3,10 @@
 //! Backend `n` is `http://127.0.0.1:<port n mod P>/node/n`, so a fleet of up to `P` backends
 //! has one host:port per backend (no connection is shared between two "nodes", as in a real
 //! fleet). Every node answers `eth_blockNumber`, `eth_chainId` and `eth_syncing`, alone or as a
-//! batch, after [`ANSWER_DELAY`], with HTTP/1.1 keep-alive. When a hang modulus `k` is set,
-//! every backend with `n % k == k - 1` accepts the connection, reads the request and never
-//! answers (it holds the connection until the client gives up, at most [`HANG_LIMIT`]).
-//! Nodes can also be made to close every connection after answering.
+//! batch, after [`ANSWER_DELAY`], with HTTP/1.1 keep-alive (axum, answers from the test kit's
+//! [`node_answer`]). When a hang modulus `k` is set, every backend with `n % k == k - 1` reads
+//! the request and does not answer for [`HANG_LIMIT`]. Nodes can also be made to close every
+//! connection after answering.
 //!
 //! 10 000 listening sockets and their 10 000 kept-alive connections need more descriptors than
 //! one process may hold here (`RLIMIT_NOFILE` 20 000, hard), so the fan-out benchmark runs the
@@ -17,21 +17,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
+use devstack::testkit::node_answer;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 
 /// How long a node takes to answer.
 pub const ANSWER_DELAY: Duration = Duration::from_millis(5);
-/// Longest a hanging node holds a connection.
+/// How long a hanging node keeps a request without answering.
 pub const HANG_LIMIT: Duration = Duration::from_secs(30);
 /// The height every node reports (`0x112a880`).
 pub const HEIGHT: u64 = 18_000_000;
-/// Largest request head or body read.
-const MAX_REQUEST: usize = 64 * 1024;
 /// Most ports one `__fleet` process serves (each may hold as many kept-alive connections).
 pub const PORTS_PER_PROCESS: usize = 4000;
 
@@ -132,30 +137,26 @@ impl StubFleet {
         let hang_every = Arc::new(AtomicUsize::new(0));
         let close_after_answer = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FleetStats::default());
+        let router = Router::new()
+            .route("/node/{n}", axum::routing::post(answer))
+            .with_state(Fleet {
+                hang_every: hang_every.clone(),
+                close_after_answer: close_after_answer.clone(),
+                stats: stats.clone(),
+            });
         let mut ports = Vec::with_capacity(listeners.max(1));
         let mut tasks = Vec::with_capacity(listeners.max(1));
         for _ in 0..listeners.max(1) {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             ports.push(listener.local_addr()?.port());
-            let hang_every = hang_every.clone();
-            let close = close_after_answer.clone();
-            let stats = stats.clone();
+            let counted = stats.clone();
+            let listener = listener.tap_io(move |stream| {
+                counted.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+            });
+            let router = router.clone();
             tasks.push(tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        // Out of descriptors or similar: back off instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    stats.connections.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve(
-                        stream,
-                        hang_every.clone(),
-                        close.clone(),
-                        stats.clone(),
-                    ));
-                }
+                let _ = axum::serve(listener, router).await;
             }));
         }
         Ok(Self {
@@ -399,177 +400,38 @@ impl RemoteFleet {
     }
 }
 
-/// One parsed request: the backend number from the path, and the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StubRequest {
-    /// `n` of `/node/n`, if the path has one.
-    pub node: Option<usize>,
-    /// The body.
-    pub body: Vec<u8>,
-    /// Whether the client asked to close the connection.
-    pub close: bool,
-}
-
-/// Parses a request head (up to and excluding the blank line): `(node, content length, close)`.
-pub fn parse_head(head: &str) -> Option<(Option<usize>, usize, bool)> {
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?;
-    let mut parts = request_line.split(' ');
-    let _method = parts.next()?;
-    let path = parts.next()?;
-    let node = path
-        .strip_prefix("/node/")
-        .and_then(|rest| rest.split(['/', '?']).next())
-        .and_then(|n| n.parse().ok());
-    let mut length = 0;
-    let mut close = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok()?;
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    Some((node, length, close))
-}
-
-/// The JSON-RPC answer to a body: one answer per request, an array for a batch.
-pub fn answer(body: &[u8]) -> Value {
-    fn one(request: &Value) -> Value {
-        let id = request.get("id").cloned().unwrap_or(Value::Null);
-        let result = match request.get("method").and_then(Value::as_str) {
-            Some("eth_blockNumber") => json!(format!("{HEIGHT:#x}")),
-            Some("eth_chainId") => json!("0x1"),
-            Some("eth_syncing") => json!(false),
-            _ => {
-                return json!({"jsonrpc": "2.0", "id": id,
-                    "error": {"code": -32601, "message": "method not found"}})
-            }
-        };
-        json!({"jsonrpc": "2.0", "id": id, "result": result})
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(requests)) => Value::Array(requests.iter().map(one).collect()),
-        Ok(request) => one(&request),
-        Err(_) => json!({"jsonrpc": "2.0", "id": null,
-            "error": {"code": -32700, "message": "parse error"}}),
-    }
-}
-
-/// Reads one request from the connection; `None` at end of stream or on a malformed request.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<StubRequest> {
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        if buffer.len() > MAX_REQUEST {
-            return None;
-        }
-        let mut chunk = [0u8; 4096];
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = std::str::from_utf8(&buffer[..head_end]).ok()?.to_owned();
-    let (node, length, close) = parse_head(&head)?;
-    if length > MAX_REQUEST {
-        return None;
-    }
-    let body_start = head_end + 4;
-    while buffer.len() < body_start + length {
-        let mut chunk = [0u8; 4096];
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    let body = buffer[body_start..body_start + length].to_vec();
-    buffer.drain(..body_start + length);
-    Some(StubRequest { node, body, close })
-}
-
-async fn serve(
-    mut stream: TcpStream,
+#[derive(Clone)]
+struct Fleet {
     hang_every: Arc<AtomicUsize>,
     close_after_answer: Arc<AtomicBool>,
     stats: Arc<FleetStats>,
-) {
-    let mut buffer = Vec::new();
-    // Bounded: a connection serves at most this many requests.
-    for _ in 0..100_000 {
-        let Some(request) = read_request(&mut stream, &mut buffer).await else {
-            return;
-        };
-        stats.note_request();
-        let k = hang_every.load(Ordering::Relaxed);
-        if request.node.is_some_and(|n| StubFleet::hangs(n, k)) {
-            stats.hung.fetch_add(1, Ordering::Relaxed);
-            // Hold the connection, never answer, until the client closes it (or the limit).
-            let mut sink = [0u8; 1024];
-            let _ = tokio::time::timeout(HANG_LIMIT, async {
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
-            return;
-        }
-        tokio::time::sleep(ANSWER_DELAY).await;
-        let close = request.close || close_after_answer.load(Ordering::Relaxed);
-        let body = answer(&request.body).to_string();
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" },
-            body
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-        stats.answered.fetch_add(1, Ordering::Relaxed);
-        if close {
-            return;
-        }
+}
+
+async fn answer(State(fleet): State<Fleet>, Path(n): Path<usize>, body: Bytes) -> Response {
+    fleet.stats.note_request();
+    if StubFleet::hangs(n, fleet.hang_every.load(Ordering::Relaxed)) {
+        fleet.stats.hung.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(HANG_LIMIT).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
     }
+    tokio::time::sleep(ANSWER_DELAY).await;
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        node_answer(&body, HEIGHT),
+    )
+        .into_response();
+    if fleet.close_after_answer.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    fleet.stats.answered.fetch_add(1, Ordering::Relaxed);
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_heads() {
-        let head = "POST /node/42 HTTP/1.1\r\nhost: x\r\nContent-Length: 17\r\nconnection: Close";
-        assert_eq!(parse_head(head), Some((Some(42), 17, true)));
-        assert_eq!(
-            parse_head("POST / HTTP/1.1\r\nhost: x"),
-            Some((None, 0, false))
-        );
-        assert_eq!(
-            parse_head("POST /node/1 HTTP/1.1\r\nContent-Length: x"),
-            None
-        );
-    }
-
-    #[test]
-    fn answers_single_and_batch_requests() {
-        let single = answer(br#"{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}"#);
-        assert_eq!(single["result"], "0x112a880");
-        assert_eq!(single["id"], 1);
-        let batch = answer(
-            br#"[{"jsonrpc":"2.0","method":"eth_blockNumber","id":1},{"jsonrpc":"2.0","method":"eth_chainId","id":2},{"jsonrpc":"2.0","method":"eth_syncing","id":3}]"#,
-        );
-        assert_eq!(batch[0]["result"], "0x112a880");
-        assert_eq!(batch[1]["result"], "0x1");
-        assert_eq!(batch[2]["result"], false);
-        assert_eq!(batch[2]["id"], 3);
-        assert_eq!(answer(b"nope")["error"]["code"], -32700);
-    }
 
     #[test]
     fn snapshots_merge() {

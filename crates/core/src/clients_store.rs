@@ -3,24 +3,12 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use crate::clients::{
     key_id, validate_method, validate_name, ClientRecord, MAX_ALLOW_METHODS, MAX_CALLS_PER_SECOND,
 };
 use crate::store::StoreError;
-
-fn store_error<E, R>(operation: &'static str, error: &SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    StoreError {
-        operation,
-        message: DisplayErrorContext(error).to_string(),
-    }
-}
 
 /// What a conditional put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +70,7 @@ impl ClientStore {
             {
                 Ok(PutOutcome::NameTaken)
             }
-            Err(error) => Err(store_error("PutItem", &error)),
+            Err(error) => Err(StoreError::from_sdk("PutItem", &error)),
         }
     }
 
@@ -96,7 +84,7 @@ impl ClientStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| store_error("DeleteItem", &e))?;
+            .map_err(|e| StoreError::from_sdk("DeleteItem", &e))?;
         Ok(output
             .attributes()
             .filter(|a| !a.is_empty())
@@ -121,7 +109,7 @@ impl ClientStore {
                 .set_exclusive_start_key(start_key.take())
                 .send()
                 .await
-                .map_err(|e| store_error("Scan", &e))?;
+                .map_err(|e| StoreError::from_sdk("Scan", &e))?;
             for item in page.items() {
                 match client_from_item(item) {
                     Ok(client) => clients.push(client),

@@ -24,7 +24,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn from_sdk<E, R>(operation: &'static str, error: &SdkError<E, R>) -> Self
+    pub(crate) fn from_sdk<E, R>(operation: &'static str, error: &SdkError<E, R>) -> Self
     where
         E: std::error::Error + 'static,
         R: std::fmt::Debug,

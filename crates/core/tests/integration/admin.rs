@@ -1,12 +1,12 @@
 //! add_backend, list_backends and remove_backend against a real (moto) table.
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use jsonrpc_proxy::admin::{add_backend, list_backends, remove_backend};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use devstack::testkit::{b, n, s, TestStack};
+use devstack::testkit::{b, n, put_items, s, scan_pages, Item, TestStack};
 
 /// The admin event `sls invoke -d '{"body": "..."}'` sends.
 pub(crate) fn event(body: &Value) -> Value {
@@ -172,76 +172,36 @@ async fn list_backends_is_sorted_and_complete_across_scan_pages() {
     let mut urls: Vec<String> = (0..count)
         .map(|i| format!("http://10.1.{}.{}:8545/{padding}/{i:04}", i / 250, i % 250))
         .collect();
-    let mut requests: Vec<WriteRequest> = urls
+    let mut items: Vec<Item> = urls
         .iter()
         .enumerate()
         .map(|(i, url)| {
-            let mut put = PutRequest::builder()
-                .item("url", AttributeValue::S(url.clone()))
-                .item("is_leader", AttributeValue::Bool(false))
-                .item("is_healthy", AttributeValue::Bool(i % 2 == 0))
-                .item(
-                    "when_added",
+            let mut item = Item::from([
+                ("url".to_owned(), AttributeValue::S(url.clone())),
+                ("is_leader".to_owned(), AttributeValue::Bool(false)),
+                ("is_healthy".to_owned(), AttributeValue::Bool(i % 2 == 0)),
+                (
+                    "when_added".to_owned(),
                     AttributeValue::S("2026-01-01T00:00:00.000000Z".into()),
-                );
+                ),
+            ]);
             if i % 3 == 0 {
-                put = put
-                    .item(
-                        "block_number",
-                        AttributeValue::N(format!("{}", 1_000_000 + i)),
-                    )
-                    .item("lag_blocks", AttributeValue::N("3".into()))
-                    .item("response_time_ms", AttributeValue::N("1.500".into()));
+                item.insert(
+                    "block_number".into(),
+                    AttributeValue::N(format!("{}", 1_000_000 + i)),
+                );
+                item.insert("lag_blocks".into(), AttributeValue::N("3".into()));
+                item.insert("response_time_ms".into(), AttributeValue::N("1.500".into()));
             }
-            WriteRequest::builder()
-                .put_request(put.build().unwrap())
-                .build()
+            item
         })
         .collect();
     // Write in a scrambled order.
-    requests.reverse();
-    for chunk in requests.chunks(25) {
-        let mut pending = chunk.to_vec();
-        for _ in 0..10 {
-            let output = stack
-                .aws
-                .dynamodb
-                .batch_write_item()
-                .request_items(&stack.table, pending)
-                .send()
-                .await
-                .unwrap();
-            pending = output
-                .unprocessed_items()
-                .and_then(|u| u.get(&stack.table))
-                .cloned()
-                .unwrap_or_default();
-            if pending.is_empty() {
-                break;
-            }
-        }
-        assert!(pending.is_empty(), "unprocessed writes");
-    }
+    items.reverse();
+    put_items(&stack.aws.dynamodb, &stack.table, items).await;
 
     // The table really needs several pages.
-    let mut pages = 0;
-    let mut start = None;
-    loop {
-        let page = stack
-            .aws
-            .dynamodb
-            .scan()
-            .table_name(&stack.table)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .unwrap();
-        pages += 1;
-        match page.last_evaluated_key() {
-            Some(key) if !key.is_empty() && pages < 100 => start = Some(key.clone()),
-            _ => break,
-        }
-    }
+    let pages = scan_pages(&stack.aws.dynamodb, &stack.table).await;
     assert!(pages >= 3, "only {pages} Scan pages");
 
     let response = list_backends(&stack.store()).await;

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
 };
 use jsonrpc_proxy::clients::{
     add_client, is_key_shaped, key_id, key_sha256, list_clients, remove_client, ClientRecord,
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::admin::event;
-use devstack::testkit::{moto, recorder, unique, Clients as AwsClients};
+use devstack::testkit::{moto, put_items, recorder, scan_pages, unique, Clients as AwsClients};
 
 /// What serverless.yml creates for the clients: the table (hash key `name`) and the renderer.
 struct Clients {
@@ -360,53 +360,16 @@ async fn all_reads_every_page_sorted_and_skips_damaged_items() {
         .collect();
     // Valid items with an attribute the clients do not use, 15 KB long.
     let padding = "p".repeat(15_000);
-    let requests: Vec<WriteRequest> = names
+    let items = names
         .iter()
         .map(|name| {
             let mut item = item_from_client(&record(name, 2));
             item.insert("padding".into(), AttributeValue::S(padding.clone()));
-            let put = PutRequest::builder().set_item(Some(item)).build().unwrap();
-            WriteRequest::builder().put_request(put).build()
+            item
         })
         .collect();
-    for chunk in requests.chunks(25) {
-        let mut pending = chunk.to_vec();
-        for _ in 0..10 {
-            let output = clients
-                .dynamodb
-                .batch_write_item()
-                .request_items(&clients.table, pending)
-                .send()
-                .await
-                .unwrap();
-            pending = output
-                .unprocessed_items()
-                .and_then(|u| u.get(&clients.table))
-                .cloned()
-                .unwrap_or_default();
-            if pending.is_empty() {
-                break;
-            }
-        }
-        assert!(pending.is_empty(), "unprocessed writes");
-    }
-    let mut pages = 0;
-    let mut start = None;
-    loop {
-        let page = clients
-            .dynamodb
-            .scan()
-            .table_name(&clients.table)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .unwrap();
-        pages += 1;
-        match page.last_evaluated_key() {
-            Some(key) if !key.is_empty() && pages < 100 => start = Some(key.clone()),
-            _ => break,
-        }
-    }
+    put_items(&clients.dynamodb, &clients.table, items).await;
+    let pages = scan_pages(&clients.dynamodb, &clients.table).await;
     assert!(pages >= 3, "only {pages} Scan pages");
 
     // Damaged items (hand-written) never read as clients.

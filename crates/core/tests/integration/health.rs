@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::backend_url::BackendUrl;
 use jsonrpc_proxy::config_renderer::ConfigRenderer;
@@ -13,7 +13,7 @@ use jsonrpc_proxy::store::CheckWrite;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use devstack::testkit::{b, n, s, Item, Node, TestStack};
+use devstack::testkit::{b, n, put_items, s, Item, Node, TestStack};
 
 fn anvil() -> Anvil {
     Anvil::start(AnvilOptions::default()).expect("start anvil")
@@ -202,40 +202,25 @@ async fn metrics_go_in_calls_of_at_most_1000_points() {
     let stack = TestStack::new("health-batch").await;
     let node = Node::start().await;
     let count = 400;
-    let requests: Vec<WriteRequest> = (0..count)
+    let items = (0..count)
         .map(|i| {
             let url = if i == 0 {
                 node.url("/block/100/leader")
             } else {
                 node.url(&format!("/block/{}/n{i}", 95 + i % 10))
             };
-            WriteRequest::builder()
-                .put_request(
-                    PutRequest::builder()
-                        .item("url", AttributeValue::S(url))
-                        .item("is_leader", AttributeValue::Bool(i == 0))
-                        .item("is_healthy", AttributeValue::Bool(false))
-                        .item(
-                            "when_added",
-                            AttributeValue::S("2026-01-01T00:00:00Z".into()),
-                        )
-                        .build()
-                        .unwrap(),
-                )
-                .build()
+            Item::from([
+                ("url".to_owned(), AttributeValue::S(url)),
+                ("is_leader".to_owned(), AttributeValue::Bool(i == 0)),
+                ("is_healthy".to_owned(), AttributeValue::Bool(false)),
+                (
+                    "when_added".to_owned(),
+                    AttributeValue::S("2026-01-01T00:00:00Z".into()),
+                ),
+            ])
         })
         .collect();
-    for chunk in requests.chunks(25) {
-        let output = stack
-            .aws
-            .dynamodb
-            .batch_write_item()
-            .request_items(&stack.table, chunk.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(output.unprocessed_items().is_none_or(HashMap::is_empty));
-    }
+    put_items(&stack.aws.dynamodb, &stack.table, items).await;
 
     let summary = stack
         .checker()

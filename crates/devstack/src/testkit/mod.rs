@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 
 use crate::{MetricsRecorder, Moto};
 
@@ -113,4 +113,58 @@ where
         "[wait] {what}: after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Writes `items` into `table` with BatchWriteItem, 25 at a time, until none is left over.
+pub async fn put_items(dynamodb: &aws_sdk_dynamodb::Client, table: &str, items: Vec<Item>) {
+    let requests: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .expect("an item");
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        for _ in 0..10 {
+            let output = dynamodb
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .expect("BatchWriteItem");
+            pending = output
+                .unprocessed_items()
+                .and_then(|u| u.get(table))
+                .cloned()
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+        }
+        assert!(pending.is_empty(), "unprocessed writes");
+    }
+}
+
+/// How many Scan pages `table` takes to read whole (at most 100).
+pub async fn scan_pages(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> usize {
+    let mut pages = 0;
+    let mut start = None;
+    loop {
+        let page = dynamodb
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .expect("Scan");
+        pages += 1;
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() && pages < 100 => start = Some(key.clone()),
+            _ => return pages,
+        }
+    }
 }
