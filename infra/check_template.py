@@ -372,7 +372,8 @@ def main():
         widgets = json.loads(body)["widgets"]
         text = json.dumps(widgets)
         for needed in ["RequestCount", "HTTPCode_Target_5XX_Count", "ETH node block difference",
-                       "Number of healthy ETH nodes", "Leader stalled", "SEARCH("]:
+                       "Number of healthy ETH nodes", "Leader stalled", "SEARCH(",
+                       "Gate calls served", "Gate calls refused", "Client,Reason"]:
             check(needed in text, f"dashboard lacks {needed}")
     except (ValueError, KeyError) as error:
         check(False, f"dashboard body is not valid JSON: {error}")

@@ -14,6 +14,7 @@ use crate::nginx::NginxError;
 use crate::settings::{AgentSettings, S3Location};
 use crate::source::{ConfigFetcher, FetchError, FetchedConfig};
 use crate::status::{ConfigStatus, StatusReporter};
+use crate::usage::UsageReporter;
 
 /// The configuration nginx runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +99,8 @@ pub struct Agent {
     pub retry: RetryPolicy,
     /// Publishes whether the configuration in force is the newest (run mode with polling).
     pub reporter: Option<StatusReporter>,
+    /// Publishes the gate's usage per client (run mode).
+    pub usage: Option<UsageReporter>,
 }
 
 impl Agent {
@@ -113,6 +116,7 @@ impl Agent {
             installer,
             retry: RetryPolicy::default(),
             reporter: None,
+            usage: None,
         }
     }
 
@@ -345,10 +349,16 @@ impl Agent {
         }
     }
 
-    /// `run` with polling: prepares, starts nginx in the foreground as a child, forwards
-    /// SIGTERM, SIGQUIT, SIGINT and SIGHUP to it, and every `poll` checks the pointer, installing
-    /// a new valid configuration with a graceful reload (SIGHUP). Returns nginx's exit status.
-    pub async fn run_supervised(&self, poll: Duration) -> Result<ExitStatus, AgentError> {
+    /// `run` with polling or usage publication: prepares, starts nginx in the foreground as a
+    /// child, forwards SIGTERM, SIGQUIT, SIGINT and SIGHUP to it, every `poll` checks the
+    /// pointer, installing a new valid configuration with a graceful reload (SIGHUP), and every
+    /// `usage_every` publishes the gate's usage (with [`Agent::usage`] set). The two run side
+    /// by side: a slow one never delays the other. Returns nginx's exit status.
+    pub async fn run_supervised(
+        &self,
+        poll: Option<Duration>,
+        usage_every: Option<Duration>,
+    ) -> Result<ExitStatus, AgentError> {
         let mut current = self.prepare().await?;
         self.clear_stale_sockets();
         let mut child = tokio::process::Command::from(self.settings.nginx.foreground())
@@ -360,7 +370,13 @@ impl Agent {
         let pid = child
             .id()
             .ok_or_else(|| AgentError::Process("nginx exited at once".into()))?;
-        tracing::info!(pid, poll_seconds = poll.as_secs(), config = %current.label(), "nginx started; following the pointer");
+        tracing::info!(
+            pid,
+            poll_seconds = poll.map(|p| p.as_secs()),
+            usage_seconds = usage_every.filter(|_| self.usage.is_some()).map(|u| u.as_secs()),
+            config = %current.label(),
+            "nginx started under the agent"
+        );
 
         let signal_stream = |kind: SignalKind| {
             signal(kind).map_err(|e| AgentError::Process(format!("cannot handle signals: {e}")))
@@ -369,8 +385,10 @@ impl Agent {
         let mut quit = signal_stream(SignalKind::quit())?;
         let mut interrupt = signal_stream(SignalKind::interrupt())?;
         let mut hangup = signal_stream(SignalKind::hangup())?;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = poll.map(every);
+        let mut usage_reporter = usage_every.and(self.usage.clone());
+        let mut usage_ticker = usage_every.filter(|_| usage_reporter.is_some()).map(every);
+        let mut usage_step: Option<Pin<Box<dyn Future<Output = UsageReporter> + Send>>> = None;
 
         let mut refused: Option<String> = None;
         let mut stopping = false;
@@ -386,7 +404,7 @@ impl Agent {
                 _ = quit.recv() => { forward(pid, libc::SIGQUIT, "SIGQUIT"); stopping = true; }
                 _ = interrupt.recv() => { forward(pid, libc::SIGINT, "SIGINT"); stopping = true; }
                 _ = hangup.recv() => forward(pid, libc::SIGHUP, "SIGHUP"),
-                _ = ticker.tick(), if check.is_none() && !stopping => {
+                _ = tick(&mut ticker), if check.is_none() && !stopping => {
                     let (current, refused) = (current.clone(), refused.clone());
                     check = Some(Box::pin(async move {
                         let outcome = self.check_pointer(&current, refused.as_deref()).await;
@@ -417,8 +435,42 @@ impl Agent {
                         CheckOutcome::Unchanged | CheckOutcome::Failed => {}
                     }
                 }
+                _ = tick(&mut usage_ticker), if usage_reporter.is_some() && !stopping => {
+                    if let Some(mut reporter) = usage_reporter.take() {
+                        usage_step = Some(Box::pin(async move {
+                            reporter.step().await;
+                            reporter
+                        }));
+                    }
+                }
+                reporter = async {
+                    match usage_step.as_mut() {
+                        Some(pending) => pending.await,
+                        None => std::future::pending().await,
+                    }
+                }, if usage_step.is_some() => {
+                    usage_step = None;
+                    usage_reporter = Some(reporter);
+                }
             }
         }
+    }
+}
+
+/// A ticker every `period`, first ticking one period from now.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The next tick of `ticker`; never when there is none.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

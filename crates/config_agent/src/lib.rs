@@ -12,12 +12,17 @@
 //! pointer: a new configuration is validated with `nginx -t` and loaded with a graceful reload;
 //! an invalid one is refused and the last good one stays.
 //!
+//! With `CLOUDWATCH_NAMESPACE` and `STACK_NAME` set, `run` also supervises nginx without
+//! polling, to publish the gate's usage per client every minute ([`usage`]).
+//!
 //! `config_agent apply` fetches, validates, installs and reloads once (exit status 0/1).
 //!
 //! - [`settings`]: flags and environment;
 //! - [`source`]: S3 (through the core library's [`jsonrpc_proxy::config_bucket`]);
 //! - [`install`]: atomic writes, `nginx -t`, restore on refusal;
 //! - [`nginx`]: nginx commands and safe (URL-redacted) error output;
+//! - [`status`]: whether the configuration in force is the newest (metrics);
+//! - [`usage`]: the gate's usage per client, to CloudWatch;
 //! - [`agent`]: the two modes.
 
 pub mod agent;
@@ -26,6 +31,7 @@ pub mod nginx;
 pub mod settings;
 pub mod source;
 pub mod status;
+pub mod usage;
 
 pub use agent::{Agent, Applied, CheckOutcome};
 pub use settings::{parse_args, Mode, S3Location};

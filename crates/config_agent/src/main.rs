@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use config_agent::settings::USAGE;
 use config_agent::status::StatusReporter;
+use config_agent::usage::UsageReporter;
 use config_agent::{parse_args, Agent, Mode};
 use jsonrpc_proxy::metrics::MetricsPublisher;
 use jsonrpc_proxy::settings::Env;
@@ -35,30 +36,41 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Mode::Run { settings, poll } => {
+        Mode::Run {
+            settings,
+            poll,
+            usage,
+        } => {
             let config = aws_config().await;
             let mut agent = Agent::new(settings, aws_sdk_s3::Client::new(&config));
             // With CLOUDWATCH_NAMESPACE and STACK_NAME set, the agent publishes whether the
-            // configuration in force is the newest render (a stuck agent becomes visible).
+            // configuration in force is the newest render (a stuck agent becomes visible) and
+            // the gate's usage per client.
             let env = Env::process();
             if let (Some(namespace), Some(stack_name)) =
                 (env.get("CLOUDWATCH_NAMESPACE"), env.get("STACK_NAME"))
             {
+                let publisher =
+                    MetricsPublisher::new(aws_sdk_cloudwatch::Client::new(&config), namespace);
+                if usage.is_some() {
+                    agent.usage = Some(UsageReporter::new(
+                        publisher.clone(),
+                        stack_name.clone(),
+                        &agent.settings.socket_dir,
+                    ));
+                }
                 agent.reporter = Some(StatusReporter {
-                    publisher: MetricsPublisher::new(
-                        aws_sdk_cloudwatch::Client::new(&config),
-                        namespace,
-                    ),
+                    publisher,
                     stack_name,
                 });
             }
-            match poll {
-                None => {
+            match (poll, &agent.usage) {
+                (None, None) => {
                     let error = agent.run_exec().await;
                     tracing::error!(%error, "nginx not started");
                     ExitCode::FAILURE
                 }
-                Some(poll) => match agent.run_supervised(poll).await {
+                _ => match agent.run_supervised(poll, usage).await {
                     Ok(status) => exit_code(status),
                     Err(error) => {
                         tracing::error!(%error, "nginx not started");

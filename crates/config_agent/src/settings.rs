@@ -26,6 +26,8 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/jsonrpc-proxy";
 pub const DEFAULT_NGINX_BIN: &str = "nginx";
 /// Longest accepted poll interval, seconds.
 pub const MAX_POLL_SECONDS: u64 = 86_400;
+/// Default seconds between publications of the gate's usage (CloudWatch's minute).
+pub const DEFAULT_USAGE_SECONDS: u64 = 60;
 
 /// The usage text.
 pub const USAGE: &str = "\
@@ -47,6 +49,10 @@ OPTIONS (flag, then environment variable, then default):
                                      and polled (default: latest.json in the S3 path's bucket)
     --poll-seconds N                 CONFIG_POLL_SECONDS: run only; seconds between pointer
                                      checks, 0 = never (default 0)
+    --usage-seconds N                USAGE_PUBLISH_SECONDS: run only; seconds between
+                                     publications of the gate's usage per client to
+                                     CloudWatch (with CLOUDWATCH_NAMESPACE and STACK_NAME
+                                     set), 0 = never (default 60)
     --config-path PATH               NGINX_CONFIG_PATH: the file nginx includes
                                      (default /etc/nginx/conf.d/default.conf)
     --default-config PATH            NGINX_DEFAULT_CONFIG: the fallback configuration
@@ -127,6 +133,8 @@ pub enum Mode {
         settings: AgentSettings,
         /// Pointer poll interval; `None` = no polling.
         poll: Option<Duration>,
+        /// Interval of the usage publication; `None` = never.
+        usage: Option<Duration>,
     },
     /// Apply one configuration to a running nginx.
     Apply {
@@ -179,6 +187,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("--s3-path", "S3_CONFIG_PATH"),
     ("--pointer", "CONFIG_POINTER_PATH"),
     ("--poll-seconds", "CONFIG_POLL_SECONDS"),
+    ("--usage-seconds", "USAGE_PUBLISH_SECONDS"),
     ("--config-path", "NGINX_CONFIG_PATH"),
     ("--default-config", "NGINX_DEFAULT_CONFIG"),
     ("--socket-dir", "NGINX_SOCKET_DIR"),
@@ -222,7 +231,7 @@ pub fn parse_args(args: &[String], env: &Env<'_>) -> Result<Mode, UsageError> {
         let Some((flag, _)) = VALUE_FLAGS.iter().find(|(flag, _)| *flag == name) else {
             return Err(UsageError::Unknown(arg.to_owned()));
         };
-        if *flag == "--poll-seconds" && subcommand == "apply" {
+        if matches!(*flag, "--poll-seconds" | "--usage-seconds") && subcommand == "apply" {
             return Err(UsageError::Unknown(arg.to_owned()));
         }
         let value = match inline {
@@ -302,24 +311,36 @@ pub fn parse_args(args: &[String], env: &Env<'_>) -> Result<Mode, UsageError> {
         });
     }
 
-    let poll_seconds = match get("--poll-seconds") {
-        None => 0,
-        Some(value) => match value.parse::<u64>() {
-            Ok(seconds) if seconds <= MAX_POLL_SECONDS => seconds,
-            _ => {
-                return Err(UsageError::Invalid {
-                    name: "--poll-seconds / CONFIG_POLL_SECONDS",
-                    value,
-                    problem: "expected whole seconds, 0 to 86400",
-                })
-            }
-        },
+    let interval = |flag: &'static str, name: &'static str, default: u64| {
+        let seconds = match get(flag) {
+            None => default,
+            Some(value) => match value.parse::<u64>() {
+                Ok(seconds) if seconds <= MAX_POLL_SECONDS => seconds,
+                _ => {
+                    return Err(UsageError::Invalid {
+                        name,
+                        value,
+                        problem: "expected whole seconds, 0 to 86400",
+                    })
+                }
+            },
+        };
+        Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
     };
-    let poll = (poll_seconds > 0).then(|| Duration::from_secs(poll_seconds));
+    let poll = interval("--poll-seconds", "--poll-seconds / CONFIG_POLL_SECONDS", 0)?;
+    let usage = interval(
+        "--usage-seconds",
+        "--usage-seconds / USAGE_PUBLISH_SECONDS",
+        DEFAULT_USAGE_SECONDS,
+    )?;
     if poll.is_some() && settings.sources.pointer.is_none() {
         return Err(UsageError::NoPointer);
     }
-    Ok(Mode::Run { settings, poll })
+    Ok(Mode::Run {
+        settings,
+        poll,
+        usage,
+    })
 }
 
 #[cfg(test)]
@@ -339,10 +360,16 @@ mod tests {
 
     #[test]
     fn container_defaults() {
-        let Mode::Run { settings, poll } = parse(&[], &[]).unwrap() else {
+        let Mode::Run {
+            settings,
+            poll,
+            usage,
+        } = parse(&[], &[]).unwrap()
+        else {
             panic!("run expected")
         };
         assert_eq!(poll, None);
+        assert_eq!(usage, Some(Duration::from_secs(DEFAULT_USAGE_SECONDS)));
         assert_eq!(settings.sources, Sources::default());
         assert_eq!(settings.config_path, PathBuf::from(DEFAULT_CONFIG_PATH));
         assert_eq!(settings.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
@@ -358,15 +385,22 @@ mod tests {
             &[
                 ("S3_CONFIG_PATH", "s3://cfg-bucket/abc_nginx.conf"),
                 ("CONFIG_POLL_SECONDS", "60"),
+                ("USAGE_PUBLISH_SECONDS", "30"),
                 ("NGINX_CONF", "/tmp/x/nginx.conf"),
                 ("NGINX_BIN", "/opt/nginx"),
             ],
         )
         .unwrap();
-        let Mode::Run { settings, poll } = mode else {
+        let Mode::Run {
+            settings,
+            poll,
+            usage,
+        } = mode
+        else {
             panic!("run expected")
         };
         assert_eq!(poll, Some(Duration::from_secs(5)));
+        assert_eq!(usage, Some(Duration::from_secs(30)));
         assert_eq!(
             settings.sources.config.as_ref().unwrap().to_string(),
             "s3://cfg-bucket/abc_nginx.conf"
@@ -426,6 +460,17 @@ mod tests {
             parse(&["--poll-seconds", "10"], &[]),
             Err(UsageError::NoPointer)
         );
+        assert!(matches!(
+            parse(&[], &[("USAGE_PUBLISH_SECONDS", "soon")]),
+            Err(UsageError::Invalid { .. })
+        ));
+        assert_eq!(
+            parse(
+                &["apply", "--pointer", "s3://b/p", "--usage-seconds", "5"],
+                &[]
+            ),
+            Err(UsageError::Unknown("--usage-seconds".into()))
+        );
         assert_eq!(
             parse(&["--config-path"], &[]),
             Err(UsageError::MissingValue("--config-path".into()))
@@ -448,14 +493,19 @@ mod tests {
 
     #[test]
     fn blank_environment_values_are_unset() {
-        let Mode::Run { settings, poll } = parse(
-            &[],
+        let Mode::Run {
+            settings,
+            poll,
+            usage,
+        } = parse(
+            &["--usage-seconds", "0"],
             &[("S3_CONFIG_PATH", " "), ("CONFIG_POLL_SECONDS", "0")],
         )
-        .unwrap() else {
+        .unwrap()
+        else {
             panic!("run expected")
         };
         assert_eq!(settings.sources.config, None);
-        assert_eq!(poll, None);
+        assert_eq!((poll, usage), (None, None));
     }
 }

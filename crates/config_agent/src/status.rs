@@ -55,10 +55,10 @@ impl ConfigStatus {
     pub fn metric_points(&self, stack_name: &str) -> Vec<MetricPoint> {
         let point = |name, value: u64| MetricPoint {
             name,
-            dimension: (
+            dimensions: vec![(
                 jsonrpc_proxy::metrics::DIMENSION_STACK_NAME,
                 stack_name.to_owned(),
-            ),
+            )],
             value: value as f64,
             unit: MetricUnit::Seconds,
         };
@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(points.len(), 2);
         assert!(points
             .iter()
-            .all(|p| p.unit == MetricUnit::Seconds && p.dimension.1 == "stack"));
+            .all(|p| p.unit == MetricUnit::Seconds && p.dimensions[0].1 == "stack"));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The shared library of the jsonrpc-proxy Lambda functions (docs/architecture.md, "Crates").
 //!
 //! - Pure parts, tested without I/O: [`backend_url`], [`health`], [`routing`], [`nginx`],
-//!   [`metrics`], [`clients`] (names, method lists, keys and their hashes), and the events and
-//!   settings of each function.
+//!   [`metrics`], [`usage`] (the gate's counters as deltas), [`clients`] (names, method lists,
+//!   keys and their hashes), and the events and settings of each function.
 //! - Adapters: [`store`] and [`clients_store`] (DynamoDB), [`config_bucket`] (S3), [`metrics::MetricsPublisher`]
 //!   (CloudWatch), [`renderer_trigger`] (Lambda), [`ecs_updater::EcsUpdater`] (ECS), [`probe`]
-//!   (the nodes, over HTTP).
+//!   (the nodes, over HTTP), [`usage::read_usage`] (the gate's usage socket).
 //! - Function bodies, each with its settings: [`admin`] (`add_backend`, `list_backends`,
 //!   `remove_backend`), [`clients`] (`add_client`,
 //!   `list_clients`, `remove_client`), [`health_checker`], [`config_renderer`], [`ecs_updater`].
@@ -30,6 +30,7 @@ pub mod routing;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 pub use lambda_runtime;
 

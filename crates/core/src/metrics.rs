@@ -31,8 +31,8 @@ pub const MAX_DATA_PER_CALL: usize = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
     pub name: &'static str,
-    /// Dimension name and value.
-    pub dimension: (&'static str, String),
+    /// Dimension names and values.
+    pub dimensions: Vec<(&'static str, String)>,
     pub value: f64,
     pub unit: MetricUnit,
 }
@@ -40,8 +40,10 @@ pub struct MetricPoint {
 /// Units used by the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricUnit {
-    /// No unit (counts and block numbers).
+    /// No unit (block numbers and other plain numbers).
     None,
+    /// A number of events.
+    Count,
     Milliseconds,
     Seconds,
 }
@@ -58,7 +60,7 @@ pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoi
         };
         let node = |name, value, unit| MetricPoint {
             name,
-            dimension: (DIMENSION_NODE_URL, label.clone()),
+            dimensions: vec![(DIMENSION_NODE_URL, label.clone())],
             value,
             unit,
         };
@@ -78,13 +80,13 @@ pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoi
     }
     points.push(MetricPoint {
         name: METRIC_HEALTHY_NODES,
-        dimension: (DIMENSION_STACK_NAME, stack_name.to_owned()),
+        dimensions: vec![(DIMENSION_STACK_NAME, stack_name.to_owned())],
         value: round.healthy_count() as f64,
         unit: MetricUnit::None,
     });
     points.push(MetricPoint {
         name: METRIC_LEADER_STALLED,
-        dimension: (DIMENSION_STACK_NAME, stack_name.to_owned()),
+        dimensions: vec![(DIMENSION_STACK_NAME, stack_name.to_owned())],
         value: if round.leader_stalled() { 1.0 } else { 0.0 },
         unit: MetricUnit::None,
     });
@@ -158,15 +160,17 @@ impl MetricsPublisher {
 fn to_datum(point: &MetricPoint, timestamp: DateTime) -> MetricDatum {
     MetricDatum::builder()
         .metric_name(point.name)
-        .dimensions(
-            Dimension::builder()
-                .name(point.dimension.0)
-                .value(&point.dimension.1)
-                .build(),
-        )
+        .set_dimensions(Some(
+            point
+                .dimensions
+                .iter()
+                .map(|(name, value)| Dimension::builder().name(*name).value(value).build())
+                .collect(),
+        ))
         .value(point.value)
         .unit(match point.unit {
             MetricUnit::None => StandardUnit::None,
+            MetricUnit::Count => StandardUnit::Count,
             MetricUnit::Milliseconds => StandardUnit::Milliseconds,
             MetricUnit::Seconds => StandardUnit::Seconds,
         })
@@ -212,7 +216,7 @@ mod tests {
         let find = |name: &str, label: &str| {
             points
                 .iter()
-                .find(|p| p.name == name && p.dimension.1 == label)
+                .find(|p| p.name == name && p.dimensions[0].1 == label)
                 .map(|p| (p.value, p.unit))
         };
         let leader = BackendUrl::parse("https://mainnet.infura.io/v3/SECRETKEY")
@@ -253,10 +257,14 @@ mod tests {
             Some((0.0, MetricUnit::None))
         );
         assert_eq!(points.len(), 8);
-        assert!(points.iter().all(|p| !p.dimension.1.contains("SECRETKEY")));
-        assert!(points.iter().all(|p| p.dimension.0 == DIMENSION_NODE_URL
-            || p.name == METRIC_HEALTHY_NODES
-            || p.name == METRIC_LEADER_STALLED));
+        assert!(points
+            .iter()
+            .all(|p| !p.dimensions[0].1.contains("SECRETKEY")));
+        assert!(points
+            .iter()
+            .all(|p| p.dimensions[0].0 == DIMENSION_NODE_URL
+                || p.name == METRIC_HEALTHY_NODES
+                || p.name == METRIC_LEADER_STALLED));
     }
 
     #[test]
@@ -280,7 +288,7 @@ mod tests {
         let value = |name: &str, label: &str| {
             points
                 .iter()
-                .find(|p| p.name == name && p.dimension.1 == label)
+                .find(|p| p.name == name && p.dimensions[0].1 == label)
                 .map(|p| p.value)
         };
         assert_eq!(value(METRIC_LEADER_STALLED, "s"), Some(1.0));

@@ -187,6 +187,7 @@ async fn main() -> std::process::ExitCode {
                 .map(|o| o.errors.clone())
                 .unwrap_or_default();
             let stats = stack.function_stats();
+            let usage = local_stack::view::read_frame_usage(stack.socket_dir()).await;
             let functions = stats
                 .iter()
                 .map(|(name, stats)| (name.as_str(), stats.clone()))
@@ -202,6 +203,7 @@ async fn main() -> std::process::ExitCode {
                 transitions: &transitions,
                 errors: &errors,
                 rounds,
+                usage: usage.as_ref(),
             });
             let mut stdout = std::io::stdout().lock();
             let _ = write!(stdout, "\x1b[H\x1b[2J{frame}");

@@ -433,6 +433,11 @@ impl LocalStack {
         }
     }
 
+    /// The directory of nginx's unix sockets (the gate's usage endpoint among them).
+    pub fn socket_dir(&self) -> &std::path::Path {
+        &self.socket_dir
+    }
+
     /// The local AWS endpoint (moto behind the Lambda emulator's Invoke API).
     pub fn aws_endpoint(&self) -> String {
         self.emulator.endpoint().to_owned()

@@ -1,8 +1,13 @@
-//! The terminal live view: backends, the config in force, function counters, transitions.
+//! The terminal live view: backends, the config in force, the gate's calls and refusals per
+//! client, function counters, transitions.
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
 
 use jsonrpc_proxy::backend::Backend;
+use jsonrpc_proxy::gate::USAGE_SOCKET;
+use jsonrpc_proxy::usage::{read_usage, UsageSnapshot};
 
 use crate::lambda_emulator::FunctionStats;
 use crate::stack::{AppliedConfig, Transition};
@@ -30,6 +35,53 @@ pub struct Frame<'a> {
     pub errors: &'a [String],
     /// Rounds run.
     pub rounds: u64,
+    /// The gate's counters since nginx started (`None`: no gate in force).
+    pub usage: Option<&'a UsageSnapshot>,
+}
+
+/// The gate's counters, read from the local nginx's usage endpoint (the one the config agent
+/// publishes from in a deployment: current to the frame, where CloudWatch lags a minute).
+pub async fn read_frame_usage(socket_dir: &Path) -> Option<UsageSnapshot> {
+    read_usage(&socket_dir.join(USAGE_SOCKET), Duration::from_secs(1))
+        .await
+        .ok()
+}
+
+/// Calls served and refused (by reason) per client.
+fn render_usage(out: &mut String, usage: &UsageSnapshot) {
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10}  REFUSED BY REASON",
+        "CLIENT", "SERVED", "REFUSED"
+    );
+    let mut clients: Vec<&str> = usage.keys().map(|c| c.client.as_str()).collect();
+    clients.dedup();
+    for client in &clients {
+        let mut served = 0;
+        let mut refused = 0;
+        let mut reasons = Vec::new();
+        for (counter, &count) in usage.iter().filter(|(c, _)| c.client == *client) {
+            match &counter.refused {
+                None => served += count,
+                Some(reason) if count > 0 => {
+                    refused += count;
+                    reasons.push(format!("{reason} {count}"));
+                }
+                Some(_) => {}
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>10}  {}",
+            truncate(client, 24),
+            served,
+            refused,
+            reasons.join(", ")
+        );
+    }
+    if clients.is_empty() {
+        out.push_str("(no calls yet)\n");
+    }
 }
 
 /// Renders a frame as plain text (no escape codes).
@@ -114,6 +166,11 @@ pub fn render_frame(frame: &Frame<'_>) -> String {
         None => out.push_str("config in force: initial 404 server (no config rendered yet)\n"),
     }
     out.push('\n');
+    match frame.usage {
+        Some(usage) => render_usage(&mut out, usage),
+        None => out.push_str("gate usage: not available (no gate in force)\n"),
+    }
+    out.push('\n');
     let counters: Vec<String> = frame
         .functions
         .iter()
@@ -182,6 +239,11 @@ mod tests {
             backends: vec!["http://127.0.0.1:1 (node)".into()],
             applied_at: "2026-11-24T03:00:00.000000Z".into(),
         };
+        let usage = jsonrpc_proxy::usage::parse_usage(
+            br#"{"clients":{"(unknown)":{"served":0,"refused":{"key":2}},
+                "demo":{"served":12,"refused":{"method":1,"rate":3}}}}"#,
+        )
+        .unwrap();
         let transitions = vec![Transition {
             at: "2026-11-24T03:00:01.000000Z".into(),
             text: "x healthy → unhealthy".into(),
@@ -204,6 +266,7 @@ mod tests {
             transitions: &transitions,
             errors: &[],
             rounds: 4,
+            usage: Some(&usage),
         });
         assert!(text.contains("UNHEALTHY"));
         assert!(text.contains("timeout after 2000 ms"));
@@ -212,5 +275,17 @@ mod tests {
         assert!(text.contains("config in force: abc_nginx.conf"));
         assert!(text.contains("03:00:01  x healthy → unhealthy"));
         assert!(text.contains("health_checker 3✓ 1✗"));
+        let demo = text.lines().find(|l| l.starts_with("demo")).unwrap();
+        assert_eq!(
+            demo.split_whitespace().collect::<Vec<_>>(),
+            ["demo", "12", "4", "method", "1,", "rate", "3"]
+        );
+        let unknown = text.lines().find(|l| l.starts_with("(unknown)")).unwrap();
+        assert_eq!(
+            unknown.split_whitespace().collect::<Vec<_>>(),
+            ["(unknown)", "0", "2", "key", "2"]
+        );
+        let without = render_frame(&Frame::default());
+        assert!(without.contains("gate usage: not available"));
     }
 }
