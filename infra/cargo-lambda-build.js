@@ -6,8 +6,8 @@
 // Each function key is the name of its crate in the Cargo workspace; cargo lambda writes
 // ${CARGO_TARGET_DIR:-target}/lambda/<crate>/bootstrap.zip. The plugin then copies it to
 // <crate>.zip beside it, the function's `package.artifact` in serverless.yml: the framework
-// uploads every artifact under its file name, so ten `bootstrap.zip`s would overwrite each
-// other in the deployment bucket and every function would get the last one.
+// uploads every artifact under its file name, so the functions' `bootstrap.zip`s would
+// overwrite each other in the deployment bucket and every function would get the last one.
 // SKIP_CARGO_LAMBDA_BUILD=1 skips the build (the zips must then exist already); the copy
 // always happens.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deployment checks (run by scripts/test.sh after cargo test):
 #  1. `sls package -s dev` with config.yml.sample as the configuration: the real package step,
-#     including the cargo lambda build of the ten arm64 zips (the infra/cargo-lambda-build.js
+#     including the cargo lambda build of the arm64 zips (the infra/cargo-lambda-build.js
 #     hook). Cargo's cache makes it take seconds when the code is unchanged; on a cold target
 #     directory the release builds take about 15 minutes on 2 cores.
 #     Every function has its own artifact (a distinct S3 key) holding its own crate's arm64
