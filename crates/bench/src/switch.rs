@@ -213,6 +213,9 @@ pub async fn run(options: &SwitchOptions) -> Result<SwitchReport, String> {
         proxy_port: devstack::free_port().map_err(|e| e.to_string())?,
         check_interval: Duration::from_secs(options.interval_secs.max(1)),
         tolerance: options.tolerance,
+        // The two clients share one address: the open gate's per-address limit must not be
+        // what this part measures.
+        calls_per_second: Some(100_000),
         ..StackOptions::defaults(bin_dir, work.path().to_owned())
     };
     let port = stack_options.proxy_port;
