@@ -34,8 +34,10 @@ impl NginxPrefix {
             fs::create_dir_all(root.join(sub)).expect("mkdir");
             fs::set_permissions(root.join(sub), fs::Permissions::from_mode(0o755)).expect("chmod");
         }
+        // The image's main configuration loads the Lua module the gate runs on.
+        let modules = devstack::lua_module_lines(std::path::Path::new(&Self::nginx_bin()));
         let main = format!(
-            "worker_processes 1;\n\
+            "{modules}worker_processes 1;\n\
              error_log {root}/logs/error.log info;\n\
              pid {root}/logs/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\

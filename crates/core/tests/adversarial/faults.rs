@@ -343,7 +343,8 @@ async fn render_faults_never_leave_a_pointer_to_a_missing_or_different_config() 
         .await
         .expect_err("scan fails");
     assert!(matches!(error, RenderError::Store(_)), "{error}");
-    assert_eq!(proxy.attempts(SCAN), 3);
+    // Three attempts for each table (backends and clients, read together).
+    assert_eq!(proxy.attempts(SCAN), 6);
     assert_eq!(env.object_keys().await, keys_before);
     assert_eq!(
         env.pointer_is_consistent("scan failed").await,

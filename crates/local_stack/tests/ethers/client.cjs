@@ -83,7 +83,8 @@ async function main() {
   console.log(`ethers client: anvil_mine refused, nodes still at ${before.join(", ")}`);
 
   // A newHeads subscription over the key's WebSocket URL: a block mined on the nodes arrives.
-  const ws = new WebSocketProvider(WEBSOCKET, network, options);
+  // Sockets-based providers do not batch: only the static network.
+  const ws = new WebSocketProvider(WEBSOCKET, network, { staticNetwork: network });
   assert.equal(await ws.getBlockNumber(), Math.max(...before));
   await assert.rejects(ws.send("anvil_mine", [5]), /method not allowed/);
   const target = Math.max(...before) + 1;
