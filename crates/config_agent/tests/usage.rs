@@ -4,13 +4,10 @@
 //! holding the name; the key is in no metric and no log line.
 
 use config_agent::usage::UsageReporter;
-use devstack::testkit::TestStack;
-use devstack::{free_port, Anvil, AnvilOptions, Fault, FaultRule, Nginx};
-use jsonrpc_proxy::backend::Backend;
+use devstack::testkit::{GatedNginx, TestStack};
+use devstack::{Anvil, AnvilOptions, Fault, FaultRule};
 use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy};
 use jsonrpc_proxy::metrics::MetricsPublisher;
-use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
 use jsonrpc_proxy::usage::{METRIC_CALLS_REFUSED, METRIC_CALLS_SERVED};
 use serde_json::{json, Value};
 
@@ -86,21 +83,6 @@ fn refused(client: &str, reason: &str, value: f64) -> (String, String, String, f
 async fn usage_per_client_reaches_cloudwatch_as_deltas_without_the_key() {
     let stack = TestStack::with_faults("usage").await;
     let anvil = Anvil::start(AnvilOptions::default()).expect("anvil");
-    let sockets = tempfile::Builder::new()
-        .prefix("jrpu")
-        .tempdir()
-        .expect("sockets");
-    let logs = tempfile::tempdir().expect("logs");
-    let options = RenderOptions {
-        listen_port: free_port().expect("port"),
-        socket_dir: sockets.path().display().to_string(),
-        ..RenderOptions::default()
-    };
-    let plan = RoutingPlan::from_backends(&[Backend {
-        url: anvil.url(),
-        is_healthy: true,
-        ..Backend::default()
-    }]);
     let policy = GatePolicy {
         clients: vec![GateClient {
             name: "app".into(),
@@ -108,24 +90,17 @@ async fn usage_per_client_reaches_cloudwatch_as_deltas_without_the_key() {
             calls_per_second: 1000,
             allow_methods: vec![],
         }],
-        lua_dir: devstack::gate_lua_dir(),
-        access_log: logs.path().join("access.log").display().to_string(),
-        trusted_proxy_cidrs: vec!["127.0.0.1/32".into()],
         ..GatePolicy::default()
     };
-    policy.validate().expect("valid policy");
-    let nginx = Nginx::start(
-        &render_gated(&plan, &options, Some(&policy)),
-        sockets.path(),
-    )
-    .expect("nginx");
-    let port = options.listen_port;
+    let gated = GatedNginx::start(&anvil.url(), policy, 1);
+    let nginx = &gated.nginx;
+    let port = gated.port;
     let keyed = format!("/v3/{KEY}");
 
     let mut reporter = UsageReporter::new(
         MetricsPublisher::new(stack.clients().cloudwatch.clone(), &stack.namespace),
         stack.stack_name.clone(),
-        sockets.path(),
+        gated.socket_dir(),
     );
 
     // Minute 1: 3 plain calls and a batch of 2 served, 1 denied method, 1 wrong key.
@@ -185,14 +160,14 @@ async fn usage_per_client_reaches_cloudwatch_as_deltas_without_the_key() {
     let recorded = serde_json::to_string(&stack.metric_calls()).expect("json");
     assert!(!recorded.contains(KEY));
     for log in [
-        logs.path().join("access.log"),
+        gated.access_log(),
         nginx.error_log_path(),
         nginx.access_log_path(),
     ] {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!text.contains(KEY), "{} holds the key", log.display());
     }
-    assert!(std::fs::read_to_string(logs.path().join("access.log"))
+    assert!(std::fs::read_to_string(gated.access_log())
         .expect("access log")
         .contains("app"));
 }

@@ -7,9 +7,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use devstack::testkit::GatedNginx;
 use devstack::{free_port, Anvil, AnvilOptions, FaultProxy, Nginx};
 use jsonrpc_proxy::backend::Backend;
 use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
@@ -38,52 +39,25 @@ fn clients(cps: u32) -> Vec<GateClient> {
     ]
 }
 
-/// nginx in front of `node_url`, gated by `policy` (its Lua directory and access log set here).
-struct Stack {
-    nginx: Nginx,
-    port: u16,
-    options: RenderOptions,
-    plan: RoutingPlan,
-    _sockets: tempfile::TempDir,
-    logs: tempfile::TempDir,
+/// [`GatedNginx`] with this test's ways of calling it.
+struct Stack(GatedNginx);
+
+impl std::ops::Deref for Stack {
+    type Target = GatedNginx;
+    fn deref(&self) -> &GatedNginx {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut GatedNginx {
+        &mut self.0
+    }
 }
 
 impl Stack {
     fn start(node_url: &str, policy: GatePolicy, workers: u32) -> Self {
-        let sockets = tempfile::Builder::new()
-            .prefix("jrpg")
-            .tempdir()
-            .expect("sockets");
-        let logs = tempfile::tempdir().expect("logs");
-        let options = RenderOptions {
-            listen_port: free_port().expect("port"),
-            socket_dir: sockets.path().display().to_string(),
-            ..RenderOptions::default()
-        };
-        let plan = RoutingPlan::from_backends(&[Backend {
-            url: node_url.into(),
-            is_healthy: true,
-            ..Backend::default()
-        }]);
-        let text = render(&plan, &options, logs.path(), policy);
-        let nginx = Nginx::start_with_workers(&text, sockets.path(), workers).expect("nginx");
-        Self {
-            nginx,
-            port: options.listen_port,
-            options,
-            plan,
-            _sockets: sockets,
-            logs,
-        }
-    }
-
-    fn reload(&mut self, policy: GatePolicy) {
-        let text = render(&self.plan, &self.options, self.logs.path(), policy);
-        self.nginx.reload(&text).expect("reload");
-    }
-
-    fn access_log(&self) -> PathBuf {
-        self.logs.path().join("access.log")
+        Self(GatedNginx::start(node_url, policy, workers))
     }
 
     fn post(&self, path: &str, body: &str) -> Answer {
@@ -119,7 +93,7 @@ impl Stack {
     }
 
     fn usage(&self) -> Value {
-        let socket = Path::new(&self.options.socket_dir).join(USAGE_SOCKET);
+        let socket = self.socket_dir().join(USAGE_SOCKET);
         let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("usage socket");
         stream
             .write_all(b"GET /usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -139,17 +113,6 @@ impl Stack {
 }
 
 /// The gated configuration, with the repository's Lua modules and an access log in `logs`.
-fn render(plan: &RoutingPlan, options: &RenderOptions, logs: &Path, policy: GatePolicy) -> String {
-    let policy = GatePolicy {
-        lua_dir: devstack::gate_lua_dir(),
-        access_log: logs.join("access.log").display().to_string(),
-        trusted_proxy_cidrs: vec!["127.0.0.1/32".into()],
-        ..policy
-    };
-    policy.validate().expect("valid policy");
-    render_gated(plan, options, Some(&policy))
-}
-
 struct Answer {
     status: u16,
     body: String,

@@ -5,6 +5,7 @@
 //! How tests use it: "Build and test" in `CONTRIBUTING.md`.
 
 mod checker;
+mod gated;
 mod node;
 mod stack;
 
@@ -19,6 +20,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use crate::{MetricsRecorder, Moto};
 
 pub use checker::CheckerBuilder;
+pub use gated::GatedNginx;
 pub use node::{node_answer, node_result, rpc_answer, serve, Answer, Node, Server};
 pub use stack::{Clients, TestStack};
 
