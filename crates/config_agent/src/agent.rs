@@ -416,12 +416,7 @@ impl Agent {
                         outcome
                     }));
                 }
-                outcome = async {
-                    match check.as_mut() {
-                        Some(pending) => pending.await,
-                        None => std::future::pending().await,
-                    }
-                }, if check.is_some() => {
+                outcome = in_flight(&mut check), if check.is_some() => {
                     check = None;
                     match outcome {
                         CheckOutcome::Installed(applied) if !stopping => {
@@ -443,17 +438,21 @@ impl Agent {
                         }));
                     }
                 }
-                reporter = async {
-                    match usage_step.as_mut() {
-                        Some(pending) => pending.await,
-                        None => std::future::pending().await,
-                    }
-                }, if usage_step.is_some() => {
+                reporter = in_flight(&mut usage_step), if usage_step.is_some() => {
                     usage_step = None;
                     usage_reporter = Some(reporter);
                 }
             }
         }
+    }
+}
+
+/// The output of the future in `slot`; never ready when the slot is empty (a `select!` branch
+/// guarded by `slot.is_some()`).
+async fn in_flight<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> T {
+    match slot.as_mut() {
+        Some(pending) => pending.await,
+        None => std::future::pending().await,
     }
 }
 
