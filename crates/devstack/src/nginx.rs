@@ -39,6 +39,7 @@ pub struct Nginx {
     process: Supervised,
     socket_dir: PathBuf,
     fragment: String,
+    workers: usize,
 }
 
 /// The `load_module` lines of the Lua module (and the NDK it needs), from nginx's own
@@ -216,7 +217,8 @@ impl Nginx {
     ) -> Result<Self, Error> {
         let bin = NGINX.locate()?;
         let mut prefix = WorkDir::new("nginx")?;
-        let conf = prepare_prefix(&bin, prefix.path(), fragment, workers.max(1))?;
+        let workers = workers.max(1);
+        let conf = prepare_prefix(&bin, prefix.path(), fragment, workers)?;
         std::fs::create_dir_all(socket_dir)
             .map_err(|e| Error::io(format!("creating {}", socket_dir.display()), e))?;
         set_mode(socket_dir, 0o755)?;
@@ -259,12 +261,14 @@ impl Nginx {
             process,
             socket_dir: socket_dir.to_owned(),
             fragment: fragment.to_owned(),
+            workers: workers as usize,
         })
     }
 
     /// Replaces the configuration: checks the new fragment with `nginx -t` (on failure the
     /// running configuration stays and `Err` carries nginx's complaint), signals the master
-    /// (`SIGHUP`) and waits until a new worker runs it and its TCP ports accept connections.
+    /// (`SIGHUP`) and waits until the new workers run it, its TCP ports accept connections and
+    /// the old workers have stopped accepting.
     pub fn reload(&mut self, fragment: &str) -> Result<(), Error> {
         let conf = self.prefix.path().join("conf/nginx.conf");
         let fragment_path = self.prefix.path().join("conf").join(FRAGMENT);
@@ -291,16 +295,17 @@ impl Nginx {
         }
         let ports = tcp_listen_ports(fragment);
         let result = self.process.wait_ready(READY_TIMEOUT, || {
-            workers_started() > before && ports.iter().all(|p| port_open(*p))
+            workers_started() >= before + self.workers && ports.iter().all(|p| port_open(*p))
         });
         match result {
             Ok(()) => {
                 self.fragment = fragment.to_owned();
                 // nginx lets old and new workers accept side by side for 100 ms, then tells
-                // the old ones to stop: wait for that, so callers' new connections reach the
-                // new configuration (bounded: an old worker's notice could be missed).
-                let _ = self.process.wait_ready(Duration::from_secs(2), || {
-                    workers_leaving() > leaving_before
+                // the old ones to stop: wait until every old worker has said so, so callers'
+                // new connections reach the new configuration (bounded: a notice could be
+                // missed on a loaded machine).
+                let _ = self.process.wait_ready(READY_TIMEOUT, || {
+                    workers_leaving() >= leaving_before + self.workers
                 });
                 Ok(())
             }
