@@ -109,6 +109,7 @@ mod tests {
             key: "abc_nginx.conf".into(),
             sha256: sha256.into(),
             plan_fingerprint: "f".into(),
+            clients_fingerprint: None,
             rendered_at: rendered_at.into(),
             backends: vec![],
         }

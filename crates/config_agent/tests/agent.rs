@@ -65,6 +65,7 @@ async fn publish_raw(stack: &TestStack, key: &str, text: &str) {
             key: key.into(),
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             plan_fingerprint: "test".into(),
+            clients_fingerprint: None,
             rendered_at: "2026-11-24T03:00:00Z".into(),
             backends: vec![],
         })

@@ -27,6 +27,11 @@ pub struct ConfigPointer {
     pub sha256: String,
     /// Fingerprint of the routing plan it renders.
     pub plan_fingerprint: String,
+    /// Fingerprint of the clients its gate admits ([`crate::gate::clients_fingerprint`]).
+    /// `None` in a pointer written before the renderer recorded it: never equal to the
+    /// table's, so the next health-check round requests a render that records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients_fingerprint: Option<String>,
     /// When it was rendered, ISO-8601 UTC.
     pub rendered_at: String,
     /// Redacted labels of the routed backends.
@@ -192,5 +197,28 @@ impl ConfigBucket {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pointer_without_a_clients_fingerprint_still_reads() {
+        let old = r#"{"key": "a_nginx.conf", "sha256": "ab", "plan_fingerprint": "f",
+            "rendered_at": "2026-11-24T03:00:00Z", "backends": []}"#;
+        let pointer: ConfigPointer = serde_json::from_str(old).expect("an old pointer");
+        assert_eq!(pointer.clients_fingerprint, None);
+        let new = ConfigPointer {
+            clients_fingerprint: Some("c".into()),
+            ..pointer
+        };
+        let text = serde_json::to_string(&new).expect("json");
+        assert!(text.contains(r#""clients_fingerprint":"c""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<ConfigPointer>(&text).expect("read"),
+            new
+        );
     }
 }

@@ -12,7 +12,7 @@ use crate::backend::iso8601;
 use crate::clients::MAX_CALLS_PER_SECOND;
 use crate::clients_store::ClientStore;
 use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, CONFIG_KEY_SUFFIX};
-use crate::gate::{GatePolicy, GatePolicyError};
+use crate::gate::{clients_fingerprint, GatePolicy, GatePolicyError};
 use crate::nginx::{render_gated, RenderOptions};
 use crate::routing::RoutingPlan;
 use crate::settings::{Env, SettingsError};
@@ -46,6 +46,8 @@ pub struct RenderSummary {
     pub sha256: String,
     /// Fingerprint of its routing plan.
     pub plan_fingerprint: String,
+    /// Fingerprint of the clients its gate admits ([`clients_fingerprint`]).
+    pub clients_fingerprint: String,
     /// Redacted labels of the routed backends.
     pub backends: Vec<String>,
     /// Names of the clients the gate admits.
@@ -236,8 +238,10 @@ impl ConfigRenderer {
     /// Renders the plan the backends table implies, behind the gate with the clients table's
     /// clients, and publishes it as `<request_id>_nginx.conf`, then updates the pointer. When
     /// the last published config has the same text (which holds the clients' key digests),
-    /// nothing is written (no needless redeploy) unless `force` is set. A policy that fails
-    /// validation is an error: nothing is written.
+    /// no config is written (no needless redeploy) unless `force` is set; the pointer is only
+    /// rewritten, with the same config, when its fingerprints are not this render's (an older
+    /// pointer without the clients' one), or the health checker would ask again every round.
+    /// A policy that fails validation is an error: nothing is written.
     pub async fn render_and_publish(
         &self,
         request_id: &str,
@@ -260,6 +264,7 @@ impl ConfigRenderer {
         let text = render_gated(&plan, &self.options, Some(&policy));
         let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
         let plan_fingerprint = plan.fingerprint();
+        let clients_fingerprint = clients_fingerprint(&records);
         let labels = plan.labels();
 
         if !force {
@@ -268,12 +273,31 @@ impl ConfigRenderer {
                     if pointer.sha256 == sha256
                         && self.bucket.head(&pointer.key).await?.is_some() =>
                 {
-                    tracing::info!(key = %pointer.key, "config unchanged; nothing written");
+                    if pointer.plan_fingerprint == plan_fingerprint
+                        && pointer.clients_fingerprint.as_deref()
+                            == Some(clients_fingerprint.as_str())
+                    {
+                        tracing::info!(key = %pointer.key, "config unchanged; nothing written");
+                    } else {
+                        self.bucket
+                            .put_pointer(&ConfigPointer {
+                                plan_fingerprint: plan_fingerprint.clone(),
+                                clients_fingerprint: Some(clients_fingerprint.clone()),
+                                backends: labels.clone(),
+                                ..pointer.clone()
+                            })
+                            .await?;
+                        tracing::info!(
+                            key = %pointer.key,
+                            "config unchanged; the pointer's fingerprints brought up to date"
+                        );
+                    }
                     return Ok(RenderSummary {
                         written: false,
                         key: pointer.key,
                         sha256,
                         plan_fingerprint,
+                        clients_fingerprint,
                         backends: labels,
                         clients,
                     });
@@ -291,6 +315,7 @@ impl ConfigRenderer {
             key: key.clone(),
             sha256: sha256.clone(),
             plan_fingerprint: plan_fingerprint.clone(),
+            clients_fingerprint: Some(clients_fingerprint.clone()),
             rendered_at: iso8601(OffsetDateTime::now_utc()),
             backends: labels.clone(),
         };
@@ -301,6 +326,7 @@ impl ConfigRenderer {
             key,
             sha256,
             plan_fingerprint,
+            clients_fingerprint,
             backends: labels,
             clients,
         })

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub use crate::clients::key_sha256;
@@ -173,6 +174,72 @@ pub enum GatePolicyError {
     Zero(&'static str),
 }
 
+/// Each record in order, with the client the gate makes of it, or why the gate cannot use it
+/// (a damaged item, or a name or key digest an earlier record already has) as its name and
+/// the problem.
+fn admit<'a>(
+    records: impl IntoIterator<Item = &'a ClientRecord>,
+    default_calls_per_second: u32,
+) -> impl Iterator<Item = (&'a ClientRecord, Result<GateClient, (String, String)>)> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut digests = std::collections::BTreeSet::new();
+    records.into_iter().map(move |record| {
+        let client = GateClient::of(record, default_calls_per_second);
+        let problem = match client.validate() {
+            Err(error) => Some(error.to_string()),
+            Ok(()) if names.contains(&client.name) => Some("its name is listed twice".into()),
+            Ok(()) if digests.contains(&client.key_sha256) => {
+                Some("another client has the same key".into())
+            }
+            Ok(()) => None,
+        };
+        let admitted = match problem {
+            Some(problem) => Err((client.name, problem)),
+            None => {
+                names.insert(client.name.clone());
+                digests.insert(client.key_sha256.clone());
+                Ok(client)
+            }
+        };
+        (record, admitted)
+    })
+}
+
+/// A fingerprint of the clients the gate admits from `records` ([`GatePolicy::with_clients`]'s
+/// rule, records taken in name order as [`ClientStore::all`](crate::clients_store::ClientStore::all)
+/// gives them): the lowercase hex SHA-256 over each admitted client's name, key digest, own
+/// `calls_per_second` (none: the deployment's default) and `allow_methods`. It holds only what
+/// the clients table holds, never a key; equal clients give equal fingerprints, whatever their
+/// order. The renderer records it in the config pointer, and the health checker compares the
+/// table's with it (docs/architecture.md, "Level-triggered renders").
+pub fn clients_fingerprint(records: &[ClientRecord]) -> String {
+    let mut sorted: Vec<&ClientRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.name, &a.key_sha256, a.calls_per_second, &a.allow_methods).cmp(&(
+            &b.name,
+            &b.key_sha256,
+            b.calls_per_second,
+            &b.allow_methods,
+        ))
+    });
+    // The default only fills in a missing rate, and every valid default is at least 1, so
+    // which records are admitted does not depend on it.
+    let entries: Vec<serde_json::Value> = admit(sorted, 1)
+        .filter(|(_, admitted)| admitted.is_ok())
+        .map(|(record, _)| {
+            json!([
+                record.name,
+                record.key_sha256,
+                record.calls_per_second,
+                record.allow_methods,
+            ])
+        })
+        .collect();
+    hex::encode(Sha256::digest(
+        serde_json::Value::Array(entries).to_string().as_bytes(),
+    ))
+}
+
 fn is_method(m: &str) -> bool {
     (1..=128).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
@@ -236,27 +303,15 @@ impl GatePolicy {
     /// cannot use (a damaged item, or a name or key digest another client already has) is
     /// left out with a warning naming it, never its digest, and grants nothing.
     pub fn with_clients(&self, records: &[ClientRecord]) -> Self {
-        let mut names = std::collections::BTreeSet::new();
-        let mut digests = std::collections::BTreeSet::new();
-        let mut clients = Vec::with_capacity(records.len());
-        for record in records {
-            let client = GateClient::of(record, self.default_calls_per_second);
-            let problem = match client.validate() {
-                Err(error) => Some(error.to_string()),
-                Ok(()) if names.contains(&client.name) => Some("its name is listed twice".into()),
-                Ok(()) if digests.contains(&client.key_sha256) => {
-                    Some("another client has the same key".into())
+        let clients = admit(records, self.default_calls_per_second)
+            .filter_map(|(_, admitted)| match admitted {
+                Ok(client) => Some(client),
+                Err((name, problem)) => {
+                    tracing::warn!(client = %name, %problem, "client left out of the gate");
+                    None
                 }
-                Ok(()) => None,
-            };
-            if let Some(problem) = problem {
-                tracing::warn!(client = %client.name, %problem, "client left out of the gate");
-                continue;
-            }
-            names.insert(client.name.clone());
-            digests.insert(client.key_sha256.clone());
-            clients.push(client);
-        }
+            })
+            .collect();
         Self {
             clients,
             ..self.clone()
@@ -577,5 +632,93 @@ mod tests {
             key_sha256("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn the_clients_fingerprint_follows_what_the_gate_admits_never_a_key() {
+        use crate::clients::{key_id, ClientRecord};
+        let record = |name: &str, key: &str| {
+            let digest = key_sha256(key);
+            ClientRecord {
+                name: name.into(),
+                key_id: key_id(&digest),
+                key_sha256: digest,
+                calls_per_second: Some(40),
+                allow_methods: vec!["debug_".into()],
+                when_added: "2026-12-02T10:00:00.000000Z".into(),
+            }
+        };
+        let (a, b) = (record("a", "key-of-a"), record("b", "key-of-b"));
+        let both = clients_fingerprint(&[a.clone(), b.clone()]);
+        assert_eq!(both.len(), 64);
+        assert!(both.bytes().all(|c| c.is_ascii_hexdigit()));
+
+        // Order-independent, and blind to what the gate does not hold.
+        assert_eq!(clients_fingerprint(&[b.clone(), a.clone()]), both);
+        let renamed_id = ClientRecord {
+            key_id: "00000000".into(),
+            when_added: "2027-01-01T00:00:00.000000Z".into(),
+            ..a.clone()
+        };
+        assert_eq!(clients_fingerprint(&[renamed_id, b.clone()]), both);
+        // Items the gate leaves out count for nothing.
+        let damaged = ClientRecord {
+            key_sha256: "not-a-digest".into(),
+            ..record("damaged", "kd")
+        };
+        let same_key = record("c", "key-of-a");
+        assert_eq!(
+            clients_fingerprint(&[a.clone(), damaged, same_key, b.clone()]),
+            both
+        );
+
+        // Every change of what the gate enforces changes it.
+        let changed = [
+            vec![a.clone()],
+            vec![a.clone(), b.clone(), record("c", "key-of-c")],
+            vec![record("a", "a-new-key"), b.clone()],
+            vec![record("a2", "key-of-a"), b.clone()],
+            vec![
+                ClientRecord {
+                    calls_per_second: Some(41),
+                    ..a.clone()
+                },
+                b.clone(),
+            ],
+            vec![
+                ClientRecord {
+                    calls_per_second: None,
+                    ..a.clone()
+                },
+                b.clone(),
+            ],
+            vec![
+                ClientRecord {
+                    allow_methods: vec!["debug_".into(), "trace_".into()],
+                    ..a.clone()
+                },
+                b.clone(),
+            ],
+            vec![
+                ClientRecord {
+                    allow_methods: Vec::new(),
+                    ..a.clone()
+                },
+                b.clone(),
+            ],
+        ];
+        let mut seen = std::collections::BTreeSet::from([both.clone()]);
+        for clients in &changed {
+            let fingerprint = clients_fingerprint(clients);
+            assert!(seen.insert(fingerprint), "{clients:?}");
+        }
+        assert!(seen.insert(clients_fingerprint(&[])));
+
+        // Digests of the table's digests: never a key, nor a digest itself.
+        for fingerprint in &seen {
+            for text in ["key-of-a", "key-of-b", &a.key_sha256, &b.key_sha256] {
+                assert!(!fingerprint.contains(text), "{fingerprint} holds {text}");
+            }
+        }
     }
 }
