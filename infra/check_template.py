@@ -96,6 +96,7 @@ def main():
             "CLOUDWATCH_NAMESPACE": namespace,
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
             "CONFIG_RENDERER_FUNCTION": renderer,
+            "DYNAMODB_CLIENTS_TABLE": clients_table,
             "PROBE_TIMEOUT_MS": str(config.get("probe_timeout_ms", 2000)),
             "UNHEALTHY_AFTER": str(config.get("unhealthy_after", 2)),
             "HEALTHY_AFTER": str(config.get("healthy_after", 2)),
@@ -224,11 +225,13 @@ def main():
         "SlackNotifierRole": {"logs:CreateLogStream", "logs:PutLogEvents"},
         "NginxTaskRole": {"s3:GetObject", "s3:ListBucket", "cloudwatch:PutMetricData"},
     }
-    # The tables each role may reach (client keys are for the client functions and the
-    # renderer only).
+    # The tables each role may reach (the clients table, with its key hashes: the client
+    # functions, the renderer, and the health checker, which compares it with the rendered
+    # clients).
     tables = {
         "AddBackendRole": {"BackendsTable"}, "ListBackendsRole": {"BackendsTable"},
-        "RemoveBackendRole": {"BackendsTable"}, "HealthCheckerRole": {"BackendsTable"},
+        "RemoveBackendRole": {"BackendsTable"},
+        "HealthCheckerRole": {"BackendsTable", "ClientsTable"},
         "AddClientRole": {"ClientsTable"}, "ListClientsRole": {"ClientsTable"},
         "RemoveClientRole": {"ClientsTable"},
         "ConfigRendererRole": {"BackendsTable", "ClientsTable"},

@@ -35,6 +35,8 @@ const STACK: &str = "jsonrpc-proxy-bench";
 const BUCKET: &str = "jsonrpc-proxy-bench-config";
 /// The renderer function record in moto (Invoke answers 202 without running code).
 const RENDERER: &str = "config_renderer";
+/// The clients table (empty), which every round reads as the function's does.
+const CLIENTS_TABLE: &str = "jsonrpc-proxy-bench-clients";
 /// Longest a child round may take before it is killed.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -222,6 +224,9 @@ impl FanoutRig {
             .await
             .map_err(|e| e.to_string())?;
         moto.create_lambda_function(RENDERER)
+            .await
+            .map_err(|e| e.to_string())?;
+        moto.create_clients_table(CLIENTS_TABLE)
             .await
             .map_err(|e| e.to_string())?;
         let moto_proxy = CountingProxy::start(moto.port())
@@ -557,6 +562,7 @@ impl FanoutRig {
                 ("CLOUDWATCH_NAMESPACE", STACK.to_owned()),
                 ("NGINX_CONFIG_BUCKET_NAME", BUCKET.to_owned()),
                 ("CONFIG_RENDERER_FUNCTION", RENDERER.to_owned()),
+                ("DYNAMODB_CLIENTS_TABLE", CLIENTS_TABLE.to_owned()),
                 ("RUST_LOG", "info".to_owned()),
             ])
             .stdin(std::process::Stdio::null())

@@ -13,7 +13,9 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::backend::{epoch_millis, Backend};
-use crate::config_bucket::{BucketError, ConfigBucket};
+use crate::clients_store::ClientStore;
+use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
+use crate::gate::clients_fingerprint;
 use crate::health::{
     assess, verdict_changes_row, ChainSource, HealthPolicy, LeaderStatus, Observation,
     RoundAssessment, UnhealthyReason, Verdict, DEFAULT_DIFF_TOLERANCE, DEFAULT_HEALTHY_AFTER,
@@ -141,6 +143,10 @@ pub struct RoundSummary {
     pub render_requested: Option<String>,
     /// Fingerprint of the routing plan the table now implies.
     pub plan_fingerprint: String,
+    /// Fingerprint of the clients the clients table now holds
+    /// ([`clients_fingerprint`]); `None` when the table could not be read this round (logged):
+    /// then no render is requested for the clients.
+    pub clients_fingerprint: Option<String>,
 }
 
 /// Settings of `health_checker`; defaults in docs/architecture.md, "Environment variables".
@@ -158,6 +164,8 @@ pub struct HealthCheckerSettings {
     pub bucket: String,
     /// `CONFIG_RENDERER_FUNCTION`.
     pub renderer_function: String,
+    /// `DYNAMODB_CLIENTS_TABLE`: read each round to compare its clients with the rendered ones.
+    pub clients_table: String,
     /// `PROBE_TIMEOUT_MS`, `PROBE_CONCURRENCY`, `PROBE_MAX_BODY_BYTES`.
     pub probe: ProbeSettings,
     /// `WRITE_CONCURRENCY`: table writes in flight at once.
@@ -187,6 +195,7 @@ impl HealthCheckerSettings {
             namespace: env.required("CLOUDWATCH_NAMESPACE")?,
             bucket: env.required("NGINX_CONFIG_BUCKET_NAME")?,
             renderer_function: env.required("CONFIG_RENDERER_FUNCTION")?,
+            clients_table: env.required("DYNAMODB_CLIENTS_TABLE")?,
             probe: ProbeSettings {
                 timeout: Duration::from_millis(env.number("PROBE_TIMEOUT_MS", timeout_ms, 1)?),
                 concurrency: env.number("PROBE_CONCURRENCY", probe.concurrency, 1)?,
@@ -248,6 +257,8 @@ pub struct HealthCheckerClients {
 #[derive(Debug, Clone)]
 pub struct HealthChecker {
     pub store: BackendStore,
+    /// The clients table (only read: the clients the gate should admit).
+    pub clients: ClientStore,
     pub prober: Prober,
     pub metrics: MetricsPublisher,
     /// The config bucket (for the last rendered plan).
@@ -276,7 +287,8 @@ impl HealthChecker {
         settings: &HealthCheckerSettings,
     ) -> Result<Self, ProberBuildError> {
         Ok(Self {
-            store: BackendStore::new(clients.dynamodb, &settings.table),
+            store: BackendStore::new(clients.dynamodb.clone(), &settings.table),
+            clients: ClientStore::new(clients.dynamodb, &settings.clients_table),
             prober: Prober::new(settings.probe)?,
             metrics: MetricsPublisher::new(clients.cloudwatch, &settings.namespace),
             bucket: ConfigBucket::new(clients.s3, &settings.bucket),
@@ -356,10 +368,12 @@ impl HealthChecker {
 
     /// Runs one round.
     ///
-    /// Order: scan, probe, judge; then together: write back, publish metrics, read the last
-    /// rendered plan; then request a render when the implied plan differs from it. A failing
-    /// step does not stop the later ones; the first failure is returned at the end so Lambda
-    /// retries.
+    /// Order: scan, probe, judge; then together: write back, publish metrics, read the pointer
+    /// (the last rendered plan and clients) and the clients table; then request a render when
+    /// the implied plan or the table's clients differ from the pointer's. A failing step does
+    /// not stop the later ones; the first failure is returned at the end so Lambda retries.
+    /// A clients table that cannot be read is not a failure: it is logged, and no render is
+    /// requested for the clients.
     async fn run_numbered_round(
         &self,
         round_number: u32,
@@ -374,16 +388,18 @@ impl HealthChecker {
         let round = assess(&backends, &observations, &self.policy);
         log_round(&backends, &round, self.policy.tolerance);
 
-        // The writes, the metrics and the pointer read are independent: run them together.
+        // The writes, the metrics and the two reads are independent: run them together.
         // The render request waits for the writes (the renderer reads the table).
         let points = round_metrics(&round, &self.stack_name);
         let plan = RoutingPlan::from_backends(&round.apply_to(&backends, checked_at));
         let fingerprint = plan.fingerprint();
-        let (writes, metric_result, render_reason) = tokio::join!(
+        let (writes, metric_result, pointer, clients_fingerprint) = tokio::join!(
             self.write_verdicts(&backends, &round, checked_at),
             self.metrics.publish(&points, SystemTime::from(checked_at)),
-            self.render_reason(&fingerprint),
+            self.bucket.read_pointer(),
+            self.read_clients_fingerprint(),
         );
+        let render_reason = render_reason(pointer, &fingerprint, clients_fingerprint.as_deref());
         let trigger_result = match &render_reason {
             Some(reason) => self.trigger.request_render(reason).await,
             None => Ok(()),
@@ -411,6 +427,7 @@ impl HealthChecker {
             metric_calls: *metric_result.as_ref().unwrap_or(&0),
             render_requested: render_reason,
             plan_fingerprint: fingerprint,
+            clients_fingerprint,
         };
         tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "health check round done");
 
@@ -528,19 +545,47 @@ impl HealthChecker {
         }
     }
 
-    /// Why a render is needed, or `None` when the last rendered plan is the current one.
-    async fn render_reason(&self, fingerprint: &str) -> Option<String> {
-        match self.bucket.read_pointer().await {
-            Ok(Some(pointer)) if pointer.plan_fingerprint == fingerprint => None,
-            Ok(Some(_)) => Some("routing plan changed".into()),
-            Ok(None) => Some("no config rendered yet".into()),
-            Err(error @ BucketError::Invalid { .. }) => {
-                Some(format!("config pointer unusable: {error}"))
-            }
+    /// The fingerprint of the clients the clients table holds, or `None` (logged) when it
+    /// cannot be read.
+    async fn read_clients_fingerprint(&self) -> Option<String> {
+        match self.clients.all().await {
+            Ok(records) => Some(clients_fingerprint(&records)),
             Err(error) => {
-                tracing::warn!(%error, "cannot read the config pointer; requesting a render to be safe");
-                Some("config pointer unreadable".into())
+                tracing::warn!(
+                    %error,
+                    "cannot read the clients table; no render is requested for the clients this round"
+                );
+                None
             }
+        }
+    }
+}
+
+/// Why a render is needed, or `None` when the pointer (`read`) records the routing plan
+/// (`plan_fingerprint`) and, when they could be read, the clients (`clients_fingerprint`) of
+/// now.
+fn render_reason(
+    read: Result<Option<ConfigPointer>, BucketError>,
+    plan_fingerprint: &str,
+    clients_fingerprint: Option<&str>,
+) -> Option<String> {
+    match read {
+        Ok(Some(pointer)) if pointer.plan_fingerprint != plan_fingerprint => {
+            Some("routing plan changed".into())
+        }
+        Ok(Some(pointer)) => match clients_fingerprint {
+            Some(clients) if pointer.clients_fingerprint.as_deref() != Some(clients) => {
+                Some("clients changed".into())
+            }
+            _ => None,
+        },
+        Ok(None) => Some("no config rendered yet".into()),
+        Err(error @ BucketError::Invalid { .. }) => {
+            Some(format!("config pointer unusable: {error}"))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the config pointer; requesting a render to be safe");
+            Some("config pointer unreadable".into())
         }
     }
 }
@@ -657,9 +702,11 @@ mod tests {
             ("CLOUDWATCH_NAMESPACE", "ns"),
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("CONFIG_RENDERER_FUNCTION", "f"),
+            ("DYNAMODB_CLIENTS_TABLE", "c"),
         ]);
         let settings =
             HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        assert_eq!(settings.clients_table, "c");
         assert_eq!(settings.tolerance, 10);
         assert_eq!(settings.probe.timeout, Duration::from_secs(2));
         assert_eq!(settings.probe.concurrency, 512);
@@ -679,6 +726,7 @@ mod tests {
             ("CLOUDWATCH_NAMESPACE", "ns"),
             ("NGINX_CONFIG_BUCKET_NAME", "b"),
             ("CONFIG_RENDERER_FUNCTION", "f"),
+            ("DYNAMODB_CLIENTS_TABLE", "c"),
         ];
         let read = |extra: &[(&str, &str)]| {
             let mut pairs = base.to_vec();
@@ -791,5 +839,69 @@ mod tests {
         ] {
             assert_eq!(Invocation::of(&event), Invocation::Manual, "{event}");
         }
+    }
+
+    #[test]
+    fn the_clients_table_is_required() {
+        let vars = env(&[
+            ("DYNAMODB_TABLE", "t"),
+            ("STACK_NAME", "s"),
+            ("CLOUDWATCH_NAMESPACE", "ns"),
+            ("NGINX_CONFIG_BUCKET_NAME", "b"),
+            ("CONFIG_RENDERER_FUNCTION", "f"),
+        ]);
+        assert_eq!(
+            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err(),
+            SettingsError::Missing("DYNAMODB_CLIENTS_TABLE")
+        );
+    }
+
+    #[test]
+    fn a_render_is_requested_when_the_plan_or_the_clients_differ_from_the_pointer() {
+        let pointer = |clients: Option<&str>| {
+            Ok(Some(ConfigPointer {
+                key: "a_nginx.conf".into(),
+                sha256: "ab".into(),
+                plan_fingerprint: "plan".into(),
+                clients_fingerprint: clients.map(str::to_owned),
+                rendered_at: "2026-11-24T03:00:00Z".into(),
+                backends: Vec::new(),
+            }))
+        };
+        let reason = |read, plan, clients| render_reason(read, plan, clients);
+        assert_eq!(reason(pointer(Some("c")), "plan", Some("c")), None);
+        assert_eq!(
+            reason(pointer(Some("c")), "plan", Some("c2")).as_deref(),
+            Some("clients changed")
+        );
+        assert_eq!(
+            reason(pointer(None), "plan", Some("c")).as_deref(),
+            Some("clients changed"),
+            "a pointer from before the clients' fingerprint"
+        );
+        assert_eq!(
+            reason(pointer(Some("c")), "plan2", Some("c2")).as_deref(),
+            Some("routing plan changed")
+        );
+        // The clients table could not be read: only the plan counts.
+        assert_eq!(reason(pointer(Some("c")), "plan", None), None);
+        assert_eq!(reason(pointer(None), "plan", None), None);
+        assert_eq!(
+            reason(pointer(Some("c")), "plan2", None).as_deref(),
+            Some("routing plan changed")
+        );
+        assert_eq!(
+            reason(Ok(None), "plan", None).as_deref(),
+            Some("no config rendered yet")
+        );
+        let unreadable = Err(BucketError::Sdk {
+            operation: "GetObject",
+            key: "latest.json".into(),
+            message: "timeout".into(),
+        });
+        assert_eq!(
+            reason(unreadable, "plan", Some("c")).as_deref(),
+            Some("config pointer unreadable")
+        );
     }
 }

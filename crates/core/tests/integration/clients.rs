@@ -1,24 +1,30 @@
 //! add_client, list_clients and remove_client against a real (moto) clients table and
 //! renderer function record, with the functions' tracing output captured and searched for
-//! the keys they issue.
+//! the keys they issue; and the health checker's rounds putting in force a client change whose
+//! render request was lost.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use devstack::{Fault, FaultRule};
 use jsonrpc_proxy::clients::{
     add_client, is_key_shaped, key_id, key_sha256, list_clients, remove_client, ClientRecord,
     KEY_ID_LEN,
 };
 use jsonrpc_proxy::clients_store::{item_from_client, ClientStore, PutOutcome};
+use jsonrpc_proxy::config_bucket::ConfigPointer;
+use jsonrpc_proxy::config_renderer::{ConfigRenderer, RenderRequest, RenderSummary};
+use jsonrpc_proxy::health_checker::{HealthChecker, RoundSummary};
 use jsonrpc_proxy::renderer_trigger::RendererTrigger;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::admin::event;
 use devstack::testkit::{
-    moto, put_items, recorder, scan_items, scan_pages, unique, Clients as AwsClients, Item,
+    moto, put_items, recorder, scan_items, scan_pages, unique, Answer, Clients as AwsClients, Item,
+    Node, TestStack,
 };
 
 /// What serverless.yml creates for the clients: the table (hash key `name`) and the renderer.
@@ -461,16 +467,20 @@ async fn remove_client_answers_the_removed_client_or_404_and_rerenders() {
     assert_eq!(response.body_json().unwrap(), json!({"name": "hand-made"}));
 }
 
+/// A renderer trigger whose requests are lost: its Lambda endpoint refuses connections (moto
+/// queues an asynchronous invocation even for a function it does not have).
+async fn lost_trigger() -> RendererTrigger {
+    let nowhere = devstack::sdk_config("http://127.0.0.1:9").await;
+    RendererTrigger::new(
+        aws_sdk_lambda::Client::new(&nowhere),
+        unique("lost-renderer"),
+    )
+}
+
 #[tokio::test]
 async fn a_failed_render_request_leaves_the_change_in_place() {
     let clients = clients("cl-norender").await;
-    // A Lambda endpoint that refuses connections (moto queues an asynchronous invocation
-    // even for a function it does not have).
-    let nowhere = devstack::sdk_config("http://127.0.0.1:9").await;
-    let missing = RendererTrigger::new(
-        aws_sdk_lambda::Client::new(&nowhere),
-        unique("cl-norender-renderer"),
-    );
+    let missing = lost_trigger().await;
     let log = Captured::default();
     let _guard = log.start();
     let response = add_client(
@@ -498,4 +508,199 @@ async fn a_failed_render_request_leaves_the_change_in_place() {
         "{output}"
     );
     log.assert_no_secrets(&[&key]);
+}
+
+/// A healthy node in a stack's table, a health checker over the stack, and the stack's
+/// renderer, after one round and the render it requested: the pointer records the plan and
+/// the (no) clients of now.
+async fn rendered_stack(stack: &TestStack, node: &Node) -> (HealthChecker, ConfigRenderer) {
+    node.set("a", Answer::Height(100));
+    stack.add(&node.named("a"), false).await;
+    let checker = stack.checker().build();
+    let renderer = stack.renderer(8080, "/tmp/jrp-clients-heal");
+    let round = checker.run_round().await.expect("first round");
+    assert_eq!(
+        round.render_requested.as_deref(),
+        Some("no config rendered yet")
+    );
+    let rendered = renderer
+        .render_and_publish(&unique("first"), false)
+        .await
+        .expect("render");
+    assert!(rendered.written);
+    (checker, renderer)
+}
+
+/// The renderer run on a round's render request (moto records the invocation and runs no
+/// code), as the function would run it.
+async fn render_requested(renderer: &ConfigRenderer, round: &RoundSummary) -> RenderSummary {
+    let request = RenderRequest {
+        source: Some("jsonrpc-proxy".into()),
+        reason: round.render_requested.clone(),
+        ..RenderRequest::default()
+    };
+    let event = serde_json::to_value(&request).expect("event");
+    renderer
+        .handle_event(&event, &unique("requested"))
+        .await
+        .expect("render")
+}
+
+#[tokio::test]
+async fn a_client_whose_render_request_was_lost_is_rendered_after_the_next_health_round() {
+    let stack = TestStack::new("cl-heal").await;
+    let node = Node::start().await;
+    let (checker, renderer) = rendered_stack(&stack, &node).await;
+
+    // Unchanged plan and clients: no render.
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(round.render_requested, None, "{round:?}");
+    let pointer = stack
+        .pointer_is_consistent("rendered")
+        .await
+        .expect("pointer");
+    assert!(round.clients_fingerprint.is_some());
+    assert_eq!(pointer.clients_fingerprint, round.clients_fingerprint);
+
+    // add_client stores the client; its render request is lost.
+    let log = Captured::default();
+    let guard = log.start();
+    let added = add_client(
+        &stack.client_store(),
+        &lost_trigger().await,
+        &event(&json!({"name": "late", "calls_per_second": 7, "allow_methods": ["debug_"]})),
+        now(),
+    )
+    .await;
+    assert_eq!(added.status_code, 201, "{}", added.body);
+    let key = added.body_json().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(log
+        .text()
+        .contains("client change stored, but the re-render could not be requested"));
+    assert_eq!(
+        stack.bucket().read_pointer().await.unwrap(),
+        Some(pointer.clone()),
+        "nothing rendered"
+    );
+
+    // The next round finds the table's clients differ from the rendered ones.
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(
+        round.render_requested.as_deref(),
+        Some("clients changed"),
+        "{round:?}"
+    );
+    assert_eq!(round.plan_fingerprint, pointer.plan_fingerprint);
+    assert_ne!(round.clients_fingerprint, pointer.clients_fingerprint);
+
+    // The render it requested puts the client in force.
+    let rendered = render_requested(&renderer, &round).await;
+    assert!(rendered.written);
+    assert_eq!(rendered.clients, vec!["late".to_owned()]);
+    let pointer = stack
+        .pointer_is_consistent("healed")
+        .await
+        .expect("pointer");
+    assert_eq!(pointer.key, rendered.key);
+    assert_eq!(pointer.clients_fingerprint, round.clients_fingerprint);
+    let text =
+        String::from_utf8(stack.bucket().get(&pointer.key).await.unwrap().unwrap()).expect("text");
+    assert!(text.contains(&key_sha256(&key)), "{text}");
+    assert!(text.contains("\"calls_per_second\":7"), "{text}");
+    assert!(!text.contains(&key));
+
+    // Healed: plan and clients are the rendered ones, no render.
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(round.render_requested, None, "{round:?}");
+    drop(guard);
+    log.assert_no_secrets(&[&key]);
+}
+
+#[tokio::test]
+async fn a_pointer_without_the_clients_fingerprint_is_completed_without_a_new_config() {
+    let stack = TestStack::new("cl-old-pointer").await;
+    let node = Node::start().await;
+    let (checker, renderer) = rendered_stack(&stack, &node).await;
+    put_items(
+        &stack.aws.dynamodb,
+        &stack.clients_table,
+        vec![item_from_client(&record("wallet", 1))],
+    )
+    .await;
+    renderer
+        .render_and_publish(&unique("with-client"), false)
+        .await
+        .expect("render");
+    // The pointer as a renderer from before the clients' fingerprint wrote it.
+    let current = stack
+        .pointer_is_consistent("rendered")
+        .await
+        .expect("pointer");
+    let old = ConfigPointer {
+        clients_fingerprint: None,
+        ..current.clone()
+    };
+    stack.bucket().put_pointer(&old).await.expect("put pointer");
+    let keys = stack.object_keys().await;
+
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(round.render_requested.as_deref(), Some("clients changed"));
+    // Same text: no new config (no redeploy), the pointer gets the fingerprint.
+    let rendered = render_requested(&renderer, &round).await;
+    assert!(!rendered.written);
+    assert_eq!(stack.object_keys().await, keys);
+    let pointer = stack
+        .pointer_is_consistent("completed")
+        .await
+        .expect("pointer");
+    assert_eq!(
+        pointer, current,
+        "the same config, rendered at the same time"
+    );
+    assert_eq!(pointer.clients_fingerprint, round.clients_fingerprint);
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(round.render_requested, None, "{round:?}");
+}
+
+#[tokio::test]
+async fn an_unreadable_clients_table_does_not_stop_the_health_round() {
+    let stack = TestStack::with_faults("cl-unreadable").await;
+    let node = Node::start().await;
+    let (checker, _) = rendered_stack(&stack, &node).await;
+    // A client whose render was lost, in a table the checker then cannot read.
+    put_items(
+        &stack.aws.dynamodb,
+        &stack.clients_table,
+        vec![item_from_client(&record("late", 0))],
+    )
+    .await;
+    let proxy = stack.moto_proxy();
+    proxy.inject(
+        FaultRule::new(Fault::InternalError)
+            .operation("DynamoDB_20120810.Scan")
+            .body_contains(&stack.clients_table),
+    );
+
+    let log = Captured::default();
+    let guard = log.start();
+    let round = checker
+        .run_round()
+        .await
+        .expect("the round goes on without the clients");
+    drop(guard);
+    assert_eq!((round.backends, round.healthy), (1, 1));
+    assert_eq!(round.clients_fingerprint, None);
+    assert_eq!(round.render_requested, None, "{round:?}");
+    let output = log.text();
+    assert!(
+        output.contains("cannot read the clients table; no render is requested"),
+        "{output}"
+    );
+    proxy.clear();
+
+    let round = checker.run_round().await.expect("round");
+    assert_eq!(round.render_requested.as_deref(), Some("clients changed"));
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use jsonrpc_proxy::clients_store::ClientStore;
 use jsonrpc_proxy::config_bucket::ConfigBucket;
 use jsonrpc_proxy::health::HealthPolicy;
 use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS};
@@ -12,7 +13,7 @@ use jsonrpc_proxy::store::BackendStore;
 
 use super::{Clients, TestStack};
 
-/// Builds a [`HealthChecker`] over a stack's table, bucket, renderer function, namespace and
+/// Builds a [`HealthChecker`] over a stack's tables, bucket, renderer function, namespace and
 /// stack name, through [`TestStack::clients`]. Defaults: 1 s probes, no hysteresis
 /// ([`HealthPolicy::immediate`] with tolerance 10, so every verdict takes effect in the round
 /// that finds it), one round per invocation, 16 writes in flight, the function's row refresh
@@ -21,6 +22,7 @@ use super::{Clients, TestStack};
 pub struct CheckerBuilder {
     clients: Clients,
     table: String,
+    clients_table: String,
     bucket: String,
     function: String,
     namespace: String,
@@ -38,6 +40,7 @@ impl CheckerBuilder {
         Self {
             clients: stack.clients().clone(),
             table: stack.table.clone(),
+            clients_table: stack.clients_table.clone(),
             bucket: stack.bucket_name.clone(),
             function: stack.function.clone(),
             namespace: stack.namespace.clone(),
@@ -101,6 +104,7 @@ impl CheckerBuilder {
     pub fn build(self) -> HealthChecker {
         HealthChecker {
             store: BackendStore::new(self.clients.dynamodb.clone(), &self.table),
+            clients: ClientStore::new(self.clients.dynamodb.clone(), &self.clients_table),
             prober: Prober::new(self.probe).expect("prober"),
             metrics: MetricsPublisher::new(self.clients.cloudwatch.clone(), &self.namespace),
             bucket: ConfigBucket::new(self.clients.s3.clone(), &self.bucket),
