@@ -7,8 +7,8 @@ local json = require "jsonrpc_gate.json"
 local ffi = require "ffi"
 
 local ngx = ngx
-local byte, sub, find, lower, format, gsub = string.byte, string.sub, string.find,
-  string.lower, string.format, string.gsub
+local byte, sub, find, lower, format = string.byte, string.sub, string.find, string.lower,
+  string.format
 local concat = table.concat
 
 local M = {}
@@ -30,6 +30,7 @@ local config = {
   max_batch_calls = 1,
   max_get_logs_blocks = 0,
   default_calls_per_second = 1,
+  open_client = { name = M.OPEN, calls_per_second = 1, allow = {} },
 }
 
 local function lowered(list)
@@ -56,6 +57,7 @@ function M.configure(text)
   config = {
     clients = clients,
     any_client = any,
+    open_client = { name = M.OPEN, calls_per_second = data.default_calls_per_second, allow = {} },
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
     max_batch_calls = data.max_batch_calls,
@@ -68,9 +70,13 @@ end
 
 ffi.cdef [[unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);]]
 local digest = ffi.new("unsigned char[32]")
+local HEX = {}
+for i = 0, 255 do HEX[i] = format("%02x", i) end
 local function sha256_hex(s)
   ffi.C.SHA256(s, #s, digest)
-  return (gsub(ffi.string(digest, 32), ".", function(c) return format("%02x", byte(c)) end))
+  local out = {}
+  for i = 0, 31 do out[i + 1] = HEX[digest[i]] end
+  return concat(out)
 end
 M.sha256_hex = sha256_hex
 
@@ -102,8 +108,7 @@ local known_keys = {}
 -- client registered) every path is the open caller, counted per client address.
 local function identify(request_uri, prefix)
   if not config.any_client then
-    return { name = M.OPEN, calls_per_second = config.default_calls_per_second, allow = {} },
-      "a" .. SEP .. (ngx.var.remote_addr or "")
+    return config.open_client, "a" .. SEP .. (ngx.var.remote_addr or "")
   end
   if sub(request_uri, 1, #prefix) ~= prefix then return nil end
   local key = sub(request_uri, #prefix + 1)
@@ -197,6 +202,10 @@ local function check_call(client, call)
   return nil
 end
 
+local function id_of(call)
+  return type(call) == "table" and json.raw_id(call) or nil
+end
+
 local REASONS = { [-32601] = "method", [-32600] = "invalid", [-32005] = "get_logs_range" }
 
 -- Judges one JSON-RPC body for `client` (rate counted under `rate_id`).
@@ -227,9 +236,6 @@ function M.judge(client, rate_id, body)
       problems[i] = { code, text }
       if reason ~= "method" then reason = REASONS[code] end
     end
-  end
-  local function id_of(call)
-    return type(call) == "table" and json.raw_id(call) or nil
   end
   if problems then
     if not batch then

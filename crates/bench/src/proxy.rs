@@ -330,6 +330,8 @@ pub const SPOT_CHECKS: u32 = 5;
 pub struct Comparison {
     /// What the clients sent.
     pub workload: Workload,
+    /// wrk connections.
+    pub connections: u32,
     /// One row per path, in the order each round runs them.
     pub rows: Vec<ComparedRow>,
 }
@@ -379,6 +381,9 @@ pub struct DeathRow {
 pub struct ProxyReport {
     /// One interleaved comparison per workload.
     pub comparisons: Vec<Comparison>,
+    /// The same paths with one connection (no queueing: the latency each adds to a call),
+    /// for [`UNLOADED_WORKLOADS`].
+    pub unloaded: Vec<Comparison>,
     /// Diagnostic nginx variants, one run each, `eth_blockNumber`.
     pub diagnostics: Vec<ProxyRow>,
     /// Node death rows.
@@ -407,6 +412,9 @@ impl ProxyReport {
         self.comparisons.iter().find(|c| c.workload == workload)
     }
 }
+
+/// The workloads also measured with one connection: a single call and the largest batch.
+pub const UNLOADED_WORKLOADS: [Workload; 2] = [Workload::BlockNumber, Workload::Batch100];
 
 /// How part 2 runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -884,6 +892,7 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 async fn compare(
     contenders: &[Contender],
     workload: Workload,
+    connections: u32,
     options: &ProxyOptions,
 ) -> Result<Comparison, String> {
     let client = reqwest::Client::builder()
@@ -922,12 +931,11 @@ async fn compare(
                 continue;
             }
             eprintln!(
-                "[bench] proxy: {workload:?}, round {round}/{}: {}",
+                "[bench] proxy: {workload:?}, {connections} connection(s), round {round}/{}: {}",
                 options.rounds, contender.name
             );
             let cpu_before = server.cpu_seconds();
-            let wrk =
-                block(|| run_wrk(&contender.url, &body, options.seconds, options.connections))?;
+            let wrk = block(|| run_wrk(&contender.url, &body, options.seconds, connections))?;
             let cpu_us = server
                 .cpu_seconds()
                 .zip(cpu_before)
@@ -935,7 +943,11 @@ async fn compare(
             row.runs.push(Run { wrk, cpu_us });
         }
     }
-    Ok(Comparison { workload, rows })
+    Ok(Comparison {
+        workload,
+        connections,
+        rows,
+    })
 }
 
 /// Runs part 2.
@@ -999,7 +1011,11 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
 
     let mut comparisons = Vec::new();
     for workload in Workload::ALL {
-        comparisons.push(compare(&contenders, workload, options).await?);
+        comparisons.push(compare(&contenders, workload, options.connections, options).await?);
+    }
+    let mut unloaded = Vec::new();
+    for workload in UNLOADED_WORKLOADS {
+        unloaded.push(compare(&contenders, workload, 1, options).await?);
     }
     drop(contenders);
 
@@ -1106,6 +1122,7 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     }
     Ok(ProxyReport {
         comparisons,
+        unloaded,
         diagnostics,
         deaths,
         connections: options.connections,

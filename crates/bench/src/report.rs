@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::fanout::{FanoutReport, FanoutRow, RoundRun};
 use crate::lambda::LambdaReport;
-use crate::proxy::{Comparison, ProxyReport, Role, Workload, SPOT_CHECKS};
+use crate::proxy::{ComparedRow, Comparison, ProxyReport, Role, Workload, SPOT_CHECKS};
 use crate::switch::SwitchReport;
 use crate::sys::Machine;
 
@@ -101,6 +101,13 @@ fn part_heading<'a, T>(
 }
 
 /// Ours ÷ the peer in requests/s for one workload, or why there is no ratio.
+/// The valid ungated and gated rows of a comparison.
+fn ours_and_gated(comparison: &Comparison) -> Option<(&ComparedRow, &ComparedRow)> {
+    let ours = comparison.row(Role::Ours).filter(|r| r.valid())?;
+    let gated = comparison.row(Role::Gated).filter(|r| r.valid())?;
+    Some((ours, gated))
+}
+
 fn ours_over_peer(comparison: &Comparison) -> String {
     match (comparison.row(Role::Ours), comparison.row(Role::Peer)) {
         (Some(ours), Some(peer)) if ours.valid() && peer.valid() && peer.rps() > 0.0 => {
@@ -345,11 +352,13 @@ impl Results {
                     Some(added < 1.0),
                 );
             }
-            let gated_vs_ours = |workload| {
-                let comparison = proxy.comparison(workload)?;
-                let ours = comparison.row(Role::Ours).filter(|r| r.valid())?;
-                let gated = comparison.row(Role::Gated).filter(|r| r.valid())?;
-                Some((ours, gated))
+            let gated_vs_ours = |workload| ours_and_gated(proxy.comparison(workload)?);
+            // With one connection p50 is the path's own latency; at saturation it also holds
+            // the queue, which follows throughput.
+            let unloaded_added = |workload| {
+                let comparison = proxy.unloaded.iter().find(|c| c.workload == workload)?;
+                let (ours, gated) = ours_and_gated(comparison)?;
+                Some(gated.p50_ms() - ours.p50_ms())
             };
             if let Some((ours, gated)) = gated_vs_ours(Workload::BlockNumber) {
                 let ratio = gated.rps() / ours.rps().max(1.0);
@@ -361,14 +370,19 @@ impl Results {
                     "≥ 0.8",
                     Some(ratio >= 0.8),
                 );
-                let added = gated.p50_ms() - ours.p50_ms();
+                let saturated = gated.p50_ms() - ours.p50_ms();
+                let unloaded = unloaded_added(Workload::BlockNumber);
                 line(
                     "2",
-                    "latency the gate adds at p50",
-                    format!("{added:.3} ms"),
+                    "latency the gate adds at p50 (one connection; at saturation)",
+                    format!(
+                        "{}; {saturated:.3} ms at {} connections",
+                        unloaded.map_or("not measured".to_owned(), |a| format!("{a:.3} ms")),
+                        proxy.connections
+                    ),
                     "—",
                     "< 0.2 ms",
-                    Some(added < 0.2),
+                    unloaded.map(|a| a < 0.2),
                 );
             }
             if let Some((ours, gated)) = gated_vs_ours(Workload::Batch100) {
@@ -383,9 +397,12 @@ impl Results {
                     "2",
                     "a 100-call batch through the gate: cost",
                     format!(
-                        "{:.2} of ungated requests/s, {:+.2} ms at p50, {per_call}",
+                        "{:.2} of ungated requests/s, {:+.2} ms at p50 ({} with one connection), \
+                         {per_call}",
                         gated.rps() / ours.rps().max(1.0),
-                        gated.p50_ms() - ours.p50_ms()
+                        gated.p50_ms() - ours.p50_ms(),
+                        unloaded_added(Workload::Batch100)
+                            .map_or("not measured".to_owned(), |a| format!("{a:+.2} ms")),
                     ),
                     "—",
                     "— (reported)",
@@ -666,8 +683,17 @@ impl Results {
             load(proxy.load_before),
             load(proxy.load_after),
         );
-        for comparison in &proxy.comparisons {
-            let _ = writeln!(out, "\n#### {}\n", comparison.workload.title());
+        for comparison in proxy.comparisons.iter().chain(&proxy.unloaded) {
+            let connections = if comparison.connections == proxy.connections {
+                String::new()
+            } else {
+                format!(
+                    ", {} connection{} (the latency each path adds, without queueing)",
+                    comparison.connections,
+                    if comparison.connections == 1 { "" } else { "s" }
+                )
+            };
+            let _ = writeln!(out, "\n#### {}{connections}\n", comparison.workload.title());
             out.push_str("| path | requests/s | spread | vs direct | ours ÷ this | p50 | p99 | added at p50 | errors | proxy CPU per request |\n");
             out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             let direct = comparison.row(Role::Direct).filter(|r| r.valid());
@@ -700,7 +726,7 @@ impl Results {
                     ));
                 }
                 let (low, high) = row.rps_range();
-                let ratio = |base: Option<&crate::proxy::ComparedRow>, flip: bool| {
+                let ratio = |base: Option<&ComparedRow>, flip: bool| {
                     base.filter(|_| row.valid() && row.rps() > 0.0).map_or(
                         "—".to_owned(),
                         |base| {

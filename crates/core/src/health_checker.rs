@@ -694,18 +694,25 @@ mod tests {
     use crate::settings::tests::vars as env;
     use serde_json::json;
 
+    /// Every variable the health checker requires, with a value each.
+    const REQUIRED: [(&str, &str); 6] = [
+        ("DYNAMODB_TABLE", "t"),
+        ("STACK_NAME", "s"),
+        ("CLOUDWATCH_NAMESPACE", "ns"),
+        ("NGINX_CONFIG_BUCKET_NAME", "b"),
+        ("CONFIG_RENDERER_FUNCTION", "f"),
+        ("DYNAMODB_CLIENTS_TABLE", "c"),
+    ];
+
+    fn settings_with(vars: &[(&str, &str)]) -> Result<HealthCheckerSettings, SettingsError> {
+        let vars = env(vars);
+        let settings = HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
+        settings
+    }
+
     #[test]
     fn health_check_settings_with_defaults() {
-        let vars = env(&[
-            ("DYNAMODB_TABLE", "t"),
-            ("STACK_NAME", "s"),
-            ("CLOUDWATCH_NAMESPACE", "ns"),
-            ("NGINX_CONFIG_BUCKET_NAME", "b"),
-            ("CONFIG_RENDERER_FUNCTION", "f"),
-            ("DYNAMODB_CLIENTS_TABLE", "c"),
-        ]);
-        let settings =
-            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
+        let settings = settings_with(&REQUIRED).unwrap();
         assert_eq!(settings.clients_table, "c");
         assert_eq!(settings.tolerance, 10);
         assert_eq!(settings.probe.timeout, Duration::from_secs(2));
@@ -720,20 +727,10 @@ mod tests {
 
     #[test]
     fn health_model_and_schedule_variables() {
-        let base = [
-            ("DYNAMODB_TABLE", "t"),
-            ("STACK_NAME", "s"),
-            ("CLOUDWATCH_NAMESPACE", "ns"),
-            ("NGINX_CONFIG_BUCKET_NAME", "b"),
-            ("CONFIG_RENDERER_FUNCTION", "f"),
-            ("DYNAMODB_CLIENTS_TABLE", "c"),
-        ];
         let read = |extra: &[(&str, &str)]| {
-            let mut pairs = base.to_vec();
+            let mut pairs = REQUIRED.to_vec();
             pairs.extend_from_slice(extra);
-            let vars = env(&pairs);
-            let settings = HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
-            settings
+            settings_with(&pairs)
         };
         let settings = read(&[
             ("DIFF_TOLERANCE", "3"),
@@ -783,21 +780,18 @@ mod tests {
 
     #[test]
     fn missing_and_malformed_variables_are_named() {
-        let vars = env(&[("DYNAMODB_TABLE", "t"), ("STACK_NAME", "  ")]);
-        let err =
-            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err();
+        let err = settings_with(&[("DYNAMODB_TABLE", "t"), ("STACK_NAME", "  ")]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "environment variable STACK_NAME is not set"
         );
 
-        let vars = env(&[
+        let err = settings_with(&[
             ("DYNAMODB_TABLE", "t"),
             ("STACK_NAME", "s"),
             ("DIFF_TOLERANCE", "-1"),
-        ]);
-        let err =
-            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err();
+        ])
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("environment variable DIFF_TOLERANCE=\"-1\" is invalid"),
@@ -842,18 +836,18 @@ mod tests {
     }
 
     #[test]
-    fn the_clients_table_is_required() {
-        let vars = env(&[
-            ("DYNAMODB_TABLE", "t"),
-            ("STACK_NAME", "s"),
-            ("CLOUDWATCH_NAMESPACE", "ns"),
-            ("NGINX_CONFIG_BUCKET_NAME", "b"),
-            ("CONFIG_RENDERER_FUNCTION", "f"),
-        ]);
-        assert_eq!(
-            HealthCheckerSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap_err(),
-            SettingsError::Missing("DYNAMODB_CLIENTS_TABLE")
-        );
+    fn every_required_variable_is_required() {
+        for (missing, _) in REQUIRED {
+            let vars: Vec<_> = REQUIRED
+                .into_iter()
+                .filter(|(k, _)| *k != missing)
+                .collect();
+            assert_eq!(
+                settings_with(&vars).unwrap_err(),
+                SettingsError::Missing(missing),
+                "{missing}"
+            );
+        }
     }
 
     #[test]

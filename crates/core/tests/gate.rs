@@ -357,8 +357,44 @@ fn the_method_the_gate_judges_is_the_method_the_node_runs() {
         ("not json", -32700),
         ("", -32700),
         ("[]", -32600),
+        // Ends and odd bytes the reader must stop at.
+        (r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine"#, -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine\u00"#,
+            -32700,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine\"#, -32700),
+        (r#"{"jsonrpc":"2.0","id":01,"method":"anvil_mine"}"#, -32700),
+        (r#"{"jsonrpc":"2.0","id":1.,"method":"anvil_mine"}"#, -32700),
+        (r#"{"jsonrpc":"2.0","id":-,"method":"anvil_mine"}"#, -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":tru,"method":"anvil_mine"}"#,
+            -32700,
+        ),
+        (
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\"}\u{0}",
+            -32700,
+        ),
+        (
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\u{0}\"}",
+            -32700,
+        ),
+        (
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\u{1f}\"}",
+            -32700,
+        ),
     ];
-    for (body, code) in refused {
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let refused: Vec<(&str, i64)> = refused
+        .iter()
+        .copied()
+        .chain([(deep.as_str(), -32700)])
+        .collect();
+    for (body, code) in &refused {
         for headers in [
             &[("Content-Type", "application/json")][..],
             &[("Content-Type", "text/plain")],

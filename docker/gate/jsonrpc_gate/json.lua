@@ -7,23 +7,33 @@
 --   case, and the two non-ASCII letters Go's encoding/json folds: U+017F to s, U+212A to k),
 --   which JSON readers disagree on.
 -- Objects decode to tables keyed by the folded member name; M.raw_keys(obj)[folded] is the
--- member's name as written, M.raw_id(obj) the exact text of a member written "id". Arrays
--- decode to tables with an `n` field; null decodes to M.null.
+-- member's name as written where that differs from the folded name, M.raw_id(obj) the exact
+-- text of a member written "id". Arrays decode to tables with an `n` field; null decodes to
+-- M.null.
+--
+-- The reader walks the bytes through an FFI pointer, so LuaJIT compiles its loops (string
+-- patterns and closures would keep it in the interpreter). Reading one byte past the end is
+-- safe: LuaJIT keeps a NUL after every string's bytes, and every loop stops at it.
 
-local byte, sub, find, char = string.byte, string.sub, string.find, string.char
-local lower, gsub = string.lower, string.gsub
-local tonumber, setmetatable = tonumber, setmetatable
+local ffi = require "ffi"
+local sub, char, lower, gsub, find = string.sub, string.char, string.lower, string.gsub,
+  string.find
+local concat = table.concat
+local floor = math.floor
+local cast, setmetatable, getmetatable, pcall, error, tostring = ffi.cast, setmetatable,
+  getmetatable, pcall, error, tostring
+local BYTES = ffi.typeof("const uint8_t *")
 
 local M = {}
 M.null = setmetatable({}, { __tostring = function() return "null" end })
 
-local RAW_KEYS = setmetatable({}, { __mode = "k" })
-local RAW_ID = setmetatable({}, { __mode = "k" })
-local ARRAY = setmetatable({}, { __mode = "k" })
+-- Metadata of decoded tables, under keys no member name (a string) can equal.
+local RAW, ID, ARRAY = {}, {}, {}
+local NO_RAW = setmetatable({}, { __newindex = function() error("read-only") end })
 
-function M.raw_keys(obj) return RAW_KEYS[obj] end
-function M.raw_id(obj) return RAW_ID[obj] end
-function M.is_array(v) return ARRAY[v] == true end
+function M.raw_keys(obj) return obj[RAW] or NO_RAW end
+function M.raw_id(obj) return obj[ID] end
+function M.is_array(v) return type(v) == "table" and v[ARRAY] == true end
 
 local function fold(name)
   -- U+017F (LATIN SMALL LETTER LONG S) = C5 BF, U+212A (KELVIN SIGN) = E2 84 AA
@@ -35,207 +45,263 @@ local function fold(name)
 end
 M.fold = fold
 
-local function utf8_char(cp)
-  if cp < 0x80 then return char(cp) end
-  if cp < 0x800 then return char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-  if cp < 0x10000 then
-    return char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
-  return char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-    0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+-- The text being read: set by decode for the duration of one call (no yield happens inside).
+local text, p, len
+
+local Failure = {}
+local function fail(message, kind)
+  error(setmetatable({ kind = kind or "parse", message = message }, Failure), 0)
 end
 
--- Length of the valid UTF-8 sequence starting at i, or nil.
-local function utf8_len(s, i)
-  local c = byte(s, i)
-  local n, min
-  if c >= 0xC2 and c <= 0xDF then n, min = 2, 0x80
-  elseif c >= 0xE0 and c <= 0xEF then n, min = 3, 0x800
-  elseif c >= 0xF0 and c <= 0xF4 then n, min = 4, 0x10000
+local function utf8_char(cp)
+  if cp < 0x80 then return char(cp) end
+  if cp < 0x800 then return char(0xC0 + floor(cp / 64), 0x80 + cp % 64) end
+  if cp < 0x10000 then
+    return char(0xE0 + floor(cp / 4096), 0x80 + floor(cp / 64) % 64, 0x80 + cp % 64)
+  end
+  return char(0xF0 + floor(cp / 262144), 0x80 + floor(cp / 4096) % 64,
+    0x80 + floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+
+-- Length of the valid UTF-8 sequence starting at offset i, or nil.
+local function utf8_len(i)
+  local c = p[i]
+  local n, min, cp
+  if c >= 0xC2 and c <= 0xDF then n, min, cp = 2, 0x80, c - 0xC0
+  elseif c >= 0xE0 and c <= 0xEF then n, min, cp = 3, 0x800, c - 0xE0
+  elseif c >= 0xF0 and c <= 0xF4 then n, min, cp = 4, 0x10000, c - 0xF0
   else return nil end
-  local cp = c % (2 ^ (7 - n))
+  if i + n > len then return nil end
   for k = 1, n - 1 do
-    local d = byte(s, i + k)
-    if not d or d < 0x80 or d > 0xBF then return nil end
-    cp = cp * 64 + d % 64
+    local d = p[i + k]
+    if d < 0x80 or d > 0xBF then return nil end
+    cp = cp * 64 + (d - 0x80)
   end
   if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return nil end
   return n
 end
 
+-- The value of the four hex digits at offset i, or nil.
+local function hex4(i)
+  if i + 4 > len then return nil end
+  local v = 0
+  for k = i, i + 3 do
+    local c = p[k]
+    if c >= 48 and c <= 57 then v = v * 16 + (c - 48)
+    elseif c >= 97 and c <= 102 then v = v * 16 + (c - 87)
+    elseif c >= 65 and c <= 70 then v = v * 16 + (c - 55)
+    else return nil end
+  end
+  return v
+end
+
 local ESCAPES = { [34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f",
   [110] = "\n", [114] = "\r", [116] = "\t" }
 
-local fail -- set per decode call
-
--- Reads the string whose opening quote is at i; returns the decoded string and the index after
--- the closing quote.
-local function read_string(s, i)
-  local pos = i + 1
+-- Reads the string whose opening quote is at offset i; returns the decoded string, the offset
+-- after the closing quote, and whether folding may change it (an upper-case letter, an escape
+-- or a non-ASCII byte).
+local function read_string(i)
+  local j = i + 1
+  local seg = j
   local parts, np = nil, 0
-  local start = pos
+  local foldable = false
   while true do
-    local j = find(s, '[%c"\\\128-\255]', pos)
-    if not j then return fail("unterminated string") end
-    local c = byte(s, j)
+    local c = p[j]
     if c == 34 then
-      local piece = sub(s, start, j - 1)
+      local piece = sub(text, seg + 1, j)
       if parts then
         np = np + 1; parts[np] = piece
-        return table.concat(parts), j + 1
+        piece = concat(parts, "", 1, np)
       end
-      return piece, j + 1
+      return piece, j + 1, foldable
     elseif c == 92 then
+      foldable = true
       parts = parts or {}
-      np = np + 1; parts[np] = sub(s, start, j - 1)
-      local e = byte(s, j + 1)
-      local simple = e and ESCAPES[e]
+      np = np + 1; parts[np] = sub(text, seg + 1, j)
+      local e = p[j + 1]
+      local simple = j + 1 < len and ESCAPES[e]
       if simple then
         np = np + 1; parts[np] = simple
-        pos = j + 2
+        j = j + 2
       elseif e == 117 then
-        local hex = sub(s, j + 2, j + 5)
-        if not find(hex, "^%x%x%x%x$") then return fail("bad \\u escape") end
-        local cp = tonumber(hex, 16)
-        pos = j + 6
+        local cp = hex4(j + 2)
+        if not cp then fail("bad \\u escape") end
+        j = j + 6
         if cp >= 0xD800 and cp <= 0xDBFF then
-          local hex2 = sub(s, pos + 2, pos + 5)
-          if sub(s, pos, pos + 1) ~= "\\u" or not find(hex2, "^%x%x%x%x$") then
-            return fail("lone surrogate")
-          end
-          local lo = tonumber(hex2, 16)
-          if lo < 0xDC00 or lo > 0xDFFF then return fail("lone surrogate") end
+          local lo = p[j] == 92 and p[j + 1] == 117 and hex4(j + 2)
+          if not lo or lo < 0xDC00 or lo > 0xDFFF then fail("lone surrogate") end
           cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
-          pos = pos + 6
+          j = j + 6
         elseif cp >= 0xDC00 and cp <= 0xDFFF then
-          return fail("lone surrogate")
+          fail("lone surrogate")
         end
         np = np + 1; parts[np] = utf8_char(cp)
       else
-        return fail("bad escape")
+        fail("bad escape")
       end
-      start = pos
+      seg = j
     elseif c >= 128 then
-      local n = utf8_len(s, j)
-      if not n then return fail("invalid UTF-8") end
-      pos = j + n
-    elseif c == 127 then
-      pos = j + 1
+      local n = utf8_len(j)
+      if not n then fail("invalid UTF-8") end
+      foldable = true
+      j = j + n
+    elseif c >= 32 then
+      if c >= 65 and c <= 90 then foldable = true end
+      j = j + 1
+    elseif j >= len then
+      fail("unterminated string")
     else
-      return fail("control character in string")
+      fail("control character in string")
     end
   end
 end
 
+local function skip_ws(i)
+  local c = p[i]
+  while c == 32 or c == 10 or c == 13 or c == 9 do
+    i = i + 1
+    c = p[i]
+  end
+  return i
+end
+
+local function skip_digits(i)
+  local c = p[i]
+  while c >= 48 and c <= 57 do
+    i = i + 1
+    c = p[i]
+  end
+  return i
+end
+
+local function read_number(i)
+  local j = i
+  if p[j] == 45 then j = j + 1 end
+  local c = p[j]
+  if c == 48 then
+    j = j + 1
+  elseif c >= 49 and c <= 57 then
+    j = skip_digits(j + 1)
+  else
+    fail("unexpected character")
+  end
+  if p[j] == 46 then
+    local k = skip_digits(j + 1)
+    if k == j + 1 then fail("unexpected character") end
+    j = k
+  end
+  c = p[j]
+  if c == 101 or c == 69 then
+    local k = j + 1
+    c = p[k]
+    if c == 43 or c == 45 then k = k + 1 end
+    local e = skip_digits(k)
+    if e == k then fail("unexpected character") end
+    j = e
+  end
+  return tonumber(sub(text, i + 1, j)), j
+end
+
+local MAX_DEPTH = 128
 local decode_value
 
-local function skip_ws(s, i)
-  local _, e = find(s, "^[ \t\r\n]*", i)
-  return e + 1
-end
-
-local function read_object(s, i, depth)
-  local obj, raw = {}, {}
-  local pos = skip_ws(s, i + 1)
-  if byte(s, pos) == 125 then
-    RAW_KEYS[obj] = raw
-    return obj, pos + 1
-  end
+local function read_object(i, depth)
+  local obj, raw = {}, nil
+  local pos = skip_ws(i + 1)
+  if p[pos] == 125 then return obj, pos + 1 end
   while true do
-    if byte(s, pos) ~= 34 then return fail("expected a member name") end
-    local name, after = read_string(s, pos)
-    pos = skip_ws(s, after)
-    if byte(s, pos) ~= 58 then return fail("expected ':'") end
-    pos = skip_ws(s, pos + 1)
+    if p[pos] ~= 34 then fail("expected a member name") end
+    local name, after, foldable = read_string(pos)
+    pos = skip_ws(after)
+    if p[pos] ~= 58 then fail("expected ':'") end
+    pos = skip_ws(pos + 1)
     local value_start = pos
     local value
-    value, pos = decode_value(s, pos, depth)
-    local folded = fold(name)
-    if raw[folded] ~= nil then return fail('duplicate member "' .. folded .. '"', "duplicate") end
-    raw[folded] = name
+    value, pos = decode_value(pos, depth)
+    local folded = name
+    if foldable then folded = fold(name) end
+    if obj[folded] ~= nil then fail('duplicate member "' .. folded .. '"', "duplicate") end
     obj[folded] = value
-    if name == "id" then RAW_ID[obj] = sub(s, value_start, pos - 1) end
-    pos = skip_ws(s, pos)
-    local c = byte(s, pos)
+    if folded ~= name then
+      raw = raw or {}
+      raw[folded] = name
+    elseif name == "id" then
+      obj[ID] = sub(text, value_start + 1, pos)
+    end
+    pos = skip_ws(pos)
+    local c = p[pos]
     if c == 125 then
-      RAW_KEYS[obj] = raw
+      if raw then obj[RAW] = raw end
       return obj, pos + 1
     end
-    if c ~= 44 then return fail("expected ',' or '}'") end
-    pos = skip_ws(s, pos + 1)
+    if c ~= 44 then fail("expected ',' or '}'") end
+    pos = skip_ws(pos + 1)
   end
 end
 
-local function read_array(s, i, depth)
-  local arr, n = {}, 0
-  ARRAY[arr] = true
-  local pos = skip_ws(s, i + 1)
-  if byte(s, pos) == 93 then
+local function read_array(i, depth)
+  local arr, n = { [ARRAY] = true }, 0
+  local pos = skip_ws(i + 1)
+  if p[pos] == 93 then
     arr.n = 0
     return arr, pos + 1
   end
   while true do
     local value
-    value, pos = decode_value(s, pos, depth)
+    value, pos = decode_value(pos, depth)
     n = n + 1
     arr[n] = value
-    pos = skip_ws(s, pos)
-    local c = byte(s, pos)
+    pos = skip_ws(pos)
+    local c = p[pos]
     if c == 93 then
       arr.n = n
       return arr, pos + 1
     end
-    if c ~= 44 then return fail("expected ',' or ']'") end
-    pos = skip_ws(s, pos + 1)
+    if c ~= 44 then fail("expected ',' or ']'") end
+    pos = skip_ws(pos + 1)
   end
 end
 
-local MAX_DEPTH = 128
-
-decode_value = function(s, i, depth)
-  local c = byte(s, i)
-  if c == 123 then
-    if depth >= MAX_DEPTH then return fail("nested too deeply") end
-    return read_object(s, i, depth + 1)
+decode_value = function(i, depth)
+  local c = p[i]
+  if c == 34 then
+    return read_string(i)
+  elseif c == 123 then
+    if depth >= MAX_DEPTH then fail("nested too deeply") end
+    return read_object(i, depth + 1)
   elseif c == 91 then
-    if depth >= MAX_DEPTH then return fail("nested too deeply") end
-    return read_array(s, i, depth + 1)
-  elseif c == 34 then
-    return read_string(s, i)
+    if depth >= MAX_DEPTH then fail("nested too deeply") end
+    return read_array(i, depth + 1)
   elseif c == 116 then
-    if sub(s, i, i + 3) == "true" then return true, i + 4 end
-  elseif c == 102 then
-    if sub(s, i, i + 4) == "false" then return false, i + 5 end
-  elseif c == 110 then
-    if sub(s, i, i + 3) == "null" then return M.null, i + 4 end
-  else
-    local _, e = find(s, "^-?0", i)
-    if not e then _, e = find(s, "^-?[1-9]%d*", i) end
-    if e then
-      local _, f = find(s, "^%.%d+", e + 1)
-      if f then e = f end
-      _, f = find(s, "^[eE][+-]?%d+", e + 1)
-      if f then e = f end
-      return tonumber(sub(s, i, e)), e + 1
+    if i + 4 <= len and p[i + 1] == 114 and p[i + 2] == 117 and p[i + 3] == 101 then
+      return true, i + 4
     end
+  elseif c == 102 then
+    if i + 5 <= len and p[i + 1] == 97 and p[i + 2] == 108 and p[i + 3] == 115
+      and p[i + 4] == 101 then
+      return false, i + 5
+    end
+  elseif c == 110 then
+    if i + 4 <= len and p[i + 1] == 117 and p[i + 2] == 108 and p[i + 3] == 108 then
+      return M.null, i + 4
+    end
+  elseif c == 45 or (c >= 48 and c <= 57) then
+    return read_number(i)
   end
-  return fail("unexpected character")
+  fail("unexpected character")
 end
 
--- Errors unwind through error() with a table, caught in decode.
-local Failure = {}
-fail = function(message, kind)
-  error(setmetatable({ kind = kind or "parse", message = message }, Failure), 0)
+local function decode_text(s)
+  text, p, len = s, cast(BYTES, s), #s
+  local v, after = decode_value(skip_ws(0), 0)
+  if skip_ws(after) < len then fail("trailing data after the JSON value") end
+  return v
 end
 
-function M.decode(text)
-  local ok, value, pos = pcall(function()
-    local start = skip_ws(text, 1)
-    local v, after = decode_value(text, start, 0)
-    local finish = skip_ws(text, after)
-    if finish <= #text then fail("trailing data after the JSON value") end
-    return v, after
-  end)
+function M.decode(s)
+  local ok, value = pcall(decode_text, s)
+  text, p = nil, nil
   if ok then return value end
   if getmetatable(value) == Failure then return nil, value.kind, value.message end
   return nil, "parse", tostring(value)
@@ -245,7 +311,7 @@ end
 -- quotes escaped, other bytes as they are).
 function M.quote(str)
   return '"' .. gsub(str, '[%c"\\]', function(ch)
-    return string.format("\\u%04x", byte(ch))
+    return string.format("\\u%04x", ch:byte())
   end) .. '"'
 end
 
