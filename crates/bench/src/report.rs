@@ -101,6 +101,11 @@ fn part_heading<'a, T>(
 }
 
 /// Ours ÷ the peer in requests/s for one workload, or why there is no ratio.
+/// `text` as a table cell: no `|`, at most `max` characters.
+fn cell(text: &str, max: usize) -> String {
+    text.replace('|', "/").chars().take(max).collect()
+}
+
 /// The valid ungated and gated rows of a comparison.
 fn ours_and_gated(comparison: &Comparison) -> Option<(&ComparedRow, &ComparedRow)> {
     let ours = comparison.row(Role::Ours).filter(|r| r.valid())?;
@@ -704,11 +709,7 @@ impl Results {
                     let _ = writeln!(
                         out,
                         "| {name} | not measured: {} | | | | | | | | |",
-                        reason
-                            .replace('|', "/")
-                            .chars()
-                            .take(160)
-                            .collect::<String>()
+                        cell(reason, 160)
                     );
                     continue;
                 }
@@ -716,13 +717,7 @@ impl Results {
                     name.push_str(&format!(
                         " ({} of {SPOT_CHECKS} answers wrong: {})",
                         row.wrong_answers,
-                        row.wrong_answer
-                            .as_deref()
-                            .unwrap_or("")
-                            .replace('|', "/")
-                            .chars()
-                            .take(100)
-                            .collect::<String>()
+                        cell(row.wrong_answer.as_deref().unwrap_or(""), 100)
                     ));
                 }
                 let (low, high) = row.rps_range();
@@ -802,11 +797,7 @@ impl Results {
                         out,
                         "| {} | not measured: {} | | | |",
                         death.name,
-                        reason
-                            .replace('|', "/")
-                            .chars()
-                            .take(160)
-                            .collect::<String>()
+                        cell(reason, 160)
                     );
                     continue;
                 }
@@ -903,7 +894,7 @@ impl Results {
                     .as_ref()
                     .map(|e| format!(
                         " ({})",
-                        e.replace('|', "/").chars().take(100).collect::<String>()
+                        cell(e, 100)
                     ))
                     .unwrap_or_default()
             );
