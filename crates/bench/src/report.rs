@@ -892,10 +892,7 @@ impl Results {
                 row.errors,
                 row.first_error
                     .as_ref()
-                    .map(|e| format!(
-                        " ({})",
-                        cell(e, 100)
-                    ))
+                    .map(|e| format!(" ({})", cell(e, 100)))
                     .unwrap_or_default()
             );
         }
