@@ -30,7 +30,8 @@ local config = {
   max_batch_calls = 1,
   max_get_logs_blocks = 0,
   default_calls_per_second = 1,
-  open_client = { name = M.OPEN, calls_per_second = 1, allow = {} },
+  open_client = { name = M.OPEN, calls_per_second = 1, allow = {},
+    served_key = M.OPEN .. SEP .. "served" },
 }
 
 local function lowered(list)
@@ -51,13 +52,16 @@ function M.configure(text)
       name = c.name,
       calls_per_second = c.calls_per_second,
       allow = lowered(c.allow_methods),
+      rate_id = "c" .. SEP .. c.name,
+      served_key = c.name .. SEP .. "served",
     }
     any = true
   end
   config = {
     clients = clients,
     any_client = any,
-    open_client = { name = M.OPEN, calls_per_second = data.default_calls_per_second, allow = {} },
+    open_client = { name = M.OPEN, calls_per_second = data.default_calls_per_second, allow = {},
+      served_key = M.OPEN .. SEP .. "served" },
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
     max_batch_calls = data.max_batch_calls,
@@ -94,6 +98,11 @@ local function count(name, what, n)
   if usage then usage:incr(name .. SEP .. what, n, 0) end
 end
 
+local function count_served(client, n)
+  local usage = ngx.shared[USAGE_DICT]
+  if usage then usage:incr(client.served_key, n, 0) end
+end
+
 local function count_refused(name, reason, n)
   count(name, "refused" .. SEP .. reason, n)
 end
@@ -112,16 +121,16 @@ local function identify(request_uri, prefix)
   end
   if sub(request_uri, 1, #prefix) ~= prefix then return nil end
   local key = sub(request_uri, #prefix + 1)
-  if #key == 0 or #key > 128 or find(key, "[^A-Za-z0-9_-]") then return nil end
   local client = known_keys[key]
   if not client then
+    if #key == 0 or #key > 128 or find(key, "[^A-Za-z0-9_-]") then return nil end
     client = config.clients[sha256_hex(key)]
     if not client then return nil end
     -- Only registered keys are remembered (a worker's configuration never changes: a reload
     -- starts new workers), so the table is as small as the client list.
     known_keys[key] = client
   end
-  return client, "c" .. SEP .. client.name
+  return client, client.rate_id
 end
 
 ---------------------------------------------------------------------------------------------
@@ -340,9 +349,10 @@ function M.http()
     count_refused(client.name, reason, n)
     return respond(status, answer)
   end
-  count(client.name, "served", answer)
+  count_served(client, answer)
   ngx.req.set_uri("/")
-  ngx.req.set_uri_args("")
+  -- A key path has no query (identify refuses one); only the open mode may carry one.
+  if not config.any_client then ngx.req.set_uri_args("") end
 end
 
 -- log_by_lua of the public locations: names failed or retried upstream attempts (the public
@@ -378,7 +388,7 @@ function M.websocket()
       count_refused(client.name, reason, n)
       return answer
     end
-    count(client.name, "served", answer)
+    count_served(client, answer)
     return nil
   end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms },
   log_detached)
