@@ -100,7 +100,6 @@ fn part_heading<'a, T>(
     }
 }
 
-/// Ours ÷ the peer in requests/s for one workload, or why there is no ratio.
 /// `text` as a table cell: no `|`, at most `max` characters.
 fn cell(text: &str, max: usize) -> String {
     text.replace('|', "/").chars().take(max).collect()
@@ -113,6 +112,7 @@ fn ours_and_gated(comparison: &Comparison) -> Option<(&ComparedRow, &ComparedRow
     Some((ours, gated))
 }
 
+/// Ours ÷ the peer in requests/s for one workload, or why there is no ratio.
 fn ours_over_peer(comparison: &Comparison) -> String {
     match (comparison.row(Role::Ours), comparison.row(Role::Peer)) {
         (Some(ours), Some(peer)) if ours.valid() && peer.valid() && peer.rps() > 0.0 => {
