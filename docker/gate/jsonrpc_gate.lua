@@ -7,8 +7,8 @@ local json = require "jsonrpc_gate.json"
 local ffi = require "ffi"
 
 local ngx = ngx
-local byte, sub, find, lower, format, gsub = string.byte, string.sub, string.find,
-  string.lower, string.format, string.gsub
+local byte, sub, find, lower, format = string.byte, string.sub, string.find, string.lower,
+  string.format
 local concat = table.concat
 
 local M = {}
@@ -30,6 +30,8 @@ local config = {
   max_batch_calls = 1,
   max_get_logs_blocks = 0,
   default_calls_per_second = 1,
+  open_client = { name = M.OPEN, calls_per_second = 1, allow = {},
+    served_key = M.OPEN .. SEP .. "served" },
 }
 
 local function lowered(list)
@@ -50,12 +52,16 @@ function M.configure(text)
       name = c.name,
       calls_per_second = c.calls_per_second,
       allow = lowered(c.allow_methods),
+      rate_id = "c" .. SEP .. c.name,
+      served_key = c.name .. SEP .. "served",
     }
     any = true
   end
   config = {
     clients = clients,
     any_client = any,
+    open_client = { name = M.OPEN, calls_per_second = data.default_calls_per_second, allow = {},
+      served_key = M.OPEN .. SEP .. "served" },
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
     max_batch_calls = data.max_batch_calls,
@@ -68,9 +74,13 @@ end
 
 ffi.cdef [[unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);]]
 local digest = ffi.new("unsigned char[32]")
+local HEX = {}
+for i = 0, 255 do HEX[i] = format("%02x", i) end
 local function sha256_hex(s)
   ffi.C.SHA256(s, #s, digest)
-  return (gsub(ffi.string(digest, 32), ".", function(c) return format("%02x", byte(c)) end))
+  local out = {}
+  for i = 0, 31 do out[i + 1] = HEX[digest[i]] end
+  return concat(out)
 end
 M.sha256_hex = sha256_hex
 
@@ -88,6 +98,11 @@ local function count(name, what, n)
   if usage then usage:incr(name .. SEP .. what, n, 0) end
 end
 
+local function count_served(client, n)
+  local usage = ngx.shared[USAGE_DICT]
+  if usage then usage:incr(client.served_key, n, 0) end
+end
+
 local function count_refused(name, reason, n)
   count(name, "refused" .. SEP .. reason, n)
 end
@@ -102,21 +117,20 @@ local known_keys = {}
 -- client registered) every path is the open caller, counted per client address.
 local function identify(request_uri, prefix)
   if not config.any_client then
-    return { name = M.OPEN, calls_per_second = config.default_calls_per_second, allow = {} },
-      "a" .. SEP .. (ngx.var.remote_addr or "")
+    return config.open_client, "a" .. SEP .. (ngx.var.remote_addr or "")
   end
   if sub(request_uri, 1, #prefix) ~= prefix then return nil end
   local key = sub(request_uri, #prefix + 1)
-  if #key == 0 or #key > 128 or find(key, "[^A-Za-z0-9_-]") then return nil end
   local client = known_keys[key]
   if not client then
+    if #key == 0 or #key > 128 or find(key, "[^A-Za-z0-9_-]") then return nil end
     client = config.clients[sha256_hex(key)]
     if not client then return nil end
     -- Only registered keys are remembered (a worker's configuration never changes: a reload
     -- starts new workers), so the table is as small as the client list.
     known_keys[key] = client
   end
-  return client, "c" .. SEP .. client.name
+  return client, client.rate_id
 end
 
 ---------------------------------------------------------------------------------------------
@@ -197,6 +211,10 @@ local function check_call(client, call)
   return nil
 end
 
+local function id_of(call)
+  return type(call) == "table" and json.raw_id(call) or nil
+end
+
 local REASONS = { [-32601] = "method", [-32600] = "invalid", [-32005] = "get_logs_range" }
 
 -- Judges one JSON-RPC body for `client` (rate counted under `rate_id`).
@@ -227,9 +245,6 @@ function M.judge(client, rate_id, body)
       problems[i] = { code, text }
       if reason ~= "method" then reason = REASONS[code] end
     end
-  end
-  local function id_of(call)
-    return type(call) == "table" and json.raw_id(call) or nil
   end
   if problems then
     if not batch then
@@ -334,9 +349,10 @@ function M.http()
     count_refused(client.name, reason, n)
     return respond(status, answer)
   end
-  count(client.name, "served", answer)
+  count_served(client, answer)
   ngx.req.set_uri("/")
-  ngx.req.set_uri_args("")
+  -- A key path has no query (identify refuses one); only the open mode may carry one.
+  if not config.any_client then ngx.req.set_uri_args("") end
 end
 
 -- log_by_lua of the public locations: names failed or retried upstream attempts (the public
@@ -372,7 +388,7 @@ function M.websocket()
       count_refused(client.name, reason, n)
       return answer
     end
-    count(client.name, "served", answer)
+    count_served(client, answer)
     return nil
   end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms },
   log_detached)
