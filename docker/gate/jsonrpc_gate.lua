@@ -22,6 +22,15 @@ M.OPEN = "(open)"
 M.UNKNOWN = "(unknown)"
 local SEP = "\t"
 
+-- The usage counter of calls served to `name`.
+local function served_key(name) return name .. SEP .. "served" end
+
+-- The caller of every request while no client is registered.
+local function open_client(calls_per_second)
+  return { name = M.OPEN, calls_per_second = calls_per_second, allow = {},
+    served_key = served_key(M.OPEN) }
+end
+
 local config = {
   clients = {}, -- sha256 hex -> client
   any_client = false,
@@ -29,9 +38,7 @@ local config = {
   max_body_bytes = 1,
   max_batch_calls = 1,
   max_get_logs_blocks = 0,
-  default_calls_per_second = 1,
-  open_client = { name = M.OPEN, calls_per_second = 1, allow = {},
-    served_key = M.OPEN .. SEP .. "served" },
+  open_client = open_client(1),
 }
 
 local function lowered(list)
@@ -53,20 +60,18 @@ function M.configure(text)
       calls_per_second = c.calls_per_second,
       allow = lowered(c.allow_methods),
       rate_id = "c" .. SEP .. c.name,
-      served_key = c.name .. SEP .. "served",
+      served_key = served_key(c.name),
     }
     any = true
   end
   config = {
     clients = clients,
     any_client = any,
-    open_client = { name = M.OPEN, calls_per_second = data.default_calls_per_second, allow = {},
-      served_key = M.OPEN .. SEP .. "served" },
+    open_client = open_client(data.default_calls_per_second),
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
     max_batch_calls = data.max_batch_calls,
     max_get_logs_blocks = data.max_get_logs_blocks,
-    default_calls_per_second = data.default_calls_per_second,
     websocket_upstream = data.websocket_upstream,
     websocket_timeout_ms = data.websocket_timeout_secs * 1000,
   }
