@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -336,19 +335,9 @@ impl Rig {
             "ecs_updater" => {
                 let key = format!("bench-{index:06}_nginx.conf");
                 let text = "server { listen 80; location / { return 404; } }\n";
-                self.s3
-                    .put_object()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .body(ByteStream::from(text.as_bytes().to_vec()))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "S3 PutObject: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
-                        )
-                    })?;
+                let bucket =
+                    jsonrpc_proxy::config_bucket::ConfigBucket::new(self.s3.clone(), BUCKET);
+                devstack::testkit::publish(&bucket, &key, text).await;
                 s3_created_event(BUCKET, &key, text.len() as i64)
             }
             "slack_notifier" => serde_json::from_str(ALARM_SNS_EVENT)

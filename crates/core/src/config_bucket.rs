@@ -34,6 +34,10 @@ pub struct ConfigPointer {
     pub clients_fingerprint: Option<String>,
     /// When it was rendered, ISO-8601 UTC.
     pub rendered_at: String,
+    /// The render's place in the order of publications: each pointer write is one more than
+    /// the pointer it replaced (0 in a pointer written before the renderer kept it).
+    #[serde(default)]
+    pub sequence: u64,
     /// Redacted labels of the routed backends.
     pub backends: Vec<String>,
 }
@@ -64,6 +68,27 @@ pub struct ObjectInfo {
     /// Last-modified time, seconds since the epoch.
     pub last_modified_secs: Option<i64>,
     pub size: Option<i64>,
+    /// A configuration's [`ConfigPointer::sequence`], from its [`SEQUENCE_METADATA`].
+    pub sequence: Option<u64>,
+}
+
+/// The user metadata (`x-amz-meta-…`) that carries a configuration's sequence.
+pub const SEQUENCE_METADATA: &str = "sequence";
+
+/// The pointer as read, with the version a conditional replacement must find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointerVersion {
+    pub pointer: ConfigPointer,
+    /// The object's ETag.
+    pub etag: String,
+}
+
+/// Whether a conditional pointer write took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointerWrite {
+    Written,
+    /// Another render replaced (or created) the pointer since it was read: nothing written.
+    Superseded,
 }
 
 /// One bucket (`NGINX_CONFIG_BUCKET_NAME`).
@@ -87,53 +112,113 @@ impl ConfigBucket {
         &self.bucket
     }
 
-    /// Stores a configuration.
-    pub async fn put_config(&self, key: &str, text: &str) -> Result<(), BucketError> {
-        self.put(key, text.as_bytes().to_vec(), "text/plain; charset=utf-8")
-            .await
+    /// Stores a configuration of the render numbered `sequence`.
+    pub async fn put_config(
+        &self,
+        key: &str,
+        text: &str,
+        sequence: u64,
+    ) -> Result<(), BucketError> {
+        let request = self
+            .client
+            .put_object()
+            .key(key)
+            .content_type("text/plain; charset=utf-8")
+            .metadata(SEQUENCE_METADATA, sequence.to_string())
+            .body(ByteStream::from(text.as_bytes().to_vec()));
+        self.put(key, request).await.map(|_| ())
     }
 
-    /// Stores the pointer.
+    /// Stores the pointer unconditionally.
     pub async fn put_pointer(&self, pointer: &ConfigPointer) -> Result<(), BucketError> {
+        let request = self.pointer_request(pointer)?;
+        self.put(POINTER_KEY, request).await.map(|_| ())
+    }
+
+    /// Stores the pointer only if it is still the version `read` (`None`: only if there is no
+    /// pointer yet), as S3's conditional writes do it (`If-Match`, `If-None-Match: *`).
+    pub async fn replace_pointer(
+        &self,
+        pointer: &ConfigPointer,
+        read: Option<&str>,
+    ) -> Result<PointerWrite, BucketError> {
+        let request = self.pointer_request(pointer)?;
+        let request = match read {
+            Some(etag) => request.if_match(etag),
+            None => request.if_none_match("*"),
+        };
+        self.put(POINTER_KEY, request).await
+    }
+
+    fn pointer_request(
+        &self,
+        pointer: &ConfigPointer,
+    ) -> Result<aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder, BucketError>
+    {
         let body = serde_json::to_vec_pretty(pointer).map_err(|e| BucketError::Invalid {
             key: POINTER_KEY.into(),
             problem: e.to_string(),
         })?;
-        self.put(POINTER_KEY, body, "application/json").await
+        Ok(self
+            .client
+            .put_object()
+            .content_type("application/json")
+            .body(ByteStream::from(body)))
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), BucketError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| BucketError::Sdk {
-                operation: "PutObject",
-                key: key.into(),
-                message: DisplayErrorContext(&e).to_string(),
-            })
+    /// Sends a PutObject; a failed precondition (412, or 409 when S3 saw a concurrent
+    /// conditional write) is [`PointerWrite::Superseded`].
+    async fn put(
+        &self,
+        key: &str,
+        request: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    ) -> Result<PointerWrite, BucketError> {
+        match request.bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(PointerWrite::Written),
+            Err(error) => {
+                let status = error.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(409 | 412)) {
+                    return Ok(PointerWrite::Superseded);
+                }
+                Err(BucketError::Sdk {
+                    operation: "PutObject",
+                    key: key.into(),
+                    message: DisplayErrorContext(&error).to_string(),
+                })
+            }
+        }
     }
 
     /// Reads the pointer; `None` when nothing was rendered yet.
     pub async fn read_pointer(&self) -> Result<Option<ConfigPointer>, BucketError> {
-        let Some(bytes) = self.get(POINTER_KEY).await? else {
+        Ok(self.read_pointer_version().await?.map(|read| read.pointer))
+    }
+
+    /// Reads the pointer with its version; `None` when nothing was rendered yet.
+    pub async fn read_pointer_version(&self) -> Result<Option<PointerVersion>, BucketError> {
+        let Some((bytes, etag)) = self.get_versioned(POINTER_KEY).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| BucketError::Invalid {
-                key: POINTER_KEY.into(),
-                problem: e.to_string(),
-            })
+        let pointer = serde_json::from_slice(&bytes).map_err(|e| BucketError::Invalid {
+            key: POINTER_KEY.into(),
+            problem: e.to_string(),
+        })?;
+        Ok(Some(PointerVersion {
+            pointer,
+            etag: etag.unwrap_or_default(),
+        }))
     }
 
     /// Reads an object (at most [`MAX_OBJECT_BYTES`]); `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        Ok(self.get_versioned(key).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// An object and its ETag.
+    async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, BucketError> {
         let output = match self
             .client
             .get_object()
@@ -168,7 +253,7 @@ impl ConfigBucket {
             key: key.into(),
             message: e.to_string(),
         })?;
-        Ok(Some(bytes.to_vec()))
+        Ok(Some((bytes.to_vec(), output.e_tag)))
     }
 
     /// Looks an object up without reading it; `None` when it does not exist.
@@ -184,6 +269,10 @@ impl ConfigBucket {
             Ok(output) => Ok(Some(ObjectInfo {
                 last_modified_secs: output.last_modified().map(|t| t.secs()),
                 size: output.content_length(),
+                sequence: output
+                    .metadata()
+                    .and_then(|m| m.get(SEQUENCE_METADATA))
+                    .and_then(|v| v.trim().parse().ok()),
             })),
             Err(error) => {
                 if error.as_service_error().is_some_and(|e| e.is_not_found()) {

@@ -11,7 +11,9 @@ use time::OffsetDateTime;
 use crate::backend::iso8601;
 use crate::clients::MAX_CALLS_PER_SECOND;
 use crate::clients_store::ClientStore;
-use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, CONFIG_KEY_SUFFIX};
+use crate::config_bucket::{
+    BucketError, ConfigBucket, ConfigPointer, PointerWrite, CONFIG_KEY_SUFFIX,
+};
 use crate::gate::{clients_fingerprint, GatePolicy, GatePolicyError};
 use crate::nginx::{render_gated, RenderOptions};
 use crate::routing::RoutingPlan;
@@ -33,6 +35,9 @@ pub enum RenderError {
     /// The gate's policy would not give a safe configuration; nothing was written.
     #[error("the gate policy is invalid: {0}")]
     Gate(#[from] GatePolicyError),
+    /// Other renders kept publishing first.
+    #[error("{0} renders in a row were superseded by other renders")]
+    Contended(u32),
 }
 
 /// What a render did.
@@ -236,9 +241,12 @@ impl ConfigRenderer {
     }
 
     /// Renders the plan the backends table implies, behind the gate with the clients table's
-    /// clients, and publishes it as `<request_id>_nginx.conf`, then updates the pointer. When
-    /// the last published config has the same text (which holds the clients' key digests),
-    /// no config is written (no needless redeploy) unless `force` is set; the pointer is only
+    /// clients, and publishes it: the configuration, then the pointer, replaced only if no
+    /// other render published since this one read it. When another did, the render starts
+    /// over from the tables, so the last pointer written is always of a scan made after the
+    /// one before it was published (docs/architecture.md, "One order of renders"). When the
+    /// last published config has the same text (which holds the clients' key digests), no
+    /// config is written (no needless redeploy) unless `force` is set; the pointer is only
     /// rewritten, with the same config, when its fingerprints are not this render's (an older
     /// pointer without the clients' one), or the health checker would ask again every round.
     /// A policy that fails validation is an error: nothing is written.
@@ -255,6 +263,34 @@ impl ConfigRenderer {
         {
             return Err(RenderError::RequestId(request_id.to_owned()));
         }
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            if let Some(summary) = self.publish_once(request_id, force).await? {
+                return Ok(summary);
+            }
+            tracing::info!(
+                attempt,
+                "another render published meanwhile; rendering again from the tables"
+            );
+        }
+        Err(RenderError::Contended(PUBLISH_ATTEMPTS))
+    }
+
+    /// One render and publication; `None` when another render replaced the pointer first.
+    async fn publish_once(
+        &self,
+        request_id: &str,
+        force: bool,
+    ) -> Result<Option<RenderSummary>, RenderError> {
+        // A pointer that is not one (damaged by hand) is replaced, unconditionally, by one
+        // numbered after every sequence a counter from 1 can have reached.
+        let (read, damaged) = match self.bucket.read_pointer_version().await {
+            Ok(read) => (read, false),
+            Err(BucketError::Invalid { problem, .. }) => {
+                tracing::warn!(%problem, "the config pointer is unusable; replacing it");
+                (None, true)
+            }
+            Err(error) => return Err(error.into()),
+        };
         let (backends, records) = tokio::join!(self.store.scan_all(), self.clients.all());
         let (backends, records) = (backends?, records?);
         let plan = RoutingPlan::from_backends(&backends);
@@ -266,70 +302,90 @@ impl ConfigRenderer {
         let plan_fingerprint = plan.fingerprint();
         let clients_fingerprint = clients_fingerprint(&records);
         let labels = plan.labels();
+        let summary = |written: bool, key: String| RenderSummary {
+            written,
+            key,
+            sha256: sha256.clone(),
+            plan_fingerprint: plan_fingerprint.clone(),
+            clients_fingerprint: clients_fingerprint.clone(),
+            backends: labels.clone(),
+            clients: clients.clone(),
+        };
+        let etag = read.as_ref().map(|r| r.etag.as_str());
+        let previous = read.as_ref().map(|r| &r.pointer);
 
-        if !force {
-            match self.bucket.read_pointer().await {
-                Ok(Some(pointer))
-                    if pointer.sha256 == sha256
-                        && self.bucket.head(&pointer.key).await?.is_some() =>
+        if let Some(pointer) = previous.filter(|p| !force && p.sha256 == sha256) {
+            if self.bucket.head(&pointer.key).await?.is_some() {
+                if pointer.plan_fingerprint == plan_fingerprint
+                    && pointer.clients_fingerprint.as_deref() == Some(clients_fingerprint.as_str())
                 {
-                    if pointer.plan_fingerprint == plan_fingerprint
-                        && pointer.clients_fingerprint.as_deref()
-                            == Some(clients_fingerprint.as_str())
+                    tracing::info!(key = %pointer.key, "config unchanged; nothing written");
+                } else {
+                    let updated = ConfigPointer {
+                        plan_fingerprint: plan_fingerprint.clone(),
+                        clients_fingerprint: Some(clients_fingerprint.clone()),
+                        backends: labels.clone(),
+                        ..pointer.clone()
+                    };
+                    if self.bucket.replace_pointer(&updated, etag).await?
+                        == PointerWrite::Superseded
                     {
-                        tracing::info!(key = %pointer.key, "config unchanged; nothing written");
-                    } else {
-                        self.bucket
-                            .put_pointer(&ConfigPointer {
-                                plan_fingerprint: plan_fingerprint.clone(),
-                                clients_fingerprint: Some(clients_fingerprint.clone()),
-                                backends: labels.clone(),
-                                ..pointer.clone()
-                            })
-                            .await?;
-                        tracing::info!(
-                            key = %pointer.key,
-                            "config unchanged; the pointer's fingerprints brought up to date"
-                        );
+                        return Ok(None);
                     }
-                    return Ok(RenderSummary {
-                        written: false,
-                        key: pointer.key,
-                        sha256,
-                        plan_fingerprint,
-                        clients_fingerprint,
-                        backends: labels,
-                        clients,
-                    });
+                    tracing::info!(
+                        key = %pointer.key,
+                        "config unchanged; the pointer's fingerprints brought up to date"
+                    );
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the config pointer; rendering anyway")
-                }
+                return Ok(Some(summary(false, pointer.key.clone())));
             }
         }
 
-        let key = format!("{request_id}{CONFIG_KEY_SUFFIX}");
-        self.bucket.put_config(&key, &text).await?;
+        let sequence = match previous {
+            Some(p) => p.sequence + 1,
+            None if damaged => after_damage(OffsetDateTime::now_utc()),
+            None => 1,
+        };
+        let key = config_key(request_id, sequence, previous.map(|p| p.key.as_str()));
+        self.bucket.put_config(&key, &text, sequence).await?;
         let pointer = ConfigPointer {
             key: key.clone(),
             sha256: sha256.clone(),
             plan_fingerprint: plan_fingerprint.clone(),
             clients_fingerprint: Some(clients_fingerprint.clone()),
             rendered_at: iso8601(OffsetDateTime::now_utc()),
+            sequence,
             backends: labels.clone(),
         };
-        self.bucket.put_pointer(&pointer).await?;
-        tracing::info!(%key, backends = ?labels, clients = ?clients, "config published");
-        Ok(RenderSummary {
-            written: true,
-            key,
-            sha256,
-            plan_fingerprint,
-            clients_fingerprint,
-            backends: labels,
-            clients,
-        })
+        if damaged {
+            self.bucket.put_pointer(&pointer).await?;
+        } else if self.bucket.replace_pointer(&pointer, etag).await? == PointerWrite::Superseded {
+            return Ok(None);
+        }
+        tracing::info!(%key, sequence, backends = ?labels, clients = ?clients, "config published");
+        Ok(Some(summary(true, key)))
+    }
+}
+
+/// The sequence of a render that replaces a damaged pointer: milliseconds since the epoch,
+/// above any count of renders.
+fn after_damage(now: OffsetDateTime) -> u64 {
+    u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(u64::MAX / 2)
+}
+
+/// Renders that may replace the pointer first before one gives up (Lambda then retries).
+const PUBLISH_ATTEMPTS: u32 = 8;
+
+/// The key of render `sequence` of invocation `request_id`: `<request id>_nginx.conf`, unless
+/// the pointer (`pointed`) already names that key (a retried invocation that published
+/// before): a published key is never rewritten with other content, so it gets the sequence
+/// too. An unpublished key may be rewritten: nothing ever deployed it.
+fn config_key(request_id: &str, sequence: u64, pointed: Option<&str>) -> String {
+    let key = format!("{request_id}{CONFIG_KEY_SUFFIX}");
+    if pointed == Some(key.as_str()) {
+        format!("{request_id}-{sequence}{CONFIG_KEY_SUFFIX}")
+    } else {
+        key
     }
 }
 

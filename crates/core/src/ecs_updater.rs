@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config_bucket::{BucketError, ConfigBucket, NOTIFIED_KEY_SUFFIX};
+use std::time::Duration;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+
+use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, NOTIFIED_KEY_SUFFIX};
 use crate::settings::{Env, SettingsError};
 
 /// The environment variable the nginx container reads its configuration location from.
@@ -109,6 +113,12 @@ pub fn config_objects(event: &Value) -> Result<Vec<ConfigObject>, S3EventError> 
     Ok(objects)
 }
 
+/// Whether `event` is EventBridge's scheduled event.
+pub fn is_scheduled(event: &Value) -> bool {
+    EventBridgeEvent::<Value>::deserialize(event)
+        .is_ok_and(|scheduled| scheduled.detail_type == "Scheduled Event")
+}
+
 fn valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
         && name
@@ -161,9 +171,11 @@ where
 /// What the updater did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpdateSummary {
-    /// `deployed`, `duplicate`, `stale`, `missing` or `no_config`.
+    /// `deployed` (the service moved to the newest config), `duplicate` (it already ran
+    /// it), `missing` (the pointer names an object that does not exist) or `no_config` (the
+    /// event names no configuration, or nothing was rendered yet).
     pub outcome: &'static str,
-    /// The configuration acted on.
+    /// The newest configuration: the one the pointer names.
     pub config: Option<String>,
     /// The revision the service runs now.
     pub task_definition: Option<String>,
@@ -179,6 +191,8 @@ pub struct EcsUpdaterSettings {
     pub cluster: String,
     /// `ECS_SERVICE`: service name or ARN.
     pub service: String,
+    /// `NGINX_CONFIG_BUCKET_NAME`: where the pointer is.
+    pub bucket: String,
 }
 
 impl EcsUpdaterSettings {
@@ -187,9 +201,17 @@ impl EcsUpdaterSettings {
             family: env.required("TASK_DEFINITION_FAMILY")?,
             cluster: env.required("CLUSTER_ARN")?,
             service: env.required("ECS_SERVICE")?,
+            bucket: env.required("NGINX_CONFIG_BUCKET_NAME")?,
         })
     }
 }
+
+/// Longest wait for the pointer to name the render whose configuration woke the updater
+/// (the renderer writes the configuration, then the pointer).
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+const PUBLISH_POLL: Duration = Duration::from_millis(200);
+/// Passes of read-the-pointer-then-move-the-service before one gives up (Lambda retries).
+const RECONCILE_PASSES: usize = 4;
 
 /// The updater; build once per process.
 #[derive(Debug, Clone)]
@@ -199,6 +221,8 @@ pub struct EcsUpdater {
     pub family: String,
     pub cluster: String,
     pub service: String,
+    /// The config bucket, holder of the pointer.
+    pub bucket: String,
 }
 
 impl EcsUpdater {
@@ -214,14 +238,31 @@ impl EcsUpdater {
             family: settings.family.clone(),
             cluster: settings.cluster.clone(),
             service: settings.service.clone(),
+            bucket: settings.bucket.clone(),
         }
     }
 
-    /// Handles one S3 event. Of several configuration records, the last one is deployed
-    /// (records of one event are in order; older ones would be replaced at once).
+    fn config_bucket(&self) -> ConfigBucket {
+        ConfigBucket::new(self.s3.clone(), &self.bucket)
+    }
+
+    /// Handles one event: an S3 notification of new configurations, or EventBridge's
+    /// scheduled event. Either way the service ends on the configuration the pointer names
+    /// ([`EcsUpdater::reconcile`]); a notification only says when to look.
     pub async fn handle_event(&self, event: &Value) -> Result<UpdateSummary, EcsUpdateError> {
+        if is_scheduled(event) {
+            return self.reconcile(None).await;
+        }
         let objects = config_objects(event)?;
-        let Some(object) = objects.last() else {
+        let mut ours = Vec::new();
+        for object in objects {
+            if object.bucket == self.bucket {
+                ours.push(object);
+            } else {
+                tracing::warn!(config = %object.s3_path(), "ignoring a config outside the config bucket");
+            }
+        }
+        let Some(object) = ours.last() else {
             return Ok(UpdateSummary {
                 outcome: "no_config",
                 config: None,
@@ -229,78 +270,118 @@ impl EcsUpdater {
                 deregistered: Vec::new(),
             });
         };
-        self.deploy(object).await
+        self.reconcile(Some(object)).await
     }
 
-    /// Rolls the service onto `object`, unless it is already there, newer config is there, or
-    /// the object no longer exists.
-    pub async fn deploy(&self, object: &ConfigObject) -> Result<UpdateSummary, EcsUpdateError> {
-        let path = object.s3_path();
-        let bucket = ConfigBucket::new(self.s3.clone(), &object.bucket);
-        let summary = |outcome, task_definition: Option<String>| UpdateSummary {
-            outcome,
-            config: Some(path.clone()),
-            task_definition,
-            deregistered: Vec::new(),
-        };
-
-        let Some(new_info) = bucket.head(&object.key).await? else {
-            tracing::warn!(config = %path, "config object no longer exists; not deploying it");
-            return Ok(summary("missing", None));
-        };
-
-        let running_arn = self.running_task_definition().await?;
-        let running = self.describe_task_definition(&running_arn).await?;
-        let running_path = config_path_of(&running);
-
-        if running_path.as_deref() == Some(path.as_str()) {
-            tracing::info!(config = %path, "service already runs this config");
-            return Ok(summary("duplicate", Some(running_arn)));
-        }
-        if let Some((running_bucket, running_key)) = running_path.as_deref().and_then(parse_s3_path)
-        {
-            let running_info = ConfigBucket::new(self.s3.clone(), running_bucket)
-                .head(&running_key)
-                .await?;
-            let newer_is_running = matches!(
-                (running_info.and_then(|i| i.last_modified_secs), new_info.last_modified_secs),
-                (Some(running_time), Some(new_time)) if running_time > new_time
-            );
-            if newer_is_running {
-                tracing::warn!(config = %path, "the service runs a newer config; ignoring this stale event");
-                return Ok(summary("stale", Some(running_arn)));
+    /// Moves the service to the configuration the pointer names, unless it runs it already.
+    /// Woken by `object`'s creation, it first waits (at most [`PUBLISH_WAIT`]) until the
+    /// pointer names that render or a later one. After moving the service it reads the
+    /// pointer and the service again, and moves again when either changed meanwhile (ECS has
+    /// no compare-and-set), so concurrent updaters end on the newest configuration.
+    /// Rationale: docs/architecture.md, "ECS updater".
+    pub async fn reconcile(
+        &self,
+        object: Option<&ConfigObject>,
+    ) -> Result<UpdateSummary, EcsUpdateError> {
+        let bucket = self.config_bucket();
+        let mut pointer = self.pointer_after(&bucket, object).await?;
+        let mut moved: Option<String> = None;
+        let mut deregistered = Vec::new();
+        for _ in 0..RECONCILE_PASSES {
+            let Some(newest) = pointer.take() else {
+                tracing::warn!(bucket = %self.bucket, "nothing rendered yet (no pointer); the service stays as it is");
+                return Ok(UpdateSummary {
+                    outcome: "no_config",
+                    config: None,
+                    task_definition: None,
+                    deregistered,
+                });
+            };
+            let path = format!("s3://{}/{}", self.bucket, newest.key);
+            let summary = |outcome, task_definition: Option<String>, deregistered| UpdateSummary {
+                outcome,
+                config: Some(path.clone()),
+                task_definition,
+                deregistered,
+            };
+            let running_arn = self.running_task_definition().await?;
+            let running = self.describe_task_definition(&running_arn).await?;
+            let running_path = config_path_of(&running);
+            if running_path.as_deref() == Some(path.as_str()) {
+                if moved.is_none() {
+                    tracing::info!(config = %path, "service already runs the newest config");
+                }
+                let outcome = if moved.is_some() {
+                    "deployed"
+                } else {
+                    "duplicate"
+                };
+                return Ok(summary(outcome, Some(running_arn), deregistered));
             }
+            if bucket.head(&newest.key).await?.is_none() {
+                tracing::error!(config = %path, "the pointer names a config that does not exist; the service stays as it is");
+                return Ok(summary("missing", Some(running_arn), deregistered));
+            }
+            let running_sequence = match running_path.as_deref().and_then(parse_s3_path) {
+                Some((running_bucket, key)) if running_bucket == self.bucket => {
+                    bucket.head(&key).await?.and_then(|info| info.sequence)
+                }
+                _ => None,
+            };
+            if running_sequence.is_some_and(|running| running > newest.sequence) {
+                // This pointer was read before the service moved past it: read it again.
+                let fresh = bucket.read_pointer().await?;
+                if fresh.as_ref().is_some_and(|f| f.key != newest.key) {
+                    pointer = fresh;
+                    continue;
+                }
+                tracing::error!(config = %path, sequence = newest.sequence, ?running_sequence,
+                    "the pointer names an older render than the service runs (was the bucket reset?); following the pointer");
+            }
+
+            let template = self.describe_task_definition(&self.family).await?;
+            let new_arn = self.register_revision(&template, &path).await?;
+            self.update_service(&new_arn).await?;
+            tracing::info!(config = %path, sequence = newest.sequence, task_definition = %new_arn, previous = %running_arn, "service updated");
+            let revisions = self.active_revisions().await?;
+            let keep = [new_arn.as_str(), running_arn.as_str()];
+            let since = revision_of_arn(&running_arn).unwrap_or(0);
+            deregistered.extend(self.deregister_older(&revisions, since, &keep).await?);
+            moved = Some(new_arn);
+            pointer = bucket.read_pointer().await?;
         }
+        Err(EcsUpdateError::Unexpected(format!(
+            "the pointer or the service kept changing over {RECONCILE_PASSES} passes"
+        )))
+    }
 
-        let template = self.describe_task_definition(&self.family).await?;
-        let new_arn = self.register_revision(&template, &path).await?;
-        self.update_service(&new_arn).await?;
-        tracing::info!(config = %path, task_definition = %new_arn, previous = %running_arn, "service updated");
-
-        // A concurrent update may have registered a newer config meanwhile and lost the race
-        // to this UpdateService: end on the newest config either way.
-        let revisions = self.active_revisions().await?;
-        let since = revision_of_arn(&running_arn).unwrap_or(0);
-        let newest = self
-            .newest_config_revision(&revisions, since, &new_arn, new_info.last_modified_secs)
-            .await?;
-        if newest != new_arn {
-            tracing::warn!(config = %path, task_definition = %newest, "a concurrent update registered a newer config; moving the service to it");
-            self.update_service(&newest).await?;
+    /// The pointer, once it names the render of `object` or a later one (bounded by
+    /// [`PUBLISH_WAIT`]); at once when nothing woke the updater or `object` has no sequence.
+    async fn pointer_after(
+        &self,
+        bucket: &ConfigBucket,
+        object: Option<&ConfigObject>,
+    ) -> Result<Option<ConfigPointer>, EcsUpdateError> {
+        let mut pointer = bucket.read_pointer().await?;
+        let Some(object) = object else {
+            return Ok(pointer);
+        };
+        if pointer.as_ref().is_some_and(|p| p.key == object.key) {
+            return Ok(pointer);
         }
-
-        let in_use = self.running_task_definition().await?;
-        let keep = [
-            new_arn.as_str(),
-            running_arn.as_str(),
-            newest.as_str(),
-            in_use.as_str(),
-        ];
-        let deregistered = self.deregister_older(&revisions, since, &keep).await?;
-        Ok(UpdateSummary {
-            deregistered,
-            ..summary("deployed", Some(newest))
-        })
+        let Some(sequence) = bucket.head(&object.key).await?.and_then(|i| i.sequence) else {
+            return Ok(pointer);
+        };
+        let started = tokio::time::Instant::now();
+        while pointer.as_ref().map_or(0, |p| p.sequence) < sequence {
+            if started.elapsed() >= PUBLISH_WAIT {
+                tracing::warn!(config = %object.s3_path(), sequence, "the pointer does not name this render yet (its renderer failed or another published first); following the pointer as it is");
+                break;
+            }
+            tokio::time::sleep(PUBLISH_POLL).await;
+            pointer = bucket.read_pointer().await?;
+        }
+        Ok(pointer)
     }
 
     async fn update_service(&self, task_definition: &str) -> Result<(), EcsUpdateError> {
@@ -313,44 +394,6 @@ impl EcsUpdater {
             .await
             .map(|_| ())
             .map_err(|e| ecs_error("UpdateService", &e))
-    }
-
-    /// Of `ours` (whose config was modified at `our_time`) and the family's revisions newer
-    /// than revision `since` (registered by concurrent updates), the one whose config is the
-    /// newest; `ours` on ties and when nothing newer is known.
-    async fn newest_config_revision(
-        &self,
-        revisions: &[String],
-        since: u32,
-        ours: &str,
-        our_time: Option<i64>,
-    ) -> Result<String, EcsUpdateError> {
-        let mut best = (ours.to_owned(), our_time);
-        for arn in revisions {
-            let concurrent = arn != ours
-                && family_of_arn(arn) == Some(self.family.as_str())
-                && revision_of_arn(arn).is_some_and(|r| r > since);
-            if !concurrent {
-                continue;
-            }
-            let definition = self.describe_task_definition(arn).await?;
-            let Some((bucket, key)) = config_path_of(&definition)
-                .as_deref()
-                .and_then(parse_s3_path)
-            else {
-                continue;
-            };
-            let modified = ConfigBucket::new(self.s3.clone(), bucket)
-                .head(&key)
-                .await?
-                .and_then(|info| info.last_modified_secs);
-            if let (Some(theirs), Some(current)) = (modified, best.1) {
-                if theirs > current {
-                    best = (arn.clone(), Some(theirs));
-                }
-            }
-        }
-        Ok(best.0)
     }
 
     async fn running_task_definition(&self) -> Result<String, EcsUpdateError> {
@@ -466,8 +509,10 @@ impl EcsUpdater {
         Ok(arns)
     }
 
-    /// Deregisters the family's `revisions` numbered below `below`, except `keep`; returns
-    /// their ARNs. Revisions registered since (by this or a concurrent update) stay.
+    /// Deregisters the family's `revisions` numbered below `below`, except `keep` and the
+    /// template's own (registered by CloudFormation, without [`CONFIG_PATH_VARIABLE`]: the
+    /// next stack update starts from it); returns their ARNs. Revisions registered since (by
+    /// this or a concurrent update) stay.
     async fn deregister_older(
         &self,
         revisions: &[String],
@@ -479,6 +524,9 @@ impl EcsUpdater {
             let older = family_of_arn(arn) == Some(self.family.as_str())
                 && revision_of_arn(arn).is_some_and(|r| r < below);
             if !older || keep.contains(&arn.as_str()) {
+                continue;
+            }
+            if config_path_of(&self.describe_task_definition(arn).await?).is_none() {
                 continue;
             }
             self.ecs

@@ -859,6 +859,7 @@ mod tests {
                 plan_fingerprint: "plan".into(),
                 clients_fingerprint: clients.map(str::to_owned),
                 rendered_at: "2026-11-24T03:00:00Z".into(),
+                sequence: 1,
                 backends: Vec::new(),
             }))
         };

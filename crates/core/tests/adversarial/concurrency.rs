@@ -348,18 +348,18 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
         family: service.family.clone(),
         cluster: service.cluster_arn.clone(),
         service: service.service_name.clone(),
+        bucket: env.bucket_name.clone(),
     };
     let bucket = env.bucket_name.clone();
     let mut violations = Vec::new();
     for pair in 0..PAIRS {
-        // Two configs a second apart (S3 LastModified resolution); their events are handled
-        // at the same time, the older one first or second.
+        // Two renders of one second; their events are handled at the same time, the older
+        // one first or second.
         let (older, newer) = (
             format!("p{pair}-old_nginx.conf"),
             format!("p{pair}-new_nginx.conf"),
         );
         put_config(&env, &older).await;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         put_config(&env, &newer).await;
         let object = |key: &str| jsonrpc_proxy::ecs_updater::ConfigObject {
             bucket: bucket.clone(),
@@ -368,10 +368,15 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
         };
         let (old_object, new_object) = (object(&older), object(&newer));
         let (a, b_result) = if pair % 2 == 0 {
-            tokio::join!(updater.deploy(&old_object), updater.deploy(&new_object))
+            tokio::join!(
+                updater.reconcile(Some(&old_object)),
+                updater.reconcile(Some(&new_object))
+            )
         } else {
-            let (b_result, a) =
-                tokio::join!(updater.deploy(&new_object), updater.deploy(&old_object));
+            let (b_result, a) = tokio::join!(
+                updater.reconcile(Some(&new_object)),
+                updater.reconcile(Some(&old_object))
+            );
             (a, b_result)
         };
         let outcomes = (
@@ -392,4 +397,59 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
     }
     figure("concurrent ECS updates: pairs", PAIRS);
     assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Renders at once while the table changes, half of them forced (they always publish):
+/// each publication replaces the pointer it read, so the published renders have distinct
+/// sequences, the pointer holds the highest, and it renders the table as it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_renders_publish_in_one_order_and_end_on_the_last_change() {
+    const RENDERS: usize = 8;
+    let env = TestStack::new("adv-renders").await;
+    let renderer = env.renderer(8080, "/tmp/jrp-adv-renders");
+    let node = Node::start().await;
+    let renders = (0..RENDERS).map(|i| {
+        let (env, renderer, url) = (&env, &renderer, node.named(&format!("n{i}")));
+        async move {
+            env.add(&url, false).await;
+            env.set_healthy(&url, true).await;
+            renderer
+                .render_and_publish(&format!("race-{i}"), i % 2 == 0)
+                .await
+        }
+    });
+    let summaries = futures::future::join_all(renders).await;
+    let bucket = env.bucket();
+    let mut sequences = BTreeSet::new();
+    for summary in summaries {
+        let summary = summary.expect("every render publishes or finds its text published");
+        if !summary.written {
+            continue;
+        }
+        let sequence = bucket
+            .head(&summary.key)
+            .await
+            .expect("head")
+            .and_then(|info| info.sequence)
+            .expect("a published config carries its sequence");
+        assert!(
+            sequences.insert(sequence),
+            "sequence {sequence} published twice"
+        );
+    }
+    let pointer = env
+        .pointer_is_consistent("after the race")
+        .await
+        .expect("pointer");
+    assert_eq!(Some(&pointer.sequence), sequences.last(), "{sequences:?}");
+    assert_eq!(
+        pointer.plan_fingerprint,
+        env.table_plan().await,
+        "the last change is rendered"
+    );
+    assert!(
+        sequences.len() >= RENDERS / 2,
+        "every forced render publishes: {sequences:?}"
+    );
+    figure("concurrent renders: publications", sequences.len());
 }

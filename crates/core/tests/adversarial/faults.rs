@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
-use aws_sdk_s3::primitives::ByteStream;
 use devstack::{Fault, FaultRule};
 use jsonrpc_proxy::config_bucket::POINTER_KEY;
 use jsonrpc_proxy::config_renderer::RenderError;
@@ -563,16 +562,9 @@ pub async fn assert_running_is_active(
     );
 }
 
+/// Publishes a config and its pointer, as the renderer does.
 pub async fn put_config(env: &TestStack, key: &str) {
-    env.aws
-        .s3
-        .put_object()
-        .bucket(&env.bucket_name)
-        .key(key)
-        .body(ByteStream::from(format!("# {key}\n").into_bytes()))
-        .send()
-        .await
-        .expect("put config");
+    devstack::testkit::publish(&env.bucket(), key, &format!("# {key}\n")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,6 +581,7 @@ async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() 
         family: service.family.clone(),
         cluster: service.cluster_arn.clone(),
         service: service.service_name.clone(),
+        bucket: env.bucket_name.clone(),
     };
     let ecs = env.aws.ecs.clone();
     let proxy = &env.moto_proxy();
@@ -614,8 +607,6 @@ async fn ecs_update_faults_never_leave_the_service_on_a_deregistered_revision() 
         ("DescribeServices", Fault::Drop),
     ];
     for (index, (operation, fault)) in cases.iter().enumerate() {
-        // S3's LastModified has one-second resolution: keep configs a second apart.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         let key = format!("c{}_nginx.conf", index + 2);
         put_config(&env, &key).await;
         let event = s3_event(&bucket, &key);

@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
-use aws_sdk_s3::primitives::ByteStream;
 use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
 use serde_json::{json, Value};
 
-use devstack::testkit::{moto, unique, TestStack};
+use devstack::testkit::{moto, publish, unique, TestStack};
 
 /// An S3 notification as Lambda delivers it; `raw_key` is URL-encoded as S3 does.
 fn s3_event(bucket: &str, raw_key: &str, event_name: &str) -> Value {
@@ -35,17 +34,20 @@ fn s3_event(bucket: &str, raw_key: &str, event_name: &str) -> Value {
     })
 }
 
+/// Publishes a config and its pointer, as the renderer does.
 async fn put(stack: &TestStack, key: &str, text: &str) {
-    stack
-        .aws
-        .s3
-        .put_object()
-        .bucket(&stack.bucket_name)
-        .key(key)
-        .body(ByteStream::from(text.as_bytes().to_vec()))
-        .send()
-        .await
-        .unwrap();
+    publish(&stack.bucket(), key, text).await;
+}
+
+fn updater_for(stack: &TestStack, ecs: &devstack::EcsService) -> EcsUpdater {
+    EcsUpdater {
+        ecs: stack.aws.ecs.clone(),
+        s3: stack.aws.s3.clone(),
+        family: ecs.family.clone(),
+        cluster: ecs.cluster_arn.clone(),
+        service: ecs.service_name.clone(),
+        bucket: stack.bucket_name.clone(),
+    }
 }
 
 async fn active_revisions(stack: &TestStack, family: &str) -> Vec<String> {
@@ -102,13 +104,7 @@ async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
         .create_ecs_service(&unique("ecs-cluster"), &family, &unique("ecs-service"))
         .await
         .unwrap();
-    let updater = EcsUpdater {
-        ecs: stack.aws.ecs.clone(),
-        s3: stack.aws.s3.clone(),
-        family: ecs.family.clone(),
-        cluster: ecs.cluster_arn.clone(),
-        service: ecs.service_name.clone(),
-    };
+    let updater = updater_for(&stack, &ecs);
     let bucket = stack.bucket_name.clone();
 
     // A key with a space arrives URL-encoded ('+').
@@ -152,9 +148,8 @@ async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
     assert_eq!(again.outcome, "duplicate");
     assert_eq!(active_revisions(&stack, &family).await.len(), 2);
 
-    // A newer config: revision 3; revision 1 is deregistered, 2 (previous) and 3 kept.
-    // (S3 LastModified has one-second resolution.)
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A newer config: revision 3. Revision 2 (previous) and 3 are kept, and so is revision 1,
+    // the template's own: CloudFormation's next update starts from it.
     put(&stack, "req-2_nginx.conf", "# second\n").await;
     let summary = updater
         .handle_event(&s3_event(&bucket, "req-2_nginx.conf", "ObjectCreated:Put"))
@@ -163,16 +158,15 @@ async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
     assert_eq!(summary.outcome, "deployed");
     let rev3 = summary.task_definition.clone().unwrap();
     assert_eq!(revision(&rev3), 3);
-    assert_eq!(summary.deregistered, vec![ecs.task_definition_arn.clone()]);
+    assert!(summary.deregistered.is_empty(), "{summary:?}");
     assert_eq!(
         active_revisions(&stack, &family).await,
-        vec![rev2.clone(), rev3.clone()]
+        vec![ecs.task_definition_arn.clone(), rev2.clone(), rev3.clone()]
     );
 
-    // An older config delivered late (put before req-3, its event arrives after): stale.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // An older config's event delivered late (rendered before req-3, its event arrives
+    // after): the service stays on the newest.
     put(&stack, "old_nginx.conf", "# old\n").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     put(&stack, "req-3_nginx.conf", "# third\n").await;
     let summary = updater
         .handle_event(&s3_event(&bucket, "req-3_nginx.conf", "ObjectCreated:Put"))
@@ -185,7 +179,7 @@ async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
         .handle_event(&s3_event(&bucket, "old_nginx.conf", "ObjectCreated:Put"))
         .await
         .unwrap();
-    assert_eq!(stale.outcome, "stale", "{stale:?}");
+    assert_eq!(stale.outcome, "duplicate", "{stale:?}");
     let (arn, path) = running(&stack, &updater).await;
     assert_eq!(arn, rev4);
     assert_eq!(path, Some(format!("s3://{bucket}/req-3_nginx.conf")));
@@ -225,7 +219,193 @@ async fn configs_roll_out_once_in_order_and_only_if_they_exist() {
 
     assert_eq!(
         active_revisions(&stack, &family).await,
-        vec![rev3, rev4.clone()]
+        vec![ecs.task_definition_arn.clone(), rev3, rev4.clone()]
     );
     assert_eq!(running(&stack, &updater).await.0, rev4);
+}
+
+/// Two renders of one second, their events handled in either order, one after the other and
+/// at once: the service ends on the newer, the one the pointer names.
+#[tokio::test]
+async fn two_renders_of_one_second_end_on_the_newer_in_either_order() {
+    let stack = TestStack::new("ecs-tie").await;
+    let ecs = moto()
+        .create_ecs_service(
+            &unique("tie-cluster"),
+            &unique("tie-family"),
+            &unique("tie-service"),
+        )
+        .await
+        .unwrap();
+    let updater = updater_for(&stack, &ecs);
+    let bucket = stack.bucket_name.clone();
+    let newest = |key: &str| Some(format!("s3://{bucket}/{key}"));
+    for round in 0..4 {
+        // Keys in the order that puts the newer one first when listed (S3 keys carry no order).
+        let (older, newer) = (
+            format!("z{round}_nginx.conf"),
+            format!("a{round}_nginx.conf"),
+        );
+        put(&stack, &older, &format!("# {older}\n")).await;
+        put(&stack, &newer, &format!("# {newer}\n")).await;
+        let (old_event, new_event) = (
+            s3_event(&bucket, &older, "ObjectCreated:Put"),
+            s3_event(&bucket, &newer, "ObjectCreated:Put"),
+        );
+        match round {
+            0 => {
+                updater.handle_event(&new_event).await.unwrap();
+                let old = updater.handle_event(&old_event).await.unwrap();
+                assert_eq!(old.outcome, "duplicate", "{old:?}");
+            }
+            1 => {
+                let old = updater.handle_event(&old_event).await.unwrap();
+                assert_eq!(
+                    old.config,
+                    newest(&newer),
+                    "an older event applies the newest"
+                );
+                updater.handle_event(&new_event).await.unwrap();
+            }
+            _ => {
+                let (a, b) = if round == 2 {
+                    tokio::join!(
+                        updater.handle_event(&old_event),
+                        updater.handle_event(&new_event)
+                    )
+                } else {
+                    let (b, a) = tokio::join!(
+                        updater.handle_event(&new_event),
+                        updater.handle_event(&old_event)
+                    );
+                    (a, b)
+                };
+                a.unwrap();
+                b.unwrap();
+            }
+        }
+        assert_eq!(
+            running(&stack, &updater).await.1,
+            newest(&newer),
+            "round {round}"
+        );
+    }
+}
+
+/// The renderer writes the config, then the pointer: an event handled in between waits for
+/// the pointer instead of leaving the service where it is.
+#[tokio::test]
+async fn an_event_ahead_of_its_pointer_waits_for_it() {
+    let stack = TestStack::new("ecs-ahead").await;
+    let ecs = moto()
+        .create_ecs_service(
+            &unique("ahead-cluster"),
+            &unique("ahead-family"),
+            &unique("ahead-service"),
+        )
+        .await
+        .unwrap();
+    let updater = updater_for(&stack, &ecs);
+    let bucket = stack.bucket();
+    put(&stack, "first_nginx.conf", "# first\n").await;
+    updater
+        .handle_event(&s3_event(
+            &stack.bucket_name,
+            "first_nginx.conf",
+            "ObjectCreated:Put",
+        ))
+        .await
+        .unwrap();
+
+    let pointer = bucket.read_pointer().await.unwrap().unwrap();
+    let text = "# second\n";
+    bucket
+        .put_config("second_nginx.conf", text, pointer.sequence + 1)
+        .await
+        .unwrap();
+    let event = s3_event(&stack.bucket_name, "second_nginx.conf", "ObjectCreated:Put");
+    let handled = tokio::spawn({
+        let updater = updater.clone();
+        async move { updater.handle_event(&event).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!handled.is_finished(), "the updater waits for the pointer");
+    bucket
+        .put_pointer(&jsonrpc_proxy::config_bucket::ConfigPointer {
+            key: "second_nginx.conf".into(),
+            sequence: pointer.sequence + 1,
+            ..pointer
+        })
+        .await
+        .unwrap();
+    let summary = handled.await.unwrap().unwrap();
+    assert_eq!(summary.outcome, "deployed", "{summary:?}");
+    assert_eq!(
+        running(&stack, &updater).await.1,
+        Some(format!("s3://{}/second_nginx.conf", stack.bucket_name))
+    );
+}
+
+/// Every notification lost: the scheduled event moves the service to the pointer's config,
+/// and moves it back when something else put it on an older one.
+#[tokio::test]
+async fn the_schedule_heals_the_service_without_any_notification() {
+    let stack = TestStack::new("ecs-heal").await;
+    let ecs = moto()
+        .create_ecs_service(
+            &unique("heal-cluster"),
+            &unique("heal-family"),
+            &unique("heal-service"),
+        )
+        .await
+        .unwrap();
+    let updater = updater_for(&stack, &ecs);
+    let scheduled = json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-11-24T03:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/schedule"], "detail": {}
+    });
+    let nothing = updater.handle_event(&scheduled).await.unwrap();
+    assert_eq!(
+        nothing.outcome, "no_config",
+        "nothing rendered yet: {nothing:?}"
+    );
+
+    put(&stack, "one_nginx.conf", "# one\n").await;
+    let healed = updater.handle_event(&scheduled).await.unwrap();
+    assert_eq!(healed.outcome, "deployed", "{healed:?}");
+    let older = healed.task_definition.clone().unwrap();
+    put(&stack, "two_nginx.conf", "# two\n").await;
+    assert_eq!(
+        updater.handle_event(&scheduled).await.unwrap().outcome,
+        "deployed"
+    );
+    // Someone moves the service back to the older revision.
+    stack
+        .aws
+        .ecs
+        .update_service()
+        .cluster(&updater.cluster)
+        .service(&updater.service)
+        .task_definition(&older)
+        .send()
+        .await
+        .unwrap();
+    let healed = updater.handle_event(&scheduled).await.unwrap();
+    assert_eq!(healed.outcome, "deployed", "{healed:?}");
+    assert_eq!(
+        running(&stack, &updater).await.1,
+        Some(format!("s3://{}/two_nginx.conf", stack.bucket_name))
+    );
+    assert_eq!(
+        updater.handle_event(&scheduled).await.unwrap().outcome,
+        "duplicate"
+    );
+    assert!(
+        active_revisions(&stack, &ecs.family)
+            .await
+            .contains(&ecs.task_definition_arn),
+        "the template's revision stays active"
+    );
 }

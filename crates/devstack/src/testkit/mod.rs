@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
+use sha2::{Digest, Sha256};
 
 use crate::{MetricsRecorder, Moto};
 
@@ -45,6 +47,32 @@ pub fn recorder() -> &'static MetricsRecorder {
         Ok(recorder) => recorder,
         Err(error) => panic!("cannot start the CloudWatch recorder: {error}"),
     })
+}
+
+/// Publishes `text` under `key` as the renderer does: the configuration numbered one after
+/// the pointer's render, then the pointer to it. Returns the pointer.
+pub async fn publish(bucket: &ConfigBucket, key: &str, text: &str) -> ConfigPointer {
+    let sequence = bucket
+        .read_pointer()
+        .await
+        .expect("read pointer")
+        .map_or(0, |p| p.sequence)
+        + 1;
+    bucket
+        .put_config(key, text, sequence)
+        .await
+        .expect("put config");
+    let pointer = ConfigPointer {
+        key: key.into(),
+        sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        plan_fingerprint: "test".into(),
+        clients_fingerprint: None,
+        rendered_at: "2026-11-24T03:00:00Z".into(),
+        sequence,
+        backends: vec![],
+    };
+    bucket.put_pointer(&pointer).await.expect("put pointer");
+    pointer
 }
 
 /// A name no other test of this run uses: `prefix`, the process id and a counter (lowercase
