@@ -519,6 +519,18 @@ mod tests {
     }
 
     #[test]
+    fn a_published_key_is_never_rewritten() {
+        assert_eq!(config_key("r1", 7, None), "r1_nginx.conf");
+        assert_eq!(config_key("r1", 7, Some("r0_nginx.conf")), "r1_nginx.conf");
+        assert_eq!(
+            config_key("r1", 7, Some("r1_nginx.conf")),
+            "r1-7_nginx.conf"
+        );
+        let damaged = after_damage(time::macros::datetime!(2026-12-06 20:00 UTC));
+        assert_eq!(damaged, 1_796_587_200_000);
+    }
+
+    #[test]
     fn render_requests() {
         let sent = RenderRequest {
             source: Some("jsonrpc-proxy".into()),

@@ -719,6 +719,23 @@ mod tests {
     }
 
     #[test]
+    fn scheduled_events_are_told_from_s3_events() {
+        let scheduled = json!({
+            "version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "time": "2026-11-24T03:00:00Z", "region": "eu-west-1",
+            "resources": ["arn:aws:events:eu-west-1:123456789012:rule/r"], "detail": {}
+        });
+        assert!(is_scheduled(&scheduled));
+        let mut other = scheduled.clone();
+        other["detail-type"] = json!("Object Created");
+        assert!(!is_scheduled(&other));
+        assert!(!is_scheduled(
+            &json!({"Records": [record("ObjectCreated:Put", "b-1", "a.conf")]})
+        ));
+        assert!(!is_scheduled(&json!({})));
+    }
+
+    #[test]
     fn arns_and_paths() {
         assert_eq!(
             family_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy-dev:7"),

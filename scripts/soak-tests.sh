@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs every test that starts a local stack or nginx N times in a row (default 10), to find
+# what fails one run in many: the local_stack and config_agent tests, core's tests that run
+# nginx (gate, render_nginx_check, integration) and the walkthrough. A failure is counted and
+# its log kept, never retried. With --beside, the rest of the suite (`cargo test --workspace`)
+# runs alongside every round, as on a loaded CI machine. Prints a line per run and a summary;
+# exits 1 when anything failed.
+#
+#   scripts/soak-tests.sh [N] [--beside]
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+rounds=10
+beside=false
+for arg in "$@"; do
+  case "$arg" in
+    --beside) beside=true ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *[!0-9]*|'') echo "soak-tests: N must be a whole number, not '$arg'" >&2; exit 2 ;;
+    *) rounds=$arg ;;
+  esac
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
+export PATH="$root/.tools/node/node_modules/.bin:$PATH"
+export CARGO_TERM_COLOR=never
+
+targets=(
+  "-p local_stack --tests"
+  "-p config_agent --tests"
+  "-p jsonrpc-proxy-core --test gate"
+  "-p jsonrpc-proxy-core --test render_nginx_check"
+  "-p jsonrpc-proxy-core --test integration"
+)
+logs="$CARGO_TARGET_DIR/soak/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$logs"
+echo "[soak] building the test binaries"
+for target in "${targets[@]}"; do
+  # shellcheck disable=SC2086 # a target is several arguments
+  cargo test $target --no-run --quiet || exit 1
+done
+$beside && { cargo test --workspace --no-run --quiet || exit 1; }
+
+runs=0
+failed=0
+declare -A failures=()
+started=$(date +%s)
+record() { # name, exit status, log
+  runs=$((runs + 1))
+  if [ "$2" -eq 0 ]; then
+    echo "[soak] ok      $1"
+  else
+    failed=$((failed + 1))
+    failures[$1]=$(( ${failures[$1]:-0} + 1 ))
+    echo "[soak] FAILED  $1 (log: $3)"
+    grep -E '^test .* FAILED$|panicked at|^---- ' "$3" | head -5 | sed 's/^/[soak]         /'
+  fi
+}
+for round in $(seq 1 "$rounds"); do
+  echo "[soak] round $round of $rounds"
+  beside_pid=""
+  if $beside; then
+    cargo test --workspace --quiet >"$logs/round$round-beside.log" 2>&1 &
+    beside_pid=$!
+  fi
+  for target in "${targets[@]}"; do
+    name=${target//[^a-z_-]/}
+    log="$logs/round$round-$name.log"
+    # shellcheck disable=SC2086
+    cargo test $target >"$log" 2>&1
+    record "$target" $? "$log"
+  done
+  log="$logs/round$round-walkthrough.log"
+  bash scripts/test-walkthrough.sh >"$log" 2>&1
+  record "walkthrough" $? "$log"
+  [ -n "$beside_pid" ] && wait "$beside_pid"
+done
+elapsed=$(( $(date +%s) - started ))
+echo "[soak] $rounds rounds, $runs runs, $failed failed, $((elapsed / 60)) min $((elapsed % 60)) s; logs in $logs"
+for name in "${!failures[@]}"; do
+  echo "[soak]   $name: ${failures[$name]} of $rounds failed"
+done
+[ "$failed" -eq 0 ]
