@@ -250,8 +250,10 @@ impl EcsUpdater {
     /// scheduled event. Either way the service ends on the configuration the pointer names
     /// ([`EcsUpdater::reconcile`]); a notification only says when to look.
     pub async fn handle_event(&self, event: &Value) -> Result<UpdateSummary, EcsUpdateError> {
+        // Boxed: the reconciliation's future is deep enough to overflow rustc's layout query
+        // depth in the binary's release build.
         if is_scheduled(event) {
-            return self.reconcile(None).await;
+            return Box::pin(self.reconcile(None)).await;
         }
         let objects = config_objects(event)?;
         let mut ours = Vec::new();
@@ -270,7 +272,7 @@ impl EcsUpdater {
                 deregistered: Vec::new(),
             });
         };
-        self.reconcile(Some(object)).await
+        Box::pin(self.reconcile(Some(object))).await
     }
 
     /// Moves the service to the configuration the pointer names, unless it runs it already.
