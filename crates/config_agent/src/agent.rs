@@ -15,6 +15,7 @@ use crate::settings::{AgentSettings, S3Location};
 use crate::source::{ConfigFetcher, FetchError, FetchedConfig};
 use crate::status::{ConfigStatus, StatusReporter};
 use crate::usage::UsageReporter;
+use crate::workers::{ReloadWatch, Unconfirmed, RELOAD_CONFIRM_TIMEOUT};
 
 /// The configuration nginx runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,10 @@ pub enum AgentError {
     /// nginx could not be reloaded (the new configuration is installed).
     #[error("the configuration is installed but nginx was not reloaded: {0}")]
     Reload(NginxError),
+    /// nginx was told to reload, but its workers of the previous configuration were not seen
+    /// to stop accepting connections.
+    #[error("the configuration is installed and nginx was told to reload, but it is not confirmed in force: {0}")]
+    Unconfirmed(Unconfirmed),
     /// Even the default configuration is refused: nginx itself is misconfigured.
     #[error("the default configuration is refused too, nginx cannot start: {0}")]
     DefaultRefused(InstallError),
@@ -247,8 +252,10 @@ impl Agent {
     }
 
     /// `apply`: fetches the configuration (the explicit path, else the pointer's target),
-    /// installs it if `nginx -t` accepts it, and reloads nginx. On failure the previous
-    /// configuration stays installed.
+    /// installs it if `nginx -t` accepts it, reloads nginx and waits until nginx serves it
+    /// (every worker of the previous configuration stopped accepting, a new one running;
+    /// [`RELOAD_CONFIRM_TIMEOUT`] at most). On failure the previous configuration stays
+    /// installed.
     pub async fn apply_once(&self, reload: bool) -> Result<Applied, AgentError> {
         self.prepare_socket_dir();
         let sources = &self.settings.sources;
@@ -269,15 +276,50 @@ impl Agent {
             location: Some(fetched.location),
             sha256: fetched.sha256,
         };
+        let mut took = None;
         if reload {
+            // The master (from its pid file) and its workers, noted before the signal.
+            let watch = match self.settings.nginx.master_pid().await {
+                Ok(master) => ReloadWatch::before_reload(master),
+                Err(message) => Err(Unconfirmed::Master(message)),
+            };
             self.settings
                 .nginx
                 .reload()
                 .await
                 .map_err(AgentError::Reload)?;
+            took = Some(
+                self.confirm_reload(watch, &applied)
+                    .await
+                    .map_err(AgentError::Unconfirmed)?,
+            );
         }
-        tracing::info!(config = %applied.label(), sha256 = %applied.sha256, reloaded = reload, "configuration applied");
+        tracing::info!(
+            config = %applied.label(), sha256 = %applied.sha256, reloaded = reload,
+            in_force_after_ms = took.map(|t| t.as_millis() as u64),
+            "configuration applied"
+        );
         Ok(applied)
+    }
+
+    /// Waits until the reload that followed `watch` has taken over: nginx serves `applied`
+    /// on every new connection. Returns how long that took; logs a warning when it is not
+    /// seen in time.
+    async fn confirm_reload(
+        &self,
+        watch: Result<ReloadWatch, Unconfirmed>,
+        applied: &Applied,
+    ) -> Result<Duration, Unconfirmed> {
+        let waited = match watch {
+            Ok(watch) => watch.wait(RELOAD_CONFIRM_TIMEOUT).await,
+            Err(error) => Err(error),
+        };
+        waited.inspect_err(|reason| {
+            tracing::warn!(
+                config = %applied.label(), %reason,
+                "the configuration is installed, but nginx's workers of the previous one may still accept connections: not confirmed as applied"
+            );
+        })
     }
 
     /// One pointer check: when the pointer names a configuration with other content than
@@ -353,7 +395,9 @@ impl Agent {
     /// child, forwards SIGTERM, SIGQUIT, SIGINT and SIGHUP to it, every `poll` checks the
     /// pointer, installing a new valid configuration with a graceful reload (SIGHUP), and every
     /// `usage_every` publishes the gate's usage (with [`Agent::usage`] set). The two run side
-    /// by side: a slow one never delays the other. Returns nginx's exit status.
+    /// by side: a slow one never delays the other. A reloaded configuration counts as in force
+    /// once nginx serves it (as in [`Agent::apply_once`]); one that is not confirmed in time
+    /// is tried again at the next poll. Returns nginx's exit status.
     pub async fn run_supervised(
         &self,
         poll: Option<Duration>,
@@ -388,11 +432,14 @@ impl Agent {
         let mut ticker = poll.map(every);
         let mut usage_reporter = usage_every.and(self.usage.clone());
         let mut usage_ticker = usage_every.filter(|_| usage_reporter.is_some()).map(every);
-        let mut usage_step: Option<Pin<Box<dyn Future<Output = UsageReporter> + Send>>> = None;
+        let mut usage_step: Option<Step<'_, UsageReporter>> = None;
 
         let mut refused: Option<String> = None;
         let mut stopping = false;
-        let mut check: Option<Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>>> = None;
+        let mut check: Option<Step<'_, CheckOutcome>> = None;
+        // A reload being confirmed: the configuration, and how long nginx took to serve it
+        // (`None`: not confirmed).
+        let mut confirm: Option<Step<'_, (Applied, Option<Duration>)>> = None;
         loop {
             tokio::select! {
                 status = child.wait() => {
@@ -404,15 +451,13 @@ impl Agent {
                 _ = quit.recv() => { forward(pid, libc::SIGQUIT, "SIGQUIT"); stopping = true; }
                 _ = interrupt.recv() => { forward(pid, libc::SIGINT, "SIGINT"); stopping = true; }
                 _ = hangup.recv() => forward(pid, libc::SIGHUP, "SIGHUP"),
-                _ = tick(&mut ticker), if check.is_none() && !stopping => {
+                _ = tick(&mut ticker), if check.is_none() && confirm.is_none() && !stopping => {
                     let (current, refused) = (current.clone(), refused.clone());
                     check = Some(Box::pin(async move {
                         let outcome = self.check_pointer(&current, refused.as_deref()).await;
-                        let in_force = match &outcome {
-                            CheckOutcome::Installed(applied) => &applied.sha256,
-                            _ => &current.sha256,
-                        };
-                        self.report_status(in_force).await;
+                        if !matches!(outcome, CheckOutcome::Installed(_)) {
+                            self.report_status(&current.sha256).await;
+                        }
                         outcome
                     }));
                 }
@@ -420,10 +465,19 @@ impl Agent {
                     check = None;
                     match outcome {
                         CheckOutcome::Installed(applied) if !stopping => {
+                            let watch = ReloadWatch::before_reload(pid);
                             forward(pid, libc::SIGHUP, "SIGHUP");
-                            tracing::info!(config = %applied.label(), sha256 = %applied.sha256, "new configuration installed; nginx reloads");
-                            current = applied;
                             refused = None;
+                            let previous = current.sha256.clone();
+                            confirm = Some(Box::pin(async move {
+                                let served = self.confirm_reload(watch, &applied).await.ok();
+                                let in_force = match served {
+                                    Some(_) => &applied.sha256,
+                                    None => &previous,
+                                };
+                                self.report_status(in_force).await;
+                                (applied, served)
+                            }));
                         }
                         CheckOutcome::Installed(applied) => current = applied,
                         CheckOutcome::Refused { sha256 } => refused = Some(sha256),
@@ -438,6 +492,17 @@ impl Agent {
                         }));
                     }
                 }
+                (applied, served) = in_flight(&mut confirm), if confirm.is_some() => {
+                    confirm = None;
+                    if let Some(took) = served {
+                        tracing::info!(
+                            config = %applied.label(), sha256 = %applied.sha256,
+                            in_force_after_ms = took.as_millis() as u64,
+                            "new configuration installed; nginx reloaded and serves it"
+                        );
+                        current = applied;
+                    }
+                }
                 reporter = in_flight(&mut usage_step), if usage_step.is_some() => {
                     usage_step = None;
                     usage_reporter = Some(reporter);
@@ -447,9 +512,12 @@ impl Agent {
     }
 }
 
+/// A step of the supervision loop running beside it.
+type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// The output of the future in `slot`; never ready when the slot is empty (a `select!` branch
 /// guarded by `slot.is_some()`).
-async fn in_flight<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> T {
+async fn in_flight<T>(slot: &mut Option<Step<'_, T>>) -> T {
     match slot.as_mut() {
         Some(pending) => pending.await,
         None => std::future::pending().await,

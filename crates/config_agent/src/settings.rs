@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/nginx/conf.d/default.conf";
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/jsonrpc-proxy";
 /// Default nginx binary (looked up in `PATH`).
 pub const DEFAULT_NGINX_BIN: &str = "nginx";
+/// Default seconds between pointer checks in `run` (when there is a pointer to follow).
+pub const DEFAULT_POLL_SECONDS: u64 = 30;
 /// Longest accepted poll interval, seconds.
 pub const MAX_POLL_SECONDS: u64 = 86_400;
 /// Default seconds between publications of the gate's usage (CloudWatch's minute).
@@ -48,7 +50,8 @@ OPTIONS (flag, then environment variable, then default):
                                      followed when no S3 path is given or it cannot be read,
                                      and polled (default: latest.json in the S3 path's bucket)
     --poll-seconds N                 CONFIG_POLL_SECONDS: run only; seconds between pointer
-                                     checks, 0 = never (default 0)
+                                     checks, 0 = never (default 30; never without a
+                                     pointer or S3 path)
     --usage-seconds N                USAGE_PUBLISH_SECONDS: run only; seconds between
                                      publications of the gate's usage per client to
                                      CloudWatch (with CLOUDWATCH_NAMESPACE and STACK_NAME
@@ -327,15 +330,27 @@ pub fn parse_args(args: &[String], env: &Env<'_>) -> Result<Mode, UsageError> {
         };
         Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
     };
-    let poll = interval("--poll-seconds", "--poll-seconds / CONFIG_POLL_SECONDS", 0)?;
+    let poll = interval(
+        "--poll-seconds",
+        "--poll-seconds / CONFIG_POLL_SECONDS",
+        DEFAULT_POLL_SECONDS,
+    )?;
     let usage = interval(
         "--usage-seconds",
         "--usage-seconds / USAGE_PUBLISH_SECONDS",
         DEFAULT_USAGE_SECONDS,
     )?;
-    if poll.is_some() && settings.sources.pointer.is_none() {
-        return Err(UsageError::NoPointer);
-    }
+    // The default interval applies when there is a pointer to follow; an interval asked for
+    // without one is an error.
+    let poll = match poll {
+        Some(_) if settings.sources.pointer.is_none() => {
+            if get("--poll-seconds").is_some() {
+                return Err(UsageError::NoPointer);
+            }
+            None
+        }
+        poll => poll,
+    };
     Ok(Mode::Run {
         settings,
         poll,
@@ -368,6 +383,7 @@ mod tests {
         else {
             panic!("run expected")
         };
+        // Nothing to follow: no polling.
         assert_eq!(poll, None);
         assert_eq!(usage, Some(Duration::from_secs(DEFAULT_USAGE_SECONDS)));
         assert_eq!(settings.sources, Sources::default());
@@ -376,6 +392,28 @@ mod tests {
         assert_eq!(settings.nginx.bin, PathBuf::from("nginx"));
         assert_eq!(settings.nginx.conf, None);
         assert!(settings.default_config.contains("return 404;"));
+    }
+
+    #[test]
+    fn the_pointer_is_followed_every_30_seconds_by_default() {
+        for vars in [
+            [("S3_CONFIG_PATH", "s3://b/abc_nginx.conf")],
+            [("CONFIG_POINTER_PATH", "s3://b/latest.json")],
+        ] {
+            let Mode::Run { poll, .. } = parse(&["run"], &vars).unwrap() else {
+                panic!("run expected")
+            };
+            assert_eq!(poll, Some(Duration::from_secs(DEFAULT_POLL_SECONDS)));
+            assert_eq!(DEFAULT_POLL_SECONDS, 30);
+        }
+        let Mode::Run { poll, .. } = parse(
+            &["--poll-seconds", "0"],
+            &[("S3_CONFIG_PATH", "s3://b/abc_nginx.conf")],
+        )
+        .unwrap() else {
+            panic!("run expected")
+        };
+        assert_eq!(poll, None);
     }
 
     #[test]

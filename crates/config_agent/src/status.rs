@@ -111,6 +111,7 @@ mod tests {
             plan_fingerprint: "f".into(),
             clients_fingerprint: None,
             rendered_at: rendered_at.into(),
+            sequence: 1,
             backends: vec![],
         }
     }

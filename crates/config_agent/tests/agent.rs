@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use devstack::free_port;
 use devstack::testkit::{moto, recorder, wait_until, Node, TestStack};
-use jsonrpc_proxy::config_bucket::ConfigPointer;
-use sha2::{Digest, Sha256};
 use support::{agent_bin, call, get_status, NginxPrefix};
 
 /// Makes `urls` the healthy backends and runs the real renderer; returns the config key.
@@ -58,19 +56,7 @@ async fn render(
 
 /// Publishes `text` under `key` with a pointer to it, as the renderer would.
 async fn publish_raw(stack: &TestStack, key: &str, text: &str) {
-    let bucket = stack.bucket();
-    bucket.put_config(key, text).await.expect("put config");
-    bucket
-        .put_pointer(&ConfigPointer {
-            key: key.into(),
-            sha256: hex::encode(Sha256::digest(text.as_bytes())),
-            plan_fingerprint: "test".into(),
-            clients_fingerprint: None,
-            rendered_at: "2026-11-24T03:00:00Z".into(),
-            backends: vec![],
-        })
-        .await
-        .expect("put pointer");
+    devstack::testkit::publish(&stack.bucket(), key, text).await;
 }
 
 /// The environment that points the agent at the stack's moto and recorder.
@@ -175,6 +161,52 @@ async fn answers(port: u16, status: u16, body_part: &str) -> bool {
     matches!(call(port).await, Some((s, body)) if s == status && body.contains(body_part))
 }
 
+/// A configuration whose server on `port` answers every request with 200 and `body`.
+fn answering(port: u16, body: &str) -> String {
+    format!("server {{ listen {port} default_server; location / {{ return 200 \"{body}\"; }} }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_returns_once_every_new_connection_gets_the_new_config() {
+    // nginx's old workers keep accepting new connections for a moment after a reload; an
+    // applied configuration must already be the one every new connection gets.
+    const ROUNDS: usize = 4;
+    const REQUESTS: usize = 20;
+    let stack = TestStack::new("agent").await;
+    let prefix = NginxPrefix::with_workers(2);
+    fs::write(prefix.config_path(), answering(prefix.port, "config-0")).expect("config");
+    let _nginx = prefix.start_daemon();
+    assert!(answers(prefix.port, 200, "config-0").await);
+    for round in 1..=ROUNDS {
+        let expected = format!("config-{round}");
+        let key = format!("round-{round}_nginx.conf");
+        publish_raw(&stack, &key, &answering(prefix.port, &expected)).await;
+        let mut args = vec![
+            "apply".to_owned(),
+            "--s3-path".into(),
+            format!("s3://{}/{key}", stack.bucket_name),
+        ];
+        args.extend(prefix.agent_args());
+        let (status, log) = agent(&args, &aws_env(&stack)).await;
+        assert!(status.success(), "apply failed: {log}");
+        // A new connection per request, at once.
+        for request in 1..=REQUESTS {
+            let answer = call(prefix.port).await;
+            assert!(
+                matches!(&answer, Some((200, body)) if *body == expected),
+                "round {round}, request {request} after apply returned: {answer:?}, \
+                 expected {expected}\nagent: {log}\nnginx: {}",
+                prefix.error_log()
+            );
+        }
+        let took = log
+            .lines()
+            .find(|line| line.contains("configuration applied"))
+            .unwrap_or_default();
+        eprintln!("round {round}: {took}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
     let stack = TestStack::new("agent").await;
@@ -208,23 +240,11 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
         "a node URL leaked into the log: {log}"
     );
     assert!(prefix.socket_dir().is_dir(), "socket directory not created");
-    wait_until(
-        "the proxy to answer from the node",
-        Duration::from_secs(10),
-        || answers(prefix.port, 200, "0x10"),
-    )
-    .await;
+    // Applied means served: the old worker (default config: 404, /healthz 503) no longer
+    // accepts.
+    assert!(answers(prefix.port, 200, "0x10").await, "{log}");
     let good = prefix.installed();
     assert!(good.contains("upstream jsonrpc_backends"), "{good}");
-    // A reload is graceful: nginx starts the new workers, waits 100 ms, then tells the old
-    // ones (default config: 404, /healthz 503) to stop accepting. Wait for that before
-    // asking for answers only the new configuration gives.
-    wait_until(
-        "the old worker to stop accepting",
-        Duration::from_secs(10),
-        || async { prefix.error_log().contains("gracefully shutting down") },
-    )
-    .await;
     assert_eq!(get_status(prefix.port, "/healthz").await, Some(200));
 
     // An invalid configuration is refused, the good one stays installed and running.
@@ -269,6 +289,41 @@ async fn apply_installs_valid_configs_and_keeps_the_last_good_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_fails_when_nginx_keeps_the_previous_config() {
+    // `nginx -t` opens no sockets: a port taken by another process passes it, and the reload
+    // fails in the master, which keeps its workers of the previous configuration.
+    let stack = TestStack::new("agent").await;
+    let prefix = NginxPrefix::with_workers(2);
+    fs::write(prefix.config_path(), answering(prefix.port, "before")).expect("config");
+    let _nginx = prefix.start_daemon();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let taken_port = taken.local_addr().expect("address").port();
+    let conflicting = answering(prefix.port, "after")
+        + &format!("server {{ listen 127.0.0.1:{taken_port}; return 204; }}\n");
+    publish_raw(&stack, "conflict_nginx.conf", &conflicting).await;
+    let mut args = vec![
+        "apply".to_owned(),
+        "--s3-path".into(),
+        format!("s3://{}/conflict_nginx.conf", stack.bucket_name),
+    ];
+    args.extend(prefix.agent_args());
+    let started = Instant::now();
+    let (status, log) = agent(&args, &aws_env(&stack)).await;
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("not confirmed") && log.contains("still accept connections"),
+        "{log}"
+    );
+    assert!(!log.contains("configuration applied"), "{log}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= config_agent::workers::RELOAD_CONFIRM_TIMEOUT,
+        "gave up after {waited:?}"
+    );
+    assert!(answers(prefix.port, 200, "before").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreachable() {
     let stack = TestStack::new("agent").await;
     stack
@@ -307,7 +362,7 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
     assert_eq!(prefix.installed(), NginxPrefix::default_config(prefix.port));
     // The target group's check: nginx is up, nothing is routed.
     assert_eq!(get_status(prefix.port, "/healthz").await, Some(503));
-    // Without polling the agent became nginx itself: SIGQUIT is nginx's graceful stop.
+    // SIGQUIT (the image's stop signal) is nginx's graceful stop, forwarded by the agent.
     running.signal(libc::SIGQUIT);
     assert!(running.wait(Duration::from_secs(15)).await.success());
     drop(running);
@@ -342,7 +397,7 @@ async fn run_starts_on_the_default_config_when_the_config_is_invalid_or_unreacha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follows_the_pointer_with_graceful_reloads() {
     let stack = TestStack::new("agent").await;
-    let prefix = NginxPrefix::new();
+    let prefix = NginxPrefix::with_workers(2);
     let node = Node::start().await;
     let (node_a, node_b) = (node.url("/block/10"), node.url("/block/11"));
     render(&stack, &prefix, &[node_a], "render_a").await;
@@ -377,14 +432,19 @@ async fn run_follows_the_pointer_with_graceful_reloads() {
     )
     .await;
 
-    // A new render is picked up and loaded without restarting nginx.
+    // A new render is picked up and loaded without restarting nginx; once the agent says so,
+    // every new connection gets it.
     render(&stack, &prefix, &[node_b], "render_b").await;
+    let agent_log = || fs::read_to_string(prefix.root().join("logs/agent.log")).unwrap_or_default();
     wait_until(
-        "the proxy to answer from node B",
+        "the agent to report node B's configuration in force",
         Duration::from_secs(20),
-        || answers(prefix.port, 200, "0xb"),
+        || async { agent_log().contains("nginx reloaded and serves it") },
     )
     .await;
+    for _ in 0..10 {
+        assert!(answers(prefix.port, 200, "0xb").await, "{}", agent_log());
+    }
     let good = prefix.installed();
 
     wait_until(

@@ -531,13 +531,27 @@ impl LocalStack {
             .map_err(|e| StackError::Other(format!("list_backends answered {answer}: {e}")))
     }
 
+    /// The configuration the renderer's pointer names, `s3://bucket/key` (`None` before the
+    /// first render): the one the stack must end on.
+    pub async fn newest_config(&self) -> Result<Option<String>, StackError> {
+        let bucket = ConfigBucket::new(aws_sdk_s3::Client::new(&self.sdk), &self.deployed.bucket);
+        let pointer = bucket
+            .read_pointer()
+            .await
+            .map_err(|e| StackError::Other(e.to_string()))?;
+        Ok(pointer.map(|p| format!("s3://{}/{}", self.deployed.bucket, p.key)))
+    }
+
     /// Runs one health check now (as the schedule would).
     pub async fn check_now(&self) -> Result<Value, StackError> {
         let (rule, _, function) = self
             .deployed
             .schedules
-            .first()
-            .ok_or_else(|| StackError::Other("the deployed stack has no schedule".into()))?;
+            .iter()
+            .find(|(_, _, function)| function == HEALTH_CHECKER)
+            .ok_or_else(|| {
+                StackError::Other("the deployed stack schedules no health check".into())
+            })?;
         let name = &self.deployed.function(function)?.name;
         Ok(self.emulator.invoke(name, &scheduled_event(rule)).await?)
     }
@@ -573,7 +587,9 @@ impl LocalStack {
                     ticker.tick().await;
                     let result = emulator.invoke(&name, &scheduled_event(&rule)).await;
                     let mut observed = lock(&observed);
-                    observed.rounds += 1;
+                    if function == HEALTH_CHECKER {
+                        observed.rounds += 1;
+                    }
                     if let Err(error) = result {
                         observed.error(format!("{function}: {error}"));
                     }
@@ -674,6 +690,9 @@ fn check_admin_answer(url: &str, answer: Value) -> Result<Value, StackError> {
         })
     }
 }
+
+/// The function whose schedule is the health check.
+const HEALTH_CHECKER: &str = "health_checker";
 
 /// The event EventBridge delivers for the scheduled rule `rule` (its ARN).
 pub fn scheduled_event(rule: &str) -> Value {
@@ -907,10 +926,13 @@ async fn play_ecs_service(
         };
         match agent.apply(&path, &prefix, &conf, &fragment).await {
             Ok(()) => {
-                // nginx reloads gracefully: old workers may answer for a moment. The config is
-                // in force once responses carry its plan header.
+                // The agent returns once nginx's old workers have stopped accepting; the config
+                // is in force once a new connection's answer carries its plan header.
                 if let Err(error) = wait_until_serving(proxy_port, &fragment).await {
                     lock(&observed).error(error);
+                    running = None;
+                    tokio::time::sleep(APPLY_RETRY_PAUSE).await;
+                    continue;
                 }
                 let backends = pointer_labels(&s3, &path).await;
                 let mut observed = lock(&observed);
@@ -929,10 +951,18 @@ async fn play_ecs_service(
                     applied_at: iso8601(OffsetDateTime::now_utc()),
                 });
             }
-            Err(error) => lock(&observed).error(format!("config agent refused {path}: {error}")),
+            Err(error) => {
+                lock(&observed).error(format!("config agent did not apply {path}: {error}"));
+                // As ECS replaces a task that fails: the service's config is applied again.
+                running = None;
+                tokio::time::sleep(APPLY_RETRY_PAUSE).await;
+            }
         }
     }
 }
+
+/// Pause before the service's configuration is applied again after a failed apply.
+const APPLY_RETRY_PAUSE: Duration = Duration::from_secs(3);
 
 /// How the stack runs the config agent: its binary, the AWS environment it needs and where
 /// the backends' sockets go.
@@ -944,8 +974,8 @@ struct AgentCommand {
 }
 
 impl AgentCommand {
-    /// `config_agent apply`: fetch, `nginx -t`, install and reload; the previous config stays
-    /// when the new one is refused.
+    /// `config_agent apply`: fetch, `nginx -t`, install, reload, and wait until nginx's old
+    /// workers have stopped accepting; the previous config stays when the new one is refused.
     async fn apply(
         &self,
         s3_path: &str,
@@ -980,8 +1010,8 @@ impl AgentCommand {
     }
 }
 
-/// Waits (at most 10 s) until the proxy's responses carry the plan header of the installed
-/// configuration.
+/// Waits (at most 10 s) until the proxy's answer on a new connection carries the plan header
+/// of the installed configuration.
 async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), String> {
     let text = tokio::fs::read_to_string(fragment)
         .await
@@ -992,8 +1022,10 @@ async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), Stri
         .map(str::trim)
         .ok_or_else(|| format!("{} names no routing plan", fragment.display()))?;
     let expected = jsonrpc_proxy::routing::plan_id(fingerprint).to_owned();
+    // No pooled connection: a kept-alive one may belong to a worker of the previous config.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;

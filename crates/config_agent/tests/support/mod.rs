@@ -25,6 +25,11 @@ pub struct NginxPrefix {
 impl NginxPrefix {
     /// Creates the prefix; nothing runs yet.
     pub fn new() -> Self {
+        Self::with_workers(1)
+    }
+
+    /// [`NginxPrefix::new`] with `workers` worker processes.
+    pub fn with_workers(workers: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // nginx workers run as `nobody` under root: they must reach the sockets.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -37,7 +42,7 @@ impl NginxPrefix {
         // The image's main configuration loads the Lua module the gate runs on.
         let modules = devstack::lua_module_lines(std::path::Path::new(&Self::nginx_bin()));
         let main = format!(
-            "{modules}worker_processes 1;\n\
+            "{modules}worker_processes {workers};\n\
              error_log {root}/logs/error.log info;\n\
              pid {root}/logs/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\
