@@ -79,13 +79,24 @@ async fn a_damaged_item_and_no_client_left_mean_401_at_every_path() {
         .expect("remove_client");
     assert_eq!(removed["statusCode"], 200, "{removed}");
 
+    // What the public port answers is printed whenever it changes (the wait's panic says
+    // only that it timed out).
+    let seen = std::sync::Mutex::new(String::new());
     let settled = || async {
         let newest = stack.newest_config().await.ok().flatten();
         let applied = stack.snapshot().1.map(|a| a.s3_path);
+        let (at_root, at_key) = (answer(&root).await, answer(&key_url).await);
+        let now =
+            format!("applied {applied:?} of newest {newest:?}; / {at_root:?}; key {at_key:?}");
+        let mut last = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != now {
+            eprintln!("[observed] {now}");
+            *last = now;
+        }
         newest.is_some()
             && applied == newest
-            && refused_for_the_key(&answer(&root).await)
-            && refused_for_the_key(&answer(&key_url).await)
+            && refused_for_the_key(&at_root)
+            && refused_for_the_key(&at_key)
     };
     wait_until(
         "the stack runs the newest config, and / and the removed key get 401",
