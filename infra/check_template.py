@@ -18,8 +18,9 @@ import yaml
 
 SERVICE = "jsonrpc-proxy"
 # The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
-GATE_KEYS = ("default_calls_per_second", "deny_methods", "max_body_bytes", "max_batch_calls",
-             "max_get_logs_blocks", "trusted_proxy_cidrs", "lua_dir", "access_log")
+GATE_KEYS = ("open_without_key", "default_calls_per_second", "deny_methods", "max_body_bytes",
+             "max_batch_calls", "max_get_logs_blocks", "trusted_proxy_cidrs", "lua_dir",
+             "access_log")
 
 failures = []
 
@@ -34,6 +35,14 @@ def logical(name):
     """The framework's logical-id prefix of a function key (add_backend -> AddUnderscorebackend)."""
     normalized = name[0].upper() + name[1:]
     return normalized.replace("-", "Dash").replace("_", "Underscore")
+
+
+def gate_value(value):
+    """A `gate:` value as the template's environment holds it: YAML booleans as true/false,
+    empty or missing as ''."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None or value == "" else str(value)
 
 
 def as_list(value):
@@ -112,7 +121,7 @@ def main():
             "NGINX_LISTEN_PORT": str(port),
             "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
-            **{f"GATE_{key.upper()}": str(gate.get(key, "") or "") for key in GATE_KEYS},
+            **{f"GATE_{key.upper()}": gate_value(gate.get(key)) for key in GATE_KEYS},
         }),
         "ecs_updater": ("EcsUpdaterRole", {
             "TASK_DEFINITION_FAMILY": f"{stack}-nginx",

@@ -94,6 +94,7 @@ sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
   -e 's/^rounds_per_invocation: .*/rounds_per_invocation: 4/' \
   -e 's/^health_checker_timeout_seconds: .*/health_checker_timeout_seconds: 75/' \
   -e 's/^  max_batch_calls: .*/  max_batch_calls: 20/' \
+  -e 's/^  open_without_key: .*/  open_without_key: true/' \
   -e 's/^  deny_methods: .*/  deny_methods: "debug_,admin_,eth_sign"/' \
   config.yml.sample >"$work/config.prod.yml"
 package prod "$work/config.prod.yml" "$work/prod" SKIP_CARGO_LAMBDA_BUILD=1

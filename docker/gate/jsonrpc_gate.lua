@@ -25,7 +25,8 @@ local SEP = "\t"
 -- The usage counter of calls served to `name`.
 local function served_key(name) return name .. SEP .. "served" end
 
--- The caller of every request while no client is registered.
+-- The caller of every request in open mode (no client registered, and the deployment's
+-- open_without_key set).
 local function open_client(calls_per_second)
   return { name = M.OPEN, calls_per_second = calls_per_second, allow = {},
     served_key = served_key(M.OPEN) }
@@ -33,7 +34,7 @@ end
 
 local config = {
   clients = {}, -- sha256 hex -> client
-  any_client = false,
+  open = false, -- open mode: every path is the open caller
   deny = {},
   max_body_bytes = 1,
   max_batch_calls = 1,
@@ -66,7 +67,8 @@ function M.configure(text)
   end
   config = {
     clients = clients,
-    any_client = any,
+    -- Only an explicit true opens the gate; no client alone leaves every caller at 401.
+    open = (not any) and data.open_without_key == true,
     open_client = open_client(data.default_calls_per_second),
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
@@ -118,10 +120,11 @@ end
 local known_keys = {}
 
 -- The client a request path names: `prefix .. key` exactly (the raw request target: no
--- normalisation, no query, no percent-encoding, nothing after the key). In open mode (no
--- client registered) every path is the open caller, counted per client address.
+-- normalisation, no query, no percent-encoding, nothing after the key). In open mode every
+-- path is the open caller, counted per client address; with no client and open mode off, no
+-- path names a client.
 local function identify(request_uri, prefix)
-  if not config.any_client then
+  if config.open then
     return config.open_client, "a" .. SEP .. (ngx.var.remote_addr or "")
   end
   if sub(request_uri, 1, #prefix) ~= prefix then return nil end
@@ -357,7 +360,7 @@ function M.http()
   count_served(client, answer)
   ngx.req.set_uri("/")
   -- A key path has no query (identify refuses one); only the open mode may carry one.
-  if not config.any_client then ngx.req.set_uri_args("") end
+  if config.open then ngx.req.set_uri_args("") end
 end
 
 -- log_by_lua of the public locations: names failed or retried upstream attempts (the public

@@ -98,7 +98,13 @@ impl ClientStore {
     /// Items that do not read as a valid client are left out with a warning, so a damaged
     /// item never grants anything.
     pub async fn all(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        Ok(self.all_counted().await?.0)
+    }
+
+    /// [`ClientStore::all`], and how many items it left out as unreadable.
+    pub async fn all_counted(&self) -> Result<(Vec<ClientRecord>, usize), StoreError> {
         let mut clients = Vec::new();
+        let mut unreadable = 0;
         let mut start_key: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let page = self
@@ -113,7 +119,10 @@ impl ClientStore {
             for item in page.items() {
                 match client_from_item(item) {
                     Ok(client) => clients.push(client),
-                    Err(problem) => tracing::warn!(%problem, "skipping an unreadable client item"),
+                    Err(problem) => {
+                        unreadable += 1;
+                        tracing::warn!(%problem, "skipping an unreadable client item");
+                    }
                 }
             }
             match page.last_evaluated_key() {
@@ -122,7 +131,7 @@ impl ClientStore {
             }
         }
         clients.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(clients)
+        Ok((clients, unreadable))
     }
 }
 

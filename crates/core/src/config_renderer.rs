@@ -57,6 +57,11 @@ pub struct RenderSummary {
     pub backends: Vec<String>,
     /// Names of the clients the gate admits.
     pub clients: Vec<String>,
+    /// Client items left out: unreadable ones, and those the gate cannot use. They grant
+    /// nothing and never open the endpoint.
+    pub clients_left_out: usize,
+    /// Whether the gate serves callers without a key (`open_without_key` and no client).
+    pub open_without_key: bool,
 }
 
 /// Settings of `config_renderer`.
@@ -80,6 +85,7 @@ fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
     let defaults = GatePolicy::default();
     let gate = GatePolicy {
         clients: Vec::new(),
+        open_without_key: env.flag("GATE_OPEN_WITHOUT_KEY", defaults.open_without_key)?,
         default_calls_per_second: env.bounded_number(
             "GATE_DEFAULT_CALLS_PER_SECOND",
             defaults.default_calls_per_second,
@@ -291,12 +297,30 @@ impl ConfigRenderer {
             }
             Err(error) => return Err(error.into()),
         };
-        let (backends, records) = tokio::join!(self.store.scan_all(), self.clients.all());
-        let (backends, records) = (backends?, records?);
+        let (backends, records) = tokio::join!(self.store.scan_all(), self.clients.all_counted());
+        let (backends, (records, unreadable)) = (backends?, records?);
         let plan = RoutingPlan::from_backends(&backends);
         let policy = self.gate.with_clients(&records);
         policy.validate()?;
         let clients: Vec<String> = policy.clients.iter().map(|c| c.name.clone()).collect();
+        let clients_left_out = unreadable + records.len().saturating_sub(policy.clients.len());
+        let open_without_key = policy.clients.is_empty() && policy.open_without_key;
+        if clients_left_out > 0 {
+            tracing::warn!(
+                clients_left_out,
+                admitted = clients.len(),
+                "client items left out of the gate"
+            );
+        }
+        if policy.clients.is_empty() {
+            if open_without_key {
+                tracing::warn!("no client: the gate is open to every caller (open_without_key)");
+            } else if clients_left_out > 0 {
+                tracing::warn!("no usable client: every caller gets 401");
+            } else {
+                tracing::info!("no client: every caller gets 401");
+            }
+        }
         let text = render_gated(&plan, &self.options, Some(&policy));
         let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
         let plan_fingerprint = plan.fingerprint();
@@ -310,6 +334,8 @@ impl ConfigRenderer {
             clients_fingerprint: clients_fingerprint.clone(),
             backends: labels.clone(),
             clients: clients.clone(),
+            clients_left_out,
+            open_without_key,
         };
         let etag = read.as_ref().map(|r| r.etag.as_str());
         let previous = read.as_ref().map(|r| &r.pointer);
@@ -412,6 +438,12 @@ mod tests {
         let read = settings(&[]).unwrap();
         assert_eq!(read.clients_table, "c");
         assert_eq!(read.gate, GatePolicy::default());
+        assert!(
+            !read.gate.open_without_key,
+            "closed unless the deployment says so"
+        );
+        let closed = settings(&[("GATE_OPEN_WITHOUT_KEY", "FALSE")]).unwrap();
+        assert!(!closed.gate.open_without_key);
         let blank = settings_with_all_gate_variables("");
         assert_eq!(blank.unwrap().gate, GatePolicy::default());
         assert_eq!(
@@ -424,6 +456,7 @@ mod tests {
         value: &str,
     ) -> Result<ConfigRendererSettings, SettingsError> {
         settings(&[
+            ("GATE_OPEN_WITHOUT_KEY", value),
             ("GATE_DEFAULT_CALLS_PER_SECOND", value),
             ("GATE_DENY_METHODS", value),
             ("GATE_MAX_BODY_BYTES", value),
@@ -439,6 +472,7 @@ mod tests {
     #[test]
     fn gate_settings_are_read_and_checked() {
         let gate = settings(&[
+            ("GATE_OPEN_WITHOUT_KEY", "true"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "250"),
             ("GATE_DENY_METHODS", "debug_, eth_sign"),
             ("GATE_MAX_BODY_BYTES", "2048"),
@@ -455,6 +489,7 @@ mod tests {
             gate,
             GatePolicy {
                 clients: Vec::new(),
+                open_without_key: true,
                 default_calls_per_second: 250,
                 deny_methods: vec!["debug_".into(), "eth_sign".into()],
                 max_body_bytes: 2048,
@@ -467,6 +502,8 @@ mod tests {
             }
         );
         for (name, value) in [
+            ("GATE_OPEN_WITHOUT_KEY", "yes"),
+            ("GATE_OPEN_WITHOUT_KEY", "1"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "0"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "1000001"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "many"),

@@ -84,9 +84,12 @@ impl GateClient {
 /// What the gate enforces: the registered clients and the deployment-wide policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatePolicy {
-    /// Registered clients. None: the endpoint is open at every path, callers counted per
-    /// client address.
+    /// Registered clients. None: every caller gets 401, unless `open_without_key`.
     pub clients: Vec<GateClient>,
+    /// While no client is registered, serve every path to every caller (counted per client
+    /// address) instead of refusing them all. Off by default: a deployment whose last client
+    /// was removed, or whose client items are all unreadable, must not become an open relay.
+    pub open_without_key: bool,
     /// Calls per second of a caller in open mode, and of a client added without one.
     pub default_calls_per_second: u32,
     /// Method names, or namespace prefixes ending in `_`, denied to every caller (matched
@@ -123,6 +126,7 @@ impl Default for GatePolicy {
             "anvil_",
             "hardhat_",
             "evm_",
+            "trace_",
             "eth_sendTransaction",
             "eth_sendUnsignedTransaction",
             "eth_sign",
@@ -134,6 +138,7 @@ impl Default for GatePolicy {
         ];
         Self {
             clients: Vec::new(),
+            open_without_key: false,
             default_calls_per_second: 100,
             deny_methods: deny.iter().map(|m| (*m).to_owned()).collect(),
             max_body_bytes: 1 << 20,
@@ -334,6 +339,7 @@ impl GatePolicy {
             .collect();
         json!({
             "clients": clients,
+            "open_without_key": self.open_without_key,
             "default_calls_per_second": self.default_calls_per_second,
             "deny_methods": self.deny_methods,
             "max_body_bytes": self.max_body_bytes,
@@ -479,9 +485,35 @@ mod tests {
     fn the_defaults_are_valid_and_deny_the_node_namespaces() {
         let policy = GatePolicy::default();
         policy.validate().expect("valid");
-        for m in ["admin_", "debug_", "anvil_", "eth_sendTransaction"] {
+        for m in [
+            "admin_",
+            "debug_",
+            "trace_",
+            "anvil_",
+            "eth_sendTransaction",
+        ] {
             assert!(policy.deny_methods.iter().any(|d| d == m), "{m}");
         }
+    }
+
+    #[test]
+    fn the_gate_is_closed_without_clients_unless_the_deployment_opens_it() {
+        let options = RenderOptions::default();
+        let read = |policy: &GatePolicy| -> serde_json::Value {
+            serde_json::from_str(&policy.lua_config(&options)).expect("JSON")
+        };
+        let closed = GatePolicy::default();
+        assert!(!closed.open_without_key);
+        assert_eq!(read(&closed)["open_without_key"], false);
+        assert_eq!(read(&closed)["clients"], json!([]));
+        let open = GatePolicy {
+            open_without_key: true,
+            ..GatePolicy::default()
+        };
+        assert_eq!(read(&open)["open_without_key"], true);
+        // Leaving out every stored client keeps the deployment's choice.
+        assert!(!closed.with_clients(&[]).open_without_key);
+        assert!(open.with_clients(&[]).open_without_key);
     }
 
     #[test]

@@ -110,6 +110,21 @@ impl<'a> Env<'a> {
         Ok(value)
     }
 
+    /// An optional `true` or `false` (ignoring ASCII case) with a default; any other value
+    /// is an error.
+    pub fn flag(&self, name: &'static str, default: bool) -> Result<bool, SettingsError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) if value.eq_ignore_ascii_case("true") => Ok(true),
+            Some(value) if value.eq_ignore_ascii_case("false") => Ok(false),
+            Some(value) => Err(SettingsError::Invalid {
+                name,
+                value,
+                problem: "expected true or false".into(),
+            }),
+        }
+    }
+
     /// An optional string with a default.
     pub fn string_or(&self, name: &'static str, default: &str) -> String {
         self.get(name).unwrap_or_else(|| default.to_owned())
@@ -155,6 +170,18 @@ pub(crate) mod tests {
         assert_eq!(env.string_or("UNSET", "d"), "d");
         assert_eq!(env.string_or("S", "d"), "x");
         assert_eq!(env.required("BLANK"), Err(SettingsError::Missing("BLANK")));
+        assert_eq!(env.flag("UNSET", true), Ok(true));
+        assert_eq!(env.flag("BLANK", false), Ok(false));
+        let flags = vars(&[("T", " True "), ("F", "false"), ("Y", "yes"), ("ONE", "1")]);
+        let flags = Env::from_fn(|k| flags.get(k).cloned());
+        assert_eq!(flags.flag("T", false), Ok(true));
+        assert_eq!(flags.flag("F", true), Ok(false));
+        for name in ["Y", "ONE"] {
+            assert!(
+                matches!(flags.flag(name, false), Err(SettingsError::Invalid { name: n, .. }) if n == name),
+                "{name}"
+            );
+        }
         let default = vec!["d".to_owned()];
         assert_eq!(env.list_or("UNSET", &default), default);
         assert_eq!(env.list_or("BLANK", &default), default);

@@ -191,7 +191,11 @@ fn keys_open_mode_and_paths() {
     let node = anvil();
     // A recording proxy between nginx and the node: which paths reach the node.
     let recorder = FaultProxy::start(&node.url()).expect("recorder");
-    let mut stack = Stack::start(&recorder.endpoint(), GatePolicy::default(), 1);
+    let open = || GatePolicy {
+        open_without_key: true,
+        ..GatePolicy::default()
+    };
+    let mut stack = Stack::start(&recorder.endpoint(), open(), 1);
 
     // Open mode: every path, the policy still applies.
     let answer = stack.post("/", &call(1, "eth_chainId"));
@@ -203,7 +207,7 @@ fn keys_open_mode_and_paths() {
     // From the first client on: a key is needed, at exactly /v3/<key>.
     stack.reload(GatePolicy {
         clients: clients(1000),
-        ..GatePolicy::default()
+        ..open()
     });
     let mined = stack.post(&format!("/v3/{KEY}"), &call(3, "evm_mine"));
     assert_eq!(mined.status, 200, "{}", mined.body);
@@ -245,7 +249,7 @@ fn keys_open_mode_and_paths() {
     // A removed client's key is refused.
     stack.reload(GatePolicy {
         clients: clients(1000).split_off(1),
-        ..GatePolicy::default()
+        ..open()
     });
     let answer = stack.post(&format!("/v3/{KEY}"), &call(7, "eth_blockNumber"));
     assert_refused(&answer, 401, -32001, &node, 1, "removed key");
@@ -277,6 +281,105 @@ fn keys_open_mode_and_paths() {
         usage["clients"]["(open)"]["refused"]["method"], 1,
         "{usage}"
     );
+}
+
+/// Without a client the gate refuses every caller at every path with the unknown key's 401,
+/// unless the deployment sets `open_without_key`; turning it off again closes it.
+#[test]
+fn no_client_means_401_everywhere_unless_the_deployment_opens_the_gate() {
+    let node = anvil();
+    let mut stack = Stack::start(&node.url(), GatePolicy::default(), 1);
+    let closed_paths = [
+        "/".to_owned(),
+        "/anything".to_owned(),
+        "/v3/".to_owned(),
+        "/v3/anything".to_owned(),
+        format!("/v3/{KEY}"),
+        format!("/ws/v3/{KEY}"),
+        "/?x=1".to_owned(),
+    ];
+    let assert_closed = |stack: &Stack, what: &str| {
+        for path in &closed_paths {
+            let answer = stack.post(path, &call(1, "evm_mine"));
+            assert_eq!(answer.status, 401, "{what} {path}: {}", answer.body);
+            assert_eq!(
+                answer.json(),
+                json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"missing or unknown API key"}}),
+                "{what} {path}"
+            );
+        }
+        // The WebSocket upgrade too.
+        let (head, _) = websocket(stack.port, &format!("/ws/v3/{KEY}"));
+        assert!(head.starts_with("HTTP/1.1 401"), "{what}: {head}");
+    };
+    assert_closed(&stack, "closed");
+    assert_eq!(
+        node.block_number().expect("height"),
+        0,
+        "nothing reached the node"
+    );
+
+    // The deployment's explicit choice: served at every path, as before.
+    stack.reload(GatePolicy {
+        open_without_key: true,
+        ..GatePolicy::default()
+    });
+    for path in ["/", "/anything", "/v3/anything"] {
+        let answer = stack.post(path, &call(2, "eth_chainId"));
+        assert_eq!(answer.status, 200, "open {path}: {}", answer.body);
+        assert_eq!(answer.json()["result"], "0x7a69", "open {path}");
+    }
+
+    // Closed again.
+    stack.reload(GatePolicy::default());
+    assert_closed(&stack, "closed again");
+
+    let usage = stack.usage();
+    assert_eq!(usage["clients"]["(open)"]["served"], 3, "{usage}");
+    assert_eq!(
+        usage["clients"]["(unknown)"]["refused"]["key"],
+        2 * (closed_paths.len() + 1),
+        "{usage}"
+    );
+}
+
+/// `trace_` is denied by default (no range limit applies to it); a client whose allow list has
+/// `trace_` may call it, since a client's allow list overrides the deployment's deny list.
+#[test]
+fn trace_is_denied_unless_a_client_is_allowed_it() {
+    let node = anvil();
+    let mut tracer = clients(1000);
+    tracer.push(GateClient {
+        name: "tracer".into(),
+        key_sha256: key_sha256("tr4cerKey_0123456789-abcdefXYZ"),
+        calls_per_second: 1000,
+        allow_methods: vec!["trace_".into()],
+    });
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: tracer,
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    let trace_filter = json!({"jsonrpc": "2.0", "id": 7, "method": "trace_filter",
+        "params": [{"fromBlock": "0x0", "toBlock": "0x0"}]})
+    .to_string();
+    for key in [KEY, OTHER_KEY] {
+        let answer = stack.post(&format!("/v3/{key}"), &trace_filter);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(
+            answer.json(),
+            json!({"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"method not allowed: trace_filter"}})
+        );
+    }
+    let answer = stack.post("/v3/tr4cerKey_0123456789-abcdefXYZ", &trace_filter);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["result"].is_array(), "{}", answer.body);
+    let usage = stack.usage();
+    assert_eq!(usage["clients"]["tracer"]["served"], 1, "{usage}");
+    assert_eq!(usage["clients"]["app"]["refused"]["method"], 1, "{usage}");
 }
 
 #[test]
@@ -886,9 +989,15 @@ fn every_gated_variant_passes_nginx_t() {
             ..Backend::default()
         }]),
     ] {
-        for clients in [vec![], clients(7)] {
+        for (clients, open_without_key) in [
+            (vec![], false),
+            (vec![], true),
+            (clients(7), false),
+            (clients(7), true),
+        ] {
             let policy = GatePolicy {
                 clients,
+                open_without_key,
                 lua_dir: devstack::gate_lua_dir(),
                 access_log: logs.path().join("access.log").display().to_string(),
                 ..GatePolicy::default()

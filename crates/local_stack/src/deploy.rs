@@ -86,6 +86,8 @@ pub struct LocalConfig {
     pub gate_access_log: String,
     /// `gate.default_calls_per_second`; `None` keeps the deployment's default.
     pub gate_calls_per_second: Option<u32>,
+    /// `gate.open_without_key`: serve callers without a key while no client is registered.
+    pub gate_open_without_key: bool,
 }
 
 impl LocalConfig {
@@ -116,7 +118,8 @@ impl LocalConfig {
              gate:\n\
              \x20 lua_dir: \"{lua}\"\n\
              \x20 access_log: \"{access_log}\"\n\
-             \x20 default_calls_per_second: \"{calls}\"\n",
+             \x20 default_calls_per_second: \"{calls}\"\n\
+             \x20 open_without_key: {open}\n",
             region = devstack::TEST_REGION,
             vpc = self.shared.vpc_id,
             subnets = list(&self.shared.subnet_ids),
@@ -135,6 +138,7 @@ impl LocalConfig {
                 .gate_calls_per_second
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
+            open = self.gate_open_without_key,
         )
     }
 }

@@ -31,7 +31,8 @@ const USAGE: &str = "usage: jsonrpc-proxy-local [options]
   --agent PATH      the config_agent binary (default: beside this binary)
   --work-dir DIR    logs (default .local/run-<pid>)
   --no-register     start the nodes but leave registering them to you (sls invoke)
-  --no-demo-client  register no demo client: the endpoint stays open at / until you add one
+  --no-demo-client  register no demo client, and open the local stage (gate.open_without_key):
+                    the endpoint stays open at / until you add a client
   --no-view         print transitions as log lines instead of the live view
 ";
 

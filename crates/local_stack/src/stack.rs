@@ -71,7 +71,10 @@ pub struct StackOptions {
     /// Deploy the zips already in `artifacts_dir` instead of building them first.
     pub skip_zip_build: bool,
     /// Register the demo client ([`DEMO_CLIENT`]) with `add_client` at start: from then on the
-    /// endpoint answers at its key URL ([`LocalStack::endpoint_url`]) only.
+    /// endpoint answers at its key URL ([`LocalStack::endpoint_url`]) only, and the local stage
+    /// is closed (`gate.open_without_key: false`: with no client left, every caller gets 401).
+    /// Without it the stage is open (`true`): the endpoint answers at `/` until a client is
+    /// added.
     pub demo_client: bool,
     /// `gate.default_calls_per_second` of the local configuration (`None`: the default).
     pub calls_per_second: Option<u32>,
@@ -292,6 +295,7 @@ impl LocalStack {
             gate_lua_dir: devstack::gate_lua_dir(),
             gate_access_log: work_dir.join("nginx-access.log").display().to_string(),
             gate_calls_per_second: options.calls_per_second,
+            gate_open_without_key: !options.demo_client,
         };
         std::fs::write(&options.config_path, config.yaml())
             .map_err(|e| StackError::Io(format!("writing {}", options.config_path.display()), e))?;
@@ -310,6 +314,10 @@ impl LocalStack {
             ("NGINX_LISTEN_PORT", render_options.listen_port.to_string()),
             ("NGINX_SOCKET_DIR", render_options.socket_dir.clone()),
             ("GATE_LUA_DIR", config.gate_lua_dir.clone()),
+            (
+                "GATE_OPEN_WITHOUT_KEY",
+                config.gate_open_without_key.to_string(),
+            ),
         ] {
             if renderer.get(variable) != Some(&expected) {
                 return Err(StackError::Other(format!(
@@ -416,7 +424,8 @@ impl LocalStack {
     }
 
     /// Where applications call JSON-RPC: the demo client's `/v3/<key>` when there is one, else
-    /// the proxy itself (open while no client is registered).
+    /// the proxy itself (open while no client is registered: a stage without the demo client
+    /// is open, [`StackOptions::demo_client`]).
     pub fn endpoint_url(&self) -> String {
         match &self.demo_key {
             Some(key) => format!("{}/v3/{key}", self.proxy_url()),

@@ -345,10 +345,12 @@ async fn a_client_change_is_published_with_its_key_digest_never_its_key() {
     stack.add("http://10.0.0.1:8545", false).await;
     stack.set_healthy("http://10.0.0.1:8545", true).await;
 
-    // No client: the gate is in front, open to every caller.
+    // No client: the gate is in front, open to every caller (the kit's renderer sets
+    // open_without_key).
     let open = render_case(&stack, &renderer, "clients-open").await;
     assert!(open.contains("access_by_lua_block"), "{open}");
     assert!(open.contains("\"clients\":[]"), "{open}");
+    assert!(open.contains("\"open_without_key\":true"), "{open}");
 
     // A client added the way `sls invoke -f add_client` does. Its render request goes to a
     // function record that runs nothing, as if the render were lost: the next run publishes.
@@ -417,4 +419,23 @@ async fn a_client_change_is_published_with_its_key_digest_never_its_key() {
     let after = render_case(&stack, &renderer, "clients-removed").await;
     assert!(!after.contains(&key_sha256(&key)), "{after}");
     assert!(!bucket_text(&stack).await.contains(&key));
+
+    // Closed (the deployment's default): the damaged item is counted, and opens nothing.
+    let closed = ConfigRenderer {
+        gate: GatePolicy {
+            open_without_key: false,
+            ..renderer.gate.clone()
+        },
+        ..renderer.clone()
+    };
+    let summary = closed
+        .render_and_publish("clients-closed", true)
+        .await
+        .unwrap();
+    assert!(summary.clients.is_empty(), "{summary:?}");
+    assert_eq!(summary.clients_left_out, 1, "{summary:?}");
+    assert!(!summary.open_without_key, "{summary:?}");
+    assert!(bucket_text(&stack)
+        .await
+        .contains("\"open_without_key\":false"));
 }

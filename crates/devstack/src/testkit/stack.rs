@@ -194,8 +194,9 @@ impl TestStack {
     }
 
     /// The renderer of the code under test, rendering for `listen_port` and `socket_dir`, with
-    /// the gate's default policy, the repository's Lua modules ([`crate::gate_lua_dir`]) and
-    /// no access log.
+    /// the gate's default policy made open while no client is registered
+    /// (`open_without_key`: the tests of routing call `/` without a key), the repository's Lua
+    /// modules ([`crate::gate_lua_dir`]) and no access log.
     pub fn renderer(&self, listen_port: u16, socket_dir: &str) -> ConfigRenderer {
         let clients = self.clients();
         ConfigRenderer {
@@ -208,6 +209,7 @@ impl TestStack {
                 ..RenderOptions::default()
             },
             gate: GatePolicy {
+                open_without_key: true,
                 lua_dir: crate::gate_lua_dir(),
                 access_log: "/dev/null".into(),
                 ..GatePolicy::default()
