@@ -938,7 +938,13 @@ async fn play_ecs_service(
                 // The agent returns once nginx's old workers have stopped accepting; the config
                 // is in force once a new connection's answer carries its plan header.
                 if let Err(error) = wait_until_serving(proxy_port, &fragment).await {
-                    lock(&observed).error(error);
+                    // nginx reloaded onto something that does not answer as this config:
+                    // what it serves is not known, so nothing counts as applied.
+                    {
+                        let mut observed = lock(&observed);
+                        observed.error(error);
+                        observed.applied = None;
+                    }
                     running = None;
                     tokio::time::sleep(APPLY_RETRY_PAUSE).await;
                     continue;
