@@ -65,8 +65,6 @@ pub enum BucketError {
 /// Facts about a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
-    /// Last-modified time, seconds since the epoch.
-    pub last_modified_secs: Option<i64>,
     pub size: Option<i64>,
     /// A configuration's [`ConfigPointer::sequence`], from its [`SEQUENCE_METADATA`].
     pub sequence: Option<u64>,
@@ -267,7 +265,6 @@ impl ConfigBucket {
             .await
         {
             Ok(output) => Ok(Some(ObjectInfo {
-                last_modified_secs: output.last_modified().map(|t| t.secs()),
                 size: output.content_length(),
                 sequence: output
                     .metadata()
