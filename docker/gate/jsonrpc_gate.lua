@@ -27,9 +27,9 @@ local function served_key(name) return name .. SEP .. "served" end
 
 -- The caller of every request in open mode (no client registered, and the deployment's
 -- open_without_key set).
-local function open_client(calls_per_second)
-  return { name = M.OPEN, calls_per_second = calls_per_second, allow = {},
-    served_key = served_key(M.OPEN) }
+local function open_client(calls_per_second, concurrent_requests)
+  return { name = M.OPEN, calls_per_second = calls_per_second,
+    concurrent_requests = concurrent_requests, allow = {}, served_key = served_key(M.OPEN) }
 end
 
 local config = {
@@ -39,12 +39,20 @@ local config = {
   max_body_bytes = 1,
   max_batch_calls = 1,
   max_get_logs_blocks = 0,
-  open_client = open_client(1),
+  open_client = open_client(1, 1),
 }
 
 local function lowered(list)
   local out = {}
   for i = 1, (list and list.n or 0) do out[i] = lower(list[i]) end
+  return out
+end
+
+-- A set of the list's strings, or nil for an empty list (any origin).
+local function set_of(list)
+  if not list or list.n == 0 then return nil end
+  local out = {}
+  for i = 1, list.n do out[list[i]] = true end
   return out
 end
 
@@ -60,6 +68,8 @@ function M.configure(text)
       name = c.name,
       calls_per_second = c.calls_per_second,
       allow = lowered(c.allow_methods),
+      concurrent_requests = c.concurrent_requests,
+      origins = set_of(c.allowed_origins),
       rate_id = "c" .. SEP .. c.name,
       served_key = served_key(c.name),
     }
@@ -69,7 +79,7 @@ function M.configure(text)
     clients = clients,
     -- Only an explicit true opens the gate; no client alone leaves every caller at 401.
     open = (not any) and data.open_without_key == true,
-    open_client = open_client(data.default_calls_per_second),
+    open_client = open_client(data.default_calls_per_second, data.default_concurrent_requests),
     deny = lowered(data.deny_methods),
     max_body_bytes = data.max_body_bytes,
     max_batch_calls = data.max_batch_calls,
@@ -327,6 +337,68 @@ local function unauthorized()
   return respond(401, error_object(nil, -32001, "missing or unknown API key"))
 end
 
+-- The answer to the caller's origin: nil when the client takes any origin (the answers say
+-- "*"), else whether the request's Origin is one of the client's (the answers name it).
+local function origin_allowed(client)
+  if not client.origins then return nil end
+  local origin = ngx.var.http_origin
+  if origin and client.origins[origin] then
+    ngx.var.jsonrpc_gate_cors = origin
+    return true
+  end
+  return false
+end
+
+local function origin_refused(client)
+  count_refused(client.name, "origin", 1)
+  return respond(403, error_object(nil, -32002, "origin not allowed for this key"))
+end
+
+-- A CORS preflight of a key path: answered here, no body judged, nothing counted. Unknown keys
+-- get one too, so that the page can read the 401 of its call.
+local REQUEST_HEADERS = "^[%w%-_, ]*$"
+local function preflight(client)
+  if client and origin_allowed(client) == false then return origin_refused(client) end
+  local h = ngx.header
+  h["Access-Control-Allow-Methods"] = "POST, GET, OPTIONS"
+  local asked = ngx.var.http_access_control_request_headers
+  h["Access-Control-Allow-Headers"] = (asked and #asked <= 256 and find(asked, REQUEST_HEADERS))
+    and asked or "content-type"
+  h["Access-Control-Max-Age"] = "7200"
+  ngx.ctx.jsonrpc_gate_preflight = true
+  ngx.status = 204
+  return ngx.exit(204)
+end
+
+-- Takes one of the caller's in-flight places (a request, or a WebSocket connection); the log
+-- phase gives it back. False when all are taken.
+local function take_slot(client, rate_id)
+  local rate = ngx.shared[RATE_DICT]
+  local key = "n" .. SEP .. rate_id
+  local used = rate:incr(key, 1, 0)
+  if not used then return false end
+  if used > client.concurrent_requests then
+    rate:incr(key, -1, 0)
+    return false
+  end
+  ngx.var.jsonrpc_gate_slot = key
+  return true
+end
+
+local function too_many(client)
+  count_refused(client.name, "concurrency", 1)
+  return respond(429, error_object(nil, -32005, "limit exceeded: "
+    .. client.concurrent_requests .. " requests at once"))
+end
+
+-- Whether `client` may go on: nil when it may, else the phase's answer has been given.
+local function admit(client, rate_id)
+  ngx.var.jsonrpc_gate_client = client.name
+  if origin_allowed(client) == false then return origin_refused(client) end
+  if not take_slot(client, rate_id) then return too_many(client) end
+  return nil
+end
+
 local function read_body()
   ngx.req.read_body()
   local body = ngx.req.get_body_data()
@@ -344,8 +416,10 @@ end
 -- never reaches a node) or answers it.
 function M.http()
   local client, rate_id = identify(ngx.var.request_uri, "/v3/")
+  if ngx.req.get_method() == "OPTIONS" then return preflight(client) end
   if not client then return unauthorized() end
-  ngx.var.jsonrpc_gate_client = client.name
+  local refused = admit(client, rate_id)
+  if refused ~= nil then return refused end
   local body = read_body()
   if not body then
     count_refused(client.name, "body_size", 1)
@@ -363,9 +437,15 @@ function M.http()
   if config.open then ngx.req.set_uri_args("") end
 end
 
--- log_by_lua of the public locations: names failed or retried upstream attempts (the public
--- server's own error lines are dropped: they would hold the key).
+-- log_by_lua of the public locations: gives back the request's in-flight place, and names
+-- failed or retried upstream attempts (the public server's own error lines are dropped: they
+-- would hold the key).
 function M.log()
+  local slot = ngx.var.jsonrpc_gate_slot
+  if slot and slot ~= "" then
+    ngx.shared[RATE_DICT]:incr(slot, -1, 0)
+    ngx.var.jsonrpc_gate_slot = ""
+  end
   local status = ngx.var.upstream_status
   if status and (find(status, ",", 1, true) or find(status, "^[5-]") or find(status, ":")) then
     log_detached(ngx.WARN, "jsonrpc_gate: client " .. (ngx.var.jsonrpc_gate_client or "-")
@@ -388,7 +468,8 @@ end
 function M.websocket()
   local client, rate_id = identify(ngx.var.request_uri, "/ws/v3/")
   if not client then return unauthorized() end
-  ngx.var.jsonrpc_gate_client = client.name
+  local refused = admit(client, rate_id)
+  if refused ~= nil then return refused end
   local relay = require "jsonrpc_gate.websocket"
   return relay.run(config.websocket_upstream, function(message)
     local status, answer, reason, n = M.judge(client, rate_id, message)
@@ -400,6 +481,30 @@ function M.websocket()
     return nil
   end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms },
   log_detached)
+end
+
+-- CORS headers a node may send, replaced by the gate's so that every answer carries the same.
+local NODE_CORS = { "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
+  "Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Expose-Headers",
+  "Access-Control-Max-Age" }
+
+-- header_filter_by_lua of the public server: every answer, errors and the nodes' included,
+-- allows the origin the access phase settled ("*" unless the client names its origins).
+function M.cors()
+  local h = ngx.header
+  if not ngx.ctx.jsonrpc_gate_preflight then
+    for i = 1, #NODE_CORS do h[NODE_CORS[i]] = nil end
+  end
+  local origin = ngx.var.jsonrpc_gate_cors or "*"
+  h["Access-Control-Allow-Origin"] = origin
+  if origin ~= "*" then
+    local vary = h["Vary"]
+    if type(vary) == "string" and vary ~= "" then
+      if not find(lower(vary), "origin", 1, true) then h["Vary"] = vary .. ", Origin" end
+    elseif type(vary) ~= "table" then
+      h["Vary"] = "Origin"
+    end
+  end
 end
 
 -- content_by_lua of the internal usage endpoint: every counter, monotonic since nginx started

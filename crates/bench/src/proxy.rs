@@ -674,6 +674,8 @@ pub fn bench_gate(socket_dir: &Path) -> GatePolicy {
             key_sha256: key_sha256(BENCH_KEY),
             calls_per_second: BENCH_CALLS_PER_SECOND,
             allow_methods: Vec::new(),
+            concurrent_requests: 64,
+            allowed_origins: vec![],
         }],
         lua_dir: devstack::gate_lua_dir(),
         access_log: socket_dir.join("access.log").display().to_string(),

@@ -89,6 +89,8 @@ async fn usage_per_client_reaches_cloudwatch_as_deltas_without_the_key() {
             key_sha256: key_sha256(KEY),
             calls_per_second: 1000,
             allow_methods: vec![],
+            concurrent_requests: 64,
+            allowed_origins: vec![],
         }],
         ..GatePolicy::default()
     };

@@ -25,6 +25,12 @@ pub const MAX_METHOD_LEN: usize = 64;
 pub const MAX_ALLOW_METHODS: usize = 256;
 /// Largest `calls_per_second` accepted.
 pub const MAX_CALLS_PER_SECOND: u64 = 1_000_000;
+/// Largest `concurrent_requests` accepted.
+pub const MAX_CONCURRENT_REQUESTS: u64 = 100_000;
+/// Most entries in `allowed_origins`.
+pub const MAX_ALLOWED_ORIGINS: usize = 64;
+/// Longest origin in `allowed_origins`, in characters.
+pub const MAX_ORIGIN_LEN: usize = 253;
 /// Random bytes in a key (256 bits).
 pub const KEY_BYTES: usize = 32;
 /// Characters of a key: [`KEY_BYTES`] as unpadded base64url.
@@ -46,6 +52,12 @@ pub struct ClientRecord {
     /// Method names and namespace prefixes (ending in `_`) this client may call beyond the
     /// deployment's policy, in the order given.
     pub allow_methods: Vec<String>,
+    /// Requests (and WebSocket connections) in flight at once; `None` means the deployment's
+    /// default, whatever it is at render time.
+    pub concurrent_requests: Option<u32>,
+    /// Browser origins (`scheme://host[:port]`) whose pages may use the key; empty means any
+    /// origin, and any caller without an `Origin` header.
+    pub allowed_origins: Vec<String>,
     /// When it was added, ISO-8601 UTC.
     pub when_added: String,
 }
@@ -61,6 +73,10 @@ pub struct ClientView<'a> {
     pub calls_per_second: Option<u32>,
     /// Extra methods and prefixes.
     pub allow_methods: &'a [String],
+    /// `null` means the deployment's default.
+    pub concurrent_requests: Option<u32>,
+    /// Empty means any origin.
+    pub allowed_origins: &'a [String],
     /// When it was added.
     pub when_added: &'a str,
 }
@@ -73,6 +89,8 @@ impl ClientRecord {
             key_id: &self.key_id,
             calls_per_second: self.calls_per_second,
             allow_methods: &self.allow_methods,
+            concurrent_requests: self.concurrent_requests,
+            allowed_origins: &self.allowed_origins,
             when_added: &self.when_added,
         }
     }
@@ -187,6 +205,42 @@ pub fn validate_method(entry: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an `allowed_origins` entry: an origin as browsers send it, `http` or `https`, a
+/// lowercase host name or IPv4 address, an optional port, nothing after it.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    let problem = || {
+        Err(format!(
+            "allowed_origins entry {origin:?} is not an origin: \"https://host\" or \
+             \"http://host:port\", lowercase, with no path and at most {MAX_ORIGIN_LEN} characters"
+        ))
+    };
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return problem();
+    };
+    let (host, port) = match rest.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && !host.starts_with(['.', '-'])
+        && !host.ends_with(['.', '-'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    if !host_ok || !port_ok || origin.len() > MAX_ORIGIN_LEN {
+        return problem();
+    }
+    Ok(())
+}
+
 /// A valid `add_client` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddClientRequest {
@@ -196,6 +250,10 @@ pub struct AddClientRequest {
     pub calls_per_second: Option<u32>,
     /// Extra methods and prefixes.
     pub allow_methods: Vec<String>,
+    /// `None`: the deployment's default.
+    pub concurrent_requests: Option<u32>,
+    /// Empty: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AddClientRequest {
@@ -208,82 +266,113 @@ impl AddClientRequest {
             key_sha256,
             calls_per_second: self.calls_per_second,
             allow_methods: self.allow_methods.clone(),
+            concurrent_requests: self.concurrent_requests,
+            allowed_origins: self.allowed_origins.clone(),
             when_added: iso8601(now),
         }
     }
 }
 
 const ADD_SHAPE: &str = "the body must be {\"name\": string, \"calls_per_second\": positive \
-                         integer (optional), \"allow_methods\": [string] (optional)}";
+                         integer (optional), \"allow_methods\": [string] (optional), \
+                         \"concurrent_requests\": positive integer (optional), \
+                         \"allowed_origins\": [string] (optional)}";
 
 /// Parses an `add_client` event.
 pub fn parse_add_client(event: &Value) -> Result<AddClientRequest, AdminError> {
     let body = request_body(event)?;
     refuse_unknown_fields(
         &body,
-        &["name", "calls_per_second", "allow_methods"],
+        &[
+            "name",
+            "calls_per_second",
+            "allow_methods",
+            "concurrent_requests",
+            "allowed_origins",
+        ],
         ADD_SHAPE,
     )?;
     let name = required_name(&body)?;
-    let calls_per_second = match body.get("calls_per_second") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(n @ 1..=MAX_CALLS_PER_SECOND) => u32::try_from(n).ok(),
-            _ => {
-                return Err(AdminError::Validation(format!(
-                    "\"calls_per_second\" must be a whole number from 1 to \
-                     {MAX_CALLS_PER_SECOND}, not {n}"
-                )))
-            }
-        },
-        Some(other) => {
-            return Err(AdminError::Validation(format!(
-                "\"calls_per_second\" must be a whole number, not {}",
-                json_kind(other)
-            )))
-        }
-    };
-    let allow_methods = match body.get("allow_methods") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(entries)) => parse_allow_methods(entries)?,
-        Some(other) => {
-            return Err(AdminError::Validation(format!(
-                "\"allow_methods\" must be an array of strings, not {}",
-                json_kind(other)
-            )))
-        }
-    };
+    let calls_per_second = optional_count(&body, "calls_per_second", MAX_CALLS_PER_SECOND)?;
+    let concurrent_requests =
+        optional_count(&body, "concurrent_requests", MAX_CONCURRENT_REQUESTS)?;
+    let allow_methods = string_list(&body, "allow_methods", MAX_ALLOW_METHODS, validate_method)?;
+    let allowed_origins = string_list(
+        &body,
+        "allowed_origins",
+        MAX_ALLOWED_ORIGINS,
+        validate_origin,
+    )?;
     Ok(AddClientRequest {
         name,
         calls_per_second,
         allow_methods,
+        concurrent_requests,
+        allowed_origins,
     })
 }
 
-fn parse_allow_methods(entries: &[Value]) -> Result<Vec<String>, AdminError> {
-    if entries.len() > MAX_ALLOW_METHODS {
+/// An optional whole number from 1 to `max`.
+fn optional_count(
+    body: &Map<String, Value>,
+    field: &str,
+    max: u64,
+) -> Result<Option<u32>, AdminError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(value) if (1..=max).contains(&value) => Ok(u32::try_from(value).ok()),
+            _ => Err(AdminError::Validation(format!(
+                "\"{field}\" must be a whole number from 1 to {max}, not {n}"
+            ))),
+        },
+        Some(other) => Err(AdminError::Validation(format!(
+            "\"{field}\" must be a whole number, not {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+/// An optional list of at most `max` distinct strings, each checked by `validate`.
+fn string_list(
+    body: &Map<String, Value>,
+    field: &str,
+    max: usize,
+    validate: fn(&str) -> Result<(), String>,
+) -> Result<Vec<String>, AdminError> {
+    let entries = match body.get(field) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            return Err(AdminError::Validation(format!(
+                "\"{field}\" must be an array of strings, not {}",
+                json_kind(other)
+            )))
+        }
+    };
+    if entries.len() > max {
         return Err(AdminError::Validation(format!(
-            "\"allow_methods\" has {} entries; at most {MAX_ALLOW_METHODS} are accepted",
+            "\"{field}\" has {} entries; at most {max} are accepted",
             entries.len()
         )));
     }
-    let mut methods: Vec<String> = Vec::with_capacity(entries.len());
+    let mut out: Vec<String> = Vec::with_capacity(entries.len());
     for entry in entries {
         let Value::String(entry) = entry else {
             return Err(AdminError::Validation(format!(
-                "\"allow_methods\" entries must be strings, not {}",
+                "\"{field}\" entries must be strings, not {}",
                 json_kind(entry)
             )));
         };
-        validate_method(entry).map_err(AdminError::Validation)?;
-        if methods.contains(entry) {
+        validate(entry).map_err(AdminError::Validation)?;
+        if out.contains(entry) {
             return Err(AdminError::Validation(format!(
-                "allow_methods lists {entry:?} twice"
+                "{field} lists {entry:?} twice"
             )));
         }
-        methods.push(entry.clone());
+        out.push(entry.clone());
     }
-    Ok(methods)
+    Ok(out)
 }
 
 /// Parses a `remove_client` event: the body must be exactly `{"name": string}`.
@@ -335,6 +424,8 @@ struct AddedClient<'a> {
     key_id: &'a str,
     calls_per_second: Option<u32>,
     allow_methods: &'a [String],
+    concurrent_requests: Option<u32>,
+    allowed_origins: &'a [String],
     when_added: &'a str,
 }
 
@@ -372,6 +463,8 @@ pub async fn add_client(
                     key_id: &record.key_id,
                     calls_per_second: record.calls_per_second,
                     allow_methods: &record.allow_methods,
+                    concurrent_requests: record.concurrent_requests,
+                    allowed_origins: &record.allowed_origins,
                     when_added: &record.when_added,
                 },
             )
@@ -489,7 +582,9 @@ mod tests {
         let request = parse_add_client(&event(json!({
             "name": "wallet-1.prod_eu",
             "calls_per_second": 25,
-            "allow_methods": ["debug_", "eth_sendTransaction"]
+            "allow_methods": ["debug_", "eth_sendTransaction"],
+            "concurrent_requests": 8,
+            "allowed_origins": ["https://app.example", "http://127.0.0.1:8080"]
         })))
         .unwrap();
         assert_eq!(
@@ -498,6 +593,8 @@ mod tests {
                 name: "wallet-1.prod_eu".into(),
                 calls_per_second: Some(25),
                 allow_methods: vec!["debug_".into(), "eth_sendTransaction".into()],
+                concurrent_requests: Some(8),
+                allowed_origins: vec!["https://app.example".into(), "http://127.0.0.1:8080".into()],
             }
         );
         let request = parse_add_client(&json!({"body": {"name": "w"}})).unwrap();
@@ -623,6 +720,60 @@ mod tests {
                 "at most 256",
             ),
             (json!({"name": "w", "allow_methods": ["a_", "a_"]}), "twice"),
+            (json!({"name": "w", "concurrent_requests": 0}), "from 1 to"),
+            (
+                json!({"name": "w", "concurrent_requests": 100_001}),
+                "from 1 to",
+            ),
+            (
+                json!({"name": "w", "concurrent_requests": "8"}),
+                "whole number",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": "https://a.example"}),
+                "array",
+            ),
+            (json!({"name": "w", "allowed_origins": [7]}), "strings"),
+            (
+                json!({"name": "w", "allowed_origins": ["*"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a.example/"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://A.example"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["ftp://a.example"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a.example:0"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a.example:99999"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a b.example"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a.example\r\nX: y"]}),
+                "not an origin",
+            ),
+            (
+                json!({"name": "w", "allowed_origins": ["https://a.example", "https://a.example"]}),
+                "twice",
+            ),
         ];
         for (body, expected) in cases {
             let (status, answer) = refusal(&event(body.clone()));
@@ -712,6 +863,8 @@ mod tests {
             name: "wallet".into(),
             calls_per_second: None,
             allow_methods: vec!["debug_".into()],
+            concurrent_requests: None,
+            allowed_origins: vec![],
         };
         let key = ClientKey::from_bytes(&[9; KEY_BYTES]);
         let record = request.record(&key, datetime!(2026-12-02 10:00:00 UTC));
@@ -726,6 +879,8 @@ mod tests {
                 "key_id": record.key_id,
                 "calls_per_second": null,
                 "allow_methods": ["debug_"],
+                "concurrent_requests": null,
+                "allowed_origins": [],
                 "when_added": "2026-12-02T10:00:00.000000Z"
             })
         );
@@ -742,6 +897,8 @@ mod tests {
             key_id: key_id(&key_sha256("k")),
             calls_per_second: Some(1),
             allow_methods: vec!["debug_".into(), "eth_sendTransaction".into()],
+            concurrent_requests: None,
+            allowed_origins: vec![],
             when_added: String::new(),
         };
         assert!(record.allows("debug_traceTransaction"));

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use crate::clients::{
-    key_id, validate_method, validate_name, ClientRecord, MAX_ALLOW_METHODS, MAX_CALLS_PER_SECOND,
+    key_id, validate_method, validate_name, validate_origin, ClientRecord, MAX_ALLOWED_ORIGINS,
+    MAX_ALLOW_METHODS, MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS,
 };
 use crate::store::StoreError;
 
@@ -158,17 +159,22 @@ pub fn item_from_client(record: &ClientRecord) -> HashMap<String, AttributeValue
             AttributeValue::N(calls.to_string()),
         );
     }
-    if !record.allow_methods.is_empty() {
+    if let Some(requests) = record.concurrent_requests {
         item.insert(
-            "allow_methods".to_owned(),
-            AttributeValue::L(
-                record
-                    .allow_methods
-                    .iter()
-                    .map(|m| AttributeValue::S(m.clone()))
-                    .collect(),
-            ),
+            "concurrent_requests".to_owned(),
+            AttributeValue::N(requests.to_string()),
         );
+    }
+    for (name, list) in [
+        ("allow_methods", &record.allow_methods),
+        ("allowed_origins", &record.allowed_origins),
+    ] {
+        if !list.is_empty() {
+            item.insert(
+                name.to_owned(),
+                AttributeValue::L(list.iter().map(|m| AttributeValue::S(m.clone())).collect()),
+            );
+        }
     }
     item
 }
@@ -192,29 +198,36 @@ pub fn client_from_item(item: &HashMap<String, AttributeValue>) -> Result<Client
         }
         _ => return Err(bad("key_sha256 is not 64 lowercase hex digits")),
     };
-    let calls_per_second = match item.get("calls_per_second") {
-        None | Some(AttributeValue::Null(_)) => None,
+    let count = |field: &str, max: u64| match item.get(field) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
         Some(AttributeValue::N(n)) => match n.parse::<u64>() {
-            Ok(calls @ 1..=MAX_CALLS_PER_SECOND) => u32::try_from(calls).ok(),
-            _ => return Err(bad("calls_per_second is not a whole number in range")),
+            Ok(value) if (1..=max).contains(&value) => Ok(u32::try_from(value).ok()),
+            _ => Err(bad(&format!("{field} is not a whole number in range"))),
         },
-        Some(_) => return Err(bad("calls_per_second is not a number")),
+        Some(_) => Err(bad(&format!("{field} is not a number"))),
     };
-    let allow_methods = match item.get("allow_methods") {
-        None | Some(AttributeValue::Null(_)) => Vec::new(),
-        Some(AttributeValue::L(entries)) if entries.len() <= MAX_ALLOW_METHODS => {
-            let mut methods = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let AttributeValue::S(method) = entry else {
-                    return Err(bad("allow_methods holds a non-string"));
-                };
-                validate_method(method).map_err(|e| bad(&e))?;
-                methods.push(method.clone());
+    let list =
+        |field: &str, max: usize, validate: fn(&str) -> Result<(), String>| match item.get(field) {
+            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+            Some(AttributeValue::L(entries)) if entries.len() <= max => {
+                let mut out = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let AttributeValue::S(text) = entry else {
+                        return Err(bad(&format!("{field} holds a non-string")));
+                    };
+                    validate(text).map_err(|e| bad(&e))?;
+                    out.push(text.clone());
+                }
+                Ok(out)
             }
-            methods
-        }
-        Some(_) => return Err(bad("allow_methods is not a list of at most 256 strings")),
-    };
+            Some(_) => Err(bad(&format!(
+                "{field} is not a list of at most {max} strings"
+            ))),
+        };
+    let calls_per_second = count("calls_per_second", MAX_CALLS_PER_SECOND)?;
+    let concurrent_requests = count("concurrent_requests", MAX_CONCURRENT_REQUESTS)?;
+    let allow_methods = list("allow_methods", MAX_ALLOW_METHODS, validate_method)?;
+    let allowed_origins = list("allowed_origins", MAX_ALLOWED_ORIGINS, validate_origin)?;
     let when_added = match item.get("when_added") {
         Some(AttributeValue::S(when)) => when.clone(),
         _ => String::new(),
@@ -225,6 +238,8 @@ pub fn client_from_item(item: &HashMap<String, AttributeValue>) -> Result<Client
         key_sha256,
         calls_per_second,
         allow_methods,
+        concurrent_requests,
+        allowed_origins,
         when_added,
     })
 }
@@ -242,6 +257,8 @@ mod tests {
             key_sha256: hash,
             calls_per_second: Some(40),
             allow_methods: vec!["debug_".into(), "eth_sign".into()],
+            concurrent_requests: Some(8),
+            allowed_origins: vec!["https://app.example".into()],
             when_added: "2026-12-02T10:00:00.000000Z".into(),
         }
     }
@@ -253,6 +270,8 @@ mod tests {
         let default = ClientRecord {
             calls_per_second: None,
             allow_methods: Vec::new(),
+            concurrent_requests: None,
+            allowed_origins: vec![],
             ..record()
         };
         let item = item_from_client(&default);

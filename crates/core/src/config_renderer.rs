@@ -9,7 +9,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::backend::iso8601;
-use crate::clients::MAX_CALLS_PER_SECOND;
+use crate::clients::{MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS};
 use crate::clients_store::ClientStore;
 use crate::config_bucket::{
     BucketError, ConfigBucket, ConfigPointer, PointerWrite, CONFIG_KEY_SUFFIX,
@@ -91,6 +91,12 @@ fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
             defaults.default_calls_per_second,
             1,
             u32::try_from(MAX_CALLS_PER_SECOND).unwrap_or(u32::MAX),
+        )?,
+        default_concurrent_requests: env.bounded_number(
+            "GATE_DEFAULT_CONCURRENT_REQUESTS",
+            defaults.default_concurrent_requests,
+            1,
+            u32::try_from(MAX_CONCURRENT_REQUESTS).unwrap_or(u32::MAX),
         )?,
         deny_methods: env.list_or("GATE_DENY_METHODS", &defaults.deny_methods),
         max_body_bytes: env.number("GATE_MAX_BODY_BYTES", defaults.max_body_bytes, 1)?,
@@ -458,6 +464,7 @@ mod tests {
         settings(&[
             ("GATE_OPEN_WITHOUT_KEY", value),
             ("GATE_DEFAULT_CALLS_PER_SECOND", value),
+            ("GATE_DEFAULT_CONCURRENT_REQUESTS", value),
             ("GATE_DENY_METHODS", value),
             ("GATE_MAX_BODY_BYTES", value),
             ("GATE_MAX_BATCH_CALLS", value),
@@ -474,6 +481,7 @@ mod tests {
         let gate = settings(&[
             ("GATE_OPEN_WITHOUT_KEY", "true"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "250"),
+            ("GATE_DEFAULT_CONCURRENT_REQUESTS", "12"),
             ("GATE_DENY_METHODS", "debug_, eth_sign"),
             ("GATE_MAX_BODY_BYTES", "2048"),
             ("GATE_MAX_BATCH_CALLS", "10"),
@@ -491,6 +499,7 @@ mod tests {
                 clients: Vec::new(),
                 open_without_key: true,
                 default_calls_per_second: 250,
+                default_concurrent_requests: 12,
                 deny_methods: vec!["debug_".into(), "eth_sign".into()],
                 max_body_bytes: 2048,
                 max_batch_calls: 10,
@@ -507,6 +516,8 @@ mod tests {
             ("GATE_DEFAULT_CALLS_PER_SECOND", "0"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "1000001"),
             ("GATE_DEFAULT_CALLS_PER_SECOND", "many"),
+            ("GATE_DEFAULT_CONCURRENT_REQUESTS", "0"),
+            ("GATE_DEFAULT_CONCURRENT_REQUESTS", "100001"),
             ("GATE_MAX_BODY_BYTES", "0"),
             ("GATE_MAX_BATCH_CALLS", "-1"),
             ("GATE_MAX_GET_LOGS_BLOCKS", "0"),

@@ -24,6 +24,15 @@ pub const USAGE_SOCKET: &str = "gate-usage.sock";
 /// Socket (in the socket directory) of the internal server the WebSocket relay reaches the
 /// nodes through.
 pub const WEBSOCKET_SOCKET: &str = "gate-ws.sock";
+/// Bytes of a request body nginx keeps in memory; the rest of a larger body goes to a
+/// temporary file while it arrives, so slow uploads cost a file each, not a buffer of
+/// `max_body_bytes` (docs/architecture.md, "The JSON-RPC gate").
+pub const BODY_BUFFER_BYTES: u32 = 16 * 1024;
+/// The variable naming the in-flight counter a request holds (empty: none), released by the
+/// log phase; a variable, unlike the Lua request context, survives an `error_page` redirect.
+pub const SLOT_VARIABLE: &str = "$jsonrpc_gate_slot";
+/// The variable holding the `Access-Control-Allow-Origin` value of an answer.
+pub const CORS_VARIABLE: &str = "$jsonrpc_gate_cors";
 /// Where the image installs the Lua modules (`docker/Dockerfile`).
 pub const IMAGE_LUA_DIR: &str = "/usr/share/jsonrpc-proxy/lua";
 
@@ -39,17 +48,35 @@ pub struct GateClient {
     /// Method names, or namespace prefixes ending in `_`, this client may call although the
     /// deployment denies them.
     pub allow_methods: Vec<String>,
+    /// Requests and WebSocket connections in flight at once.
+    pub concurrent_requests: u32,
+    /// Origins whose pages may use the key (validated by
+    /// [`validate_origin`](crate::clients::validate_origin)); empty: any.
+    pub allowed_origins: Vec<String>,
+}
+
+/// The deployment's values for what a client record leaves unset, applied at every render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDefaults {
+    /// Calls per second.
+    pub calls_per_second: u32,
+    /// Requests in flight at once.
+    pub concurrent_requests: u32,
 }
 
 impl GateClient {
-    /// What a stored client is granted: its own calls per second, or `default_calls_per_second`
-    /// when it has none (the deployment's default, applied at every render).
-    pub fn of(record: &ClientRecord, default_calls_per_second: u32) -> Self {
+    /// What a stored client is granted: its own limits, or the deployment's `defaults` where
+    /// it has none.
+    pub fn of(record: &ClientRecord, defaults: ClientDefaults) -> Self {
         Self {
             name: record.name.clone(),
             key_sha256: record.key_sha256.clone(),
-            calls_per_second: record.calls_per_second.unwrap_or(default_calls_per_second),
+            calls_per_second: record.calls_per_second.unwrap_or(defaults.calls_per_second),
             allow_methods: record.allow_methods.clone(),
+            concurrent_requests: record
+                .concurrent_requests
+                .unwrap_or(defaults.concurrent_requests),
+            allowed_origins: record.allowed_origins.clone(),
         }
     }
 
@@ -74,8 +101,18 @@ impl GateClient {
         if self.calls_per_second == 0 {
             return Err(GatePolicyError::Zero("calls per second"));
         }
+        if self.concurrent_requests == 0 {
+            return Err(GatePolicyError::Zero("concurrent requests"));
+        }
         if let Some(bad) = self.allow_methods.iter().find(|m| !is_method(m)) {
             return Err(GatePolicyError::Method(bad.clone()));
+        }
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .find(|o| crate::clients::validate_origin(o).is_err())
+        {
+            return Err(GatePolicyError::Origin(bad.clone()));
         }
         Ok(())
     }
@@ -92,6 +129,9 @@ pub struct GatePolicy {
     pub open_without_key: bool,
     /// Calls per second of a caller in open mode, and of a client added without one.
     pub default_calls_per_second: u32,
+    /// Requests (and WebSocket connections) in flight at once of a caller in open mode, and of
+    /// a client added without its own number.
+    pub default_concurrent_requests: u32,
     /// Method names, or namespace prefixes ending in `_`, denied to every caller (matched
     /// ignoring ASCII case).
     pub deny_methods: Vec<String>,
@@ -140,6 +180,7 @@ impl Default for GatePolicy {
             clients: Vec::new(),
             open_without_key: false,
             default_calls_per_second: 100,
+            default_concurrent_requests: 64,
             deny_methods: deny.iter().map(|m| (*m).to_owned()).collect(),
             max_body_bytes: 1 << 20,
             max_batch_calls: 100,
@@ -171,6 +212,9 @@ pub enum GatePolicyError {
     /// A CIDR of other characters than an address and a prefix length.
     #[error("trusted proxy {0:?} must be an IP address or CIDR")]
     Cidr(String),
+    /// An allowed origin that is not `scheme://host[:port]`.
+    #[error("allowed origin {0:?} must be http(s)://host[:port], lowercase")]
+    Origin(String),
     /// A path that is not absolute and plain.
     #[error("path {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.'")]
     Path(String),
@@ -184,12 +228,12 @@ pub enum GatePolicyError {
 /// the problem.
 fn admit<'a>(
     records: impl IntoIterator<Item = &'a ClientRecord>,
-    default_calls_per_second: u32,
+    defaults: ClientDefaults,
 ) -> impl Iterator<Item = (&'a ClientRecord, Result<GateClient, (String, String)>)> {
     let mut names = std::collections::BTreeSet::new();
     let mut digests = std::collections::BTreeSet::new();
     records.into_iter().map(move |record| {
-        let client = GateClient::of(record, default_calls_per_second);
+        let client = GateClient::of(record, defaults);
         let problem = match client.validate() {
             Err(error) => Some(error.to_string()),
             Ok(()) if names.contains(&client.name) => Some("its name is listed twice".into()),
@@ -220,24 +264,41 @@ fn admit<'a>(
 pub fn clients_fingerprint(records: &[ClientRecord]) -> String {
     let mut sorted: Vec<&ClientRecord> = records.iter().collect();
     sorted.sort_by(|a, b| {
-        (&a.name, &a.key_sha256, a.calls_per_second, &a.allow_methods).cmp(&(
-            &b.name,
-            &b.key_sha256,
-            b.calls_per_second,
-            &b.allow_methods,
-        ))
+        let key = |r: &'_ ClientRecord| {
+            (
+                r.name.clone(),
+                r.key_sha256.clone(),
+                r.calls_per_second,
+                r.allow_methods.clone(),
+                r.concurrent_requests,
+                r.allowed_origins.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
     });
-    // The default only fills in a missing rate, and every valid default is at least 1, so
-    // which records are admitted does not depend on it.
-    let entries: Vec<serde_json::Value> = admit(sorted, 1)
+    // The defaults only fill in missing limits, and every valid default is at least 1, so
+    // which records are admitted does not depend on them.
+    let any = ClientDefaults {
+        calls_per_second: 1,
+        concurrent_requests: 1,
+    };
+    let entries: Vec<serde_json::Value> = admit(sorted, any)
         .filter(|(_, admitted)| admitted.is_ok())
         .map(|(record, _)| {
-            json!([
+            let mut entry = json!([
                 record.name,
                 record.key_sha256,
                 record.calls_per_second,
                 record.allow_methods,
-            ])
+            ]);
+            // Only when set, so that a client without them keeps its fingerprint.
+            if let Some(list) = entry.as_array_mut() {
+                if record.concurrent_requests.is_some() || !record.allowed_origins.is_empty() {
+                    list.push(json!(record.concurrent_requests));
+                    list.push(json!(record.allowed_origins));
+                }
+            }
+            entry
         })
         .collect();
     hex::encode(Sha256::digest(
@@ -292,6 +353,10 @@ impl GatePolicy {
                 "default calls per second",
                 u64::from(self.default_calls_per_second),
             ),
+            (
+                "default concurrent requests",
+                u64::from(self.default_concurrent_requests),
+            ),
             ("max body bytes", self.max_body_bytes),
             ("max batch calls", u64::from(self.max_batch_calls)),
             ("max eth_getLogs blocks", self.max_get_logs_blocks),
@@ -308,7 +373,11 @@ impl GatePolicy {
     /// cannot use (a damaged item, or a name or key digest another client already has) is
     /// left out with a warning naming it, never its digest, and grants nothing.
     pub fn with_clients(&self, records: &[ClientRecord]) -> Self {
-        let clients = admit(records, self.default_calls_per_second)
+        let defaults = ClientDefaults {
+            calls_per_second: self.default_calls_per_second,
+            concurrent_requests: self.default_concurrent_requests,
+        };
+        let clients = admit(records, defaults)
             .filter_map(|(_, admitted)| match admitted {
                 Ok(client) => Some(client),
                 Err((name, problem)) => {
@@ -334,6 +403,8 @@ impl GatePolicy {
                     "key_sha256": c.key_sha256,
                     "calls_per_second": c.calls_per_second,
                     "allow_methods": c.allow_methods,
+                    "concurrent_requests": c.concurrent_requests,
+                    "allowed_origins": c.allowed_origins,
                 })
             })
             .collect();
@@ -341,6 +412,7 @@ impl GatePolicy {
             "clients": clients,
             "open_without_key": self.open_without_key,
             "default_calls_per_second": self.default_calls_per_second,
+            "default_concurrent_requests": self.default_concurrent_requests,
             "deny_methods": self.deny_methods,
             "max_body_bytes": self.max_body_bytes,
             "max_batch_calls": self.max_batch_calls,
@@ -387,6 +459,10 @@ log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_m
 pub(crate) fn public_server_directives(policy: &GatePolicy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "    set {CLIENT_VARIABLE} \"-\";");
+    let _ = writeln!(out, "    set {SLOT_VARIABLE} \"\";");
+    let _ = writeln!(out, "    set {CORS_VARIABLE} \"*\";");
+    // Every answer of the public server, the nodes' included, carries the gate's CORS headers.
+    out.push_str("    header_filter_by_lua_block { require(\"jsonrpc_gate\").cors() }\n");
     let _ = writeln!(out, "    access_log {} jsonrpc_gate;", policy.access_log);
     // nginx's error lines for a request name its request line, the key included; the gate
     // logs upstream failures itself, without it.
@@ -396,15 +472,12 @@ pub(crate) fn public_server_directives(policy: &GatePolicy) -> String {
     }
     out.push_str("    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n");
     let _ = writeln!(out, "    client_max_body_size {};", policy.max_body_bytes);
-    let _ = writeln!(
-        out,
-        "    client_body_buffer_size {};",
-        policy.max_body_bytes
-    );
+    let _ = writeln!(out, "    client_body_buffer_size {BODY_BUFFER_BYTES};");
     out.push_str("    error_page 413 = @jsonrpc_gate_too_large;\n\n");
     out.push_str(
         "    location @jsonrpc_gate_too_large {
         content_by_lua_block { require(\"jsonrpc_gate\").too_large() }
+        log_by_lua_block { require(\"jsonrpc_gate\").log() }
     }
 
 ",
@@ -421,7 +494,9 @@ pub(crate) const ACCESS_LINE: &str = "        error_page 413 = @jsonrpc_gate_too
 
 /// The public server's WebSocket location: the relay.
 pub(crate) const WEBSOCKET_LOCATION_BODY: &str =
-    "        content_by_lua_block { require(\"jsonrpc_gate\").websocket() }\n";
+    "        content_by_lua_block { require(\"jsonrpc_gate\").websocket() }
+        log_by_lua_block { require(\"jsonrpc_gate\").log() }
+";
 
 /// The internal servers: the relay's way to the nodes (`websocket_proxy` holds the proxy
 /// directives of today's WebSocket location), and the usage endpoint.
@@ -478,6 +553,8 @@ mod tests {
             key_sha256: key_sha256(name),
             calls_per_second: 5,
             allow_methods: vec!["debug_".into()],
+            concurrent_requests: 64,
+            allowed_origins: vec![],
         }
     }
 
@@ -549,6 +626,8 @@ mod tests {
                 key_sha256: digest,
                 calls_per_second: calls,
                 allow_methods: vec!["debug_".into()],
+                concurrent_requests: None,
+                allowed_origins: vec![],
                 when_added: String::new(),
             }
         };
@@ -574,12 +653,16 @@ mod tests {
                     key_sha256: key_sha256("ka"),
                     calls_per_second: 7,
                     allow_methods: vec!["debug_".into()],
+                    concurrent_requests: 64,
+                    allowed_origins: vec![],
                 },
                 GateClient {
                     name: "b".into(),
                     key_sha256: key_sha256("kb"),
                     calls_per_second: 40,
                     allow_methods: vec!["debug_".into()],
+                    concurrent_requests: 64,
+                    allowed_origins: vec![],
                 },
             ]
         );
@@ -677,6 +760,8 @@ mod tests {
                 key_sha256: digest,
                 calls_per_second: Some(40),
                 allow_methods: vec!["debug_".into()],
+                concurrent_requests: None,
+                allowed_origins: vec![],
                 when_added: "2026-12-02T10:00:00.000000Z".into(),
             }
         };
@@ -727,6 +812,8 @@ mod tests {
             vec![
                 ClientRecord {
                     allow_methods: vec!["debug_".into(), "trace_".into()],
+                    concurrent_requests: None,
+                    allowed_origins: vec![],
                     ..a.clone()
                 },
                 b.clone(),
@@ -734,6 +821,8 @@ mod tests {
             vec![
                 ClientRecord {
                     allow_methods: Vec::new(),
+                    concurrent_requests: None,
+                    allowed_origins: vec![],
                     ..a.clone()
                 },
                 b.clone(),

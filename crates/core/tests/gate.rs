@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devstack::testkit::GatedNginx;
@@ -29,12 +28,16 @@ fn clients(cps: u32) -> Vec<GateClient> {
             key_sha256: key_sha256(KEY),
             calls_per_second: cps,
             allow_methods: vec!["evm_mine".into()],
+            concurrent_requests: 64,
+            allowed_origins: vec![],
         },
         GateClient {
             name: "other".into(),
             key_sha256: key_sha256(OTHER_KEY),
             calls_per_second: cps,
             allow_methods: vec![],
+            concurrent_requests: 64,
+            allowed_origins: vec![],
         },
     ]
 }
@@ -65,7 +68,11 @@ impl Stack {
     }
 
     fn send(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-        let mut head = format!("POST {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n");
+        self.request("POST", path, headers, body)
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -115,10 +122,31 @@ impl Stack {
 /// The gated configuration, with the repository's Lua modules and an access log in `logs`.
 struct Answer {
     status: u16,
+    /// The status line and header lines.
+    head: String,
     body: String,
 }
 
 impl Answer {
+    /// Every value of the header `name`.
+    fn headers(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    /// The one value of the header `name` (panics on none or several).
+    fn header(&self, name: &str) -> &str {
+        match self.headers(name)[..] {
+            [one] => one,
+            ref other => panic!("{name}: {other:?} in\n{}", self.head),
+        }
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
@@ -162,7 +190,11 @@ fn parse_answer(raw: &[u8]) -> Answer {
     } else {
         body.to_owned()
     };
-    Answer { status, body }
+    Answer {
+        status,
+        head: head.to_owned(),
+        body,
+    }
 }
 
 fn call(id: u64, method: &str) -> String {
@@ -354,6 +386,8 @@ fn trace_is_denied_unless_a_client_is_allowed_it() {
         key_sha256: key_sha256("tr4cerKey_0123456789-abcdefXYZ"),
         calls_per_second: 1000,
         allow_methods: vec!["trace_".into()],
+        concurrent_requests: 64,
+        allowed_origins: vec![],
     });
     let stack = Stack::start(
         &node.url(),
@@ -819,6 +853,11 @@ fn read_frame(stream: &mut TcpStream) -> (u8, String) {
 
 /// Opens a WebSocket at `path`; the status line and the stream.
 fn websocket(port: u16, path: &str) -> (String, TcpStream) {
+    websocket_with(port, path, "")
+}
+
+/// [`websocket`] with more header lines (each ending in CRLF).
+fn websocket_with(port: u16, path: &str, more_headers: &str) -> (String, TcpStream) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -827,7 +866,8 @@ fn websocket(port: u16, path: &str) -> (String, TcpStream) {
         .write_all(
             format!(
                 "GET {path} HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                 {more_headers}\r\n"
             )
             .as_bytes(),
         )
@@ -1015,7 +1055,7 @@ fn every_gated_variant_passes_nginx_t() {
 /// installed packages match it.
 #[test]
 fn the_tested_nginx_is_the_one_the_image_installs() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = devstack::repo_root();
     let read = |path: &str| std::fs::read_to_string(root.join(path)).expect(path);
     let dockerfile = read("docker/Dockerfile");
     assert!(dockerfile.contains("COPY docker/nginx-packages /tmp/nginx-packages"));
@@ -1058,5 +1098,248 @@ fn the_tested_nginx_is_the_one_the_image_installs() {
     assert!(
         about.contains(&format!("nginx/{nginx_version}\n")),
         "{bin} is not nginx {nginx_version}: {about}"
+    );
+}
+
+const DAPP_KEY: &str = "dappKey_0123456789-abcdefXYZ_012345";
+const DAPP_ORIGIN: &str = "http://dapp.example:8080";
+
+/// A browser can use the endpoint: preflights of key paths are answered without a body being
+/// judged, every answer (the node's, the gate's errors) carries the gate's CORS headers and
+/// never the node's own, and a client with `allowed_origins` is served only to those origins.
+#[test]
+fn browsers_get_the_gates_cors_headers_on_every_answer() {
+    let node = anvil();
+    let mut policy_clients = clients(1000);
+    policy_clients.push(GateClient {
+        name: "dapp".into(),
+        key_sha256: key_sha256(DAPP_KEY),
+        calls_per_second: 1000,
+        allow_methods: vec![],
+        concurrent_requests: 64,
+        allowed_origins: vec![DAPP_ORIGIN.into()],
+    });
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: policy_clients,
+            ..GatePolicy::default()
+        },
+        2,
+    );
+    let elsewhere = "http://elsewhere.example";
+    let preflight = |path: &str, origin: &str| {
+        stack.request(
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            "",
+        )
+    };
+    fn json_from(origin: &str) -> [(&str, &str); 2] {
+        [("Content-Type", "application/json"), ("Origin", origin)]
+    }
+
+    // A key that takes any origin.
+    for path in [format!("/v3/{KEY}"), "/v3/unknownKey".to_owned()] {
+        let answer = preflight(&path, elsewhere);
+        assert_eq!(answer.status, 204, "{path}: {}", answer.head);
+        assert_eq!(answer.header("Access-Control-Allow-Origin"), "*", "{path}");
+        assert!(answer
+            .header("Access-Control-Allow-Methods")
+            .contains("POST"));
+        assert_eq!(
+            answer.header("Access-Control-Allow-Headers"),
+            "content-type"
+        );
+        assert!(answer.body.is_empty(), "{}", answer.body);
+    }
+    let served = stack.send(
+        &format!("/v3/{KEY}"),
+        &json_from(elsewhere),
+        &call(1, "eth_chainId"),
+    );
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.json()["result"], "0x7a69");
+    // anvil sends its own `*`: one header, the gate's.
+    assert_eq!(served.header("Access-Control-Allow-Origin"), "*");
+    let unknown = stack.send(
+        "/v3/unknownKey",
+        &json_from(elsewhere),
+        &call(2, "eth_chainId"),
+    );
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.header("Access-Control-Allow-Origin"), "*");
+    let denied = stack.send(
+        &format!("/v3/{KEY}"),
+        &json_from(elsewhere),
+        &call(3, "eth_sign"),
+    );
+    assert_eq!(denied.json()["error"]["code"], -32601);
+    assert_eq!(denied.header("Access-Control-Allow-Origin"), "*");
+
+    // A key kept to one origin.
+    let dapp = format!("/v3/{DAPP_KEY}");
+    let answer = preflight(&dapp, DAPP_ORIGIN);
+    assert_eq!(answer.status, 204, "{}", answer.head);
+    assert_eq!(answer.header("Access-Control-Allow-Origin"), DAPP_ORIGIN);
+    assert!(answer
+        .header("Vary")
+        .to_ascii_lowercase()
+        .contains("origin"));
+    let answer = stack.send(&dapp, &json_from(DAPP_ORIGIN), &call(4, "eth_chainId"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["result"], "0x7a69");
+    assert_eq!(answer.header("Access-Control-Allow-Origin"), DAPP_ORIGIN);
+    assert!(
+        answer
+            .header("Vary")
+            .to_ascii_lowercase()
+            .contains("origin"),
+        "{}",
+        answer.head
+    );
+    let height = node.block_number().expect("height");
+    for (what, answer) in [
+        ("preflight elsewhere", preflight(&dapp, elsewhere)),
+        (
+            "call elsewhere",
+            stack.send(&dapp, &json_from(elsewhere), &call(5, "eth_blockNumber")),
+        ),
+        (
+            "call without Origin",
+            stack.post(&dapp, &call(6, "eth_blockNumber")),
+        ),
+    ] {
+        assert_eq!(answer.status, 403, "{what}: {}", answer.head);
+        assert_eq!(answer.json()["error"]["code"], -32002, "{what}");
+        assert_eq!(answer.header("Access-Control-Allow-Origin"), "*", "{what}");
+    }
+    assert_eq!(node.block_number().expect("height"), height);
+    let (head, _) = websocket_with(
+        stack.port,
+        &format!("/ws/v3/{DAPP_KEY}"),
+        "Origin: http://elsewhere.example\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let (head, mut socket) = websocket_with(
+        stack.port,
+        &format!("/ws/v3/{DAPP_KEY}"),
+        &format!("Origin: {DAPP_ORIGIN}\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        text(&mut socket, &call(7, "eth_chainId"))["result"],
+        "0x7a69"
+    );
+
+    let usage = stack.usage();
+    assert_eq!(usage["clients"]["dapp"]["refused"]["origin"], 4, "{usage}");
+    assert_eq!(usage["clients"]["dapp"]["served"], 2, "{usage}");
+    assert_eq!(usage["clients"]["app"]["served"], 1, "{usage}");
+}
+
+/// A request of `body_len` bytes whose head and first `sent` body bytes are written, the rest
+/// held back: a slow upload.
+fn slow_upload(port: u16, path: &str, body_len: usize, sent: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(&vec![b' '; sent]).expect("first bytes");
+    stream
+}
+
+/// Retries `attempt` for up to 10 s until it gives `status`; the last answer.
+fn until_status(status: u16, mut attempt: impl FnMut() -> Answer) -> Answer {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = attempt();
+        if answer.status == status || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One key cannot hold the task: past its `concurrent_requests` in flight (slow uploads here,
+/// across two workers), its next request gets 429 before any body is read, while other clients
+/// are served; a place comes back when a request ends, finished or abandoned. A body larger
+/// than nginx's memory buffer (written to a file) is judged as any other.
+#[test]
+fn one_client_cannot_hold_more_than_its_requests_at_once() {
+    let node = anvil();
+    let mut policy_clients = clients(1000);
+    policy_clients[0].concurrent_requests = 2;
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: policy_clients,
+            ..GatePolicy::default()
+        },
+        2,
+    );
+    let path = format!("/v3/{KEY}");
+    let call_text = call(1, "eth_chainId");
+    let body_len = 200 * 1024;
+    let mut first = slow_upload(stack.port, &path, body_len, 1000);
+    let second = slow_upload(stack.port, &path, body_len, 1000);
+    let refused = until_status(429, || stack.post(&path, &call_text));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], -32005);
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("2 requests at once"));
+    assert_eq!(refused.header("Access-Control-Allow-Origin"), "*");
+    let other = stack.post(&format!("/v3/{OTHER_KEY}"), &call_text);
+    assert_eq!(
+        other.status, 200,
+        "another client is served: {}",
+        other.body
+    );
+
+    // The first upload ends: a call padded to its length, read from nginx's temporary file.
+    let rest = body_len - 1000;
+    let mut tail = vec![b' '; rest - call_text.len()];
+    tail.extend_from_slice(call_text.as_bytes());
+    first.write_all(&tail).expect("rest of the body");
+    let mut raw = Vec::new();
+    first.read_to_end(&mut raw).expect("answer");
+    let finished = parse_answer(&raw);
+    assert_eq!(finished.status, 200, "{}", finished.body);
+    assert_eq!(finished.json()["result"], "0x7a69");
+    // The second is abandoned: its place comes back too, so two new slow uploads fit and a
+    // third request is refused again (no place was lost or leaked).
+    drop(second);
+    let served = until_status(200, || stack.post(&path, &call_text));
+    assert_eq!(served.status, 200, "{}", served.body);
+    let held = [
+        slow_upload(stack.port, &path, body_len, 10),
+        slow_upload(stack.port, &path, body_len, 10),
+    ];
+    assert_eq!(
+        until_status(429, || stack.post(&path, &call_text)).status,
+        429
+    );
+    drop(held);
+    assert_eq!(
+        until_status(200, || stack.post(&path, &call_text)).status,
+        200
+    );
+
+    let usage = stack.usage();
+    assert!(
+        usage["clients"]["app"]["refused"]["concurrency"].as_u64() >= Some(2),
+        "{usage}"
     );
 }

@@ -94,13 +94,30 @@ pub fn free_port() -> Result<u16, Error> {
     })
 }
 
-/// The repository root: `$DEVSTACK_REPO_ROOT` when set, else the one this crate was built
-/// from (`crates/devstack/../..`).
+/// The repository root: `$DEVSTACK_REPO_ROOT` when set; else the checkout that holds the
+/// package cargo runs (`$CARGO_MANIFEST_DIR` at run time) or the working directory; else the
+/// one this crate was built from. Cargo reuses a build across checkouts of one target
+/// directory without rebuilding it, so the path compiled in may name another checkout, or
+/// one that is gone.
 pub fn repo_root() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
     if let Some(root) = std::env::var_os("DEVSTACK_REPO_ROOT").filter(|r| !r.is_empty()) {
-        return std::path::PathBuf::from(root);
+        return PathBuf::from(root);
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let checkout = |start: &Path| {
+        start
+            .ancestors()
+            .find(|dir| {
+                dir.join("serverless.yml").is_file() && dir.join("crates/devstack").is_dir()
+            })
+            .map(Path::to_path_buf)
+    };
+    let running = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let found = running
+        .as_deref()
+        .and_then(checkout)
+        .or_else(|| std::env::current_dir().ok().as_deref().and_then(checkout));
+    let root = found.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     root.canonicalize().unwrap_or(root)
 }
 

@@ -312,6 +312,8 @@ fn record(name: &str, methods: usize) -> ClientRecord {
         allow_methods: (0..methods)
             .map(|i| format!("m{i:03}_{}", "x".repeat(58)))
             .collect(),
+        concurrent_requests: None,
+        allowed_origins: vec![],
         when_added: "2026-12-02T10:00:00.000000Z".into(),
     }
 }
