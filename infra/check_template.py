@@ -18,9 +18,9 @@ import yaml
 
 SERVICE = "jsonrpc-proxy"
 # The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
-GATE_KEYS = ("open_without_key", "default_calls_per_second", "deny_methods", "max_body_bytes",
-             "max_batch_calls", "max_get_logs_blocks", "trusted_proxy_cidrs", "lua_dir",
-             "access_log")
+GATE_KEYS = ("open_without_key", "default_calls_per_second", "default_concurrent_requests",
+             "deny_methods", "max_body_bytes", "max_batch_calls", "max_get_logs_blocks",
+             "trusted_proxy_cidrs", "lua_dir", "access_log")
 
 failures = []
 
