@@ -327,7 +327,7 @@ def main():
     if containers:
         container = containers[0]
         check(container.get("Image") == config["ecr_image_uri"], "image from the config")
-        check(container.get("Memory") == config.get("nginx_memory_mib", 64), "memory")
+        check(container.get("Memory") == config.get("nginx_memory_mib", 128), "memory")
         check(container.get("PortMappings") == [{"ContainerPort": port, "HostPort": 0,
                                                  "Protocol": "tcp"}], "dynamic host port")
         environment = {e["Name"]: e["Value"] for e in container.get("Environment", [])}

@@ -7,6 +7,7 @@
 //!    call, a cacheable one and a batch; a node killed under load behind each of them.
 //! 3. **switch**: node death and lag through the local stack, under client load.
 //! 4. **lambda**: deployment zip sizes, start-up time and peak memory of each function.
+//! 5. **uploads**: nginx's memory under slow uploads, and another client's calls meanwhile.
 //!
 //! Prints one Markdown report and, with `--out`, writes it between the markers of
 //! `docs/benchmarks.md`. `scripts/bench.sh` builds what is needed and runs everything.
@@ -20,6 +21,7 @@ mod report;
 mod stub;
 mod switch;
 mod sys;
+mod uploads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +31,8 @@ use report::Results;
 
 const USAGE: &str = "usage: jsonrpc-proxy-bench [options]
 
-  --only LIST          parts to run, comma-separated: fanout,proxy,switch,lambda (default all)
+  --only LIST          parts to run, comma-separated: fanout,proxy,switch,lambda,uploads
+                       (default all)
   --sizes LIST         fleet sizes of the fan-out rounds (default 1,100,1000,10000)
   --hang-sizes LIST    sizes also run with 10 % of the nodes hanging (default 100,1000,10000)
   --listeners N        loopback ports of the fake fleet (default: the largest size)
@@ -78,7 +81,7 @@ fn list<T: std::str::FromStr>(flag: &str, text: &str) -> Result<Vec<T>, String> 
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
-        parts: ["fanout", "proxy", "switch", "lambda"]
+        parts: ["fanout", "proxy", "switch", "lambda", "uploads"]
             .map(String::from)
             .to_vec(),
         sizes: vec![1, 100, 1000, 10_000],
@@ -123,11 +126,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         match flag.as_str() {
             "--only" => {
                 options.parts = value()?.split(',').map(|s| s.trim().to_owned()).collect();
-                if let Some(bad) = options
-                    .parts
-                    .iter()
-                    .find(|p| !["fanout", "proxy", "switch", "lambda"].contains(&p.as_str()))
-                {
+                if let Some(bad) = options.parts.iter().find(|p| {
+                    !["fanout", "proxy", "switch", "lambda", "uploads"].contains(&p.as_str())
+                }) {
                     return Err(format!("--only: unknown part {bad:?}"));
                 }
             }
@@ -262,6 +263,14 @@ async fn run_all(options: &Options) -> Results {
     }
     if wants("lambda") {
         results.lambda = Some(lambda::run(&options.lambda).await);
+    }
+    if wants("uploads") {
+        let options = uploads::UploadOptions::default();
+        results.uploads = Some(
+            tokio::task::spawn_blocking(move || uploads::run(&options))
+                .await
+                .unwrap_or_else(|e| Err(format!("the uploads part panicked: {e}"))),
+        );
     }
     results.load_after = sys::load_average();
     results.took_secs = started.elapsed().as_secs_f64();

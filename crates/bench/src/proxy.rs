@@ -34,6 +34,8 @@ const ACCOUNT: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
 const BENCH_KEY: &str = "bench-client-key-0123456789abcdefghijklmnop";
 /// The bench client's rate limit: high enough never to refuse a call of the bench.
 const BENCH_CALLS_PER_SECOND: u32 = 1_000_000_000;
+/// The bench client's requests in flight: more than any part opens.
+const BENCH_CONCURRENT_REQUESTS: u32 = 100_000;
 
 /// What the clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -557,6 +559,11 @@ impl BenchNginx {
     pub fn cpu_seconds(&self) -> f64 {
         sys::group_cpu_seconds(self.child.id())
     }
+
+    /// The master's pid, which is also the process group of its workers.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for BenchNginx {
@@ -674,7 +681,7 @@ pub fn bench_gate(socket_dir: &Path) -> GatePolicy {
             key_sha256: key_sha256(BENCH_KEY),
             calls_per_second: BENCH_CALLS_PER_SECOND,
             allow_methods: Vec::new(),
-            concurrent_requests: 64,
+            concurrent_requests: BENCH_CONCURRENT_REQUESTS,
             allowed_origins: vec![],
         }],
         lua_dir: devstack::gate_lua_dir(),

@@ -10,6 +10,7 @@ use crate::lambda::LambdaReport;
 use crate::proxy::{ComparedRow, Comparison, ProxyReport, Role, Workload, SPOT_CHECKS};
 use crate::switch::SwitchReport;
 use crate::sys::Machine;
+use crate::uploads::UploadReport;
 
 /// Start of the generated part of `docs/benchmarks.md`.
 pub const BEGIN: &str =
@@ -44,6 +45,8 @@ pub struct Results {
     pub switch: Option<Result<SwitchReport, String>>,
     /// Part 4.
     pub lambda: Option<Result<LambdaReport, String>>,
+    /// Part 5.
+    pub uploads: Option<Result<UploadReport, String>>,
 }
 
 fn secs(ms: f64) -> String {
@@ -898,6 +901,50 @@ impl Results {
         }
     }
 
+    fn uploads_section(&self, out: &mut String) {
+        let Some(uploads) = part_heading(out, "5. Memory under slow uploads", &self.uploads) else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "{} connections at once, each sending a {:.1} MB body over {} s (a valid call at its \
+             end), through the gated configuration (`worker_processes auto`: {} here; default \
+             `concurrent_requests` {}); another client calls every 200 ms meanwhile. Memory = \
+             the sum of `VmRSS` over nginx's master and workers, sampled every 100 ms.\n",
+            uploads.connections,
+            uploads.body_bytes as f64 / 1e6,
+            uploads.seconds,
+            uploads.workers,
+            uploads.default_concurrent_requests,
+        );
+        out.push_str("| uploads with | nginx idle | nginx peak | uploads served | refused | no answer | other client served | its slowest call |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for row in &uploads.rows {
+            let refused: Vec<String> = row
+                .refused
+                .iter()
+                .map(|(status, n)| format!("{n} × {status}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} MiB | {:.1} MiB | {} | {} | {} | {} of {} | {:.0} ms |",
+                row.caller,
+                row.idle_kb as f64 / 1024.0,
+                row.peak_kb as f64 / 1024.0,
+                row.served,
+                if refused.is_empty() {
+                    "0".to_owned()
+                } else {
+                    refused.join(", ")
+                },
+                row.unanswered,
+                row.probe_ok,
+                row.probe_total,
+                row.probe_max_ms
+            );
+        }
+    }
+
     /// The whole generated Markdown.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -935,6 +982,7 @@ impl Results {
         self.proxy_section(&mut out);
         self.switch_section(&mut out);
         self.lambda_section(&mut out);
+        self.uploads_section(&mut out);
         out
     }
 }

@@ -1343,3 +1343,77 @@ fn one_client_cannot_hold_more_than_its_requests_at_once() {
         "{usage}"
     );
 }
+
+/// A dapp's page in a real browser (headless Chromium) calls the endpoint with ethers' browser
+/// build and shows the chain id; the same page from an origin the key does not allow cannot,
+/// while a key that takes any origin works from there too.
+#[test]
+fn a_page_in_a_real_browser_reads_the_chain_from_an_allowed_origin_only() {
+    use devstack::browser::{ethers_browser_build, page_dom, PageServer};
+    let node = anvil();
+    let page_port = free_port().expect("a port for the page");
+    let allowed = format!("http://127.0.0.1:{page_port}");
+    let mut policy_clients = clients(1000);
+    policy_clients.push(GateClient {
+        name: "dapp".into(),
+        key_sha256: key_sha256(DAPP_KEY),
+        calls_per_second: 1000,
+        allow_methods: vec![],
+        concurrent_requests: 64,
+        allowed_origins: vec![allowed.clone()],
+    });
+    let stack = Stack::start(
+        &node.url(),
+        GatePolicy {
+            clients: policy_clients,
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    // The page calls the key named in its query, and writes what it got into its body.
+    let page = format!(
+        r#"<!doctype html><html><head><script src="/ethers.umd.min.js"></script></head>
+<body>loading<script>
+(async () => {{
+  const key = new URLSearchParams(location.search).get("key");
+  const provider = new ethers.JsonRpcProvider("http://127.0.0.1:{port}/v3/" + key, undefined,
+    {{ staticNetwork: ethers.Network.from(31337) }});
+  try {{
+    const id = await provider.send("eth_chainId", []);
+    document.body.textContent = "chain " + BigInt(id).toString();
+  }} catch (e) {{
+    document.body.textContent = "failed: " + (e.shortMessage || e.message);
+  }}
+  provider.destroy();
+}})();
+</script></body></html>"#,
+        port = stack.port
+    );
+    let _pages = PageServer::start(
+        page_port,
+        vec![
+            ("/".into(), "text/html".into(), page.into_bytes()),
+            (
+                "/ethers.umd.min.js".into(),
+                "text/javascript".into(),
+                ethers_browser_build().expect("ethers' browser build"),
+            ),
+        ],
+    )
+    .expect("page server");
+    let body = |origin: &str, key: &str| {
+        let dom = page_dom(&format!("{origin}/?key={key}"), Duration::from_secs(15))
+            .expect("headless Chromium");
+        let start = dom.find("<body>").map_or(0, |i| i + 6);
+        let end = dom.find("<script>").unwrap_or(dom.len()).max(start);
+        dom[start..end].trim().to_owned()
+    };
+    assert_eq!(body(&allowed, DAPP_KEY), "chain 31337", "the allowed origin");
+    let elsewhere = format!("http://localhost:{page_port}");
+    let refused = body(&elsewhere, DAPP_KEY);
+    assert!(refused.starts_with("failed:"), "another origin: {refused}");
+    assert_eq!(body(&elsewhere, KEY), "chain 31337", "a key for any origin");
+    let usage = stack.usage();
+    assert_eq!(usage["clients"]["dapp"]["served"], 1, "{usage}");
+    assert!(usage["clients"]["dapp"]["refused"]["origin"].as_u64() >= Some(1), "{usage}");
+}

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod anvil;
+pub mod browser;
 mod error;
 mod fault;
 mod http;
