@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the test suite need on a fresh Debian machine:
-# nginx with its Lua module (apt, pinned by docker/nginx-packages), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil and
+# nginx with its Lua module (apt, pinned by docker/nginx-packages), chromium (apt, the
+# real-browser test), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil and
 # ethers (npm, into .tools/node; ethers drives the endpoint in crates/local_stack/tests/client_library.rs); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
 # top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
 # hadolint and shellcheck (pip), cargo-machete (cargo). Idempotent: already-present tools
@@ -31,6 +32,14 @@ if [ ${#nginx_missing[@]} -gt 0 ]; then
     --allow-downgrades "${nginx_missing[@]}" >/dev/null
   # The Debian package starts a system nginx on :80; the project runs its own instances.
   $sudo_cmd service nginx stop >/dev/null 2>&1 || true
+fi
+
+# Chromium: the real-browser test (crates/core/tests/gate.rs) runs it headless.
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium (apt)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    chromium >/dev/null
 fi
 
 py_missing=()

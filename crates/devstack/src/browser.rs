@@ -152,6 +152,12 @@ impl Drop for PageServer {
 /// ethers' browser build (UMD, defines `window.ethers`), as `scripts/install-deps.sh`
 /// installs it.
 pub fn ethers_browser_build() -> Result<Vec<u8>, Error> {
-    let path: PathBuf = crate::repo_root().join(".tools/node/node_modules/ethers/dist/ethers.umd.min.js");
-    std::fs::read(&path).map_err(|e| Error::io(format!("{} (run scripts/install-deps.sh)", path.display()), e))
+    let path: PathBuf =
+        crate::repo_root().join(".tools/node/node_modules/ethers/dist/ethers.umd.min.js");
+    std::fs::read(&path).map_err(|e| {
+        Error::io(
+            format!("{} (run scripts/install-deps.sh)", path.display()),
+            e,
+        )
+    })
 }
