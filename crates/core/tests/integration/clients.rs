@@ -126,7 +126,13 @@ async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
     let response = add_client(
         &clients.store,
         &clients.trigger,
-        &event(&json!({"name": "wallet", "calls_per_second": 25, "allow_methods": ["debug_", "eth_sign"]})),
+        &event(&json!({
+            "name": "wallet",
+            "calls_per_second": 25,
+            "allow_methods": ["debug_", "eth_sign"],
+            "concurrent_requests": 8,
+            "allowed_origins": ["https://wallet.example"]
+        })),
         now(),
     )
     .await;
@@ -139,12 +145,14 @@ async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
     assert_eq!(body["key_id"], &hash[..KEY_ID_LEN]);
     assert_eq!(body["calls_per_second"], 25);
     assert_eq!(body["allow_methods"], json!(["debug_", "eth_sign"]));
+    assert_eq!(body["concurrent_requests"], 8);
+    assert_eq!(body["allowed_origins"], json!(["https://wallet.example"]));
     let when_added = body["when_added"].as_str().unwrap().to_owned();
     assert!(
         when_added.ends_with('Z') && when_added.len() == 27,
         "{when_added}"
     );
-    assert_eq!(body.as_object().unwrap().len(), 6, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 8, "{body}");
 
     // The item: the hash, never the key.
     let items = clients.items().await;
@@ -157,6 +165,16 @@ async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
     assert_eq!(
         item.get("calls_per_second"),
         Some(&AttributeValue::N("25".into()))
+    );
+    assert_eq!(
+        item.get("concurrent_requests"),
+        Some(&AttributeValue::N("8".into()))
+    );
+    assert_eq!(
+        item.get("allowed_origins"),
+        Some(&AttributeValue::L(vec![AttributeValue::S(
+            "https://wallet.example".into()
+        )]))
     );
     assert!(!format!("{item:?}").contains(&key), "{item:?}");
 
@@ -177,6 +195,8 @@ async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
     let items = clients.items().await;
     assert!(!items["explorer"].contains_key("calls_per_second"));
     assert!(!items["explorer"].contains_key("allow_methods"));
+    assert!(!items["explorer"].contains_key("concurrent_requests"));
+    assert!(!items["explorer"].contains_key("allowed_origins"));
 
     // A known name: 409, the stored client untouched, no key issued.
     let before = clients.items().await;
@@ -212,6 +232,8 @@ async fn add_client_answers_the_key_once_and_stores_only_its_hash() {
             "key_id": &hash[..KEY_ID_LEN],
             "calls_per_second": 25,
             "allow_methods": ["debug_", "eth_sign"],
+            "concurrent_requests": 8,
+            "allowed_origins": ["https://wallet.example"],
             "when_added": when_added,
         })
     );
@@ -411,6 +433,8 @@ async fn remove_client_answers_the_removed_client_or_404_and_rerenders() {
             "key_id": added["key_id"],
             "calls_per_second": null,
             "allow_methods": ["trace_"],
+            "concurrent_requests": null,
+            "allowed_origins": [],
             "when_added": added["when_added"],
         })
     );
