@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the jsonrpc-proxy nginx image (nginx + config agent), creates its ECR repository when
-# missing, pushes the image and prints its URI: put that URI into config.<stage>.yml as
-# ecr_image_uri.
+# missing (with immutable tags), pushes the image under one tag that names its source and
+# prints its URI: put that URI into config.<stage>.yml as ecr_image_uri. No `latest` is
+# pushed: a deployment names exactly the image it runs.
 #
 # Usage: AWS_PROFILE=yourProfile [AWS_REGION=eu-west-1] bash docker/build_and_upload.sh
 # Settings (environment):
 #   AWS_REGION     region of the repository (default: AWS_DEFAULT_REGION, then the profile's)
 #   REPOSITORY     ECR repository name (default jsonrpc-proxy-nginx)
-#   TAG            image tag (default: the git commit, plus -dirty for uncommitted changes)
+#   TAG            image tag (default: the git commit; with uncommitted changes, the commit,
+#                  -dirty- and the time, since a tag is never pushed twice)
 #   PLATFORM       platform of the ECS container instances (default linux/amd64; use
 #                  linux/arm64 for Graviton instances)
 set -euo pipefail
@@ -40,7 +42,8 @@ account=$(aws sts get-caller-identity --query Account --output text 2>/dev/null)
 
 if [ -z "${TAG:-}" ]; then
   if TAG=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null); then
-    git -C "$root" diff --quiet HEAD -- Cargo.toml Cargo.lock crates docker 2>/dev/null || TAG="$TAG-dirty"
+    git -C "$root" diff --quiet HEAD -- Cargo.toml Cargo.lock crates docker 2>/dev/null \
+      || TAG="$TAG-dirty-$(date -u +%Y%m%d%H%M%S)"
   else
     TAG=$(date -u +%Y%m%d%H%M%S)
   fi
@@ -55,7 +58,7 @@ if ! describe_error=$(aws ecr describe-repositories --region "$region" \
     *RepositoryNotFoundException*)
       printf 'creating ECR repository %s in %s\n' "$repository" "$region" >&2
       aws ecr create-repository --region "$region" --repository-name "$repository" \
-        --image-scanning-configuration scanOnPush=true >/dev/null \
+        --image-tag-mutability IMMUTABLE --image-scanning-configuration scanOnPush=true >/dev/null \
         || die "cannot create ECR repository $repository"
       ;;
     *) die "cannot look up ECR repository $repository: $describe_error" ;;
@@ -68,9 +71,9 @@ aws ecr get-login-password --region "$region" \
 
 printf 'building %s:%s for %s\n' "$uri" "$TAG" "$platform" >&2
 DOCKER_BUILDKIT=1 docker build --platform "$platform" \
-  --file "$here/Dockerfile" --tag "$uri:$TAG" --tag "$uri:latest" "$root" >&2
-docker push "$uri:$TAG" >&2
-docker push "$uri:latest" >&2
+  --file "$here/Dockerfile" --tag "$uri:$TAG" "$root" >&2
+docker push "$uri:$TAG" >&2 \
+  || die "pushing $uri:$TAG failed (a tag is pushed once: set TAG to a new one to push again)"
 
 # The one line on stdout: the image URI for config.<stage>.yml (ecr_image_uri).
 printf '%s:%s\n' "$uri" "$TAG"

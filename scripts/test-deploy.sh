@@ -193,5 +193,10 @@ for expected in \
   grep -qF -- "$expected" "$calls" || fail "build_and_upload.sh did not run: $expected"
 done
 grep -qE "^docker build .* $root\$" "$calls" || fail "the build context is not the repository root"
+grep -qF -- "--image-tag-mutability IMMUTABLE" "$calls" \
+  || fail "build_and_upload.sh creates a repository whose tags can be overwritten"
+! grep -qF ":latest" "$calls" || fail "build_and_upload.sh pushes a mutable latest tag"
+grep -q "^ecr_image_uri: .*:latest" config.yml.sample \
+  && fail "config.yml.sample names a latest image (an image that can change under a deployment)"
 
 step "all deployment checks passed"
