@@ -77,7 +77,7 @@ def main():
             return found.get("Properties", {})
         return {}
 
-    namespace = config.get("cloudwatch_namespace", stack)
+    namespace = config.get("cloudwatch_namespace") or stack
     renderer = f"{stack}-config_renderer"
     bucket_name = {"Fn::Join": ["-", [{"Ref": "AWS::StackName"}, {"Ref": "AWS::AccountId"},
                                       {"Ref": "AWS::Region"}, "config"]]}
