@@ -199,17 +199,51 @@ impl Serverless {
     }
 
     /// `sls package -s local --package <dir>`, then `sls deploy -s local --package <dir>`:
-    /// `sls deploy -s local` in two steps, so that stacks started side by side (tests) do not
-    /// share the service's `.serverless` directory.
+    /// `sls deploy -s local` in two steps, so that stacks started side by side (tests) keep
+    /// their packages apart. The deploy step still reads the state file from the service's own
+    /// `.serverless` directory, which another stack's `sls` may be rewriting: one `sls` at a
+    /// time per checkout ([`Serverless::exclusive`]).
     pub async fn deploy(&self, package_dir: &Path) -> Result<String, DeployError> {
         let dir = package_dir.display().to_string();
+        let _turn = self.exclusive().await?;
         let packaged = self.run(&["package", "--package", &dir]).await?;
         Ok(packaged + &self.run(&["deploy", "--package", &dir]).await?)
     }
 
     /// `sls remove -s local`.
     pub async fn remove(&self) -> Result<String, DeployError> {
+        let _turn = self.exclusive().await?;
         self.run(&["remove"]).await
+    }
+
+    /// Waits for this checkout's `sls` lock (a file lock, so it holds across processes: test
+    /// binaries run side by side); held until the answer is dropped.
+    async fn exclusive(&self) -> Result<std::fs::File, DeployError> {
+        let name: String = self
+            .repo_root
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = std::env::temp_dir().join(format!("jsonrpc-proxy-sls{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DeployError::Io(format!("opening {}", path.display()), e))?;
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: flock(2) on a descriptor this function owns; no memory involved.
+            match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } {
+                0 => Ok(file),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+        .await
+        .map_err(|e| DeployError::Io("waiting for the sls lock".into(), std::io::Error::other(e)))?
+        .map_err(|e| DeployError::Io(format!("locking {}", path.display()), e))
     }
 }
 
