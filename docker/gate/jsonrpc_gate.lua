@@ -495,7 +495,8 @@ function M.cors()
   if not ngx.ctx.jsonrpc_gate_preflight then
     for i = 1, #NODE_CORS do h[NODE_CORS[i]] = nil end
   end
-  local origin = ngx.var.jsonrpc_gate_cors or "*"
+  local origin = ngx.var.jsonrpc_gate_cors
+  if not origin or origin == "" then origin = "*" end
   h["Access-Control-Allow-Origin"] = origin
   if origin ~= "*" then
     local vary = h["Vary"]

@@ -459,8 +459,6 @@ log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_m
 pub(crate) fn public_server_directives(policy: &GatePolicy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "    set {CLIENT_VARIABLE} \"-\";");
-    let _ = writeln!(out, "    set {SLOT_VARIABLE} \"\";");
-    let _ = writeln!(out, "    set {CORS_VARIABLE} \"*\";");
     // Every answer of the public server, the nodes' included, carries the gate's CORS headers.
     out.push_str("    header_filter_by_lua_block { require(\"jsonrpc_gate\").cors() }\n");
     let _ = writeln!(out, "    access_log {} jsonrpc_gate;", policy.access_log);
@@ -521,13 +519,17 @@ pub(crate) fn render_internal_servers(
         );
     }
     // The usage server declares the access log's variable, which the public server sets
-    // (nginx refuses a log format naming an undeclared variable, as when nothing is healthy).
+    // (nginx refuses a log format naming an undeclared variable, as when nothing is healthy),
+    // and the variables the gate sets from Lua. Those are not `set` in the public server: a
+    // server-level `set` runs again after an `error_page` redirect and would forget them.
     let _ = write!(
         out,
         "server {{
     listen unix:{socket};
     access_log off;
     set {CLIENT_VARIABLE} \"-\";
+    set {SLOT_VARIABLE} \"\";
+    set {CORS_VARIABLE} \"\";
 
     location = /usage {{
         content_by_lua_block {{ require(\"jsonrpc_gate\").usage() }}
