@@ -1295,30 +1295,47 @@ fn one_client_cannot_hold_more_than_its_requests_at_once() {
     // request is refused. A place still taken by an earlier request (nginx gives it back when
     // the request ends, after the client has closed) shows as an answered upload: retried.
     let hold_both = || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let mut held = [
                 slow_upload(stack.port, &path, body_len, 10),
                 slow_upload(stack.port, &path, body_len, 10),
             ];
-            let refused = until_status(429, || stack.post(&path, &call_text));
+            std::thread::sleep(Duration::from_millis(300));
             let unanswered = held.iter_mut().all(|upload| {
                 upload
-                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .set_read_timeout(Some(Duration::from_millis(100)))
                     .expect("timeout");
                 let mut byte = [0u8; 1];
-                matches!(upload.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+                matches!(upload.read(&mut byte), Err(ref e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
             });
+            let refused = stack.post(&path, &call_text);
             if (refused.status == 429 && unanswered) || std::time::Instant::now() > deadline {
                 return (refused, unanswered, held);
             }
+            drop(held);
+            std::thread::sleep(Duration::from_millis(200));
         }
     };
 
     let mut first = slow_upload(stack.port, &path, body_len, 1000);
-    let second = slow_upload(stack.port, &path, body_len, 1000);
+    let mut second = slow_upload(stack.port, &path, body_len, 1000);
     let refused = until_status(429, || stack.post(&path, &call_text));
-    assert_eq!(refused.status, 429, "{}", refused.body);
+    if refused.status != 429 {
+        let mut seen = String::new();
+        for upload in [&mut first, &mut second] {
+            let _ = upload.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut buffer = [0u8; 512];
+            let n = upload.read(&mut buffer);
+            seen.push_str(&format!(
+                "{n:?} {:?}\n",
+                String::from_utf8_lossy(&buffer[..*n.as_ref().unwrap_or(&0)])
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        panic!("not held: {seen}\n{}", stack.logs_text());
+    }
     assert_eq!(refused.json()["error"]["code"], -32005);
     assert!(refused.json()["error"]["message"]
         .as_str()
