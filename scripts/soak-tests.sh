@@ -3,7 +3,7 @@
 # what fails one run in many: the local_stack and config_agent tests, core's tests that run
 # nginx (gate, render_nginx_check, integration) and the walkthrough. A failure is counted and
 # its log kept, never retried. With --beside, the rest of the suite (`cargo test --workspace`)
-# runs alongside every round, as on a loaded CI machine. Prints a line per run and a summary;
+# runs alongside every round, as on a loaded CI machine, and counts as one more run. Prints a line per run and a summary;
 # exits 1 when anything failed.
 #
 #   scripts/soak-tests.sh [N] [--beside]
@@ -79,7 +79,10 @@ for round in $(seq 1 "$rounds"); do
   log="$logs/round$round-walkthrough.log"
   bash scripts/test-walkthrough.sh >"$log" 2>&1
   record "walkthrough" $? "$log"
-  [ -n "$beside_pid" ] && wait "$beside_pid"
+  if [ -n "$beside_pid" ]; then
+    wait "$beside_pid"
+    record "beside: cargo test --workspace" $? "$logs/round$round-beside.log"
+  fi
 done
 elapsed=$(( $(date +%s) - started ))
 echo "[soak] $rounds rounds, $runs runs, $failed failed, $((elapsed / 60)) min $((elapsed % 60)) s; logs in $logs"
