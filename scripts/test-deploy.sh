@@ -90,6 +90,7 @@ PY
 step "non-default configuration values reach the template (stage prod)"
 sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
   -e 's/^diff_tolerance: .*/diff_tolerance: 4/' \
+  -e 's/^nginx_listen_address: .*/nginx_listen_address: 10.0.0.5/' \
   -e 's/^alarm_period_seconds: .*/alarm_period_seconds: 300/' \
   -e 's/^alarm_evaluation_periods: .*/alarm_evaluation_periods: 2/' \
   -e 's/^alarm_healthy_nodes_threshold: .*/alarm_healthy_nodes_threshold: 3/' \
