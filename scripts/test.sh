@@ -3,10 +3,11 @@
 # Servers (moto_server, anvil, nginx, the CloudWatch recorder) are started and stopped by the
 # tests themselves.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
+. "$(dirname "$0")/env.sh"
+require_plain_checkout
 cd "$root"
 bash scripts/install-deps.sh
-export PATH="$root/.tools/node/node_modules/.bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
 export CARGO_TERM_COLOR=never
 

@@ -73,7 +73,8 @@ pub struct ConfigRendererSettings {
     pub clients_table: String,
     /// `NGINX_CONFIG_BUCKET_NAME`.
     pub bucket: String,
-    /// `NGINX_LISTEN_PORT`, `NGINX_SOCKET_DIR`, `NGINX_CA_BUNDLE` and the proxy's timeouts.
+    /// `NGINX_LISTEN_PORT`, `NGINX_LISTEN_ADDRESS`, `NGINX_SOCKET_DIR`, `NGINX_CA_BUNDLE` and
+    /// the proxy's timeouts.
     pub render: RenderOptions,
     /// The gate's deployment-wide policy (`GATE_*`; no clients: those come from the table).
     pub gate: GatePolicy,
@@ -133,6 +134,7 @@ impl ConfigRendererSettings {
         let defaults = RenderOptions::default();
         let render = RenderOptions {
             listen_port: env.number("NGINX_LISTEN_PORT", defaults.listen_port, 1)?,
+            listen_address: env.optional_ip("NGINX_LISTEN_ADDRESS")?,
             socket_dir: env.string_or("NGINX_SOCKET_DIR", &defaults.socket_dir),
             ca_bundle: env.string_or("NGINX_CA_BUNDLE", &defaults.ca_bundle),
             connect_timeout_secs: env.number(
@@ -554,7 +556,40 @@ mod tests {
         let settings =
             ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned())).unwrap();
         assert_eq!(settings.render.listen_port, 8080);
+        assert_eq!(settings.render.listen_address, None);
         assert_eq!(settings.render.websocket_timeout_secs, 3600);
+        let with_address = |address: &str| {
+            let vars = env(&[
+                ("DYNAMODB_TABLE", "t"),
+                ("DYNAMODB_CLIENTS_TABLE", "c"),
+                ("NGINX_CONFIG_BUCKET_NAME", "b"),
+                ("NGINX_LISTEN_ADDRESS", address),
+            ]);
+            let settings =
+                ConfigRendererSettings::from_env(&Env::from_fn(|k| vars.get(k).cloned()));
+            settings.map(|s| s.render.listen_address)
+        };
+        assert_eq!(with_address(""), Ok(None));
+        assert_eq!(
+            with_address("127.0.0.1"),
+            Ok(Some(std::net::Ipv4Addr::LOCALHOST.into()))
+        );
+        assert_eq!(
+            with_address("::1"),
+            Ok(Some(std::net::Ipv6Addr::LOCALHOST.into()))
+        );
+        for refused in ["localhost", "127.0.0.1:80", "0.0.0.0;listen 81"] {
+            assert!(
+                matches!(
+                    with_address(refused),
+                    Err(SettingsError::Invalid {
+                        name: "NGINX_LISTEN_ADDRESS",
+                        ..
+                    })
+                ),
+                "{refused}"
+            );
+        }
         let vars = env(&[
             ("DYNAMODB_TABLE", "t"),
             ("DYNAMODB_CLIENTS_TABLE", "c"),

@@ -4,6 +4,7 @@
 //! "The nginx configuration".
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -54,6 +55,9 @@ pub fn direct_address(url: &BackendUrl) -> Option<String> {
 pub struct RenderOptions {
     /// Port the public server listens on (`NGINX_LISTEN_PORT`).
     pub listen_port: u16,
+    /// Address the public server listens on (`NGINX_LISTEN_ADDRESS`); `None`: every
+    /// interface, as the container on ECS must.
+    pub listen_address: Option<IpAddr>,
     /// Directory for the unix sockets of the backends' internal servers (`NGINX_SOCKET_DIR`).
     pub socket_dir: String,
     /// CA bundle used to verify https backends (`NGINX_CA_BUNDLE`).
@@ -81,6 +85,7 @@ impl Default for RenderOptions {
     fn default() -> Self {
         Self {
             listen_port: 80,
+            listen_address: None,
             socket_dir: "/var/run/jsonrpc-proxy".into(),
             ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
             connect_timeout_secs: 2,
@@ -148,6 +153,14 @@ impl RenderOptions {
             }
         }
         Ok(())
+    }
+
+    /// The public server's `listen` target: `port`, or `address:port` (`[v6]:port`).
+    pub fn listen_target(&self) -> String {
+        match self.listen_address {
+            Some(address) => SocketAddr::new(address, self.listen_port).to_string(),
+            None => self.listen_port.to_string(),
+        }
     }
 
     /// The unix socket of a backend's internal JSON-RPC server (backends that are not direct
@@ -334,7 +347,7 @@ fn render_no_backend_server(out: &mut String, options: &RenderOptions, plan_id: 
     }}
 }}
 ",
-        port = options.listen_port
+        port = options.listen_target()
     );
 }
 
@@ -412,7 +425,7 @@ fn render_public_server(
 }}
 
 ",
-        port = options.listen_port,
+        port = options.listen_target(),
         tries = options.retry_tries,
         retry_timeout = options.retry_timeout_secs,
         connect = options.connect_timeout_secs,
@@ -721,6 +734,32 @@ mod tests {
         assert!(bad(|o| o.ca_bundle = "/etc/x y".into()));
         assert!(bad(|o| o.listen_port = 0));
         assert!(bad(|o| o.retry_tries = 0));
+    }
+
+    #[test]
+    fn the_public_server_listens_on_every_interface_unless_given_an_address() {
+        let plan = RoutingPlan::from_backends(&[backend(LEADER, true, true)]);
+        let empty = RoutingPlan::default();
+        let mut options = RenderOptions {
+            listen_port: 18545,
+            ..RenderOptions::default()
+        };
+        for conf in [render(&plan, &options), render(&empty, &options)] {
+            assert!(
+                conf.contains("    listen 18545 default_server;\n"),
+                "{conf}"
+            );
+        }
+        options.listen_address = Some(std::net::Ipv4Addr::LOCALHOST.into());
+        for conf in [render(&plan, &options), render(&empty, &options)] {
+            assert!(
+                conf.contains("    listen 127.0.0.1:18545 default_server;\n"),
+                "{conf}"
+            );
+            assert!(!conf.contains("listen 18545"), "{conf}");
+        }
+        options.listen_address = Some(std::net::Ipv6Addr::LOCALHOST.into());
+        assert!(render(&empty, &options).contains("    listen [::1]:18545 default_server;\n"));
     }
 
     /// The lines of the block that starts with `header` (up to its closing brace).

@@ -2,6 +2,7 @@
 //! `<Name>Settings` lives in the function's module and reads its variables through [`Env`];
 //! the variables are listed in docs/architecture.md, "Environment variables".
 
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use thiserror::Error;
@@ -123,6 +124,19 @@ impl<'a> Env<'a> {
                 problem: "expected true or false".into(),
             }),
         }
+    }
+
+    /// An optional IP address (v4 or v6); unset or blank: `None`.
+    pub fn optional_ip(&self, name: &'static str) -> Result<Option<IpAddr>, SettingsError> {
+        self.get(name)
+            .map(|value| {
+                value.parse().map_err(|_| SettingsError::Invalid {
+                    name,
+                    value,
+                    problem: "expected an IP address such as 127.0.0.1 or ::1".into(),
+                })
+            })
+            .transpose()
     }
 
     /// An optional string with a default.

@@ -13,7 +13,6 @@ const ANVIL: Program = Program {
     name: "anvil",
     env_var: "ANVIL_BIN",
     file_name: "anvil",
-    repo_path: Some(".tools/node/node_modules/.bin/anvil"),
     fallbacks: &[],
 };
 

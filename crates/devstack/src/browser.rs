@@ -18,7 +18,6 @@ const CHROMIUM: Program = Program {
     name: "chromium",
     env_var: "CHROMIUM_BIN",
     file_name: "chromium",
-    repo_path: None,
     fallbacks: &["/usr/bin/chromium"],
 };
 

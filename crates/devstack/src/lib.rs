@@ -24,8 +24,10 @@
 //! example a handle kept in a `static` in a test binary), so nothing is left running.
 //!
 //! Programs are found through an environment override (`ANVIL_BIN`, `NGINX_BIN`, `PYTHON_BIN`;
-//! `MOTO_SERVER_SCRIPT` for the moto launcher), then the repository's `.tools` directory, then
-//! `PATH`. A missing program is an error that says to run `scripts/install-deps.sh`. Other variables:
+//! `MOTO_SERVER_SCRIPT` for the moto launcher), then the repository's tool directories
+//! (`.tools/venv/bin`, `.tools/node/node_modules/.bin`; [`tool_path`] puts them in front of
+//! `PATH` for other programs), then `PATH`. A missing program is an error that says to run
+//! `scripts/install-deps.sh`. Other variables:
 //! `DEVSTACK_REPO_ROOT` (where `.tools` and `scripts/` are; default: this checkout),
 //! `CLOUDWATCH_RECORDER_SCRIPT` (the recorder script), `DEVSTACK_SERVERLESS_YML` (the
 //! `serverless.yml` that [`functions`] reads), `DEVSTACK_KEEP_LOGS=1` (keep every
@@ -126,6 +128,18 @@ pub fn repo_root() -> std::path::PathBuf {
 /// what the local stage and the tests give the renderer as `GATE_LUA_DIR`.
 pub fn gate_lua_dir() -> String {
     repo_root().join("docker/gate").display().to_string()
+}
+
+/// `PATH` with the repository's tool directories in front (those that exist): the environment
+/// for programs that start the tools themselves (`sls deploy` runs `cargo lambda`, which runs
+/// zig), so that they find them without the scripts.
+pub fn tool_path() -> std::ffi::OsString {
+    let tools = process::TOOL_DIRS
+        .iter()
+        .map(|dir| repo_root().join(dir))
+        .filter(|dir| dir.is_dir());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(tools.chain(std::env::split_paths(&path))).unwrap_or(path)
 }
 
 /// The service's Lambda functions, in `serverless.yml`'s order: the keys under its top-level

@@ -16,7 +16,6 @@ const NGINX: Program = Program {
     name: "nginx",
     env_var: "NGINX_BIN",
     file_name: "nginx",
-    repo_path: None,
     fallbacks: &[
         "/usr/sbin/nginx",
         "/usr/local/sbin/nginx",
@@ -142,13 +141,34 @@ fn test_config(bin: &Path, prefix: &Path, conf: &Path) -> Result<(), String> {
 
 /// The TCP ports a fragment listens on (`listen 8080;`, `listen 127.0.0.1:8080 ...;`).
 fn tcp_listen_ports(fragment: &str) -> Vec<u16> {
-    let mut ports: Vec<u16> = listen_targets(fragment)
-        .filter(|t| !t.starts_with("unix:"))
-        .filter_map(|t| t.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+    let mut ports: Vec<u16> = tcp_listen_addresses(fragment)
+        .iter()
+        .map(SocketAddr::port)
         .collect();
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// Where a fragment's TCP servers answer this machine: `listen 8080` and `listen
+/// 0.0.0.0:8080` at 127.0.0.1:8080, `listen [::]:8080` at [::1]:8080, others at their address.
+fn tcp_listen_addresses(fragment: &str) -> Vec<SocketAddr> {
+    listen_targets(fragment)
+        .filter(|t| !t.starts_with("unix:"))
+        .filter_map(|t| match t.parse::<u16>() {
+            Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(_) => t.parse::<SocketAddr>().ok(),
+        })
+        .map(|mut address| {
+            if address.ip().is_unspecified() {
+                address.set_ip(match address {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            address
+        })
+        .collect()
 }
 
 /// The unix socket paths a fragment listens on (`listen unix:/path;`).
@@ -170,12 +190,8 @@ fn listen_targets(fragment: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(300),
-    )
-    .is_ok()
+fn accepts(address: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&address, Duration::from_millis(300)).is_ok()
 }
 
 /// Removes the unix socket files a fragment names (left behind by a killed nginx).
@@ -243,13 +259,13 @@ impl Nginx {
         };
         let pid_file = prefix.path().join("nginx.pid");
         let pid = process.pid();
-        let ports = tcp_listen_ports(fragment);
+        let addresses = tcp_listen_addresses(fragment);
         let ready = process.wait_ready(READY_TIMEOUT, || {
             let pid_written = std::fs::read_to_string(&pid_file)
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok())
                 == pid;
-            pid_written && ports.iter().all(|p| port_open(*p))
+            pid_written && addresses.iter().all(|a| accepts(*a))
         });
         if let Err(error) = ready {
             let error = with_error_log(error, prefix.path());
@@ -293,9 +309,9 @@ impl Nginx {
                 message: "the master process is gone".into(),
             });
         }
-        let ports = tcp_listen_ports(fragment);
+        let addresses = tcp_listen_addresses(fragment);
         let result = self.process.wait_ready(READY_TIMEOUT, || {
-            workers_started() >= before + self.workers && ports.iter().all(|p| port_open(*p))
+            workers_started() >= before + self.workers && addresses.iter().all(|a| accepts(*a))
         });
         match result {
             Ok(()) => {
@@ -424,6 +440,21 @@ mod tests {
     fn finds_listen_targets() {
         let fragment = "upstream u {\n    server unix:/tmp/s/backend-0.sock;\n}\nserver {\n    listen 8080 default_server;\n    listen 127.0.0.1:9090;\n}\nserver {\n    listen unix:/tmp/s/backend-0.sock;\n    # listen 1;\n}\n";
         assert_eq!(tcp_listen_ports(fragment), vec![8080, 9090]);
+        let addressed =
+            "listen 8080;\nlisten 0.0.0.0:8081;\nlisten 192.0.2.1:8082;\nlisten [::]:8083;\n";
+        let addresses: Vec<String> = tcp_listen_addresses(addressed)
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "127.0.0.1:8080",
+                "127.0.0.1:8081",
+                "192.0.2.1:8082",
+                "[::1]:8083"
+            ]
+        );
         assert_eq!(
             unix_listen_paths(fragment),
             vec![PathBuf::from("/tmp/s/backend-0.sock")]

@@ -12,32 +12,41 @@ use tempfile::TempDir;
 
 use crate::Error;
 
+/// The repository's tool directories, where `scripts/install-deps.sh` installs (the Python
+/// tools' virtual environment, then npm's): searched before `PATH`, and put in front of it for
+/// the programs the local stack runs ([`crate::tool_path`]). `scripts/env.sh` does the same for
+/// the scripts.
+pub(crate) const TOOL_DIRS: [&str; 2] = [".tools/venv/bin", ".tools/node/node_modules/.bin"];
+
 /// How to find one program.
 pub(crate) struct Program {
     /// Human name, used in messages.
     pub name: &'static str,
     /// Environment variable that overrides the path.
     pub env_var: &'static str,
-    /// File name looked up in the repository's tools directory and in `PATH`.
+    /// File name looked up in the repository's [`TOOL_DIRS`] and in `PATH`.
     pub file_name: &'static str,
-    /// Path relative to the repository root where `scripts/install-deps.sh` puts it.
-    pub repo_path: Option<&'static str>,
     /// Further absolute paths to try after `PATH` (e.g. `/usr/sbin/nginx`).
     pub fallbacks: &'static [&'static str],
 }
 
-/// The Python that runs the stand-ins written in Python (moto, the CloudWatch recorder).
+/// The Python that runs the stand-ins written in Python (moto, the CloudWatch recorder): the
+/// tools' virtual environment's, where moto and cbor2 are installed.
 pub(crate) const PYTHON: Program = Program {
     name: "python3",
     env_var: "PYTHON_BIN",
     file_name: "python3",
-    repo_path: None,
     fallbacks: &["/usr/bin/python3"],
 };
 
 impl Program {
     /// The program's path: the override, the repository's tools, `PATH`, the fallbacks.
     pub fn locate(&self) -> Result<PathBuf, Error> {
+        self.locate_with(crate::repo_file_candidates)
+    }
+
+    /// [`Program::locate`], with the repository's files at `candidates(relative path)`.
+    fn locate_with(&self, candidates: impl Fn(&str) -> Vec<PathBuf>) -> Result<PathBuf, Error> {
         let mut looked = Vec::new();
         if let Some(path) = std::env::var_os(self.env_var).filter(|p| !p.is_empty()) {
             let path = PathBuf::from(path);
@@ -48,8 +57,8 @@ impl Program {
         } else {
             looked.push(format!("${} (unset)", self.env_var));
         }
-        if let Some(relative) = self.repo_path {
-            let candidates = crate::repo_file_candidates(relative);
+        for dir in TOOL_DIRS {
+            let candidates = candidates(&format!("{dir}/{}", self.file_name));
             if let Some(path) = candidates.iter().find(|p| is_executable(p)) {
                 return Ok(path.clone());
             }
@@ -378,7 +387,6 @@ mod tests {
             name: "no-such-tool",
             env_var: "DEVSTACK_TEST_NO_SUCH_TOOL_BIN",
             file_name: "devstack-no-such-tool",
-            repo_path: Some(".tools/no-such-tool"),
             fallbacks: &["/nonexistent/no-such-tool"],
         };
         let message = program.locate().unwrap_err().to_string();
@@ -389,6 +397,34 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("/nonexistent/no-such-tool"), "{message}");
+        assert!(
+            message.contains(".tools/venv/bin/devstack-no-such-tool"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_repository_tools_come_before_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let repo = tempfile::tempdir().unwrap();
+        let program = Program {
+            name: "sh",
+            env_var: "DEVSTACK_TEST_NO_SUCH_SH_BIN",
+            file_name: "sh",
+            fallbacks: &[],
+        };
+        let in_repo = |relative: &str| vec![repo.path().join(relative)];
+        assert!(!program
+            .locate_with(in_repo)
+            .unwrap()
+            .starts_with(repo.path()));
+        for dir in TOOL_DIRS.iter().rev() {
+            let tool = repo.path().join(dir).join("sh");
+            std::fs::create_dir_all(repo.path().join(dir)).unwrap();
+            std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert_eq!(program.locate_with(in_repo).unwrap(), tool);
+        }
     }
 
     #[test]
@@ -397,7 +433,6 @@ mod tests {
             name: "sh",
             env_var: "DEVSTACK_TEST_NO_SUCH_SH_BIN",
             file_name: "sh",
-            repo_path: None,
             fallbacks: &[],
         };
         assert!(program.locate().unwrap().ends_with("sh"));

@@ -70,6 +70,8 @@ pub struct LocalConfig {
     pub shared: SharedInfrastructure,
     /// `nginx_listen_port`.
     pub listen_port: u16,
+    /// `nginx_listen_address`.
+    pub listen_address: std::net::IpAddr,
     /// `nginx_socket_dir`.
     pub socket_dir: String,
     /// `diff_tolerance`.
@@ -105,6 +107,7 @@ impl LocalConfig {
              ecs_cluster_arn: {cluster}\n\
              nginx_desired_count: 1\n\
              nginx_listen_port: {port}\n\
+             nginx_listen_address: \"{address}\"\n\
              nginx_socket_dir: \"{sockets}\"\n\
              alb_listener_arn: {listener}\n\
              alb_rule_priority: 10\n\
@@ -126,6 +129,7 @@ impl LocalConfig {
             groups = list(&self.shared.security_group_ids),
             cluster = self.shared.ecs_cluster_arn,
             port = self.listen_port,
+            address = self.listen_address,
             sockets = self.socket_dir,
             listener = self.shared.alb_listener_arn,
             tolerance = self.tolerance,
@@ -167,6 +171,8 @@ impl Serverless {
             .args(args)
             .args(["-s", STAGE])
             .current_dir(&self.repo_root)
+            // `cargo lambda` and zig, from the repository's tools when the scripts did not set PATH.
+            .env("PATH", devstack::tool_path())
             .env("JSONRPC_PROXY_CONFIG", &self.config)
             .env("EDGE_PORT", self.aws_port.to_string())
             .env("AWS_ACCESS_KEY_ID", "testing")

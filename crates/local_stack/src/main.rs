@@ -13,30 +13,11 @@ use std::time::Duration;
 use local_stack::stack::{LocalStack, StackOptions};
 use local_stack::view::{render_frame, Frame};
 
-const USAGE: &str = "usage: jsonrpc-proxy-local [options]
+/// The options, also printed by `scripts/local-stack.sh --help` before anything is built.
+const USAGE: &str = include_str!("usage.txt");
 
-  --port N          loopback port of the JSON-RPC proxy (default 18545)
-  --aws-port N      loopback port of the local AWS endpoint that `sls -s local` reaches
-                    (default 4566, serverless.yml's edgePort; 0: any free port)
-  --config PATH     where to write the local stage's configuration (default
-                    config.local.yml in the repository, which `sls -s local` reads)
-  --interval SECS   seconds between scheduled health checks (default 5)
-  --tolerance N     DIFF_TOLERANCE, blocks a node may trail the leader (default 10)
-  --probe-timeout MS  PROBE_TIMEOUT_MS (default 2000)
-  --anvil-nodes N   anvil nodes to start besides the leader (default 2)
-  --block-time SECS seconds between anvil blocks (default 1)
-  --leader URL      use this leader instead of starting anvil nodes
-  --node URL        use this node (repeatable) instead of starting anvil nodes
-  --bin-dir DIR     where the function binaries are (default: beside this binary)
-  --agent PATH      the config_agent binary (default: beside this binary)
-  --work-dir DIR    logs (default .local/run-<pid>)
-  --no-register     start the nodes but leave registering them to you (sls invoke)
-  --no-demo-client  register no demo client, and open the local stage (gate.open_without_key):
-                    the endpoint stays open at / until you add a client
-  --no-view         print transitions as log lines instead of the live view
-";
-
-fn parse_args() -> Result<(StackOptions, bool), String> {
+/// The options and whether to show the live view; `None` for `--help`.
+fn parse_args() -> Result<Option<(StackOptions, bool)>, String> {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
@@ -73,6 +54,12 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
                 options.aws_port =
                     u16::try_from(port).map_err(|_| "--aws-port must be at most 65535")?;
             }
+            "--listen" => {
+                let address = value("--listen")?;
+                options.listen_address = address.parse().map_err(|_| {
+                    format!("--listen expects an IP address such as 127.0.0.1, not {address:?}")
+                })?;
+            }
             "--config" => options.config_path = PathBuf::from(value("--config")?),
             "--interval" => {
                 options.check_interval =
@@ -103,7 +90,7 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
             "--no-view" => view = false,
             "--no-register" => options.register = false,
             "--no-demo-client" => options.demo_client = false,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
         }
     }
@@ -116,13 +103,17 @@ fn parse_args() -> Result<(StackOptions, bool), String> {
             options.config_agent.display()
         ));
     }
-    Ok((options, view))
+    Ok(Some((options, view)))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let (options, view) = match parse_args() {
-        Ok(parsed) => parsed,
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => {
+            print!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("{message}");
             return std::process::ExitCode::from(2);
@@ -136,6 +127,7 @@ async fn main() -> std::process::ExitCode {
     eprintln!(
         "starting the local AWS endpoint, `sls deploy -s local`, nodes, nginx and the functions…"
     );
+    let starting = std::time::Instant::now();
     let stack = tokio::select! {
         started = LocalStack::start(options.clone()) => match started {
             Ok(stack) => stack,
@@ -149,6 +141,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    eprintln!("started in {} s", starting.elapsed().as_secs());
     for node in &stack.nodes {
         let role = if node.is_leader { "leader" } else { "node" };
         println!("anvil {role}: {}", node.anvil.url());

@@ -3,7 +3,7 @@
 //! notification, ECS service, alarm and its SNS subscription).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto, Nginx};
 use jsonrpc_proxy::backend::{iso8601, Backend};
 use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
 use jsonrpc_proxy::ecs_updater::{config_path_of, parse_s3_path};
+use jsonrpc_proxy::gate::GatePolicy;
 use jsonrpc_proxy::nginx::{render, RenderOptions};
 use jsonrpc_proxy::routing::RoutingPlan;
 use jsonrpc_proxy::store::BackendStore;
@@ -34,8 +35,11 @@ pub const DEMO_CLIENT: &str = "demo";
 /// How to run the stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
-    /// Loopback port of the JSON-RPC proxy.
+    /// Port of the JSON-RPC proxy.
     pub proxy_port: u16,
+    /// Address the JSON-RPC proxy listens on (`nginx_listen_address` of the local stage):
+    /// 127.0.0.1 unless asked, so that nothing outside this machine reaches it.
+    pub listen_address: IpAddr,
     /// Loopback port of the local AWS endpoint (0: any free port).
     pub aws_port: u16,
     /// Time between scheduled health checks (the deployed schedule, accelerated).
@@ -81,6 +85,17 @@ pub struct StackOptions {
 }
 
 impl StackOptions {
+    /// Where this machine reaches the proxy: its listen address, or loopback when that is
+    /// every interface (`0.0.0.0`, `::`).
+    pub fn proxy_address(&self) -> SocketAddr {
+        let ip = match self.listen_address {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.proxy_port)
+    }
+
     /// The local stack's defaults, with the function binaries in `bin_dir` and logs in
     /// `work_dir`; the configuration goes to `work_dir/config.local.yml`.
     pub fn defaults(bin_dir: PathBuf, work_dir: PathBuf) -> Self {
@@ -91,6 +106,7 @@ impl StackOptions {
             .join("lambda");
         Self {
             proxy_port: 18545,
+            listen_address: Ipv4Addr::LOCALHOST.into(),
             aws_port: 0,
             check_interval: Duration::from_secs(5),
             tolerance: 10,
@@ -244,6 +260,23 @@ impl LocalStack {
             .work_dir
             .canonicalize()
             .map_err(|e| StackError::Io(format!("resolving {}", options.work_dir.display()), e))?;
+        // The gate's Lua directory (in the checkout) and its access log (in the work directory)
+        // are rendered into nginx's configuration, which takes plain paths only: the renderer's
+        // own check, before anything starts.
+        let gate_paths = GatePolicy {
+            lua_dir: devstack::gate_lua_dir(),
+            access_log: work_dir.join("nginx-access.log").display().to_string(),
+            ..GatePolicy::default()
+        };
+        gate_paths.validate().map_err(|error| {
+            StackError::Other(format!(
+                "{error}: the local stack renders paths under the checkout ({}) and the work \
+                 directory ({}) into nginx's configuration; move or clone the checkout to a path of \
+                 letters, digits and / . _ - (and pick such a --work-dir)",
+                devstack::repo_root().display(),
+                work_dir.display()
+            ))
+        })?;
         let socket_dir = short_socket_dir()?;
 
         let moto = tokio::task::block_in_place(Moto::start)?;
@@ -276,6 +309,7 @@ impl LocalStack {
         // ports too). The deployed renderer must render for the same port and sockets.
         let render_options = RenderOptions {
             listen_port: options.proxy_port,
+            listen_address: Some(options.listen_address),
             socket_dir: socket_dir.display().to_string(),
             ..RenderOptions::default()
         };
@@ -287,13 +321,14 @@ impl LocalStack {
         let config = LocalConfig {
             shared,
             listen_port: options.proxy_port,
+            listen_address: options.listen_address,
             socket_dir: socket_dir.display().to_string(),
             tolerance: options.tolerance,
             probe_timeout_ms: options.probe_timeout.as_millis(),
             slack_webhook_url: slack.url(),
             alarm_period_seconds: options.alarm_period.as_secs(),
-            gate_lua_dir: devstack::gate_lua_dir(),
-            gate_access_log: work_dir.join("nginx-access.log").display().to_string(),
+            gate_lua_dir: gate_paths.lua_dir,
+            gate_access_log: gate_paths.access_log,
             gate_calls_per_second: options.calls_per_second,
             gate_open_without_key: !options.demo_client,
         };
@@ -312,6 +347,7 @@ impl LocalStack {
         let renderer = &deployed.function("config_renderer")?.env;
         for (variable, expected) in [
             ("NGINX_LISTEN_PORT", render_options.listen_port.to_string()),
+            ("NGINX_LISTEN_ADDRESS", options.listen_address.to_string()),
             ("NGINX_SOCKET_DIR", render_options.socket_dir.clone()),
             ("GATE_LUA_DIR", config.gate_lua_dir.clone()),
             (
@@ -420,7 +456,7 @@ impl LocalStack {
 
     /// The proxy's URL.
     pub fn proxy_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.options.proxy_port)
+        format!("http://{}", self.options.proxy_address())
     }
 
     /// Where applications call JSON-RPC: the demo client's `/v3/<key>` when there is one, else
@@ -435,10 +471,10 @@ impl LocalStack {
 
     /// The WebSocket form of [`LocalStack::endpoint_url`] (`/ws/v3/<key>`).
     pub fn websocket_url(&self) -> String {
-        let port = self.options.proxy_port;
+        let proxy = self.options.proxy_address();
         match &self.demo_key {
-            Some(key) => format!("ws://127.0.0.1:{port}/ws/v3/{key}"),
-            None => format!("ws://127.0.0.1:{port}"),
+            Some(key) => format!("ws://{proxy}/ws/v3/{key}"),
+            None => format!("ws://{proxy}"),
         }
     }
 
@@ -628,7 +664,7 @@ impl LocalStack {
                 env: self.agent_env.clone(),
                 socket_dir: self.socket_dir.clone(),
             },
-            self.options.proxy_port,
+            self.options.proxy_address(),
             self.observed.clone(),
         )));
         self.tasks.push(tokio::spawn(watch_table(
@@ -876,7 +912,7 @@ async fn play_ecs_service(
     (cluster, service): (String, String),
     nginx: Arc<Mutex<Nginx>>,
     agent: AgentCommand,
-    proxy_port: u16,
+    proxy: SocketAddr,
     observed: Arc<Mutex<Observed>>,
 ) {
     let mut running: Option<String> = None;
@@ -937,7 +973,7 @@ async fn play_ecs_service(
             Ok(()) => {
                 // The agent returns once nginx's old workers have stopped accepting; the config
                 // is in force once a new connection's answer carries its plan header.
-                if let Err(error) = wait_until_serving(proxy_port, &fragment).await {
+                if let Err(error) = wait_until_serving(proxy, &fragment).await {
                     // nginx reloaded onto something that does not answer as this config:
                     // what it serves is not known, so nothing counts as applied.
                     {
@@ -1027,7 +1063,7 @@ impl AgentCommand {
 
 /// Waits (at most 10 s) until the proxy's answer on a new connection carries the plan header
 /// of the installed configuration.
-async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), String> {
+async fn wait_until_serving(proxy: SocketAddr, fragment: &Path) -> Result<(), String> {
     let text = tokio::fs::read_to_string(fragment)
         .await
         .map_err(|e| format!("cannot read {}: {e}", fragment.display()))?;
@@ -1044,7 +1080,7 @@ async fn wait_until_serving(proxy_port: u16, fragment: &Path) -> Result<(), Stri
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
-    let url = format!("http://127.0.0.1:{proxy_port}/healthz");
+    let url = format!("http://{proxy}/healthz");
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if let Ok(response) = client.get(&url).send().await {
@@ -1126,5 +1162,39 @@ async fn watch_table(store: BackendStore, observed: Arc<Mutex<Observed>>) {
             Err(error) => lock(&observed).error(format!("table scan: {error}")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_path_nginx_cannot_take_is_refused_before_anything_starts() {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        for name in ["with space", "c++"] {
+            let options =
+                StackOptions::defaults(PathBuf::from("/nonexistent"), parent.path().join(name));
+            let started = std::time::Instant::now();
+            let Err(error) = LocalStack::start(options).await else {
+                panic!("a stack started in {name:?}");
+            };
+            let message = error.to_string();
+            assert!(message.contains(name), "{message}");
+            assert!(message.contains("move or clone the checkout"), "{message}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_is_reached_at_its_listen_address_or_loopback() {
+        let mut options = StackOptions::defaults(PathBuf::from("/b"), PathBuf::from("/w"));
+        assert_eq!(options.proxy_address().to_string(), "127.0.0.1:18545");
+        options.listen_address = Ipv4Addr::UNSPECIFIED.into();
+        assert_eq!(options.proxy_address().to_string(), "127.0.0.1:18545");
+        options.listen_address = Ipv6Addr::UNSPECIFIED.into();
+        assert_eq!(options.proxy_address().to_string(), "[::1]:18545");
+        options.listen_address = Ipv4Addr::new(192, 0, 2, 7).into();
+        assert_eq!(options.proxy_address().to_string(), "192.0.2.7:18545");
     }
 }

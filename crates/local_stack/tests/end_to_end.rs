@@ -1,6 +1,7 @@
 //! The whole system on one machine, exercised through the proxy with real JSON-RPC requests:
 //! moto, three anvil nodes, nginx, the real Lambda binaries on the emulated runtime, the config
-//! agent. One sequential scenario (the stages build on each other).
+//! agent. One sequential scenario (the stages build on each other). The proxy listens on
+//! loopback only.
 
 mod common;
 
@@ -46,6 +47,25 @@ async fn the_whole_system_routes_around_failures() {
         vec![1001, 1002],
         "spread over both nodes, not the leader: {seen:?}"
     );
+
+    // The rendered configuration listens on loopback only: the deployed renderer was told so,
+    // and this machine's other address, when it has one, does not answer.
+    let renderer = stack
+        .deployed
+        .function("config_renderer")
+        .expect("the deployed config_renderer");
+    assert_eq!(
+        renderer.env.get("NGINX_LISTEN_ADDRESS").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    match non_loopback_address() {
+        Some(address) => {
+            let outside = std::net::SocketAddr::new(address, stack.options.proxy_port);
+            let connected = std::net::TcpStream::connect_timeout(&outside, Duration::from_secs(2));
+            assert!(connected.is_err(), "the proxy answers at {outside}");
+        }
+        None => eprintln!("this machine has no address but loopback: only the setting is checked"),
+    }
 
     // 2. A node that stops answering leaves the config; requests keep succeeding meanwhile.
     blocking(|| stack.nodes[1].anvil.stop());

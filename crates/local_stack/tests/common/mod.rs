@@ -123,6 +123,16 @@ pub fn options(work_dir: &std::path::Path) -> StackOptions {
     }
 }
 
+/// An address of this machine other than loopback (the source address of its default route),
+/// if it has one.
+pub fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing: it only picks the route and its source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let address = socket.local_addr().ok()?.ip();
+    (!address.is_loopback() && !address.is_unspecified()).then_some(address)
+}
+
 /// Gives each local node a distinct marker balance: leader 1000, then 1001, 1002, …
 pub fn mark_nodes(stack: &LocalStack) {
     for (index, node) in stack.nodes.iter().enumerate() {
