@@ -1104,12 +1104,8 @@ fn the_tested_nginx_is_the_one_the_image_installs() {
 const DAPP_KEY: &str = "dappKey_0123456789-abcdefXYZ_012345";
 const DAPP_ORIGIN: &str = "http://dapp.example:8080";
 
-/// A browser can use the endpoint: preflights of key paths are answered without a body being
-/// judged, every answer (the node's, the gate's errors) carries the gate's CORS headers and
-/// never the node's own, and a client with `allowed_origins` is served only to those origins.
-#[test]
-fn browsers_get_the_gates_cors_headers_on_every_answer() {
-    let node = anvil();
+/// [`clients`], and `dapp` ([`DAPP_KEY`]) whose key only pages of `origin` may use.
+fn with_dapp(origin: &str) -> GatePolicy {
     let mut policy_clients = clients(1000);
     policy_clients.push(GateClient {
         name: "dapp".into(),
@@ -1117,16 +1113,21 @@ fn browsers_get_the_gates_cors_headers_on_every_answer() {
         calls_per_second: 1000,
         allow_methods: vec![],
         concurrent_requests: 64,
-        allowed_origins: vec![DAPP_ORIGIN.into()],
+        allowed_origins: vec![origin.into()],
     });
-    let stack = Stack::start(
-        &node.url(),
-        GatePolicy {
-            clients: policy_clients,
-            ..GatePolicy::default()
-        },
-        2,
-    );
+    GatePolicy {
+        clients: policy_clients,
+        ..GatePolicy::default()
+    }
+}
+
+/// A browser can use the endpoint: preflights of key paths are answered without a body being
+/// judged, every answer (the node's, the gate's errors) carries the gate's CORS headers and
+/// never the node's own, and a client with `allowed_origins` is served only to those origins.
+#[test]
+fn browsers_get_the_gates_cors_headers_on_every_answer() {
+    let node = anvil();
+    let stack = Stack::start(&node.url(), with_dapp(DAPP_ORIGIN), 2);
     let elsewhere = "http://elsewhere.example";
     let preflight = |path: &str, origin: &str| {
         stack.request(
@@ -1406,23 +1407,7 @@ fn a_page_in_a_real_browser_reads_the_chain_from_an_allowed_origin_only() {
     let node = anvil();
     let page_port = free_port().expect("a port for the page");
     let allowed = format!("http://127.0.0.1:{page_port}");
-    let mut policy_clients = clients(1000);
-    policy_clients.push(GateClient {
-        name: "dapp".into(),
-        key_sha256: key_sha256(DAPP_KEY),
-        calls_per_second: 1000,
-        allow_methods: vec![],
-        concurrent_requests: 64,
-        allowed_origins: vec![allowed.clone()],
-    });
-    let stack = Stack::start(
-        &node.url(),
-        GatePolicy {
-            clients: policy_clients,
-            ..GatePolicy::default()
-        },
-        1,
-    );
+    let stack = Stack::start(&node.url(), with_dapp(&allowed), 1);
     // The page calls the key named in its query, and writes what it got into its body.
     let page = format!(
         r#"<!doctype html><html><head><script src="/ethers.umd.min.js"></script></head>
