@@ -33,6 +33,9 @@ pub const BODY_BUFFER_BYTES: u32 = 16 * 1024;
 pub const SLOT_VARIABLE: &str = "$jsonrpc_gate_slot";
 /// The variable holding the `Access-Control-Allow-Origin` value of an answer.
 pub const CORS_VARIABLE: &str = "$jsonrpc_gate_cors";
+/// Longest piece of the policy's text in one Lua string of the configuration (nginx's
+/// configuration buffer is 4 KiB).
+const LUA_PIECE_BYTES: usize = 3072;
 /// Where the image installs the Lua modules (`docker/Dockerfile`).
 pub const IMAGE_LUA_DIR: &str = "/usr/share/jsonrpc-proxy/lua";
 
@@ -408,7 +411,7 @@ impl GatePolicy {
                 })
             })
             .collect();
-        json!({
+        let value = json!({
             "clients": clients,
             "open_without_key": self.open_without_key,
             "default_calls_per_second": self.default_calls_per_second,
@@ -419,8 +422,8 @@ impl GatePolicy {
             "max_get_logs_blocks": self.max_get_logs_blocks,
             "websocket_upstream": format!("unix:{}", socket(options, WEBSOCKET_SOCKET)),
             "websocket_timeout_secs": options.websocket_timeout_secs,
-        })
-        .to_string()
+        });
+        value.to_string()
     }
 }
 
@@ -433,15 +436,28 @@ fn socket(options: &RenderOptions, name: &str) -> String {
 /// the access-log format.
 pub(crate) fn render_http_level(out: &mut String, policy: &GatePolicy, options: &RenderOptions) {
     let config = policy.lua_config(options);
-    // Only validated names, digests and method names: the text holds no `]==]`.
+    // Only validated names, digests, methods and origins: the text holds no `]==]`.
     debug_assert!(!config.contains("]==]"));
+    // nginx reads a configuration in 4 KiB buffers and refuses a Lua string longer than one
+    // (a policy of a few dozen clients is): the policy goes in as pieces, joined in Lua.
+    let mut pieces = String::new();
+    let mut rest = config.as_str();
+    while !rest.is_empty() {
+        let mut end = rest.len().min(LUA_PIECE_BYTES);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = writeln!(pieces, "        [==[{}]==],", &rest[..end]);
+        rest = &rest[end..];
+    }
     let _ = write!(
         out,
         "lua_package_path \"{lua}/?.lua;;\";
 lua_shared_dict {RATE_DICT} {mib}m;
 lua_shared_dict {USAGE_DICT} {mib}m;
 init_by_lua_block {{
-    require(\"jsonrpc_gate\").configure([==[{config}]==])
+    require(\"jsonrpc_gate\").configure(table.concat({{
+{pieces}    }}))
 }}
 init_worker_by_lua_block {{
     require(\"jsonrpc_gate\").init_worker()

@@ -1029,11 +1029,24 @@ fn every_gated_variant_passes_nginx_t() {
             ..Backend::default()
         }]),
     ] {
+        // Many clients with long allow lists: the policy is far longer than nginx's 4 KiB
+        // configuration buffer.
+        let many: Vec<GateClient> = (0..300)
+            .map(|i| GateClient {
+                name: format!("client-{i:03}"),
+                key_sha256: key_sha256(&format!("key-{i}")),
+                calls_per_second: 100,
+                allow_methods: (0..40).map(|m| format!("namespace{m:02}_")).collect(),
+                concurrent_requests: 64,
+                allowed_origins: vec![format!("https://app-{i}.example")],
+            })
+            .collect();
         for (clients, open_without_key) in [
             (vec![], false),
             (vec![], true),
             (clients(7), false),
             (clients(7), true),
+            (many, false),
         ] {
             let policy = GatePolicy {
                 clients,

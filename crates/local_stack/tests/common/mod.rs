@@ -26,23 +26,22 @@ pub fn target_dir() -> PathBuf {
 pub fn ensure_binaries(dir: &std::path::Path) {
     let mut crates = devstack::functions().expect("the functions of serverless.yml");
     crates.push("config_agent".to_owned());
-    let missing = crates.iter().any(|name| !dir.join(name).is_file());
-    let profile_release = dir.ends_with("release");
-    if missing || std::env::var_os("LOCAL_STACK_REBUILD").is_some() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = std::process::Command::new(cargo);
-        command.arg("build").arg("--quiet");
-        if profile_release {
-            command.arg("--release");
-        }
-        for name in &crates {
-            command.arg("-p").arg(name);
-        }
-        let status = command
-            .status()
-            .expect("running cargo build for the function binaries");
-        assert!(status.success(), "building the function binaries failed");
+    // Always: cargo does nothing when they are current, and `cargo test` itself does not
+    // rebuild another package's binaries, so a stale one (older than the code under test)
+    // would run.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command.arg("build").arg("--quiet");
+    if dir.ends_with("release") {
+        command.arg("--release");
     }
+    for name in &crates {
+        command.arg("-p").arg(name);
+    }
+    let status = command
+        .status()
+        .expect("running cargo build for the function binaries");
+    assert!(status.success(), "building the function binaries failed");
 }
 
 pub async fn rpc(
