@@ -12,7 +12,9 @@
 #     client's key URL the stack printed (401 without a key);
 #  4. the healthy-node metric below the alarm's threshold: the alarm's SNS message reaches
 #     slack_notifier, which posts to the Slack stand-in;
-#  5. a second `sls deploy -s local` updates the stack; `sls remove -s local` removes it.
+#  5. after the renders, a second `sls deploy -s local` (a tolerance and nginx_desired_count
+#     changed) updates the stack and the service, and the proxy still answers;
+#  6. `sls remove -s local` removes it.
 # Every failure names the command and shows its output.
 set -euo pipefail
 # shellcheck source=scripts/env.sh
@@ -30,6 +32,11 @@ cleanup() {
     kill -INT "$stack_pid" 2>/dev/null || true
     wait "$stack_pid" 2>/dev/null || true
   fi
+  if [ "${kept:-}" != "" ]; then
+    rm -rf "$kept"
+    cp -a "$work" "$kept" 2>/dev/null
+    printf 'test-walkthrough: the work directory (stack log, sls output, function logs) is kept in %s\n' "$kept" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,6 +44,7 @@ trap cleanup EXIT
 step() { printf '== test-walkthrough: %s\n' "$*"; }
 fail() {
   printf 'test-walkthrough: FAILED: %s\n' "$*" >&2
+  kept="$CARGO_TARGET_DIR/walkthrough-failed"
   if [ -f "$work/stack.log" ]; then
     printf -- '--- local stack output (last 40 lines)\n' >&2
     tail -n 40 "$work/stack.log" >&2
@@ -64,7 +72,15 @@ body = json.loads(answer["body"]) if isinstance(answer.get("body"), str) else No
 sys.exit(0 if eval(sys.argv[2]) else 1)
 PY
 }
-sls() { node_modules/.bin/sls "$@"; }
+# deploy and remove take the checkout's sls lock, as the local stacks' own calls do (tests may run
+# beside; crates/local_stack/src/deploy.rs, Serverless::exclusive).
+sls_lock="${TMPDIR:-/tmp}/jsonrpc-proxy-sls$(realpath "$root" | tr -d '\n' | tr -c 'A-Za-z0-9' '_').lock"
+sls() {
+  case "$1" in
+    deploy | remove) flock "$sls_lock" node_modules/.bin/sls "$@" ;;
+    *) node_modules/.bin/sls "$@" ;;
+  esac
+}
 # aws PYTHON: runs boto3 code against the local AWS endpoint (clients cf, lam, ecs, s3).
 aws() {
   python3 - "$1" <<'PY'
@@ -83,6 +99,12 @@ mapfile -t functions < <(scripts/functions.sh)
 packages=()
 for function in "${functions[@]}" config_agent local_stack; do packages+=(-p "$function"); done
 cargo build --quiet "${packages[@]}"
+
+# As scripts/local-stack.sh does before it starts: the stack's `sls deploy` then finds them current.
+step "the functions' arm64 zips (cargo lambda build --release --arm64)"
+zips=()
+for function in "${functions[@]}"; do zips+=(--package "$function"); done
+run zips cargo lambda build --release --arm64 --output-format zip "${zips[@]}"
 
 step "start the local stack (sls deploy -s local on the local AWS endpoint)"
 "$CARGO_TARGET_DIR/debug/jsonrpc-proxy-local" --no-view --no-register --interval 3600 \
@@ -225,16 +247,43 @@ for _ in $(seq 1 20); do
 done
 alarm_after_ok || fail "no ALARM message reached the Slack stand-in after a node was removed"
 
-step "a second sls deploy -s local updates the stack"
-# A changed setting, as a user would deploy it.
-sed -i 's/^diff_tolerance: .*/diff_tolerance: 7/' config.local.yml
+step "a second sls deploy -s local, after renders, updates the stack and the service"
+# After several renders the template's own task definition revision is still ACTIVE: AWS refuses a
+# stack update that points the service at an INACTIVE one (moto does not, so it is checked here).
+template_revision() {
+  aws '
+definition = next(r["PhysicalResourceId"] for r in cf.describe_stack_resources(
+    StackName="jsonrpc-proxy-local")["StackResources"]
+    if r.get("ResourceType") == "AWS::ECS::TaskDefinition")
+status = ecs.describe_task_definition(taskDefinition=definition)["taskDefinition"]["status"]
+assert status == "ACTIVE", definition + " is " + status
+revisions = ecs.list_task_definitions(familyPrefix=definition.split("/")[-1].split(":")[0])["taskDefinitionArns"]
+assert len(revisions) >= 2, revisions
+'
+}
+template_revision || fail "the template's task definition revision is not ACTIVE after the renders"
+# Changed settings, as a user would deploy them: one the functions read, one the service has.
+sed -i -e 's/^diff_tolerance: .*/diff_tolerance: 7/' -e 's/^nginx_desired_count: .*/nginx_desired_count: 2/' \
+  config.local.yml
 run redeploy sls deploy -s local
 aws '
 stack = cf.describe_stacks(StackName="jsonrpc-proxy-local")["Stacks"][0]
 assert stack["StackStatus"] == "UPDATE_COMPLETE", stack["StackStatus"]
 env = lam.get_function_configuration(FunctionName="jsonrpc-proxy-local-health_checker")["Environment"]["Variables"]
 assert env["DIFF_TOLERANCE"] == "7", env
-' || fail "the second deploy did not update the stack"
+service = ecs.describe_services(cluster="local", services=["jsonrpc-proxy-local-nginx"])["services"][0]
+assert service["desiredCount"] == 2, service["desiredCount"]
+' || fail "the second deploy did not update the stack and the service"
+template_revision || fail "the template's task definition revision is not ACTIVE after the second deploy"
+# Whatever revision the stack update left the service on, the proxy still serves the newest
+# configuration: a health round heals the service (docs/architecture.md).
+run round sls invoke -f health_checker -s local
+answers_demo() {
+  curl -sf --max-time 2 -X POST -H 'Content-Type: application/json' \
+    --data '{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}' "$demo" | grep -q '"result":"0x'
+}
+for _ in $(seq 1 40); do answers_demo && break; sleep 0.5; done
+answers_demo || fail "nginx did not answer eth_blockNumber at the demo client's URL after the second deploy"
 
 step "sls remove -s local removes it"
 run remove-stack sls remove -s local

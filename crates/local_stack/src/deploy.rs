@@ -159,6 +159,9 @@ pub struct Serverless {
     pub aws_port: u16,
     /// Deploy the zips already built (`SKIP_CARGO_LAMBDA_BUILD=1`) instead of building them.
     pub skip_build: bool,
+    /// Where every call's output goes as it is written (`sls-<command>.log`), so that a call
+    /// that hangs still shows how far it came.
+    pub log_dir: PathBuf,
 }
 
 impl Serverless {
@@ -167,7 +170,13 @@ impl Serverless {
     pub async fn run(&self, args: &[&str]) -> Result<String, DeployError> {
         let sls = self.repo_root.join("node_modules/.bin/sls");
         let command_line = format!("sls {} -s {STAGE}", args.join(" "));
-        let output = tokio::process::Command::new(&sls)
+        let log_path = self
+            .log_dir
+            .join(format!("sls-{}.log", args.first().unwrap_or(&"run")));
+        let log = std::fs::File::create(&log_path)
+            .and_then(|file| Ok((file.try_clone()?, file)))
+            .map_err(|e| DeployError::Io(format!("creating {}", log_path.display()), e))?;
+        let status = tokio::process::Command::new(&sls)
             .args(args)
             .args(["-s", STAGE])
             .current_dir(&self.repo_root)
@@ -187,18 +196,21 @@ impl Serverless {
                 if self.skip_build { "1" } else { "0" },
             )
             .stdin(std::process::Stdio::null())
+            .stdout(log.0)
+            .stderr(log.1)
             .kill_on_drop(true)
-            .output()
+            .status()
             .await
             .map_err(|e| DeployError::Io(format!("running {}", sls.display()), e))?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        if output.status.success() {
+        let text = std::fs::read(&log_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| DeployError::Io(format!("reading {}", log_path.display()), e))?;
+        if status.success() {
             Ok(text)
         } else {
             Err(DeployError::Command {
                 command: command_line,
-                status: output.status.to_string(),
+                status: status.to_string(),
                 output: text,
             })
         }

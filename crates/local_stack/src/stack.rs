@@ -339,9 +339,15 @@ impl LocalStack {
             config: options.config_path.clone(),
             aws_port: emulator.port(),
             skip_build: options.skip_zip_build,
+            log_dir: work_dir.clone(),
         };
-        let output = serverless.deploy(&options.work_dir.join("package")).await?;
-        let _ = std::fs::write(options.work_dir.join("sls-deploy.log"), output);
+        let deploying = std::time::Instant::now();
+        tracing::info!(
+            output = %work_dir.join("sls-{package,deploy}.log").display(),
+            "sls deploy -s local"
+        );
+        serverless.deploy(&options.work_dir.join("package")).await?;
+        tracing::info!(seconds = deploying.elapsed().as_secs(), "sls deploy -s local done");
         let deployed = DeployedStack::read(&sdk).await?;
         deployed.check_code(&options.artifacts_dir)?;
         let renderer = &deployed.function("config_renderer")?.env;
