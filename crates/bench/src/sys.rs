@@ -143,33 +143,36 @@ pub fn exe_dir() -> PathBuf {
         .unwrap_or_else(|| devstack::repo_root().join("target/release"))
 }
 
+/// The processes of a process group, each with its CPU time so far (utime + stime, ticks).
+pub fn group_processes(pgid: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (group, cpu) = parse_stat(&stat)?;
+            (group == pgid).then_some((pid, cpu))
+        })
+        .collect()
+}
+
 /// CPU time (user + system, seconds) used so far by every process of a process group.
 pub fn group_cpu_seconds(pgid: u32) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut total = 0u64;
-    for entry in entries.flatten() {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some((group, cpu)) = parse_stat(&stat) {
-            if group == pgid {
-                total += cpu;
-            }
-        }
-    }
+    let total: u64 = group_processes(pgid).iter().map(|&(_, cpu)| cpu).sum();
     total as f64 / ticks
+}
+
+/// Resident memory of every process of a process group, KiB.
+pub fn group_rss_kb(pgid: u32) -> u64 {
+    group_processes(pgid)
+        .iter()
+        .map(|&(pid, _)| proc_status_kb(pid, "VmRSS").unwrap_or(0))
+        .sum()
 }
 
 /// `(process group, utime + stime in ticks)` from a `/proc/<pid>/stat` line.

@@ -82,27 +82,6 @@ pub struct UploadReport {
     pub rows: Vec<UploadRow>,
 }
 
-/// Resident memory of every process of a process group, KiB.
-fn group_rss_kb(pgid: u32) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if sys::parse_stat(&stat).is_some_and(|(group, _)| group == pgid) {
-            total += sys::proc_status_kb(pid, "VmRSS").unwrap_or(0);
-        }
-    }
-    total
-}
-
 /// The status of an HTTP answer read from `stream`, if one came.
 fn answer_status(stream: &mut TcpStream) -> Option<u16> {
     let mut raw = Vec::new();
@@ -151,14 +130,14 @@ fn attack(
     options: &UploadOptions,
 ) -> UploadRow {
     let pgid = nginx.pid();
-    let idle_kb = group_rss_kb(pgid);
+    let idle_kb = sys::group_rss_kb(pgid);
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(idle_kb));
     let sampler = {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(group_rss_kb(pgid), Ordering::Relaxed);
+                peak.fetch_max(sys::group_rss_kb(pgid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })

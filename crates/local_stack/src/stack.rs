@@ -347,7 +347,10 @@ impl LocalStack {
             "sls deploy -s local"
         );
         serverless.deploy(&options.work_dir.join("package")).await?;
-        tracing::info!(seconds = deploying.elapsed().as_secs(), "sls deploy -s local done");
+        tracing::info!(
+            seconds = deploying.elapsed().as_secs(),
+            "sls deploy -s local done"
+        );
         let deployed = DeployedStack::read(&sdk).await?;
         deployed.check_code(&options.artifacts_dir)?;
         let renderer = &deployed.function("config_renderer")?.env;
