@@ -8,7 +8,7 @@ export PATH="$root/.tools/venv/bin:$root/.tools/node/node_modules/.bin:$PATH"
 
 # require_plain_checkout [DIR]: exits with a message when DIR (default: this checkout) holds a
 # character the rendered nginx configuration does not accept in a path (the gate's Lua
-# directory and access log live under it; crates/core/src/gate.rs, `GatePolicyError::Path`).
+# directory and access log live under it; crates/core/src/render/gate.rs, `GatePolicyError::Path`).
 require_plain_checkout() {
   local dir=${1:-$root}
   if [[ "$dir" == *[!A-Za-z0-9/._-]* ]]; then

@@ -56,7 +56,7 @@ local function set_of(list)
   return out
 end
 
--- Called from init_by_lua_block with the policy as JSON (rendered by crates/core/src/gate.rs).
+-- Called from init_by_lua_block with the policy as JSON (rendered by crates/core/src/render/gate.rs).
 function M.configure(text)
   local data, _, message = json.decode(text)
   if not data then error("jsonrpc_gate: bad configuration: " .. tostring(message)) end

@@ -2,10 +2,10 @@
 //! `sls invoke -f add_backend -d '{"body":"{\"url\":\"https://...\",\"is_leader\":true}"}'`
 //! (docs/architecture.md, "Admin functions").
 
-use jsonrpc_proxy::admin::{add_backend, ApiResponse, TableSettings};
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::admin::{add_backend, ApiResponse, TableSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
-use jsonrpc_proxy::store::BackendStore;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::Value;
 

@@ -1,11 +1,11 @@
 //! `add_client` Lambda: registers a client of the public endpoint and answers its API key,
 //! once. Invoke with `sls invoke -f add_client -d '{"body":"{\"name\":\"wallet\"}"}'`.
 
-use jsonrpc_proxy::clients::add_client;
-use jsonrpc_proxy::clients::ClientChangeSettings;
-use jsonrpc_proxy::clients_store::ClientStore;
+use jsonrpc_proxy::aws::clients_store::ClientStore;
+use jsonrpc_proxy::aws::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::functions::clients::add_client;
+use jsonrpc_proxy::functions::clients::ClientChangeSettings;
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::Value;

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use devstack::{MetricsRecorder, Moto};
 use futures::stream::{self, StreamExt};
-use jsonrpc_proxy::backend::iso8601;
-use jsonrpc_proxy::health_checker::{HealthChecker, HealthCheckerClients, HealthCheckerSettings};
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::health_checker::{
+    HealthChecker, HealthCheckerClients, HealthCheckerSettings,
+};
+use jsonrpc_proxy::model::backend::iso8601;
 use jsonrpc_proxy::settings::Env;
-use jsonrpc_proxy::store::BackendStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;

@@ -271,11 +271,13 @@ impl Rig {
             .map_err(|e| format!("starting the Slack stand-in: {e}"))?;
         let sdk = moto.sdk_config().await;
         create_clients_table(&aws_sdk_dynamodb::Client::new(&sdk)).await?;
-        let store =
-            jsonrpc_proxy::store::BackendStore::new(aws_sdk_dynamodb::Client::new(&sdk), TABLE);
+        let store = jsonrpc_proxy::aws::store::BackendStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            TABLE,
+        );
         let now = time::OffsetDateTime::now_utc();
         for n in 0..backends {
-            let url = jsonrpc_proxy::backend_url::BackendUrl::parse(&fleet.url(n))
+            let url = jsonrpc_proxy::model::backend_url::BackendUrl::parse(&fleet.url(n))
                 .map_err(|e| e.to_string())?;
             store
                 .upsert(&url, n == 0, now)
@@ -336,7 +338,7 @@ impl Rig {
                 let key = format!("bench-{index:06}_nginx.conf");
                 let text = "server { listen 80; location / { return 404; } }\n";
                 let bucket =
-                    jsonrpc_proxy::config_bucket::ConfigBucket::new(self.s3.clone(), BUCKET);
+                    jsonrpc_proxy::aws::config_bucket::ConfigBucket::new(self.s3.clone(), BUCKET);
                 devstack::testkit::publish(&bucket, &key, text).await;
                 s3_created_event(BUCKET, &key, text.len() as i64)
             }

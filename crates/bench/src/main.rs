@@ -245,7 +245,7 @@ async fn run_all(options: &Options) -> Results {
             .unwrap_or_default(),
         commit: git_commit(),
         command: options.command.clone(),
-        probe_timeout_ms: jsonrpc_proxy::probe::ProbeSettings::default()
+        probe_timeout_ms: jsonrpc_proxy::health::probe::ProbeSettings::default()
             .timeout
             .as_millis() as u64,
         ..Results::default()

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
-use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy};
-use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
-use jsonrpc_proxy::routing::{RouteTarget, RoutingPlan};
+use jsonrpc_proxy::model::backend_url::BackendUrl;
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy};
+use jsonrpc_proxy::render::routing::{RouteTarget, RoutingPlan};
+use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::nginx::{direct_address, RenderOptions};
-use jsonrpc_proxy::routing::RouteTarget;
+use jsonrpc_proxy::model::backend_url::BackendUrl;
+use jsonrpc_proxy::render::routing::RouteTarget;
+use jsonrpc_proxy::{render::nginx::direct_address, render::options::RenderOptions};
 use local_stack::stack::{LocalStack, StackOptions};
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
-use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy};
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy};
 use serde::Serialize;
 
 use crate::proxy::{bench_gate, bench_key_path, ours_fragment, BenchNginx};

@@ -21,7 +21,7 @@
 //! (exit status 0/1).
 //!
 //! - [`settings`]: flags and environment;
-//! - [`source`]: S3 (through the core library's [`jsonrpc_proxy::config_bucket`]);
+//! - [`source`]: S3 (through the core library's [`jsonrpc_proxy::aws::config_bucket`]);
 //! - [`install`]: atomic writes, `nginx -t`, restore on refusal;
 //! - [`nginx`]: nginx commands, its pid file, and safe (URL-redacted) error output;
 //! - [`workers`]: nginx's workers in `/proc`, to see a reload take over;

@@ -6,7 +6,7 @@ use config_agent::settings::USAGE;
 use config_agent::status::StatusReporter;
 use config_agent::usage::UsageReporter;
 use config_agent::{parse_args, Agent, Mode};
-use jsonrpc_proxy::metrics::MetricsPublisher;
+use jsonrpc_proxy::aws::metrics::MetricsPublisher;
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use jsonrpc_proxy::backend_url::BackendUrl;
+use jsonrpc_proxy::model::backend_url::BackendUrl;
 use thiserror::Error;
 use tokio::process::Command;
 

@@ -8,8 +8,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::ecs_updater::parse_s3_path;
+use jsonrpc_proxy::aws::config_bucket::parse_s3_path;
+use jsonrpc_proxy::aws::config_bucket::POINTER_KEY;
 use jsonrpc_proxy::settings::Env;
 use thiserror::Error;
 

@@ -1,6 +1,6 @@
 //! Fetching configurations and the renderer's pointer from S3.
 
-use jsonrpc_proxy::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::aws::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -81,7 +81,7 @@ impl ConfigFetcher {
         &self,
         location: &S3Location,
     ) -> Result<Option<ConfigPointer>, FetchError> {
-        if location.key == jsonrpc_proxy::config_bucket::POINTER_KEY {
+        if location.key == jsonrpc_proxy::aws::config_bucket::POINTER_KEY {
             return Ok(self.bucket(location).read_pointer().await?);
         }
         // A pointer under another key (the same JSON record).

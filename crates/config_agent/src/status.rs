@@ -1,8 +1,8 @@
 //! Is the configuration in force the newest one? A pure judgement, logged and published as a
 //! metric so that a stuck agent is visible.
 
-use jsonrpc_proxy::config_bucket::ConfigPointer;
-use jsonrpc_proxy::metrics::{MetricPoint, MetricUnit, MetricsPublisher};
+use jsonrpc_proxy::aws::config_bucket::ConfigPointer;
+use jsonrpc_proxy::aws::metrics::{MetricPoint, MetricUnit, MetricsPublisher};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -56,7 +56,7 @@ impl ConfigStatus {
         let point = |name, value: u64| MetricPoint {
             name,
             dimensions: vec![(
-                jsonrpc_proxy::metrics::DIMENSION_STACK_NAME,
+                jsonrpc_proxy::aws::metrics::DIMENSION_STACK_NAME,
                 stack_name.to_owned(),
             )],
             value: value as f64,

@@ -1,12 +1,12 @@
 //! The agent's usage step: reads the gate's per-client counters from nginx's usage socket and
-//! publishes what they gained to CloudWatch (the pure part is [`jsonrpc_proxy::usage`]).
+//! publishes what they gained to CloudWatch (the pure part is [`jsonrpc_proxy::functions::usage`]).
 //! Rationale: docs/architecture.md, "Usage per client".
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use jsonrpc_proxy::metrics::{MetricsPublisher, MAX_DATA_PER_CALL};
-use jsonrpc_proxy::usage::{read_usage, UsageDeltas, UsageError};
+use jsonrpc_proxy::aws::metrics::{MetricsPublisher, MAX_DATA_PER_CALL};
+use jsonrpc_proxy::functions::usage::{read_usage, UsageDeltas, UsageError};
 
 /// How long one read of the usage endpoint may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +30,7 @@ pub struct UsageReporter {
     pub publisher: MetricsPublisher,
     /// `STACK_NAME`.
     pub stack_name: String,
-    /// The usage server's socket ([`jsonrpc_proxy::gate::USAGE_SOCKET`] in the socket dir).
+    /// The usage server's socket ([`jsonrpc_proxy::render::gate::USAGE_SOCKET`] in the socket dir).
     pub socket: PathBuf,
     /// Counts read but not yet published.
     pub deltas: UsageDeltas,
@@ -46,7 +46,7 @@ impl UsageReporter {
         Self {
             publisher,
             stack_name,
-            socket: socket_dir.join(jsonrpc_proxy::gate::USAGE_SOCKET),
+            socket: socket_dir.join(jsonrpc_proxy::render::gate::USAGE_SOCKET),
             deltas: UsageDeltas::default(),
         }
     }

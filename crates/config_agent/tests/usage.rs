@@ -6,9 +6,9 @@
 use config_agent::usage::UsageReporter;
 use devstack::testkit::{GatedNginx, TestStack};
 use devstack::{Anvil, AnvilOptions, Fault, FaultRule};
-use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy};
-use jsonrpc_proxy::metrics::MetricsPublisher;
-use jsonrpc_proxy::usage::{METRIC_CALLS_REFUSED, METRIC_CALLS_SERVED};
+use jsonrpc_proxy::aws::metrics::MetricsPublisher;
+use jsonrpc_proxy::functions::usage::{METRIC_CALLS_REFUSED, METRIC_CALLS_SERVED};
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy};
 use serde_json::{json, Value};
 
 const KEY: &str = "usAgeKey_0123456789-abcdefXYZ42";

@@ -1,7 +1,7 @@
 //! `config_renderer` Lambda: renders the nginx config from the table and puts it to S3 as
 //! `<aws_request_id>_nginx.conf` (docs/architecture.md, "Level-triggered renders").
 
-use jsonrpc_proxy::config_renderer::{ConfigRenderer, ConfigRendererSettings};
+use jsonrpc_proxy::functions::config_renderer::{ConfigRenderer, ConfigRendererSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

@@ -1,36 +1,21 @@
-//! The shared library of the jsonrpc-proxy Lambda functions (docs/architecture.md, "Crates").
+//! The shared library of the jsonrpc-proxy functions, in layers; each imports only the layers
+//! above it in this list (docs/architecture.md, "Layers of the core crate"; `tests/layers.rs`
+//! keeps it so):
 //!
-//! - Pure parts, tested without I/O: [`backend_url`], [`health`], [`routing`], [`nginx`],
-//!   [`metrics`], [`usage`] (the gate's counters as deltas), [`clients`] (names, method lists,
-//!   keys and their hashes), and the events and settings of each function.
-//! - Adapters: [`store`] and [`clients_store`] (DynamoDB), [`config_bucket`] (S3), [`metrics::MetricsPublisher`]
-//!   (CloudWatch), [`renderer_trigger`] (Lambda), [`ecs_updater::EcsUpdater`] (ECS), [`probe`]
-//!   (the nodes, over HTTP), [`usage::read_usage`] (the gate's usage socket).
-//! - Function bodies, each with its settings: [`admin`] (`add_backend`, `list_backends`,
-//!   `remove_backend`), [`clients`] (`add_client`,
-//!   `list_clients`, `remove_client`), [`health_checker`], [`config_renderer`], [`ecs_updater`].
-//! - [`settings`] reads environment variables; [`telemetry`] sets up logging and AWS.
+//! 1. [`settings`] (environment variables), [`telemetry`] (logging, the AWS configuration).
+//! 2. [`model`]: the backend and client records, URLs, keys.
+//! 3. [`health`]: probing a node, and judging the answers (pure).
+//! 4. [`render`]: the routing plan, the gate's policy, nginx's configuration (pure).
+//! 5. [`aws`]: DynamoDB, S3, CloudWatch and Lambda behind small adapters.
+//! 6. [`functions`]: each function's body, settings and event.
 
-pub mod admin;
-pub mod backend;
-pub mod backend_url;
-pub mod clients;
-pub mod clients_store;
-pub mod config_bucket;
-pub mod config_renderer;
-pub mod ecs_updater;
-pub mod gate;
+pub mod aws;
+pub mod functions;
 pub mod health;
-pub mod health_checker;
-pub mod metrics;
-pub mod nginx;
-pub mod probe;
-pub mod renderer_trigger;
-pub mod routing;
+pub mod model;
+pub mod render;
 pub mod settings;
-pub mod store;
 pub mod telemetry;
-pub mod usage;
 
 pub use lambda_runtime;
 

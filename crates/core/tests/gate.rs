@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devstack::testkit::GatedNginx;
 use devstack::{free_port, Anvil, AnvilOptions, FaultProxy, Nginx};
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
-use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
+use jsonrpc_proxy::render::routing::RoutingPlan;
+use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 use serde_json::{json, Value};
 
 const KEY: &str = "k3yOfTheApp_0123456789-abcdefXYZ";
@@ -1075,7 +1075,7 @@ fn the_tested_nginx_is_the_one_the_image_installs() {
     assert!(dockerfile.contains("xargs -a /tmp/nginx-packages apt-get install"));
     assert!(dockerfile.contains("COPY docker/gate /usr/share/jsonrpc-proxy/lua"));
     assert_eq!(
-        jsonrpc_proxy::gate::IMAGE_LUA_DIR,
+        jsonrpc_proxy::render::gate::IMAGE_LUA_DIR,
         "/usr/share/jsonrpc-proxy/lua"
     );
     assert!(read("scripts/install-deps.sh").contains("\"$root/docker/nginx-packages\""));

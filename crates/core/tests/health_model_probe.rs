@@ -6,11 +6,11 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::Router;
 use devstack::testkit::{serve, Server};
-use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::health::{Severity, UnhealthyReason};
-use jsonrpc_proxy::probe::{
+use jsonrpc_proxy::health::judgement::{Severity, UnhealthyReason};
+use jsonrpc_proxy::health::probe::{
     ProbeFailure, ProbeSettings, Prober, BLOCK_NUMBER_REQUEST, PROBE_BATCH_REQUEST,
 };
+use jsonrpc_proxy::model::backend_url::BackendUrl;
 use tokio::sync::mpsc;
 
 /// How a fake node answers one request body: `(status, body)`.

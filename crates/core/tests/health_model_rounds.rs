@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use devstack::testkit::{b, n, s, Item, TestStack};
 use devstack::{Anvil, AnvilOptions};
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::health::{assess, HealthPolicy, Observation, RoundAssessment};
-use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule};
-use jsonrpc_proxy::probe::{ProbeFailure, ProbeOutcome};
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::functions::health_checker::{HealthChecker, RoundSchedule};
+use jsonrpc_proxy::health::judgement::{assess, HealthPolicy, Observation, RoundAssessment};
+use jsonrpc_proxy::health::probe::{ProbeFailure, ProbeOutcome};
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::routing::RoutingPlan;
 use time::OffsetDateTime;
 
 // ---------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::backend_url::{BackendUrl, MAX_URL_BYTES};
-use jsonrpc_proxy::nginx::{direct_address, render, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::model::backend_url::{BackendUrl, MAX_URL_BYTES};
+use jsonrpc_proxy::render::routing::RoutingPlan;
+use jsonrpc_proxy::{
+    render::nginx::{direct_address, render},
+    render::options::RenderOptions,
+};
 use proptest::prelude::*;
 
 const ALLOWED: &str = "-._~:/?[]@!&*+,=%";

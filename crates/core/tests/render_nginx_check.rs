@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::nginx::{render, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::routing::RoutingPlan;
+use jsonrpc_proxy::{render::nginx::render, render::options::RenderOptions};
 
 fn backend(url: &str, is_leader: bool) -> Backend {
     Backend {

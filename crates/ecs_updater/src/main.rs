@@ -1,7 +1,7 @@
 //! `ecs_updater` Lambda: on S3 `ObjectCreated` of a `.conf` key, rolls the nginx ECS service
 //! onto the new config (docs/architecture.md, "ECS updater").
 
-use jsonrpc_proxy::ecs_updater::{EcsUpdateError, EcsUpdater, EcsUpdaterSettings};
+use jsonrpc_proxy::functions::ecs_updater::{EcsUpdateError, EcsUpdater, EcsUpdaterSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

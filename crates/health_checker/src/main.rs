@@ -1,7 +1,9 @@
 //! `health_checker` Lambda: the health-check rounds of one scheduled event
 //! (docs/architecture.md, "Health model" and "Sub-minute checking").
 
-use jsonrpc_proxy::health_checker::{HealthChecker, HealthCheckerClients, HealthCheckerSettings};
+use jsonrpc_proxy::functions::health_checker::{
+    HealthChecker, HealthCheckerClients, HealthCheckerSettings,
+};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

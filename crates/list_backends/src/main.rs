@@ -1,10 +1,10 @@
 //! `list_backends` Lambda: every backend, sorted by URL. Invoke with
 //! `sls invoke -f list_backends` (docs/architecture.md, "Admin functions").
 
-use jsonrpc_proxy::admin::{list_backends, TableSettings};
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::admin::{list_backends, TableSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
-use jsonrpc_proxy::store::BackendStore;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::Value;
 

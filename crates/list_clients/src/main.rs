@@ -1,9 +1,9 @@
 //! `list_clients` Lambda: every client without its key, sorted by name. Invoke with
 //! `sls invoke -f list_clients`.
 
-use jsonrpc_proxy::clients::list_clients;
-use jsonrpc_proxy::clients::ClientsTableSettings;
-use jsonrpc_proxy::clients_store::ClientStore;
+use jsonrpc_proxy::aws::clients_store::ClientStore;
+use jsonrpc_proxy::functions::clients::list_clients;
+use jsonrpc_proxy::functions::clients::ClientsTableSettings;
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto, Nginx};
-use jsonrpc_proxy::backend::{iso8601, Backend};
-use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
-use jsonrpc_proxy::ecs_updater::{config_path_of, parse_s3_path};
-use jsonrpc_proxy::gate::GatePolicy;
-use jsonrpc_proxy::nginx::{render, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
-use jsonrpc_proxy::store::BackendStore;
+use jsonrpc_proxy::aws::config_bucket::{ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::model::backend::{iso8601, Backend};
+use jsonrpc_proxy::render::gate::GatePolicy;
+use jsonrpc_proxy::render::routing::RoutingPlan;
+use jsonrpc_proxy::{aws::config_bucket::parse_s3_path, functions::ecs_updater::config_path_of};
+use jsonrpc_proxy::{render::nginx::render, render::options::RenderOptions};
 use serde_json::{json, Value};
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -731,9 +731,9 @@ fn check_admin_answer(url: &str, answer: Value) -> Result<Value, StackError> {
     if (200..300).contains(&status) {
         Ok(answer)
     } else {
-        let label = jsonrpc_proxy::backend_url::BackendUrl::parse(url)
+        let label = jsonrpc_proxy::model::backend_url::BackendUrl::parse(url)
             .map(|u| u.redacted())
-            .unwrap_or_else(|_| jsonrpc_proxy::backend_url::redact_unvalidated(url));
+            .unwrap_or_else(|_| jsonrpc_proxy::model::backend_url::redact_unvalidated(url));
         Err(StackError::Refused {
             url: label,
             answer: answer
@@ -1081,7 +1081,7 @@ async fn wait_until_serving(proxy: SocketAddr, fragment: &Path) -> Result<(), St
         .find_map(|line| line.strip_prefix("# Routing plan "))
         .map(str::trim)
         .ok_or_else(|| format!("{} names no routing plan", fragment.display()))?;
-    let expected = jsonrpc_proxy::routing::plan_id(fingerprint).to_owned();
+    let expected = jsonrpc_proxy::render::routing::plan_id(fingerprint).to_owned();
     // No pooled connection: a kept-alive one may belong to a worker of the previous config.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -1095,7 +1095,7 @@ async fn wait_until_serving(proxy: SocketAddr, fragment: &Path) -> Result<(), St
         if let Ok(response) = client.get(&url).send().await {
             let served = response
                 .headers()
-                .get(jsonrpc_proxy::nginx::PLAN_HEADER)
+                .get(jsonrpc_proxy::render::nginx::PLAN_HEADER)
                 .and_then(|v| v.to_str().ok());
             if served == Some(expected.as_str()) {
                 return Ok(());
@@ -1156,7 +1156,7 @@ async fn watch_table(store: BackendStore, observed: Arc<Mutex<Observed>>) {
                 }
                 for url in previous.keys() {
                     if !backends.iter().any(|b| &b.url == url) {
-                        let label = jsonrpc_proxy::backend_url::BackendUrl::parse(url)
+                        let label = jsonrpc_proxy::model::backend_url::BackendUrl::parse(url)
                             .map(|u| u.redacted())
                             .unwrap_or_default();
                         observed.note(format!("{label} removed"));

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::gate::USAGE_SOCKET;
-use jsonrpc_proxy::usage::{read_usage, UsageSnapshot};
+use jsonrpc_proxy::functions::usage::{read_usage, UsageSnapshot};
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::gate::USAGE_SOCKET;
 
 use crate::lambda_emulator::FunctionStats;
 use crate::stack::{AppliedConfig, Transition};
@@ -239,7 +239,7 @@ mod tests {
             backends: vec!["http://127.0.0.1:1 (node)".into()],
             applied_at: "2026-11-24T03:00:00.000000Z".into(),
         };
-        let usage = jsonrpc_proxy::usage::parse_usage(
+        let usage = jsonrpc_proxy::functions::usage::parse_usage(
             br#"{"clients":{"(unknown)":{"served":0,"refused":{"key":2}},
                 "demo":{"served":12,"refused":{"method":1,"rate":3}}}}"#,
         )

@@ -23,7 +23,7 @@ use axum::Router;
 use common::*;
 use devstack::testkit::wait_until;
 use devstack::testkit::{node_result, rpc_answer, serve, Server};
-use jsonrpc_proxy::config_bucket::ConfigBucket;
+use jsonrpc_proxy::aws::config_bucket::ConfigBucket;
 use local_stack::stack::LocalStack;
 use serde_json::{json, Value};
 

@@ -2,11 +2,11 @@
 //! `sls invoke -f remove_backend -d '{"body":"{\"url\":\"https://...\"}"}'`
 //! (docs/architecture.md, "Admin functions").
 
-use jsonrpc_proxy::admin::{remove_backend, RemoveBackendSettings};
+use jsonrpc_proxy::aws::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::admin::{remove_backend, RemoveBackendSettings};
 use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
 use jsonrpc_proxy::settings::Env;
-use jsonrpc_proxy::store::BackendStore;
 use jsonrpc_proxy::telemetry::{aws_config, init_tracing};
 use serde_json::Value;
 

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonrpc_proxy::admin::{add_backend, remove_backend};
-use jsonrpc_proxy::backend::epoch_millis;
-use jsonrpc_proxy::ecs_updater::EcsUpdater;
+use jsonrpc_proxy::functions::admin::{add_backend, remove_backend};
+use jsonrpc_proxy::functions::ecs_updater::EcsUpdater;
+use jsonrpc_proxy::model::backend::epoch_millis;
 use serde_json::json;
 use time::format_description::well_known::Iso8601;
 use time::OffsetDateTime;
@@ -43,7 +43,7 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
 
     // Two health-check loops (overlapping rounds) until the churn is done. (Run in this task:
     // a round's future is not `Send`-general enough for `tokio::spawn`.)
-    let checker_loop = |checker: jsonrpc_proxy::health_checker::HealthChecker,
+    let checker_loop = |checker: jsonrpc_proxy::functions::health_checker::HealthChecker,
                         done: Arc<AtomicBool>| async move {
         let (mut rounds, mut skipped, mut written) = (0, 0, 0);
         while !done.load(Ordering::SeqCst) && Instant::now() < deadline && rounds < 60 {
@@ -95,7 +95,8 @@ async fn backends_added_and_removed_during_rounds_are_never_lost_or_recreated() 
     };
 
     // The churn: add every URL through add_backend; remove every third one soon after.
-    let store = jsonrpc_proxy::store::BackendStore::new(env.clients().dynamodb.clone(), &env.table);
+    let store =
+        jsonrpc_proxy::aws::store::BackendStore::new(env.clients().dynamodb.clone(), &env.table);
     let trigger = env.trigger();
     let churn = async {
         let (mut adds, mut removes) = (0, 0);
@@ -361,7 +362,7 @@ async fn concurrent_ecs_updates_end_on_the_newest_config_and_never_deregister_it
         );
         put_config(&env, &older).await;
         put_config(&env, &newer).await;
-        let object = |key: &str| jsonrpc_proxy::ecs_updater::ConfigObject {
+        let object = |key: &str| jsonrpc_proxy::functions::ecs_updater::ConfigObject {
             bucket: bucket.clone(),
             key: key.to_owned(),
             event_time: String::new(),

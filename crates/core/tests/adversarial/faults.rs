@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use devstack::{Fault, FaultRule};
-use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::config_renderer::RenderError;
-use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
-use jsonrpc_proxy::health_checker::HealthCheckError;
+use jsonrpc_proxy::aws::config_bucket::POINTER_KEY;
+use jsonrpc_proxy::functions::config_renderer::RenderError;
+use jsonrpc_proxy::functions::ecs_updater::{config_path_of, EcsUpdater};
+use jsonrpc_proxy::functions::health_checker::HealthCheckError;
 use serde_json::{json, Value};
 
 use devstack::testkit::{b, int, moto, unique, Answer, Node, TestStack};

@@ -1,8 +1,8 @@
 //! add_backend, list_backends and remove_backend against a real (moto) table.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use jsonrpc_proxy::admin::{add_backend, list_backends, remove_backend};
-use jsonrpc_proxy::backend_url::BackendUrl;
+use jsonrpc_proxy::functions::admin::{add_backend, list_backends, remove_backend};
+use jsonrpc_proxy::model::backend_url::BackendUrl;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 

@@ -9,15 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use devstack::{Fault, FaultRule};
-use jsonrpc_proxy::clients::{
-    add_client, is_key_shaped, key_id, key_sha256, list_clients, remove_client, ClientRecord,
-    KEY_ID_LEN,
+use jsonrpc_proxy::aws::clients_store::{item_from_client, ClientStore, PutOutcome};
+use jsonrpc_proxy::aws::config_bucket::ConfigPointer;
+use jsonrpc_proxy::aws::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::functions::health_checker::{HealthChecker, RoundSummary};
+use jsonrpc_proxy::{
+    aws::renderer_trigger::RenderRequest,
+    functions::config_renderer::{ConfigRenderer, RenderSummary},
 };
-use jsonrpc_proxy::clients_store::{item_from_client, ClientStore, PutOutcome};
-use jsonrpc_proxy::config_bucket::ConfigPointer;
-use jsonrpc_proxy::config_renderer::{ConfigRenderer, RenderRequest, RenderSummary};
-use jsonrpc_proxy::health_checker::{HealthChecker, RoundSummary};
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::{
+    functions::clients::{add_client, list_clients, remove_client},
+    model::client::{is_key_shaped, key_id, key_sha256, ClientRecord, KEY_ID_LEN},
+};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
-use jsonrpc_proxy::ecs_updater::{config_path_of, EcsUpdater};
+use jsonrpc_proxy::functions::ecs_updater::{config_path_of, EcsUpdater};
 use serde_json::{json, Value};
 
 use devstack::testkit::{moto, publish, unique, TestStack};
@@ -331,7 +331,7 @@ async fn an_event_ahead_of_its_pointer_waits_for_it() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!handled.is_finished(), "the updater waits for the pointer");
     bucket
-        .put_pointer(&jsonrpc_proxy::config_bucket::ConfigPointer {
+        .put_pointer(&jsonrpc_proxy::aws::config_bucket::ConfigPointer {
             key: "second_nginx.conf".into(),
             sequence: pointer.sequence + 1,
             ..pointer

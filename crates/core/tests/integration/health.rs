@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use devstack::{Anvil, AnvilOptions};
-use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::config_renderer::ConfigRenderer;
-use jsonrpc_proxy::health::{UnhealthyReason, Verdict};
-use jsonrpc_proxy::probe::ProbeFailure;
-use jsonrpc_proxy::store::CheckWrite;
+use jsonrpc_proxy::aws::store::CheckWrite;
+use jsonrpc_proxy::functions::config_renderer::ConfigRenderer;
+use jsonrpc_proxy::health::judgement::{UnhealthyReason, Verdict};
+use jsonrpc_proxy::health::probe::ProbeFailure;
+use jsonrpc_proxy::model::backend_url::BackendUrl;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -344,7 +344,7 @@ async fn an_older_round_never_overwrites_a_newer_one() {
     assert!(!item.contains_key("health_reason"));
     assert_eq!(
         n(item, "last_checked_ms"),
-        Some(jsonrpc_proxy::backend::epoch_millis(newer_at) as f64)
+        Some(jsonrpc_proxy::model::backend::epoch_millis(newer_at) as f64)
     );
 
     // A later round does write, and removes what no longer applies.

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
-use jsonrpc_proxy::config_bucket::POINTER_KEY;
-use jsonrpc_proxy::config_renderer::ConfigRenderer;
-use jsonrpc_proxy::nginx::UPSTREAM_NAME;
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::aws::config_bucket::POINTER_KEY;
+use jsonrpc_proxy::functions::config_renderer::ConfigRenderer;
+use jsonrpc_proxy::render::nginx::UPSTREAM_NAME;
+use jsonrpc_proxy::render::routing::RoutingPlan;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -331,10 +331,13 @@ async fn bucket_text(stack: &TestStack) -> String {
 
 #[tokio::test]
 async fn a_client_change_is_published_with_its_key_digest_never_its_key() {
-    use jsonrpc_proxy::clients::{add_client, key_sha256, remove_client};
-    use jsonrpc_proxy::clients_store::item_from_client;
-    use jsonrpc_proxy::config_renderer::RenderError;
-    use jsonrpc_proxy::gate::GatePolicy;
+    use jsonrpc_proxy::aws::clients_store::item_from_client;
+    use jsonrpc_proxy::functions::config_renderer::RenderError;
+    use jsonrpc_proxy::render::gate::GatePolicy;
+    use jsonrpc_proxy::{
+        functions::clients::{add_client, remove_client},
+        model::client::key_sha256,
+    };
     use serde_json::json;
 
     use crate::admin::event;

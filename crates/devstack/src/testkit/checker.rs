@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
-use jsonrpc_proxy::clients_store::ClientStore;
-use jsonrpc_proxy::config_bucket::ConfigBucket;
-use jsonrpc_proxy::health::HealthPolicy;
-use jsonrpc_proxy::health_checker::{HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS};
-use jsonrpc_proxy::metrics::MetricsPublisher;
-use jsonrpc_proxy::probe::{ProbeSettings, Prober};
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
-use jsonrpc_proxy::store::BackendStore;
+use jsonrpc_proxy::aws::clients_store::ClientStore;
+use jsonrpc_proxy::aws::config_bucket::ConfigBucket;
+use jsonrpc_proxy::aws::metrics::MetricsPublisher;
+use jsonrpc_proxy::aws::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::health_checker::{
+    HealthChecker, RoundSchedule, DEFAULT_ROW_REFRESH_SECS,
+};
+use jsonrpc_proxy::health::judgement::HealthPolicy;
+use jsonrpc_proxy::health::probe::{ProbeSettings, Prober};
 
 use super::{Clients, TestStack};
 

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::gate::GatePolicy;
-use jsonrpc_proxy::nginx::{render_gated, RenderOptions};
-use jsonrpc_proxy::routing::RoutingPlan;
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::gate::GatePolicy;
+use jsonrpc_proxy::render::routing::RoutingPlan;
+use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 
 use crate::{free_port, gate_lua_dir, Nginx};
 

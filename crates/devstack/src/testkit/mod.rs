@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::aws::config_bucket::{ConfigBucket, ConfigPointer};
 use sha2::{Digest, Sha256};
 
 use crate::{MetricsRecorder, Moto};

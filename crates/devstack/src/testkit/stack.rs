@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use jsonrpc_proxy::backend::Backend;
-use jsonrpc_proxy::backend_url::BackendUrl;
-use jsonrpc_proxy::clients_store::ClientStore;
-use jsonrpc_proxy::config_bucket::{ConfigBucket, ConfigPointer};
-use jsonrpc_proxy::config_renderer::ConfigRenderer;
-use jsonrpc_proxy::gate::GatePolicy;
-use jsonrpc_proxy::nginx::RenderOptions;
-use jsonrpc_proxy::renderer_trigger::RendererTrigger;
-use jsonrpc_proxy::routing::RoutingPlan;
-use jsonrpc_proxy::store::BackendStore;
+use jsonrpc_proxy::aws::clients_store::ClientStore;
+use jsonrpc_proxy::aws::config_bucket::{ConfigBucket, ConfigPointer};
+use jsonrpc_proxy::aws::renderer_trigger::RendererTrigger;
+use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::config_renderer::ConfigRenderer;
+use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::model::backend_url::BackendUrl;
+use jsonrpc_proxy::render::gate::GatePolicy;
+use jsonrpc_proxy::render::options::RenderOptions;
+use jsonrpc_proxy::render::routing::RoutingPlan;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

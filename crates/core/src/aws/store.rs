@@ -9,9 +9,9 @@ use futures::stream::{self, Stream, StreamExt};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::backend::{epoch_millis, iso8601, Backend};
-use crate::backend_url::BackendUrl;
-use crate::health::Verdict;
+use crate::health::judgement::Verdict;
+use crate::model::backend::{epoch_millis, iso8601, Backend};
+use crate::model::backend_url::BackendUrl;
 
 /// A table operation failed.
 #[derive(Debug, Error)]

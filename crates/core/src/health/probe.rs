@@ -7,8 +7,8 @@ use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::backend_url::BackendUrl;
 use crate::json_kind;
+use crate::model::backend_url::BackendUrl;
 
 /// The single `eth_blockNumber` request (docs/compatibility.md: byte for byte the same).
 pub const BLOCK_NUMBER_REQUEST: &str =

@@ -2,23 +2,24 @@
 //! gate, publishes it to S3; its event and settings (the gate's among them). Rationale:
 //! docs/architecture.md, "Level-triggered renders" and "The JSON-RPC gate".
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::backend::iso8601;
-use crate::clients::{MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS};
-use crate::clients_store::ClientStore;
-use crate::config_bucket::{
+use crate::aws::clients_store::ClientStore;
+use crate::aws::config_bucket::{
     BucketError, ConfigBucket, ConfigPointer, PointerWrite, CONFIG_KEY_SUFFIX,
 };
-use crate::gate::{clients_fingerprint, GatePolicy, GatePolicyError};
-use crate::nginx::{render_gated, RenderOptions};
-use crate::routing::RoutingPlan;
+use crate::aws::renderer_trigger::RenderRequest;
+use crate::aws::store::{BackendStore, StoreError};
+use crate::model::backend::iso8601;
+use crate::model::client::{MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS};
+use crate::render::gate::{clients_fingerprint, GatePolicy, GatePolicyError};
+use crate::render::routing::RoutingPlan;
 use crate::settings::{Env, SettingsError};
-use crate::store::{BackendStore, StoreError};
+use crate::{render::nginx::render_gated, render::options::RenderOptions};
 
 /// A render failed; Lambda retries (the same request id gives the same key).
 #[derive(Debug, Error)]
@@ -178,38 +179,6 @@ impl ConfigRendererSettings {
             render,
             gate: gate_from_env(env)?,
         })
-    }
-}
-
-/// The event the config renderer receives: what [`RendererTrigger`](crate::renderer_trigger)
-/// sends, or `{"force": true}` by hand.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RenderRequest {
-    /// Write the configuration even when it is unchanged.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub force: bool,
-    /// Who asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Why, for the log.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl RenderRequest {
-    /// Reads an invocation's event. Any event renders: one that is not a render request (an
-    /// empty manual invocation, say) asks for an ordinary, unforced render.
-    pub fn of(event: &Value) -> Self {
-        match Self::deserialize(event) {
-            Ok(request) => request,
-            Err(error) => {
-                if !event.is_null() {
-                    tracing::warn!(%error, "not a render request; rendering without force");
-                }
-                Self::default()
-            }
-        }
     }
 }
 

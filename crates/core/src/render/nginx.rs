@@ -1,17 +1,14 @@
 //! The nginx configuration of a routing plan: [`render`] turns a
-//! [`RoutingPlan`](crate::routing::RoutingPlan) into the `http`-context configuration that
+//! [`RoutingPlan`](crate::render::routing::RoutingPlan) into the `http`-context configuration that
 //! replaces the container's default server. Rationale: docs/architecture.md,
 //! "The nginx configuration".
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
 
-use sha2::{Digest, Sha256};
-use thiserror::Error;
-
-use crate::backend_url::BackendUrl;
-use crate::gate::{self, GatePolicy};
-use crate::routing::{plan_id, RouteTarget, RoutingPlan};
+use crate::model::backend_url::BackendUrl;
+use crate::render::gate::{self, GatePolicy};
+use crate::render::options::RenderOptions;
+use crate::render::routing::{plan_id, RouteTarget, RoutingPlan};
 
 /// The upstream of plain JSON-RPC requests.
 pub const UPSTREAM_NAME: &str = "jsonrpc_backends";
@@ -50,146 +47,6 @@ pub fn direct_address(url: &BackendUrl) -> Option<String> {
     plain.then(|| format!("{}:{}", url.host(), url.port()))
 }
 
-/// Where and how the rendered configuration runs; fixed per deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderOptions {
-    /// Port the public server listens on (`NGINX_LISTEN_PORT`).
-    pub listen_port: u16,
-    /// Address the public server listens on (`NGINX_LISTEN_ADDRESS`); `None`: every
-    /// interface, as the container on ECS must.
-    pub listen_address: Option<IpAddr>,
-    /// Directory for the unix sockets of the backends' internal servers (`NGINX_SOCKET_DIR`).
-    pub socket_dir: String,
-    /// CA bundle used to verify https backends (`NGINX_CA_BUNDLE`).
-    pub ca_bundle: String,
-    /// Seconds to wait for a backend connection.
-    pub connect_timeout_secs: u32,
-    /// Seconds to wait for a backend's answer.
-    pub read_timeout_secs: u32,
-    /// Most backends one request is tried on.
-    pub retry_tries: u32,
-    /// Longest time, in seconds, spent retrying one request.
-    pub retry_timeout_secs: u32,
-    /// Failures within `fail_timeout_secs` after which a backend is skipped for that long.
-    pub max_fails: u32,
-    /// See `max_fails`.
-    pub fail_timeout_secs: u32,
-    /// Idle keepalive connections kept per worker by each upstream (the public ones, to their
-    /// members; each internal server's, to its backend).
-    pub keepalive: u32,
-    /// Seconds a WebSocket connection may stay silent (either way) before it is closed.
-    pub websocket_timeout_secs: u32,
-}
-
-impl Default for RenderOptions {
-    fn default() -> Self {
-        Self {
-            listen_port: 80,
-            listen_address: None,
-            socket_dir: "/var/run/jsonrpc-proxy".into(),
-            ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
-            connect_timeout_secs: 2,
-            read_timeout_secs: 30,
-            retry_tries: 3,
-            retry_timeout_secs: 10,
-            max_fails: 1,
-            fail_timeout_secs: 10,
-            keepalive: 32,
-            websocket_timeout_secs: 3600,
-        }
-    }
-}
-
-/// Render options that would not give a valid, safe configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum RenderOptionsError {
-    /// The socket directory is not an absolute path of plain characters, or is too long for
-    /// unix socket paths.
-    #[error("socket directory {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.', at most 80 bytes")]
-    SocketDir(String),
-    /// The CA bundle path is not an absolute path of plain characters.
-    #[error(
-        "CA bundle path {0:?} must be an absolute path of letters, digits, '/', '-', '_' and '.'"
-    )]
-    CaBundle(String),
-    /// The listen port is 0.
-    #[error("listen port must be between 1 and 65535")]
-    ListenPort,
-    /// A timeout or count is 0.
-    #[error("{0} must be at least 1")]
-    Zero(&'static str),
-}
-
-impl RenderOptions {
-    /// Checks that every value is safe to put into the configuration.
-    pub fn validate(&self) -> Result<(), RenderOptionsError> {
-        let plain_path = |p: &str| {
-            p.starts_with('/')
-                && !p.contains("..")
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
-        };
-        if !plain_path(&self.socket_dir) || self.socket_dir.len() > 80 {
-            return Err(RenderOptionsError::SocketDir(self.socket_dir.clone()));
-        }
-        if !plain_path(&self.ca_bundle) {
-            return Err(RenderOptionsError::CaBundle(self.ca_bundle.clone()));
-        }
-        if self.listen_port == 0 {
-            return Err(RenderOptionsError::ListenPort);
-        }
-        for (name, value) in [
-            ("connect timeout", self.connect_timeout_secs),
-            ("read timeout", self.read_timeout_secs),
-            ("retry tries", self.retry_tries),
-            ("retry timeout", self.retry_timeout_secs),
-            ("max fails", self.max_fails),
-            ("fail timeout", self.fail_timeout_secs),
-            ("keepalive", self.keepalive),
-            ("websocket timeout", self.websocket_timeout_secs),
-        ] {
-            if value == 0 {
-                return Err(RenderOptionsError::Zero(name));
-            }
-        }
-        Ok(())
-    }
-
-    /// The public server's `listen` target: `port`, or `address:port` (`[v6]:port`).
-    pub fn listen_target(&self) -> String {
-        match self.listen_address {
-            Some(address) => SocketAddr::new(address, self.listen_port).to_string(),
-            None => self.listen_port.to_string(),
-        }
-    }
-
-    /// The unix socket of a backend's internal JSON-RPC server (backends that are not direct
-    /// members, see [`direct_address`]). Named after the backend's URL
-    /// (a hash), not its position, so a backend keeps its socket across configurations: during
-    /// a graceful reload, old workers still route to sockets the new workers serve.
-    pub fn socket_path(&self, target: &RouteTarget) -> String {
-        format!(
-            "{}/b-{}.sock",
-            self.socket_dir.trim_end_matches('/'),
-            socket_id(&target.url)
-        )
-    }
-
-    /// The unix socket of a backend's internal WebSocket server.
-    pub fn websocket_socket_path(&self, target: &RouteTarget) -> String {
-        format!(
-            "{}/b-{}-ws.sock",
-            self.socket_dir.trim_end_matches('/'),
-            socket_id(&target.url)
-        )
-    }
-}
-
-/// Twelve hex digits of the URL's SHA-256: a stable, secret-free socket name.
-fn socket_id(url: &BackendUrl) -> String {
-    hex::encode(&Sha256::digest(url.as_str().as_bytes())[..6])
-}
-
 /// Renders the nginx configuration for a plan, plain backends as direct members.
 ///
 /// The result is an `http`-context fragment (it becomes `conf.d/default.conf`): a `map`,
@@ -199,7 +56,7 @@ pub fn render(plan: &RoutingPlan, options: &RenderOptions) -> String {
 }
 
 /// Renders the nginx configuration for a plan and, when `gate` is given, the JSON-RPC gate in
-/// front of the public server (see [`crate::gate`]). `options` must have passed
+/// front of the public server (see [`crate::render::gate`]). `options` must have passed
 /// [`RenderOptions::validate`], `gate` [`GatePolicy::validate`].
 pub fn render_gated(
     plan: &RoutingPlan,
@@ -537,7 +394,7 @@ fn render_backend_server(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use crate::model::backend::Backend;
 
     fn backend(url: &str, is_leader: bool, is_healthy: bool) -> Backend {
         Backend {
@@ -1193,5 +1050,70 @@ mod tests {
                 "{direct}"
             );
         }
+    }
+
+    #[test]
+    fn a_gated_render_judges_before_proxying_and_relays_websockets() {
+        let plan = RoutingPlan::from_backends(&[Backend {
+            url: "http://10.0.0.1:8545".into(),
+            is_healthy: true,
+            ..Backend::default()
+        }]);
+        let options = RenderOptions::default();
+        let policy = GatePolicy {
+            clients: vec![gate::GateClient {
+                name: "app".into(),
+                key_sha256: gate::key_sha256("app"),
+                calls_per_second: 5,
+                allow_methods: vec![],
+                concurrent_requests: 64,
+                allowed_origins: vec![],
+            }],
+            ..GatePolicy::default()
+        };
+        let plain = render(&plan, &options);
+        assert_eq!(plain, render_gated(&plan, &options, None));
+        assert!(!plain.contains("lua"));
+        let conf = render_gated(&plan, &options, Some(&policy));
+        let public = &conf[conf.find("    location / {").expect("location /")..];
+        let public = &public[..public.find("\n    }\n").expect("end")];
+        let access = public.find("access_by_lua_block").expect("the gate");
+        assert!(
+            access
+                < public
+                    .find("proxy_pass http://jsonrpc_backends;")
+                    .expect("proxy")
+        );
+        assert!(public.contains(
+            "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+        ));
+        assert!(public.contains("error_page 413 = @jsonrpc_gate_too_large;"));
+        assert!(conf.contains("location @websocket {\n        content_by_lua_block"));
+        let relay = &conf[conf
+            .find(&format!(
+                "listen unix:/var/run/jsonrpc-proxy/{};",
+                gate::WEBSOCKET_SOCKET
+            ))
+            .expect("relay server")..];
+        assert!(relay.contains("proxy_pass http://jsonrpc_backends_websocket;"));
+        assert!(conf.contains(&format!(
+            "listen unix:/var/run/jsonrpc-proxy/{};",
+            gate::USAGE_SOCKET
+        )));
+        assert!(conf.contains("access_log /var/log/nginx/access.log jsonrpc_gate;"));
+        assert!(conf.contains("set_real_ip_from 10.0.0.0/8;"));
+        assert!(
+            !conf.contains("$request "),
+            "no request line in the log format"
+        );
+        assert!(!conf.contains("$request_uri"));
+        // Nothing healthy: still the 404 server, and the usage endpoint stays.
+        let empty = render_gated(&RoutingPlan::default(), &options, Some(&policy));
+        assert!(empty.contains("return 404;"));
+        assert!(empty.contains(gate::USAGE_SOCKET));
+        assert!(!empty.contains(&format!(
+            "listen unix:/var/run/jsonrpc-proxy/{};",
+            gate::WEBSOCKET_SOCKET
+        )));
     }
 }

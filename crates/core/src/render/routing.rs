@@ -1,13 +1,13 @@
 //! The routing plan: who gets traffic, a pure function of the backends' stored health
-//! ([`RoutingPlan::from_backends`]); [`crate::nginx`] renders it. Rationale:
+//! ([`RoutingPlan::from_backends`]); [`crate::render::nginx`] renders it. Rationale:
 //! docs/architecture.md, "Routing plan".
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::Backend;
-use crate::backend_url::BackendUrl;
+use crate::model::backend::Backend;
+use crate::model::backend_url::BackendUrl;
 
-/// The short plan identifier sent in [`crate::nginx::PLAN_HEADER`].
+/// The short plan identifier sent in [`crate::render::nginx::PLAN_HEADER`].
 pub fn plan_id(fingerprint: &str) -> &str {
     fingerprint.get(..16).unwrap_or(fingerprint)
 }

@@ -1,6 +1,6 @@
 //! The JSON-RPC gate's part of the rendered nginx configuration: API keys, the method policy,
 //! the limits and the usage counters, enforced by the Lua module in `docker/gate` (nginx's
-//! Lua module runs it). [`GatePolicy`] is what the gate enforces; [`crate::nginx::render_gated`]
+//! Lua module runs it). [`GatePolicy`] is what the gate enforces; [`crate::render::nginx::render_gated`]
 //! renders it. Rationale and alternatives: `docs/architecture.md`, "The JSON-RPC gate".
 
 use std::fmt::Write as _;
@@ -9,9 +9,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use crate::clients::key_sha256;
-use crate::clients::ClientRecord;
-use crate::nginx::RenderOptions;
+pub use crate::model::client::key_sha256;
+use crate::model::client::ClientRecord;
+use crate::render::options::RenderOptions;
 
 /// Shared dictionary of the per-second call counters.
 pub const RATE_DICT: &str = "jsonrpc_gate_rate";
@@ -54,7 +54,7 @@ pub struct GateClient {
     /// Requests and WebSocket connections in flight at once.
     pub concurrent_requests: u32,
     /// Origins whose pages may use the key (validated by
-    /// [`validate_origin`](crate::clients::validate_origin)); empty: any.
+    /// [`validate_origin`](crate::model::client::validate_origin)); empty: any.
     pub allowed_origins: Vec<String>,
 }
 
@@ -113,7 +113,7 @@ impl GateClient {
         if let Some(bad) = self
             .allowed_origins
             .iter()
-            .find(|o| crate::clients::validate_origin(o).is_err())
+            .find(|o| crate::model::client::validate_origin(o).is_err())
         {
             return Err(GatePolicyError::Origin(bad.clone()));
         }
@@ -258,8 +258,7 @@ fn admit<'a>(
 }
 
 /// A fingerprint of the clients the gate admits from `records` ([`GatePolicy::with_clients`]'s
-/// rule, records taken in name order as [`ClientStore::all`](crate::clients_store::ClientStore::all)
-/// gives them): the lowercase hex SHA-256 over each admitted client's name, key digest, own
+/// rule, records taken in name order, as the clients table's store gives them): the lowercase hex SHA-256 over each admitted client's name, key digest, own
 /// `calls_per_second` (none: the deployment's default) and `allow_methods`. It holds only what
 /// the clients table holds, never a key; equal clients give equal fingerprints, whatever their
 /// order. The renderer records it in the config pointer, and the health checker compares the
@@ -635,7 +634,7 @@ mod tests {
 
     #[test]
     fn stored_clients_get_the_default_rate_and_unusable_ones_are_left_out() {
-        use crate::clients::{key_id, ClientRecord};
+        use crate::model::client::{key_id, ClientRecord};
         let record = |name: &str, key: &str, calls: Option<u32>| {
             let digest = key_sha256(key);
             ClientRecord {
@@ -690,64 +689,6 @@ mod tests {
     }
 
     #[test]
-    fn a_gated_render_judges_before_proxying_and_relays_websockets() {
-        use crate::backend::Backend;
-        use crate::nginx::{render, render_gated};
-        use crate::routing::RoutingPlan;
-        let plan = RoutingPlan::from_backends(&[Backend {
-            url: "http://10.0.0.1:8545".into(),
-            is_healthy: true,
-            ..Backend::default()
-        }]);
-        let options = RenderOptions::default();
-        let policy = GatePolicy {
-            clients: vec![client("app")],
-            ..GatePolicy::default()
-        };
-        let plain = render(&plan, &options);
-        assert_eq!(plain, render_gated(&plan, &options, None));
-        assert!(!plain.contains("lua"));
-        let conf = render_gated(&plan, &options, Some(&policy));
-        let public = &conf[conf.find("    location / {").expect("location /")..];
-        let public = &public[..public.find("\n    }\n").expect("end")];
-        let access = public.find("access_by_lua_block").expect("the gate");
-        assert!(
-            access
-                < public
-                    .find("proxy_pass http://jsonrpc_backends;")
-                    .expect("proxy")
-        );
-        assert!(public.contains(
-            "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
-        ));
-        assert!(public.contains("error_page 413 = @jsonrpc_gate_too_large;"));
-        assert!(conf.contains("location @websocket {\n        content_by_lua_block"));
-        let relay = &conf[conf
-            .find(&format!(
-                "listen unix:/var/run/jsonrpc-proxy/{WEBSOCKET_SOCKET};"
-            ))
-            .expect("relay server")..];
-        assert!(relay.contains("proxy_pass http://jsonrpc_backends_websocket;"));
-        assert!(conf.contains(&format!(
-            "listen unix:/var/run/jsonrpc-proxy/{USAGE_SOCKET};"
-        )));
-        assert!(conf.contains("access_log /var/log/nginx/access.log jsonrpc_gate;"));
-        assert!(conf.contains("set_real_ip_from 10.0.0.0/8;"));
-        assert!(
-            !conf.contains("$request "),
-            "no request line in the log format"
-        );
-        assert!(!conf.contains("$request_uri"));
-        // Nothing healthy: still the 404 server, and the usage endpoint stays.
-        let empty = render_gated(&RoutingPlan::default(), &options, Some(&policy));
-        assert!(empty.contains("return 404;"));
-        assert!(empty.contains(USAGE_SOCKET));
-        assert!(!empty.contains(&format!(
-            "listen unix:/var/run/jsonrpc-proxy/{WEBSOCKET_SOCKET};"
-        )));
-    }
-
-    #[test]
     fn the_configuration_holds_digests_never_keys() {
         let key = "k3y-secret_value";
         let policy = GatePolicy {
@@ -769,7 +710,7 @@ mod tests {
 
     #[test]
     fn the_clients_fingerprint_follows_what_the_gate_admits_never_a_key() {
-        use crate::clients::{key_id, ClientRecord};
+        use crate::model::client::{key_id, ClientRecord};
         let record = |name: &str, key: &str| {
             let digest = key_sha256(key);
             ClientRecord {

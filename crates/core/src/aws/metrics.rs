@@ -5,9 +5,9 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
 use thiserror::Error;
 
-use crate::backend_url::redact_unvalidated;
-use crate::backend_url::BackendUrl;
-use crate::health::RoundAssessment;
+use crate::health::judgement::RoundAssessment;
+use crate::model::backend_url::redact_unvalidated;
+use crate::model::backend_url::BackendUrl;
 
 /// `ETH node block number`, per `Node URL`.
 pub const METRIC_BLOCK_NUMBER: &str = "ETH node block number";
@@ -182,9 +182,9 @@ fn to_datum(point: &MetricPoint, timestamp: DateTime) -> MetricDatum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
-    use crate::health::{assess, HealthPolicy, Observation};
-    use crate::probe::{ProbeFailure, ProbeOutcome};
+    use crate::health::judgement::{assess, HealthPolicy, Observation};
+    use crate::health::probe::{ProbeFailure, ProbeOutcome};
+    use crate::model::backend::Backend;
     use std::time::Duration;
 
     fn backend(url: &str, is_leader: bool) -> Backend {

@@ -12,21 +12,21 @@ use serde_json::Value;
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::backend::{epoch_millis, Backend};
-use crate::clients_store::ClientStore;
-use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
-use crate::gate::clients_fingerprint;
-use crate::health::{
+use crate::aws::clients_store::ClientStore;
+use crate::aws::config_bucket::{BucketError, ConfigBucket, ConfigPointer};
+use crate::aws::metrics::{round_metrics, MetricsError, MetricsPublisher};
+use crate::aws::renderer_trigger::{RendererTrigger, TriggerError};
+use crate::aws::store::{BackendStore, CheckWrite, StoreError};
+use crate::health::judgement::{
     assess, verdict_changes_row, ChainSource, HealthPolicy, LeaderStatus, Observation,
     RoundAssessment, UnhealthyReason, Verdict, DEFAULT_DIFF_TOLERANCE, DEFAULT_HEALTHY_AFTER,
     DEFAULT_UNHEALTHY_AFTER,
 };
-use crate::metrics::{round_metrics, MetricsError, MetricsPublisher};
-use crate::probe::{ProbeSettings, Prober, ProberBuildError};
-use crate::renderer_trigger::{RendererTrigger, TriggerError};
-use crate::routing::RoutingPlan;
+use crate::health::probe::{ProbeSettings, Prober, ProberBuildError};
+use crate::model::backend::{epoch_millis, Backend};
+use crate::render::gate::clients_fingerprint;
+use crate::render::routing::RoutingPlan;
 use crate::settings::{Env, SettingsError};
-use crate::store::{BackendStore, CheckWrite, StoreError};
 
 /// A round failed in a way Lambda should retry. Everything that could be done was done first.
 #[derive(Debug, Error)]

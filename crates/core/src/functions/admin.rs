@@ -6,12 +6,12 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::backend::Backend;
-use crate::backend_url::BackendUrl;
+use crate::aws::renderer_trigger::RendererTrigger;
+use crate::aws::store::{BackendStore, StoreError};
 use crate::json_kind;
-use crate::renderer_trigger::RendererTrigger;
+use crate::model::backend::Backend;
+use crate::model::backend_url::BackendUrl;
 use crate::settings::{Env, SettingsError};
-use crate::store::{BackendStore, StoreError};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -27,7 +27,7 @@ pub struct ConfigPointer {
     pub sha256: String,
     /// Fingerprint of the routing plan it renders.
     pub plan_fingerprint: String,
-    /// Fingerprint of the clients its gate admits ([`crate::gate::clients_fingerprint`]).
+    /// Fingerprint of the clients its gate admits ([`crate::render::gate::clients_fingerprint`]).
     /// `None` in a pointer written before the renderer recorded it: never equal to the
     /// table's, so the next health-check round requests a render that records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,9 +286,26 @@ impl ConfigBucket {
     }
 }
 
+/// Parses `s3://bucket/key`.
+pub fn parse_s3_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_owned(), key.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_paths() {
+        assert_eq!(
+            parse_s3_path("s3://b/k/x.conf"),
+            Some(("b".into(), "k/x.conf".into()))
+        );
+        assert_eq!(parse_s3_path("s3://b/"), None);
+        assert_eq!(parse_s3_path("https://b/k"), None);
+    }
 
     #[test]
     fn a_pointer_without_a_clients_fingerprint_still_reads() {

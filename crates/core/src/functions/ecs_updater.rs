@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 
-use crate::config_bucket::{BucketError, ConfigBucket, ConfigPointer, NOTIFIED_KEY_SUFFIX};
+use crate::aws::config_bucket::{
+    parse_s3_path, BucketError, ConfigBucket, ConfigPointer, NOTIFIED_KEY_SUFFIX,
+};
 use crate::settings::{Env, SettingsError};
 
 /// The environment variable the nginx container reads its configuration location from.
@@ -124,13 +126,6 @@ fn valid_bucket_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
-/// Parses `s3://bucket/key`.
-pub fn parse_s3_path(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix("s3://")?;
-    let (bucket, key) = rest.split_once('/')?;
-    (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_owned(), key.to_owned()))
 }
 
 /// An ECS or S3 call failed.
@@ -759,11 +754,5 @@ mod tests {
             revision_of_arn("arn:aws:ecs:eu-west-1:123:task-definition/proxy"),
             None
         );
-        assert_eq!(
-            parse_s3_path("s3://b/k/x.conf"),
-            Some(("b".into(), "k/x.conf".into()))
-        );
-        assert_eq!(parse_s3_path("s3://b/"), None);
-        assert_eq!(parse_s3_path("https://b/k"), None);
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use crate::backend::{epoch_millis, iso8601, Backend};
-use crate::probe::{ProbeFailure, ProbeOutcome};
+use crate::health::probe::{ProbeFailure, ProbeOutcome};
+use crate::model::backend::{epoch_millis, iso8601, Backend};
 
 /// Default `DIFF_TOLERANCE`: blocks a node may trail the reference and stay healthy.
 pub const DEFAULT_DIFF_TOLERANCE: u64 = 10;

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
-use crate::clients::{
+use crate::aws::store::StoreError;
+use crate::model::client::{
     key_id, validate_method, validate_name, validate_origin, ClientRecord, MAX_ALLOWED_ORIGINS,
     MAX_ALLOW_METHODS, MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS,
 };
-use crate::store::StoreError;
 
 /// What a conditional put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +247,7 @@ pub fn client_from_item(item: &HashMap<String, AttributeValue>) -> Result<Client
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::key_sha256;
+    use crate::model::client::key_sha256;
 
     fn record() -> ClientRecord {
         let hash = key_sha256("k");

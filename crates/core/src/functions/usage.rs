@@ -1,5 +1,5 @@
 //! Usage per client of the JSON-RPC gate: the counters nginx serves at `GET /usage` on its
-//! internal socket ([`crate::gate::USAGE_SOCKET`]), turned into per-interval deltas and
+//! internal socket ([`crate::render::gate::USAGE_SOCKET`]), turned into per-interval deltas and
 //! CloudWatch data points ([`UsageDeltas`], pure), and read over the socket ([`read_usage`]).
 //! Rationale: docs/architecture.md, "Usage per client".
 
@@ -11,7 +11,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::metrics::{MetricPoint, MetricUnit, DIMENSION_STACK_NAME};
+use crate::aws::metrics::{MetricPoint, MetricUnit, DIMENSION_STACK_NAME};
 
 /// `Gate calls served`, per `Stack name` and `Client`: JSON-RPC calls passed to a node.
 pub const METRIC_CALLS_SERVED: &str = "Gate calls served";

@@ -5,7 +5,8 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use thiserror::Error;
 
-use crate::config_renderer::RenderRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The invocation could not be queued.
 #[derive(Debug, Error)]
@@ -48,5 +49,36 @@ impl RendererTrigger {
             })?;
         tracing::info!(function = %self.function, reason, "config render requested");
         Ok(())
+    }
+}
+
+/// The event the config renderer receives: what [`RendererTrigger`] sends, or `{"force": true}` by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenderRequest {
+    /// Write the configuration even when it is unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Who asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Why, for the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl RenderRequest {
+    /// Reads an invocation's event. Any event renders: one that is not a render request (an
+    /// empty manual invocation, say) asks for an ordinary, unforced render.
+    pub fn of(event: &Value) -> Self {
+        match Self::deserialize(event) {
+            Ok(request) => request,
+            Err(error) => {
+                if !event.is_null() {
+                    tracing::warn!(%error, "not a render request; rendering without force");
+                }
+                Self::default()
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::backend_url::{BackendUrl, UrlError};
+use crate::model::backend_url::{BackendUrl, UrlError};
 
 /// One backend as stored in the table (hash key `url`).
 ///
@@ -85,7 +85,7 @@ impl Backend {
     pub fn label(&self) -> String {
         match self.parsed_url() {
             Ok(url) => url.redacted(),
-            Err(_) => crate::backend_url::redact_unvalidated(&self.url),
+            Err(_) => crate::model::backend_url::redact_unvalidated(&self.url),
         }
     }
 }
