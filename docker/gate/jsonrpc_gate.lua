@@ -13,9 +13,6 @@ local concat = table.concat
 
 local M = {}
 
--- Shared dictionaries named by the rendered configuration.
-local RATE_DICT = "jsonrpc_gate_rate"
-local USAGE_DICT = "jsonrpc_gate_usage"
 -- Usage names of callers that are not clients (never valid client names: those are
 -- [A-Za-z0-9._-]).
 M.OPEN = "(open)"
@@ -32,6 +29,8 @@ local function open_client(calls_per_second, concurrent_requests)
     concurrent_requests = concurrent_requests, allow = {}, served_key = served_key(M.OPEN) }
 end
 
+-- What configure read; the names of the shared dictionaries and variables come with it from
+-- the rendered configuration (crates/core/src/render/gate.rs, `LuaConfig`), as every value does.
 local config = {
   clients = {}, -- sha256 hex -> client
   open = false, -- open mode: every path is the open caller
@@ -77,6 +76,7 @@ function M.configure(text)
   end
   config = {
     clients = clients,
+    open_without_key = data.open_without_key == true,
     -- Only an explicit true opens the gate; no client alone leaves every caller at 401.
     open = (not any) and data.open_without_key == true,
     open_client = open_client(data.default_calls_per_second, data.default_concurrent_requests),
@@ -86,6 +86,11 @@ function M.configure(text)
     max_get_logs_blocks = data.max_get_logs_blocks,
     websocket_upstream = data.websocket_upstream,
     websocket_timeout_ms = data.websocket_timeout_secs * 1000,
+    rate_dict = data.rate_dict,
+    usage_dict = data.usage_dict,
+    client_variable = data.client_variable,
+    slot_variable = data.slot_variable,
+    cors_variable = data.cors_variable,
   }
 end
 
@@ -111,12 +116,12 @@ end
 M.error_object = error_object
 
 local function count(name, what, n)
-  local usage = ngx.shared[USAGE_DICT]
+  local usage = ngx.shared[config.usage_dict]
   if usage then usage:incr(name .. SEP .. what, n, 0) end
 end
 
 local function count_served(client, n)
-  local usage = ngx.shared[USAGE_DICT]
+  local usage = ngx.shared[config.usage_dict]
   if usage then usage:incr(client.served_key, n, 0) end
 end
 
@@ -281,7 +286,7 @@ function M.judge(client, rate_id, body)
     return 200, "[" .. concat(out, ",") .. "]", reason, n
   end
   local limit = client.calls_per_second
-  local rate = ngx.shared[RATE_DICT]
+  local rate = ngx.shared[config.rate_dict]
   local used = rate:incr(rate_id .. SEP .. ngx.time(), n, 0, 2)
   if not used or used > limit then
     local text = "limit exceeded: " .. limit .. " calls per second"
@@ -333,7 +338,7 @@ end
 
 local function unauthorized()
   count_refused(M.UNKNOWN, "key", 1)
-  ngx.var.jsonrpc_gate_client = M.UNKNOWN
+  ngx.var[config.client_variable] = M.UNKNOWN
   return respond(401, error_object(nil, -32001, "missing or unknown API key"))
 end
 
@@ -343,7 +348,7 @@ local function origin_allowed(client)
   if not client.origins then return nil end
   local origin = ngx.var.http_origin
   if origin and client.origins[origin] then
-    ngx.var.jsonrpc_gate_cors = origin
+    ngx.var[config.cors_variable] = origin
     return true
   end
   return false
@@ -373,7 +378,7 @@ end
 -- Takes one of the caller's in-flight places (a request, or a WebSocket connection); the log
 -- phase gives it back. False when all are taken.
 local function take_slot(client, rate_id)
-  local rate = ngx.shared[RATE_DICT]
+  local rate = ngx.shared[config.rate_dict]
   local key = "n" .. SEP .. rate_id
   local used = rate:incr(key, 1, 0)
   if not used then return false end
@@ -381,7 +386,7 @@ local function take_slot(client, rate_id)
     rate:incr(key, -1, 0)
     return false
   end
-  ngx.var.jsonrpc_gate_slot = key
+  ngx.var[config.slot_variable] = key
   return true
 end
 
@@ -393,7 +398,7 @@ end
 
 -- Whether `client` may go on: nil when it may, else the phase's answer has been given.
 local function admit(client, rate_id)
-  ngx.var.jsonrpc_gate_client = client.name
+  ngx.var[config.client_variable] = client.name
   if origin_allowed(client) == false then return origin_refused(client) end
   if not take_slot(client, rate_id) then return too_many(client) end
   return nil
@@ -441,14 +446,14 @@ end
 -- failed or retried upstream attempts (the public server's own error lines are dropped: they
 -- would hold the key).
 function M.log()
-  local slot = ngx.var.jsonrpc_gate_slot
+  local slot = ngx.var[config.slot_variable]
   if slot and slot ~= "" then
-    ngx.shared[RATE_DICT]:incr(slot, -1, 0)
-    ngx.var.jsonrpc_gate_slot = ""
+    ngx.shared[config.rate_dict]:incr(slot, -1, 0)
+    ngx.var[config.slot_variable] = ""
   end
   local status = ngx.var.upstream_status
   if status and (find(status, ",", 1, true) or find(status, "^[5-]") or find(status, ":")) then
-    log_detached(ngx.WARN, "jsonrpc_gate: client " .. (ngx.var.jsonrpc_gate_client or "-")
+    log_detached(ngx.WARN, "jsonrpc_gate: client " .. (ngx.var[config.client_variable] or "-")
       .. ": upstream " .. (ngx.var.upstream_addr or "-") .. " answered " .. status
       .. " (status " .. ngx.var.status .. ")")
   end
@@ -458,7 +463,7 @@ end
 function M.too_large()
   local client = identify(ngx.var.request_uri, "/v3/")
   local name = client and client.name or M.UNKNOWN
-  ngx.var.jsonrpc_gate_client = name
+  ngx.var[config.client_variable] = name
   count_refused(name, "body_size", 1)
   return respond(413, error_object(nil, -32005, "limit exceeded: request body "
     .. config.max_body_bytes .. " bytes"))
@@ -495,7 +500,7 @@ function M.cors()
   if not ngx.ctx.jsonrpc_gate_preflight then
     for i = 1, #NODE_CORS do h[NODE_CORS[i]] = nil end
   end
-  local origin = ngx.var.jsonrpc_gate_cors
+  local origin = ngx.var[config.cors_variable]
   if not origin or origin == "" then origin = "*" end
   h["Access-Control-Allow-Origin"] = origin
   if origin ~= "*" then
@@ -511,7 +516,7 @@ end
 -- content_by_lua of the internal usage endpoint: every counter, monotonic since nginx started
 -- ({"clients":{"<name>":{"served":n,"refused":{"<reason>":n}}}}).
 function M.usage()
-  local usage = ngx.shared[USAGE_DICT]
+  local usage = ngx.shared[config.usage_dict]
   local clients = {}
   local names = {}
   for _, key in ipairs(usage:get_keys(0)) do
@@ -541,6 +546,71 @@ function M.usage()
   end
   ngx.header["Content-Type"] = "application/json"
   ngx.print('{"clients":{' .. concat(parts, ",") .. "}}")
+end
+
+local function json_strings(list)
+  local out = {}
+  for i, s in ipairs(list) do out[i] = json.quote(s) end
+  return { raw = "[" .. concat(out, ",") .. "]" }
+end
+
+-- A JSON object of { name, value } pairs in order; a value is a number (an integer), a string,
+-- a boolean, or { raw = JSON text }.
+local function json_members(pairs_list)
+  local out = {}
+  for i, pair in ipairs(pairs_list) do
+    local value = pair[2]
+    if type(value) == "number" then
+      value = format("%d", value)
+    elseif type(value) == "string" then
+      value = json.quote(value)
+    elseif type(value) == "boolean" then
+      value = tostring(value)
+    else
+      value = value.raw
+    end
+    out[i] = json.quote(pair[1]) .. ":" .. value
+  end
+  return "{" .. concat(out, ",") .. "}"
+end
+
+-- content_by_lua of the internal usage server's GET /policy: the policy as this module holds
+-- it, in the shape configure reads (clients in name order, method names lowercased, origins
+-- sorted): what the renderer wrote, read back (crates/core/tests/gate.rs checks the two agree).
+function M.policy()
+  local clients = {}
+  for sha256, c in pairs(config.clients) do
+    local origins = {}
+    for origin in pairs(c.origins or {}) do origins[#origins + 1] = origin end
+    table.sort(origins)
+    clients[#clients + 1] = { c.name, json_members({
+      { "name", c.name }, { "key_sha256", sha256 }, { "calls_per_second", c.calls_per_second },
+      { "allow_methods", json_strings(c.allow) },
+      { "concurrent_requests", c.concurrent_requests },
+      { "allowed_origins", json_strings(origins) },
+    }) }
+  end
+  table.sort(clients, function(a, b) return a[1] < b[1] end)
+  local listed = {}
+  for i, c in ipairs(clients) do listed[i] = c[2] end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(json_members({
+    { "clients", { raw = "[" .. concat(listed, ",") .. "]" } },
+    { "open_without_key", config.open_without_key },
+    { "default_calls_per_second", config.open_client.calls_per_second },
+    { "default_concurrent_requests", config.open_client.concurrent_requests },
+    { "deny_methods", json_strings(config.deny) },
+    { "max_body_bytes", config.max_body_bytes },
+    { "max_batch_calls", config.max_batch_calls },
+    { "max_get_logs_blocks", config.max_get_logs_blocks },
+    { "websocket_upstream", config.websocket_upstream },
+    { "websocket_timeout_secs", config.websocket_timeout_ms / 1000 },
+    { "rate_dict", config.rate_dict },
+    { "usage_dict", config.usage_dict },
+    { "client_variable", config.client_variable },
+    { "slot_variable", config.slot_variable },
+    { "cors_variable", config.cors_variable },
+  }))
 end
 
 return M

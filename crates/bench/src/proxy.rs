@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::model::backend_url::BackendUrl;
 use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy};
+use jsonrpc_proxy::render::nginx::render_gated;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::{RouteTarget, RoutingPlan};
-use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

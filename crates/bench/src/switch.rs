@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonrpc_proxy::model::backend_url::BackendUrl;
+use jsonrpc_proxy::render::nginx::direct_address;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RouteTarget;
-use jsonrpc_proxy::{render::nginx::direct_address, render::options::RenderOptions};
 use local_stack::stack::{LocalStack, StackOptions};
 use serde::Serialize;
 use serde_json::{json, Value};

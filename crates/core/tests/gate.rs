@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use devstack::testkit::GatedNginx;
 use devstack::{free_port, Anvil, AnvilOptions, FaultProxy, Nginx};
 use jsonrpc_proxy::model::backend::Backend;
-use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, LuaConfig, USAGE_SOCKET};
+use jsonrpc_proxy::render::nginx::render_gated;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RoutingPlan;
-use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 use serde_json::{json, Value};
 
 const KEY: &str = "k3yOfTheApp_0123456789-abcdefXYZ";
@@ -100,16 +101,23 @@ impl Stack {
     }
 
     fn usage(&self) -> Value {
+        serde_json::from_str(&self.internal("/usage")).expect("usage JSON")
+    }
+
+    /// The body of a `GET` on the internal usage server.
+    fn internal(&self, path: &str) -> String {
         let socket = self.socket_dir().join(USAGE_SOCKET);
         let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("usage socket");
         stream
-            .write_all(b"GET /usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
             .expect("write");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).expect("read");
         let answer = parse_answer(&raw);
         assert_eq!(answer.status, 200, "{}", answer.body);
-        serde_json::from_str(&answer.body).expect("usage JSON")
+        answer.body
     }
 
     fn logs_text(&self) -> String {
@@ -377,6 +385,38 @@ fn no_client_means_401_everywhere_unless_the_deployment_opens_the_gate() {
 
 /// `trace_` is denied by default (no range limit applies to it); a client whose allow list has
 /// `trace_` may call it, since a client's allow list overrides the deployment's deny list.
+/// The Rust-to-Lua contract: every value the renderer writes is the value the module holds.
+#[test]
+fn the_lua_module_holds_the_policy_the_renderer_wrote() {
+    let node = anvil();
+    let mut policy = GatePolicy {
+        clients: clients(7),
+        open_without_key: true,
+        default_calls_per_second: 11,
+        default_concurrent_requests: 13,
+        deny_methods: vec!["Admin_".into(), "personal_".into(), "eth_sign".into()],
+        max_body_bytes: 12_345,
+        max_batch_calls: 17,
+        max_get_logs_blocks: 19,
+        ..GatePolicy::default()
+    };
+    policy.clients[0].allow_methods = vec!["EVM_mine".into(), "debug_".into()];
+    policy.clients[0].allowed_origins =
+        vec!["https://b.example".into(), "http://a.example:8080".into()];
+    policy.clients[1].concurrent_requests = 3;
+    policy.clients.reverse();
+    let stack = Stack::start(&node.url(), policy.clone(), 2);
+    let options = RenderOptions {
+        socket_dir: stack.socket_dir().display().to_string(),
+        ..RenderOptions::default()
+    };
+    let held: LuaConfig = serde_json::from_str(&stack.internal("/policy")).expect("policy JSON");
+    let written = policy.lua_config(&options);
+    assert_eq!(held, written.as_held());
+    assert_eq!(held.clients[0].name, "app");
+    assert_eq!(held.clients[0].allow_methods, ["evm_mine", "debug_"]);
+}
+
 #[test]
 fn trace_is_denied_unless_a_client_is_allowed_it() {
     let node = anvil();

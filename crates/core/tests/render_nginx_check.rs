@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::model::backend::Backend;
+use jsonrpc_proxy::render::nginx::render;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RoutingPlan;
-use jsonrpc_proxy::{render::nginx::render, render::options::RenderOptions};
 
 fn backend(url: &str, is_leader: bool) -> Backend {
     Backend {

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use devstack::{Anvil, AnvilOptions, MetricsRecorder, Moto, Nginx};
+use jsonrpc_proxy::aws::config_bucket::parse_s3_path;
 use jsonrpc_proxy::aws::config_bucket::{ConfigBucket, ConfigPointer};
 use jsonrpc_proxy::aws::store::BackendStore;
+use jsonrpc_proxy::functions::ecs_updater::config_path_of;
 use jsonrpc_proxy::model::backend::{iso8601, Backend};
 use jsonrpc_proxy::render::gate::GatePolicy;
+use jsonrpc_proxy::render::nginx::render;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RoutingPlan;
-use jsonrpc_proxy::{aws::config_bucket::parse_s3_path, functions::ecs_updater::config_path_of};
-use jsonrpc_proxy::{render::nginx::render, render::options::RenderOptions};
 use serde_json::{json, Value};
 use thiserror::Error;
 use time::OffsetDateTime;

@@ -17,9 +17,10 @@ use crate::aws::store::{BackendStore, StoreError};
 use crate::model::backend::iso8601;
 use crate::model::client::{MAX_CALLS_PER_SECOND, MAX_CONCURRENT_REQUESTS};
 use crate::render::gate::{clients_fingerprint, GatePolicy, GatePolicyError};
+use crate::render::nginx::render_gated;
+use crate::render::options::RenderOptions;
 use crate::render::routing::RoutingPlan;
 use crate::settings::{Env, SettingsError};
-use crate::{render::nginx::render_gated, render::options::RenderOptions};
 
 /// A render failed; Lambda retries (the same request id gives the same key).
 #[derive(Debug, Error)]

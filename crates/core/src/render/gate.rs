@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -19,7 +20,8 @@ pub const RATE_DICT: &str = "jsonrpc_gate_rate";
 pub const USAGE_DICT: &str = "jsonrpc_gate_usage";
 /// The access-log variable naming the caller: a client's name, `(open)` or `(unknown)`.
 pub const CLIENT_VARIABLE: &str = "$jsonrpc_gate_client";
-/// Socket (in the socket directory) of the internal server answering `GET /usage`.
+/// Socket (in the socket directory) of the internal server answering `GET /usage` and
+/// `GET /policy` (the policy as the Lua module holds it, [`LuaConfig`]'s shape).
 pub const USAGE_SOCKET: &str = "gate-usage.sock";
 /// Socket (in the socket directory) of the internal server the WebSocket relay reaches the
 /// nodes through.
@@ -40,7 +42,7 @@ const LUA_PIECE_BYTES: usize = 3072;
 pub const IMAGE_LUA_DIR: &str = "/usr/share/jsonrpc-proxy/lua";
 
 /// One client: its name and the SHA-256 of its key (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateClient {
     /// 1 to 64 of `A-Z a-z 0-9 . _ -`.
     pub name: String,
@@ -395,34 +397,92 @@ impl GatePolicy {
     }
 
     /// The policy as the Lua module's `configure` reads it.
-    fn lua_config(&self, options: &RenderOptions) -> String {
-        let clients: Vec<_> = self
+    pub fn lua_config(&self, options: &RenderOptions) -> LuaConfig {
+        let bare = |variable: &str| variable.trim_start_matches('$').to_owned();
+        LuaConfig {
+            clients: self.clients.clone(),
+            open_without_key: self.open_without_key,
+            default_calls_per_second: self.default_calls_per_second,
+            default_concurrent_requests: self.default_concurrent_requests,
+            deny_methods: self.deny_methods.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_batch_calls: self.max_batch_calls,
+            max_get_logs_blocks: self.max_get_logs_blocks,
+            websocket_upstream: format!("unix:{}", socket(options, WEBSOCKET_SOCKET)),
+            websocket_timeout_secs: options.websocket_timeout_secs,
+            rate_dict: RATE_DICT.into(),
+            usage_dict: USAGE_DICT.into(),
+            client_variable: bare(CLIENT_VARIABLE),
+            slot_variable: bare(SLOT_VARIABLE),
+            cors_variable: bare(CORS_VARIABLE),
+        }
+    }
+}
+
+/// The JSON the Lua module's `configure` reads (`docker/gate/jsonrpc_gate.lua`), the one
+/// definition of it; `GET /policy` on the usage socket answers the same shape back from what
+/// the module holds, clients in name order with lowercased methods and sorted origins
+/// ([`LuaConfig::as_held`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuaConfig {
+    /// The admitted clients.
+    pub clients: Vec<GateClient>,
+    /// Open mode when no client is admitted.
+    pub open_without_key: bool,
+    /// Calls per second of the open caller.
+    pub default_calls_per_second: u32,
+    /// Requests in flight at once of the open caller.
+    pub default_concurrent_requests: u32,
+    /// Denied method names and namespace prefixes.
+    pub deny_methods: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Most calls in one batch.
+    pub max_batch_calls: u32,
+    /// Widest `eth_getLogs` range, in blocks.
+    pub max_get_logs_blocks: u64,
+    /// The WebSocket relay's upstream (`unix:<socket>`).
+    pub websocket_upstream: String,
+    /// Seconds a WebSocket connection may stay silent.
+    pub websocket_timeout_secs: u32,
+    /// The shared dictionary of the rate and in-flight counters.
+    pub rate_dict: String,
+    /// The shared dictionary of the usage counters.
+    pub usage_dict: String,
+    /// The variable naming the caller (without `$`).
+    pub client_variable: String,
+    /// The variable naming the held in-flight counter (without `$`).
+    pub slot_variable: String,
+    /// The variable holding the answer's allowed origin (without `$`).
+    pub cors_variable: String,
+}
+
+impl LuaConfig {
+    /// This configuration as the Lua module holds it once read: clients in name order, method
+    /// names and prefixes lowercased, origins sorted.
+    pub fn as_held(&self) -> Self {
+        let lowered = |list: &[String]| list.iter().map(|m| m.to_lowercase()).collect();
+        let mut clients: Vec<GateClient> = self
             .clients
             .iter()
             .map(|c| {
-                json!({
-                    "name": c.name,
-                    "key_sha256": c.key_sha256,
-                    "calls_per_second": c.calls_per_second,
-                    "allow_methods": c.allow_methods,
-                    "concurrent_requests": c.concurrent_requests,
-                    "allowed_origins": c.allowed_origins,
-                })
+                let mut origins = c.allowed_origins.clone();
+                origins.sort();
+                GateClient {
+                    key_sha256: c.key_sha256.to_lowercase(),
+                    allow_methods: lowered(&c.allow_methods),
+                    allowed_origins: origins,
+                    ..c.clone()
+                }
             })
             .collect();
-        let value = json!({
-            "clients": clients,
-            "open_without_key": self.open_without_key,
-            "default_calls_per_second": self.default_calls_per_second,
-            "default_concurrent_requests": self.default_concurrent_requests,
-            "deny_methods": self.deny_methods,
-            "max_body_bytes": self.max_body_bytes,
-            "max_batch_calls": self.max_batch_calls,
-            "max_get_logs_blocks": self.max_get_logs_blocks,
-            "websocket_upstream": format!("unix:{}", socket(options, WEBSOCKET_SOCKET)),
-            "websocket_timeout_secs": options.websocket_timeout_secs,
-        });
-        value.to_string()
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        Self {
+            clients,
+            deny_methods: lowered(&self.deny_methods),
+            ..self.clone()
+        }
     }
 }
 
@@ -434,7 +494,7 @@ fn socket(options: &RenderOptions, name: &str) -> String {
 /// the module at every load: a reload re-reads it, the dictionaries' counters survive) and
 /// the access-log format.
 pub(crate) fn render_http_level(out: &mut String, policy: &GatePolicy, options: &RenderOptions) {
-    let config = policy.lua_config(options);
+    let config = serde_json::to_string(&policy.lua_config(options)).unwrap_or_default();
     // Only validated names, digests, methods and origins: the text holds no `]==]`.
     debug_assert!(!config.contains("]==]"));
     // nginx reads a configuration in 4 KiB buffers and refuses a Lua string longer than one
@@ -550,6 +610,10 @@ pub(crate) fn render_internal_servers(
         content_by_lua_block {{ require(\"jsonrpc_gate\").usage() }}
     }}
 
+    location = /policy {{
+        content_by_lua_block {{ require(\"jsonrpc_gate\").policy() }}
+    }}
+
     location / {{
         return 404;
     }}
@@ -594,7 +658,7 @@ mod tests {
     fn the_gate_is_closed_without_clients_unless_the_deployment_opens_it() {
         let options = RenderOptions::default();
         let read = |policy: &GatePolicy| -> serde_json::Value {
-            serde_json::from_str(&policy.lua_config(&options)).expect("JSON")
+            serde_json::to_value(policy.lua_config(&options)).expect("JSON")
         };
         let closed = GatePolicy::default();
         assert!(!closed.open_without_key);

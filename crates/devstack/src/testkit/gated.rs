@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use jsonrpc_proxy::model::backend::Backend;
 use jsonrpc_proxy::render::gate::GatePolicy;
+use jsonrpc_proxy::render::nginx::render_gated;
+use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RoutingPlan;
-use jsonrpc_proxy::{render::nginx::render_gated, render::options::RenderOptions};
 
-use crate::{free_port, gate_lua_dir, Nginx};
+use crate::free_port;
+use crate::gate_lua_dir;
+use crate::Nginx;
 
 /// nginx in front of one node behind the JSON-RPC gate; stopped when dropped.
 pub struct GatedNginx {
