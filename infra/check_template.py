@@ -20,7 +20,10 @@ SERVICE = "jsonrpc-proxy"
 # The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
 GATE_KEYS = ("open_without_key", "default_calls_per_second", "default_concurrent_requests",
              "deny_methods", "max_body_bytes", "max_batch_calls", "max_get_logs_blocks",
-             "trusted_proxy_cidrs", "lua_dir", "access_log")
+             "trusted_proxy_cidrs", "lua_dir", "access_log", "shared_dict_mib")
+# The keys of its `proxy:` section; each reaches config_renderer as PROXY_<KEY>.
+PROXY_KEYS = ("connect_timeout_secs", "read_timeout_secs", "retry_tries", "retry_timeout_secs",
+              "max_fails", "fail_timeout_secs", "keepalive", "websocket_timeout_secs")
 
 failures = []
 
@@ -37,9 +40,9 @@ def logical(name):
     return normalized.replace("-", "Dash").replace("_", "Underscore")
 
 
-def gate_value(value):
-    """A `gate:` value (or another setting whose default is empty) as the template's
-    environment holds it: YAML booleans as true/false, empty or missing as ''."""
+def optional_value(value):
+    """A setting whose default is empty (the `gate:` and `proxy:` keys, among others) as the
+    template's environment holds it: YAML booleans as true/false, empty or missing as ''."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None or value == "" else str(value)
@@ -88,6 +91,7 @@ def main():
     socket_dir = config.get("nginx_socket_dir", "/var/run/jsonrpc-proxy")
     clients_table = f"{stack}-clients"
     gate = config.get("gate") or {}
+    proxy = config.get("proxy") or {}
     functions = {
         "add_backend": ("AddBackendRole", {"DYNAMODB_TABLE": stack}),
         "list_backends": ("ListBackendsRole", {"DYNAMODB_TABLE": stack}),
@@ -113,16 +117,19 @@ def main():
             "ROUNDS_PER_INVOCATION": str(config.get("rounds_per_invocation", 1)),
             "ROUND_INTERVAL_SECS": str(config.get("round_interval_secs", 15)),
             "ROW_REFRESH_SECS": str(config.get("row_refresh_secs", 300)),
+            **{key.upper(): optional_value(config.get(key))
+               for key in ("probe_concurrency", "probe_max_body_bytes", "write_concurrency")},
         }),
         "config_renderer": ("ConfigRendererRole", {
             "DYNAMODB_TABLE": stack,
             "DYNAMODB_CLIENTS_TABLE": clients_table,
             "NGINX_CONFIG_BUCKET_NAME": bucket_name,
             "NGINX_LISTEN_PORT": str(port),
-            "NGINX_LISTEN_ADDRESS": gate_value(config.get("nginx_listen_address")),
+            "NGINX_LISTEN_ADDRESS": optional_value(config.get("nginx_listen_address")),
             "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
-            **{f"GATE_{key.upper()}": gate_value(gate.get(key)) for key in GATE_KEYS},
+            **{f"GATE_{key.upper()}": optional_value(gate.get(key)) for key in GATE_KEYS},
+            **{f"PROXY_{key.upper()}": optional_value(proxy.get(key)) for key in PROXY_KEYS},
         }),
         "ecs_updater": ("EcsUpdaterRole", {
             "TASK_DEFINITION_FAMILY": f"{stack}-nginx",

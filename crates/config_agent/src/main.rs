@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use config_agent::settings::USAGE;
+use config_agent::settings::{MetricsTarget, USAGE};
 use config_agent::status::StatusReporter;
 use config_agent::usage::UsageReporter;
 use config_agent::{parse_args, Agent, Mode};
@@ -40,15 +40,14 @@ async fn main() -> ExitCode {
             settings,
             poll,
             usage,
+            metrics,
         } => {
             let config = aws_config().await;
             let mut agent = Agent::new(settings, aws_sdk_s3::Client::new(&config));
-            // With CLOUDWATCH_NAMESPACE and STACK_NAME set, the agent publishes whether the
-            // configuration in force is the newest render (a stuck agent becomes visible) and
-            // the gate's usage per client.
-            let env = Env::process();
-            if let (Some(namespace), Some(stack_name)) =
-                (env.get("CLOUDWATCH_NAMESPACE"), env.get("STACK_NAME"))
+            if let Some(MetricsTarget {
+                namespace,
+                stack_name,
+            }) = metrics
             {
                 let publisher =
                     MetricsPublisher::new(aws_sdk_cloudwatch::Client::new(&config), namespace);

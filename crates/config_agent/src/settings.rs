@@ -127,6 +127,16 @@ pub struct AgentSettings {
     pub nginx: NginxCommand,
 }
 
+/// Where the agent publishes whether the configuration in force is the newest render, and the
+/// gate's usage per client: both `CLOUDWATCH_NAMESPACE` and `STACK_NAME` set, else nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsTarget {
+    /// The CloudWatch namespace.
+    pub namespace: String,
+    /// The `Stack name` dimension's value.
+    pub stack_name: String,
+}
+
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -138,6 +148,8 @@ pub enum Mode {
         poll: Option<Duration>,
         /// Interval of the usage publication; `None` = never.
         usage: Option<Duration>,
+        /// Where the agent's metrics go; `None` = nowhere.
+        metrics: Option<MetricsTarget>,
     },
     /// Apply one configuration to a running nginx.
     Apply {
@@ -351,10 +363,18 @@ pub fn parse_args(args: &[String], env: &Env<'_>) -> Result<Mode, UsageError> {
         }
         poll => poll,
     };
+    let metrics = env
+        .get("CLOUDWATCH_NAMESPACE")
+        .zip(env.get("STACK_NAME"))
+        .map(|(namespace, stack_name)| MetricsTarget {
+            namespace,
+            stack_name,
+        });
     Ok(Mode::Run {
         settings,
         poll,
         usage,
+        metrics,
     })
 }
 
@@ -379,6 +399,7 @@ mod tests {
             settings,
             poll,
             usage,
+            ..
         } = parse(&[], &[]).unwrap()
         else {
             panic!("run expected")
@@ -387,6 +408,10 @@ mod tests {
         assert_eq!(poll, None);
         assert_eq!(usage, Some(Duration::from_secs(DEFAULT_USAGE_SECONDS)));
         assert_eq!(settings.sources, Sources::default());
+        assert!(matches!(
+            parse(&[], &[("STACK_NAME", "s")]),
+            Ok(Mode::Run { metrics: None, .. })
+        ));
         assert_eq!(settings.config_path, PathBuf::from(DEFAULT_CONFIG_PATH));
         assert_eq!(settings.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
         assert_eq!(settings.nginx.bin, PathBuf::from("nginx"));
@@ -433,6 +458,7 @@ mod tests {
             settings,
             poll,
             usage,
+            ..
         } = mode
         else {
             panic!("run expected")
@@ -535,6 +561,7 @@ mod tests {
             settings,
             poll,
             usage,
+            ..
         } = parse(
             &["--usage-seconds", "0"],
             &[("S3_CONFIG_PATH", " "), ("CONFIG_POLL_SECONDS", "0")],

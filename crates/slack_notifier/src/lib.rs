@@ -331,6 +331,28 @@ impl fmt::Debug for SlackWebhook {
     }
 }
 
+/// The function's settings, read once at start.
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    /// Where alarm transitions are posted (`SLACK_WEBHOOK_URL`).
+    pub webhook: SlackWebhook,
+    /// The channel to post to instead of the webhook's own (`SLACK_CHANNEL`).
+    pub channel: Option<String>,
+}
+
+impl SlackSettings {
+    /// Reads `SLACK_WEBHOOK_URL` (required) and `SLACK_CHANNEL` (optional).
+    pub fn from_env(env: &jsonrpc_proxy::settings::Env<'_>) -> Result<Self, WebhookError> {
+        Ok(Self {
+            webhook: SlackWebhook::new(
+                &env.get("SLACK_WEBHOOK_URL").unwrap_or_default(),
+                POST_TIMEOUT,
+            )?,
+            channel: env.get("SLACK_CHANNEL"),
+        })
+    }
+}
+
 impl SlackWebhook {
     /// A webhook client for `url`: https, or http to a loopback host (tests, local stacks).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, WebhookError> {

@@ -5,17 +5,12 @@ use jsonrpc_proxy::lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use jsonrpc_proxy::settings::Env;
 use jsonrpc_proxy::telemetry::init_tracing;
 use serde_json::{json, Value};
-use slack_notifier::{notify, SlackWebhook, POST_TIMEOUT};
+use slack_notifier::{notify, SlackSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_tracing();
-    let env = Env::process();
-    let webhook = SlackWebhook::new(
-        &env.get("SLACK_WEBHOOK_URL").unwrap_or_default(),
-        POST_TIMEOUT,
-    )?;
-    let channel = env.get("SLACK_CHANNEL");
+    let SlackSettings { webhook, channel } = SlackSettings::from_env(&Env::process())?;
     tracing::info!(host = %webhook.host(), "Slack webhook configured");
     run(service_fn(|event: LambdaEvent<Value>| {
         let (webhook, channel) = (&webhook, channel.as_deref());
