@@ -80,7 +80,7 @@ impl UsageReporter {
                     published += data.len();
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot publish the gate's usage; kept for next time")
+                    tracing::warn!(%error, "cannot publish the gate's usage; kept for next time");
                 }
             }
         }

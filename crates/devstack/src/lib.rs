@@ -36,8 +36,6 @@
 //! Starting a process blocks the calling thread until it is ready (at most a few seconds);
 //! the AWS helpers are `async` and use the AWS SDK.
 
-#![warn(missing_docs)]
-
 mod anvil;
 pub mod browser;
 mod error;

@@ -334,7 +334,10 @@ async fn forward_upstream(
     let Some(upstream) = &shared.upstream else {
         return (StatusCode::NOT_FOUND, "not a Lambda Invoke request").into_response();
     };
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = uri
+        .path_and_query()
+        .map(axum::http::uri::PathAndQuery::as_str)
+        .unwrap_or("/");
     let mut request = shared
         .client
         .request(method, format!("{upstream}{path}"))
@@ -422,7 +425,7 @@ fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<
                     tracing::warn!(function = %slot.spec.name, attempt, %error, "asynchronous invocation failed");
                 }
                 Err(_) => {
-                    tracing::warn!(function = %slot.spec.name, attempt, "asynchronous invocation timed out")
+                    tracing::warn!(function = %slot.spec.name, attempt, "asynchronous invocation timed out");
                 }
             }
             tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;

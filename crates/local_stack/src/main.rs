@@ -63,21 +63,21 @@ fn parse_args() -> Result<Option<(StackOptions, bool)>, String> {
             "--config" => options.config_path = PathBuf::from(value("--config")?),
             "--interval" => {
                 options.check_interval =
-                    Duration::from_secs(number("--interval", value("--interval")?)?.max(1))
+                    Duration::from_secs(number("--interval", value("--interval")?)?.max(1));
             }
             "--tolerance" => options.tolerance = number("--tolerance", value("--tolerance")?)?,
             "--probe-timeout" => {
                 options.probe_timeout = Duration::from_millis(
                     number("--probe-timeout", value("--probe-timeout")?)?.max(1),
-                )
+                );
             }
             "--anvil-nodes" => {
                 options.anvil_nodes =
                     usize::try_from(number("--anvil-nodes", value("--anvil-nodes")?)?.min(16))
-                        .unwrap_or(2)
+                        .unwrap_or(2);
             }
             "--block-time" => {
-                options.block_time = number("--block-time", value("--block-time")?)?.max(1)
+                options.block_time = number("--block-time", value("--block-time")?)?.max(1);
             }
             "--leader" => options.leader = Some(value("--leader")?),
             "--node" => options.nodes.push(value("--node")?),

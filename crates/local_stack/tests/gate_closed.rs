@@ -88,7 +88,9 @@ async fn a_damaged_item_and_no_client_left_mean_401_at_every_path() {
         let (at_root, at_key) = (answer(&root).await, answer(&key_url).await);
         let now =
             format!("applied {applied:?} of newest {newest:?}; / {at_root:?}; key {at_key:?}");
-        let mut last = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *last != now {
             eprintln!("[observed] {now}");
             *last = now;

@@ -276,7 +276,7 @@ fn alarm_message(alarm: &AlarmMessage) -> Value {
                 trigger
                     .statistic
                     .as_deref()
-                    .map(|s| s.to_ascii_lowercase())
+                    .map(str::to_ascii_lowercase)
                     .unwrap_or_else(|| "value".into()),
                 escape(comparison_symbol(operator)),
                 number(threshold)
@@ -445,7 +445,7 @@ pub async fn notify(
                 "posting alarm transition to Slack"
             ),
             Notification::Other { .. } => {
-                tracing::info!("posting a non-alarm SNS message to Slack")
+                tracing::info!("posting a non-alarm SNS message to Slack");
             }
         }
         webhook.post(&slack_message(notification, channel)).await?;

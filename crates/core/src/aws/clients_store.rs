@@ -67,7 +67,7 @@ impl ClientStore {
             Err(error)
                 if error
                     .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    .is_some_and(aws_sdk_dynamodb::operation::put_item::PutItemError::is_conditional_check_failed_exception) =>
             {
                 Ok(PutOutcome::NameTaken)
             }

@@ -227,7 +227,10 @@ impl ConfigBucket {
         {
             Ok(output) => output,
             Err(error) => {
-                if error.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+                if error
+                    .as_service_error()
+                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key)
+                {
                     return Ok(None);
                 }
                 return Err(BucketError::Sdk {
@@ -272,7 +275,10 @@ impl ConfigBucket {
                     .and_then(|v| v.trim().parse().ok()),
             })),
             Err(error) => {
-                if error.as_service_error().is_some_and(|e| e.is_not_found()) {
+                if error
+                    .as_service_error()
+                    .is_some_and(aws_sdk_s3::operation::head_object::HeadObjectError::is_not_found)
+                {
                     Ok(None)
                 } else {
                     Err(BucketError::Sdk {

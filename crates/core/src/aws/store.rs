@@ -254,7 +254,7 @@ impl BackendStore {
             Err(error) => {
                 let conditional = error
                     .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception());
+                    .is_some_and(aws_sdk_dynamodb::operation::update_item::UpdateItemError::is_conditional_check_failed_exception);
                 if conditional {
                     Ok(CheckWrite::Skipped)
                 } else {

@@ -501,7 +501,7 @@ mod tests {
         ] {
             match settings(&[(name, value)]) {
                 Err(SettingsError::Invalid { name: named, .. }) => {
-                    assert_eq!(named, name, "{name}={value}")
+                    assert_eq!(named, name, "{name}={value}");
                 }
                 other => panic!("{name}={value} gave {other:?}"),
             }
