@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks kept in the repository (crates/bench) and rewrites the generated part of
+# Runs the benchmarks kept in the repository (tools/bench) and rewrites the generated part of
 # docs/benchmarks.md: health-check fan-out (1 to 10 000 backends, 10 % hanging), proxy overhead
 # (wrk straight to anvil, through our nginx, the original's style and blutgang, interleaved),
 # switch time through the local stack, and the Lambda functions' footprint (arm64 zips,

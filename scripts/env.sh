@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the scripts in scripts/: sets `root` (this checkout) and puts the tools that
 # scripts/install-deps.sh installs first on PATH: .tools/venv/bin (the Python tools) and
-# .tools/node/node_modules/.bin (anvil). devstack (crates/devstack/src/process.rs, TOOL_DIRS)
+# .tools/node/node_modules/.bin (anvil). devstack (tools/devstack/src/process.rs, TOOL_DIRS)
 # looks in the same two directories, so plain `cargo test` finds them too.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$root/.tools/venv/bin:$root/.tools/node/node_modules/.bin:$PATH"

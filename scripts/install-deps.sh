@@ -5,7 +5,7 @@
 # cargo-lambda + cfn-lint, and for the deployment checks zig (cargo lambda's arm64 builds),
 # hadolint and shellcheck (pip, into the virtual environment .tools/venv: Debian's own Python
 # refuses pip installs, PEP 668); anvil and ethers (npm, into .tools/node; ethers drives the
-# endpoint in crates/local_stack/tests/client_library.rs); the Serverless CLI (osls, `npm ci`
+# endpoint in tools/local_stack/tests/client_library.rs); the Serverless CLI (osls, `npm ci`
 # from the top-level package.json); the aarch64 Rust target; cargo-machete (cargo).
 # Idempotent: already-present tools are left alone. Root or sudo required for apt.
 set -euo pipefail

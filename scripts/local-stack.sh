@@ -3,13 +3,13 @@
 # Installs what it needs, builds the functions (host builds to run, and the arm64 zips that
 # `sls deploy -s local` deploys), the config agent and the local stack, then runs
 # `jsonrpc-proxy-local` (arguments are passed through; --help lists them at once, from
-# crates/local_stack/src/usage.txt, which the binary prints too). Each step prints its time.
+# tools/local_stack/src/usage.txt, which the binary prints too). Each step prints its time.
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) cat "$root/crates/local_stack/src/usage.txt"; exit 0 ;;
+    -h|--help) cat "$root/tools/local_stack/src/usage.txt"; exit 0 ;;
   esac
 done
 require_plain_checkout

@@ -283,13 +283,13 @@ for old in v18.19.0 v20.18.1 v21.7.3 v22.12.0; do
 done
 
 step "local-stack.sh --help answers at once, with the binary's options, before building anything"
-grep -qF 'include_str!("usage.txt")' crates/local_stack/src/main.rs \
-  || fail "jsonrpc-proxy-local no longer prints crates/local_stack/src/usage.txt"
+grep -qF 'include_str!("usage.txt")' tools/local_stack/src/main.rs \
+  || fail "jsonrpc-proxy-local no longer prints tools/local_stack/src/usage.txt"
 for flag in --help -h; do
   # No cargo, npm or python on this PATH: nothing may be installed or built.
   usage=$(timeout 2 env -i HOME="$HOME" PATH="$basic" bash scripts/local-stack.sh "$flag" 2>&1) \
     || fail "scripts/local-stack.sh $flag did not answer within 2 s with success: $usage"
-  [ "$usage" = "$(cat crates/local_stack/src/usage.txt)" ] \
+  [ "$usage" = "$(cat tools/local_stack/src/usage.txt)" ] \
     || fail "scripts/local-stack.sh $flag printed: $usage"
 done
 

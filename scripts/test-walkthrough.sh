@@ -73,7 +73,7 @@ sys.exit(0 if eval(sys.argv[2]) else 1)
 PY
 }
 # deploy and remove take the checkout's sls lock, as the local stacks' own calls do (tests may run
-# beside; crates/local_stack/src/deploy.rs, Serverless::exclusive).
+# beside; tools/local_stack/src/deploy.rs, Serverless::exclusive).
 sls_lock="${TMPDIR:-/tmp}/jsonrpc-proxy-sls$(realpath "$root" | tr -d '\n' | tr -c 'A-Za-z0-9' '_').lock"
 sls() {
   case "$1" in

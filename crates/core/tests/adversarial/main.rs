@@ -2,7 +2,7 @@
 //! the CloudWatch recorder) and concurrency (churn during rounds, overlapping rounds,
 //! concurrent ECS updates). Hostile input is covered by `tests/integration` (hostile nodes,
 //! malformed events) and `tests/property_url_and_render.rs`; secrets by
-//! `crates/local_stack/tests/secrets.rs`. Lines starting `[figures]` feed docs/reliability.md.
+//! `tools/local_stack/tests/secrets.rs`. Lines starting `[figures]` feed docs/reliability.md.
 
 mod concurrency;
 mod faults;

@@ -329,11 +329,11 @@ impl RemoteFleet {
                 return Err("a fleet process has no stdin/stdout".into());
             };
             let mut stdout = BufReader::new(stdout).lines();
-            let hello =
-                match tokio::time::timeout(Duration::from_secs(60), stdout.next_line()).await {
-                    Ok(Ok(Some(line))) => line,
-                    _ => return Err("a fleet process did not start".into()),
-                };
+            let Ok(Ok(Some(hello))) =
+                tokio::time::timeout(Duration::from_secs(60), stdout.next_line()).await
+            else {
+                return Err("a fleet process did not start".into());
+            };
             let value: Value =
                 serde_json::from_str(&hello).map_err(|e| format!("fleet hello {hello:?}: {e}"))?;
             ports.extend(

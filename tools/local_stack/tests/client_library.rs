@@ -36,7 +36,7 @@ async fn ethers_calls_batches_and_subscribes_through_a_key_url() {
     .await;
 
     let nodes: Vec<String> = stack.nodes.iter().map(|n| n.anvil.url()).collect();
-    let script = devstack::repo_root().join("crates/local_stack/tests/ethers/client.cjs");
+    let script = devstack::repo_root().join("tools/local_stack/tests/ethers/client.cjs");
     let node_modules = devstack::repo_root().join(".tools/node/node_modules");
     assert!(
         node_modules.join("ethers").is_dir(),

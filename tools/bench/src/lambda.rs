@@ -31,7 +31,7 @@ use crate::sys;
 
 /// What SNS delivers to slack_notifier for an alarm (the notifier's own test fixture).
 const ALARM_SNS_EVENT: &str =
-    include_str!("../../slack_notifier/tests/fixtures/cloudwatch_alarm_sns_event.json");
+    include_str!("../../../crates/slack_notifier/tests/fixtures/cloudwatch_alarm_sns_event.json");
 
 const TABLE: &str = "lambda-bench";
 const CLIENTS_TABLE: &str = "lambda-bench-clients";

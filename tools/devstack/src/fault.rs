@@ -636,9 +636,8 @@ fn serve(stream: TcpStream, shared: &Shared) {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let request = match read_request(&mut reader, &mut writer) {
-            Ok(Some(request)) => request,
-            Ok(None) | Err(_) => break,
+        let Ok(Some(request)) = read_request(&mut reader, &mut writer) else {
+            break;
         };
         let answer = match shared.decide(&request) {
             None => forward(&request, shared),

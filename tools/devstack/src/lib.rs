@@ -108,9 +108,7 @@ pub fn repo_root() -> std::path::PathBuf {
     let checkout = |start: &Path| {
         start
             .ancestors()
-            .find(|dir| {
-                dir.join("serverless.yml").is_file() && dir.join("crates/devstack").is_dir()
-            })
+            .find(|dir| dir.join("serverless.yml").is_file() && dir.join("tools/devstack").is_dir())
             .map(Path::to_path_buf)
     };
     let running = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);

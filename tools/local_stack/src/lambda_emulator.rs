@@ -575,9 +575,8 @@ async fn supervise(
                 return;
             }
         };
-        let log_err = match log.try_clone() {
-            Ok(file) => file,
-            Err(_) => return,
+        let Ok(log_err) = log.try_clone() else {
+            return;
         };
         let mut command = tokio::process::Command::new(&slot.spec.binary);
         command

@@ -1,7 +1,7 @@
 // Drives the local stack's endpoint with ethers (v6, from npm) as an application would:
 // through the demo client's key URL, plain calls, a batch and a newHeads subscription; without
 // the key, 401; a denied anvil_mine leaves every node's block number unchanged.
-// Run by crates/local_stack/tests/client_library.rs with ENDPOINT (http://.../v3/<key>),
+// Run by tools/local_stack/tests/client_library.rs with ENDPOINT (http://.../v3/<key>),
 // WEBSOCKET (ws://.../ws/v3/<key>), OPEN (the proxy without a key) and NODES (the nodes'
 // own URLs, comma-separated). Loopback only; it gives up after 60 s. Prints each step.
 "use strict";

@@ -252,7 +252,8 @@ fn rpc_call(port: u16, method: &str, params: Value, timeout: Duration) -> Result
         request: method.to_owned(),
         message,
     };
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut body = json!({"jsonrpc": "2.0", "id": 1, "method": method});
+    body["params"] = params;
     let response = http::request(
         port,
         "POST",
