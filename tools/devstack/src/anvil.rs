@@ -254,22 +254,18 @@ fn rpc_call(port: u16, method: &str, params: Value, timeout: Duration) -> Result
     };
     let mut body = json!({"jsonrpc": "2.0", "id": 1, "method": method});
     body["params"] = params;
-    let response = http::request(
-        port,
-        "POST",
-        "/",
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-        timeout,
-    )
-    .map_err(|e| failed(e.to_string()))?;
-    if response.status != 200 {
-        return Err(failed(format!(
-            "status {}: {}",
-            response.status,
-            response.text()
-        )));
-    }
+    let response = http::ok(
+        "anvil",
+        method,
+        http::request(
+            port,
+            "POST",
+            "/",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+            timeout,
+        ),
+    )?;
     let answer: Value = serde_json::from_slice(&response.body)
         .map_err(|e| failed(format!("answer is not JSON ({e}): {}", response.text())))?;
     if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {

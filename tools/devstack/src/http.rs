@@ -21,6 +21,28 @@ impl Response {
 /// Largest answer read, in bytes.
 const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// `response` when it came with status 200; else `program`'s failure to answer `label`.
+pub(crate) fn ok(
+    program: &'static str,
+    label: &str,
+    response: std::io::Result<Response>,
+) -> Result<Response, crate::Error> {
+    let failed = |message: String| crate::Error::Request {
+        program,
+        request: label.to_owned(),
+        message,
+    };
+    let response = response.map_err(|e| failed(e.to_string()))?;
+    if response.status != 200 {
+        return Err(failed(format!(
+            "status {}: {}",
+            response.status,
+            response.text()
+        )));
+    }
+    Ok(response)
+}
+
 /// Sends one request to `127.0.0.1:port`.
 pub(crate) fn request(
     port: u16,

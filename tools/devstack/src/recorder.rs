@@ -138,27 +138,17 @@ impl MetricsRecorder {
     }
 
     fn call(&self, method: &str) -> Result<http::Response, Error> {
-        let failed = |message: String| Error::Request {
-            program: "cloudwatch_recorder.py",
-            request: format!("{method} /recorded"),
-            message,
-        };
-        let response = http::request(
-            self.port,
-            method,
-            "/recorded",
-            &[],
-            b"",
-            Duration::from_secs(10),
+        http::ok(
+            "cloudwatch_recorder.py",
+            &format!("{method} /recorded"),
+            http::request(
+                self.port,
+                method,
+                "/recorded",
+                &[],
+                b"",
+                Duration::from_secs(10),
+            ),
         )
-        .map_err(|e| failed(e.to_string()))?;
-        if response.status != 200 {
-            return Err(failed(format!(
-                "status {}: {}",
-                response.status,
-                response.text()
-            )));
-        }
-        Ok(response)
     }
 }

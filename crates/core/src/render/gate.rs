@@ -422,39 +422,28 @@ impl GatePolicy {
 /// The JSON the Lua module's `configure` reads (`docker/gate/jsonrpc_gate.lua`), the one
 /// definition of it; `GET /policy` on the usage socket answers the same shape back from what
 /// the module holds, clients in name order with lowercased methods and sorted origins
-/// ([`LuaConfig::as_held`]).
+/// ([`LuaConfig::as_held`]). A field means what its namesake in [`GatePolicy`] or
+/// [`RenderOptions`] means; the last five name the shared dictionaries ([`RATE_DICT`],
+/// [`USAGE_DICT`]) and the variables ([`CLIENT_VARIABLE`], [`SLOT_VARIABLE`],
+/// [`CORS_VARIABLE`], without `$`) the module uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
 pub struct LuaConfig {
-    /// The admitted clients.
     pub clients: Vec<GateClient>,
-    /// Open mode when no client is admitted.
     pub open_without_key: bool,
-    /// Calls per second of the open caller.
     pub default_calls_per_second: u32,
-    /// Requests in flight at once of the open caller.
     pub default_concurrent_requests: u32,
-    /// Denied method names and namespace prefixes.
     pub deny_methods: Vec<String>,
-    /// Largest request body, in bytes.
     pub max_body_bytes: u64,
-    /// Most calls in one batch.
     pub max_batch_calls: u32,
-    /// Widest `eth_getLogs` range, in blocks.
     pub max_get_logs_blocks: u64,
-    /// The WebSocket relay's upstream (`unix:<socket>`).
     pub websocket_upstream: String,
-    /// Seconds a WebSocket connection may stay silent.
     pub websocket_timeout_secs: u32,
-    /// The shared dictionary of the rate and in-flight counters.
     pub rate_dict: String,
-    /// The shared dictionary of the usage counters.
     pub usage_dict: String,
-    /// The variable naming the caller (without `$`).
     pub client_variable: String,
-    /// The variable naming the held in-flight counter (without `$`).
     pub slot_variable: String,
-    /// The variable holding the answer's allowed origin (without `$`).
     pub cors_variable: String,
 }
 
