@@ -115,11 +115,16 @@ step "docker/: hadolint, shellcheck"
 hadolint docker/Dockerfile || fail "hadolint"
 shellcheck -x docker/build_and_upload.sh scripts/*.sh || fail "shellcheck"
 # Everything the Dockerfile copies exists and is not excluded by its .dockerignore.
-for source in Cargo.toml Cargo.lock crates docker/default.conf docker/nginx-packages docker/gate; do
+for source in Cargo.toml Cargo.lock crates tools docker/default.conf docker/nginx-packages docker/gate; do
   [ -e "$source" ] || fail "the Dockerfile copies $source, which does not exist"
   grep -qxF "!$source" docker/Dockerfile.dockerignore \
     || grep -qxF "!$source/**" docker/Dockerfile.dockerignore \
     || fail "docker/Dockerfile.dockerignore excludes $source"
+done
+# The builder builds in the whole workspace: every member's top directory is copied.
+for top in $(sed -n '/^members = \[/,/^\]/p' Cargo.toml | grep -oE '"[^"/]+/' | tr -d '"/' | sort -u); do
+  grep -qE "^COPY $top \./$top$" docker/Dockerfile \
+    || fail "the workspace has members in $top/, which docker/Dockerfile does not copy"
 done
 grep -q 'include_str!("../../../docker/default.conf")' crates/config_agent/src/settings.rs \
   || fail "the agent no longer embeds docker/default.conf (update the Dockerfile's COPY)"
