@@ -455,70 +455,20 @@ impl BenchNginx {
             .tempdir()
             .map_err(|e| format!("creating an nginx prefix: {e}"))?;
         let p = prefix.path().display().to_string();
-        for sub in ["conf", "logs", "temp"] {
-            std::fs::create_dir_all(prefix.path().join(sub))
-                .map_err(|e| format!("creating {p}/{sub}: {e}"))?;
-        }
         std::fs::create_dir_all(socket_dir)
             .map_err(|e| format!("creating {}: {e}", socket_dir.display()))?;
-        for dir in [prefix.path(), &prefix.path().join("temp"), socket_dir] {
-            set_mode(dir, 0o755)?;
-        }
-        let modules = devstack::lua_module_lines(&nginx_bin());
-        let workers = if workers == 0 {
-            "auto".to_owned()
-        } else {
-            workers.to_string()
-        };
-        let main = format!(
-            "# The official nginx image's main configuration, with the bench's paths.
-{modules}worker_processes {workers};
-pid {p}/nginx.pid;
-error_log {p}/logs/error.log notice;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    default_type application/octet-stream;
-    log_format main '$remote_addr - $remote_user [$time_local] \"$request\" '
-                    '$status $body_bytes_sent \"$http_referer\" '
-                    '\"$http_user_agent\" \"$http_x_forwarded_for\"';
-    access_log {p}/logs/access.log main;
-    sendfile on;
-    keepalive_timeout 65;
-    client_body_temp_path {p}/temp/client_body;
-    proxy_temp_path {p}/temp/proxy;
-    fastcgi_temp_path {p}/temp/fastcgi;
-    uwsgi_temp_path {p}/temp/uwsgi;
-    scgi_temp_path {p}/temp/scgi;
-    include {p}/conf/fragment.conf;
-}}
-"
-        );
-        let conf = prefix.path().join("conf/nginx.conf");
-        std::fs::write(&conf, main).map_err(|e| format!("writing nginx.conf: {e}"))?;
+        set_mode(socket_dir, 0o755)?;
+        let bin = devstack::nginx_binary().map_err(|e| e.to_string())?;
         // `@PREFIX@` in a fragment stands for the prefix directory (for log paths).
-        std::fs::write(
-            prefix.path().join("conf/fragment.conf"),
-            fragment.replace("@PREFIX@", &p),
+        let conf = devstack::prepare_prefix(
+            &bin,
+            prefix.path(),
+            &fragment.replace("@PREFIX@", &p),
+            workers,
         )
-        .map_err(|e| format!("writing the fragment: {e}"))?;
-        let bin = nginx_bin();
-        let test = Command::new(&bin)
-            .args(["-t", "-q", "-p"])
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(prefix.path().join("logs/error.log"))
-            .output()
-            .map_err(|e| format!("running {}: {e}", bin.display()))?;
-        if !test.status.success() {
-            return Err(format!(
-                "nginx -t refused the configuration: {}",
-                String::from_utf8_lossy(&test.stderr)
-            ));
-        }
+        .map_err(|e| e.to_string())?;
+        devstack::test_config(&bin, prefix.path(), &conf)
+            .map_err(|e| format!("nginx -t refused the configuration: {e}"))?;
         let child = {
             use std::os::unix::process::CommandExt;
             Command::new(&bin)
@@ -584,13 +534,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {mode:o} {}: {e}", path.display()))
-}
-
-fn nginx_bin() -> PathBuf {
-    std::env::var_os("NGINX_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
 fn version_of(program: &str, arg: &str) -> String {
@@ -1138,9 +1081,14 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
         connections: options.connections,
         seconds: options.seconds,
         rounds: options.rounds,
-        nginx_version: version_of(&nginx_bin().display().to_string(), "-v")
-            .trim_start_matches("nginx version: ")
-            .to_owned(),
+        nginx_version: version_of(
+            &devstack::nginx_binary()
+                .map(|bin| bin.display().to_string())
+                .unwrap_or_else(|_| "nginx".into()),
+            "-v",
+        )
+        .trim_start_matches("nginx version: ")
+        .to_owned(),
         wrk_version: version_of("wrk", "-v")
             .split(" [")
             .next()

@@ -55,7 +55,7 @@ pub use anvil::{Anvil, AnvilOptions};
 pub use error::Error;
 pub use fault::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use moto::{aws_env, sdk_config, EcsService, Moto, SharedInfrastructure, TEST_REGION};
-pub use nginx::{lua_module_lines, Nginx};
+pub use nginx::{lua_module_lines, nginx_binary, prepare_prefix, test_config, Nginx};
 pub use recorder::MetricsRecorder;
 
 /// A port on 127.0.0.1 that was free a moment ago and that this process has not handed out
