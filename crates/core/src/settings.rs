@@ -16,7 +16,9 @@ pub enum SettingsError {
     /// A variable's value is not acceptable.
     #[error("environment variable {name}={value:?} is invalid: {problem}")]
     Invalid {
+        /// The variable's name.
         name: &'static str,
+        /// The value it holds.
         value: String,
         /// What is wrong.
         problem: String,

@@ -36,6 +36,7 @@ pub enum PostError {
     /// Slack answered with an error status.
     #[error("the Slack webhook answered {status}: {answer}")]
     Status {
+        /// The HTTP status code.
         status: u16,
         /// The start of the answer's body (Slack explains errors there, e.g. `invalid_payload`).
         answer: String,
@@ -67,6 +68,7 @@ pub struct AlarmMessage {
     pub alarm_description: Option<String>,
     /// `ALARM`, `OK` or `INSUFFICIENT_DATA`.
     pub new_state_value: String,
+    /// The state before the change.
     #[serde(default)]
     pub old_state_value: Option<String>,
     /// CloudWatch's explanation of the change.
@@ -105,11 +107,13 @@ pub struct AlarmTrigger {
     /// Seconds per evaluated period.
     #[serde(default)]
     pub period: Option<u64>,
+    /// Periods evaluated for each decision.
     #[serde(default)]
     pub evaluation_periods: Option<u64>,
     /// e.g. `LessThanThreshold`.
     #[serde(default)]
     pub comparison_operator: Option<String>,
+    /// The value the statistic is compared with.
     #[serde(default)]
     pub threshold: Option<f64>,
     /// e.g. `- TreatMissingData: breaching`.
@@ -120,7 +124,9 @@ pub struct AlarmTrigger {
 /// A metric dimension of an alarm trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TriggerDimension {
+    /// The dimension's name, e.g. `Stack name`.
     pub name: String,
+    /// The dimension's value.
     pub value: String,
 }
 
@@ -133,6 +139,7 @@ pub enum Notification {
     Other {
         /// The SNS subject, if any.
         subject: Option<String>,
+        /// The message body.
         message: String,
     },
 }
@@ -572,7 +579,7 @@ mod tests {
     }
 
     /// A record as SNS delivers it to Lambda.
-    fn sns_record(subject: Value, message: &str) -> Value {
+    fn sns_record(subject: &Value, message: &str) -> Value {
         let topic = "arn:aws:sns:eu-west-1:123456789012:jsonrpc-proxy-dev-alarms";
         json!({
             "EventSource": "aws:sns",
@@ -599,14 +606,14 @@ mod tests {
         let problem = |event: Value| parse_sns_event(&event).unwrap_err().to_string();
         assert!(problem(json!({}))
             .starts_with("event is not an SNS notification: missing field `Records`"),);
-        let mut no_message = sns_record(json!("s"), "m");
+        let mut no_message = sns_record(&json!("s"), "m");
         no_message["Sns"].as_object_mut().unwrap().remove("Message");
         assert!(problem(json!({"Records": [no_message]})).contains("missing field `Message`"));
-        let mut not_text = sns_record(json!("s"), "m");
+        let mut not_text = sns_record(&json!("s"), "m");
         not_text["Sns"]["Message"] = json!({"AlarmName": "x"});
         assert!(problem(json!({"Records": [not_text]})).contains("invalid type: map"));
         assert_eq!(parse_sns_event(&json!({"Records": []})).unwrap(), vec![]);
-        let empty_subject = parse_sns_event(&json!({"Records": [sns_record(json!(""), "m")]}));
+        let empty_subject = parse_sns_event(&json!({"Records": [sns_record(&json!(""), "m")]}));
         assert_eq!(
             empty_subject.unwrap(),
             vec![Notification::Other {
@@ -619,8 +626,8 @@ mod tests {
     #[test]
     fn parses_sns_events() {
         let event = json!({"Records": [
-            sns_record(json!("ALARM: x"), &alarm_json("ALARM", "OK")),
-            sns_record(json!(null), "hi")
+            sns_record(&json!("ALARM: x"), &alarm_json("ALARM", "OK")),
+            sns_record(&json!(null), "hi")
         ]});
         let parsed = parse_sns_event(&event).unwrap();
         assert_eq!(parsed.len(), 2);

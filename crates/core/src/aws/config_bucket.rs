@@ -48,7 +48,9 @@ pub enum BucketError {
     /// The SDK call failed.
     #[error("S3 {operation} of {key:?} failed: {message}")]
     Sdk {
+        /// The S3 operation (`GetObject`, `PutObject`, …).
         operation: &'static str,
+        /// The object's key.
         key: String,
         /// The SDK's error.
         message: String,
@@ -56,6 +58,7 @@ pub enum BucketError {
     /// An object is not what it should be.
     #[error("S3 object {key:?} is unusable: {problem}")]
     Invalid {
+        /// The object's key.
         key: String,
         /// What is wrong.
         problem: String,
@@ -65,6 +68,7 @@ pub enum BucketError {
 /// Facts about a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// Its size in bytes (the response's `Content-Length`), if S3 reported it.
     pub size: Option<i64>,
     /// A configuration's [`ConfigPointer::sequence`], from its [`SEQUENCE_METADATA`].
     pub sequence: Option<u64>,
@@ -76,6 +80,7 @@ pub const SEQUENCE_METADATA: &str = "sequence";
 /// The pointer as read, with the version a conditional replacement must find.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointerVersion {
+    /// The pointer's content.
     pub pointer: ConfigPointer,
     /// The object's ETag.
     pub etag: String,
@@ -84,6 +89,7 @@ pub struct PointerVersion {
 /// Whether a conditional pointer write took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointerWrite {
+    /// The pointer was replaced (or created).
     Written,
     /// Another render replaced (or created) the pointer since it was read: nothing written.
     Superseded,

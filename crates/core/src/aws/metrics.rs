@@ -30,10 +30,13 @@ pub const MAX_DATA_PER_CALL: usize = 1000;
 /// One data point, independent of the SDK so that it can be built and tested purely.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
+    /// The metric's name (one of the `METRIC_` constants).
     pub name: &'static str,
     /// Dimension names and values.
     pub dimensions: Vec<(&'static str, String)>,
+    /// The measured value, in `unit`.
     pub value: f64,
+    /// The value's unit.
     pub unit: MetricUnit,
 }
 
@@ -44,7 +47,9 @@ pub enum MetricUnit {
     None,
     /// A number of events.
     Count,
+    /// A duration in milliseconds.
     Milliseconds,
+    /// A duration in seconds.
     Seconds,
 }
 
@@ -99,6 +104,7 @@ pub fn round_metrics(round: &RoundAssessment, stack_name: &str) -> Vec<MetricPoi
 pub struct MetricsError {
     /// 1-based batch number.
     pub batch: usize,
+    /// How many batches the points were split into.
     pub batches: usize,
     /// The SDK's error, displayed.
     pub message: String,

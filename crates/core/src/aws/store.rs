@@ -45,6 +45,7 @@ pub enum CheckWrite {
     Skipped,
 }
 
+/// The backends table (`DYNAMODB_TABLE`) in DynamoDB.
 #[derive(Debug, Clone)]
 pub struct BackendStore {
     client: aws_sdk_dynamodb::Client,

@@ -22,6 +22,7 @@ pub struct ApiResponse {
     /// HTTP-style status code.
     #[serde(rename = "statusCode")]
     pub status_code: u16,
+    /// The JSON body, as text.
     pub body: String,
 }
 
@@ -107,6 +108,7 @@ pub struct TableSettings {
 }
 
 impl TableSettings {
+    /// Reads `DYNAMODB_TABLE`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         Ok(Self {
             table: env.required("DYNAMODB_TABLE")?,
@@ -124,6 +126,7 @@ pub struct RemoveBackendSettings {
 }
 
 impl RemoveBackendSettings {
+    /// Reads `DYNAMODB_TABLE` and `CONFIG_RENDERER_FUNCTION`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         Ok(Self {
             table: env.required("DYNAMODB_TABLE")?,
@@ -346,15 +349,15 @@ mod tests {
         assert!(!request.is_leader);
     }
 
-    fn refused(event: Value) -> (u16, Value) {
-        let error = parse_add_request(&event).unwrap_err();
+    fn refused(event: &Value) -> (u16, Value) {
+        let error = parse_add_request(event).unwrap_err();
         let response = error.to_response();
         (response.status_code, response.body_json().unwrap())
     }
 
     #[test]
     fn parse_errors_keep_the_compatible_shape() {
-        let (status, body) = refused(add_event("{not json"));
+        let (status, body) = refused(&add_event("{not json"));
         assert_eq!(status, 400);
         assert_eq!(body["type"], "parse_error");
         assert_eq!(body["errorClass"], "JSONDecodeError");
@@ -382,7 +385,7 @@ mod tests {
             json!({"body": "x".repeat(MAX_BODY_BYTES + 1)}),
         ];
         for event in cases {
-            let (status, body) = refused(event.clone());
+            let (status, body) = refused(&event);
             assert_eq!(status, 400, "{event}");
             assert_eq!(body["type"], "validation_error", "{event}");
             assert_eq!(body["errorClass"], "ValidationError");
@@ -391,7 +394,7 @@ mod tests {
 
     #[test]
     fn url_errors_say_what_is_wrong_without_echoing_secrets() {
-        let (_, body) = refused(add_event(
+        let (_, body) = refused(&add_event(
             r#"{"url":"https://h/v3/KEY{x}","is_leader":false}"#,
         ));
         let message = body["error"].as_str().unwrap();

@@ -321,6 +321,7 @@ pub struct ClientsTableSettings {
 }
 
 impl ClientsTableSettings {
+    /// Reads `DYNAMODB_CLIENTS_TABLE`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         Ok(Self {
             table: env.required("DYNAMODB_CLIENTS_TABLE")?,
@@ -338,6 +339,7 @@ pub struct ClientChangeSettings {
 }
 
 impl ClientChangeSettings {
+    /// Reads `DYNAMODB_CLIENTS_TABLE` and `CONFIG_RENDERER_FUNCTION`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         Ok(Self {
             table: env.required("DYNAMODB_CLIENTS_TABLE")?,
@@ -353,13 +355,13 @@ mod tests {
     use serde_json::json;
     use time::macros::datetime;
 
-    fn event(body: Value) -> Value {
+    fn event(body: &Value) -> Value {
         json!({ "body": body.to_string() })
     }
 
     #[test]
     fn parses_a_full_and_a_minimal_request() {
-        let request = parse_add_client(&event(json!({
+        let request = parse_add_client(&event(&json!({
             "name": "wallet-1.prod_eu",
             "calls_per_second": 25,
             "allow_methods": ["debug_", "eth_sendTransaction"],
@@ -381,7 +383,7 @@ mod tests {
         assert_eq!(request.calls_per_second, None);
         assert!(request.allow_methods.is_empty());
         let request = parse_add_client(&event(
-            json!({"name": "w", "calls_per_second": null, "allow_methods": null}),
+            &json!({"name": "w", "calls_per_second": null, "allow_methods": null}),
         ))
         .unwrap();
         assert_eq!(
@@ -390,13 +392,13 @@ mod tests {
         );
         let longest = "a".repeat(MAX_NAME_LEN);
         assert_eq!(
-            parse_add_client(&event(json!({ "name": longest })))
+            parse_add_client(&event(&json!({ "name": longest })))
                 .unwrap()
                 .name,
             longest
         );
         let max = parse_add_client(&event(
-            json!({"name": "w", "calls_per_second": MAX_CALLS_PER_SECOND}),
+            &json!({"name": "w", "calls_per_second": MAX_CALLS_PER_SECOND}),
         ))
         .unwrap();
         assert_eq!(max.calls_per_second, Some(1_000_000));
@@ -556,7 +558,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let (status, answer) = refusal(&event(body.clone()));
+            let (status, answer) = refusal(&event(&body));
             assert_eq!(status, 400, "{body}");
             assert_eq!(answer["type"], "validation_error", "{body}");
             assert_eq!(answer["errorClass"], "ValidationError", "{body}");
@@ -575,7 +577,7 @@ mod tests {
     #[test]
     fn remove_requests() {
         assert_eq!(
-            parse_remove_client(&event(json!({"name": "w.1"}))).unwrap(),
+            parse_remove_client(&event(&json!({"name": "w.1"}))).unwrap(),
             "w.1"
         );
         for body in [
@@ -587,7 +589,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_remove_client(&event(body.clone())),
+                    parse_remove_client(&event(&body)),
                     Err(AdminError::Validation(_))
                 ),
                 "{body}"

@@ -132,6 +132,8 @@ fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
 }
 
 impl ConfigRendererSettings {
+    /// Reads the two tables, the bucket, the `NGINX_*`/`PROXY_*` render options and the
+    /// `GATE_*` policy; invalid values are refused.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         let defaults = RenderOptions::default();
         let render = RenderOptions {
@@ -186,8 +188,11 @@ impl ConfigRendererSettings {
 /// The renderer; build once per process.
 #[derive(Debug, Clone)]
 pub struct ConfigRenderer {
+    /// The backends table, scanned at every render.
     pub store: BackendStore,
+    /// The clients table, scanned at every render.
     pub clients: ClientStore,
+    /// The bucket the configurations and the pointer are written to.
     pub bucket: ConfigBucket,
     /// Fixed rendering options.
     pub options: RenderOptions,

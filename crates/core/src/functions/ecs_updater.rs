@@ -32,6 +32,7 @@ pub enum S3EventError {
     /// A key does not decode to a usable S3 key.
     #[error("record {index}: object key is invalid: {problem}")]
     Key {
+        /// The record's position in the event, from 0.
         index: usize,
         /// What is wrong.
         problem: String,
@@ -41,7 +42,9 @@ pub enum S3EventError {
 /// One configuration object named by an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigObject {
+    /// The bucket the record names.
     pub bucket: String,
+    /// The object's key, decoded.
     pub key: String,
     /// The record's `eventTime` (RFC 3339).
     pub event_time: String,
@@ -137,6 +140,7 @@ pub enum EcsUpdateError {
     /// An ECS call failed.
     #[error("ECS {operation} failed: {message}")]
     Ecs {
+        /// The ECS operation (`UpdateService`, `RegisterTaskDefinition`, …).
         operation: &'static str,
         /// The SDK's error.
         message: String,
@@ -174,6 +178,7 @@ pub struct UpdateSummary {
     pub config: Option<String>,
     /// The revision the service runs now.
     pub task_definition: Option<String>,
+    /// ARNs of the older task definition revisions this run deregistered.
     pub deregistered: Vec<String>,
 }
 
@@ -191,6 +196,8 @@ pub struct EcsUpdaterSettings {
 }
 
 impl EcsUpdaterSettings {
+    /// Reads `TASK_DEFINITION_FAMILY`, `CLUSTER_ARN`, `ECS_SERVICE` and
+    /// `NGINX_CONFIG_BUCKET_NAME`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         Ok(Self {
             family: env.required("TASK_DEFINITION_FAMILY")?,
@@ -211,10 +218,15 @@ const RECONCILE_PASSES: usize = 4;
 /// The updater; build once per process.
 #[derive(Debug, Clone)]
 pub struct EcsUpdater {
+    /// Updates the service; registers and deregisters task definitions.
     pub ecs: aws_sdk_ecs::Client,
+    /// The S3 client, for the pointer and the configurations.
     pub s3: aws_sdk_s3::Client,
+    /// The task definition family it registers revisions in.
     pub family: String,
+    /// The cluster's ARN.
     pub cluster: String,
+    /// The service's name or ARN.
     pub service: String,
     /// The config bucket, holder of the pointer.
     pub bucket: String,

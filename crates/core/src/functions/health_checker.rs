@@ -37,8 +37,11 @@ pub enum HealthCheckError {
     /// Some verdicts could not be written (the others were).
     #[error("{failed} of {total} health writes failed; first: {first}")]
     Writes {
+        /// Writes that failed.
         failed: usize,
+        /// Writes attempted.
         total: usize,
+        /// The first failure.
         first: StoreError,
     },
     /// Metrics could not be published.
@@ -116,6 +119,7 @@ pub struct RoundSummary {
     pub round: u32,
     /// Rounds the invocation is scheduled to run.
     pub rounds: u32,
+    /// Backends in the table this round.
     pub backends: usize,
     /// Backends healthy after the round.
     pub healthy: usize,
@@ -123,14 +127,17 @@ pub struct RoundSummary {
     pub changed: usize,
     /// Healthy backends whose check failed this round (inside their hysteresis window).
     pub tolerating_failures: usize,
+    /// The reference height the backends were judged against, if any.
     pub reference_block: Option<u64>,
     /// `leader`, `corroborated` or `none`.
     pub reference_source: &'static str,
+    /// The height the answering backends corroborate, if any.
     pub corroborated_head: Option<u64>,
     /// `absent`, `unavailable`, `current`, `stalled` or `ahead`.
     pub leader: &'static str,
     /// The chain id the backends were held to.
     pub expected_chain_id: Option<u64>,
+    /// Items whose health check was written.
     pub written: usize,
     /// Items skipped because they were removed meanwhile or a newer round wrote them.
     pub skipped: usize,
@@ -185,6 +192,7 @@ pub struct HealthCheckerSettings {
 }
 
 impl HealthCheckerSettings {
+    /// Reads the variables named on the fields; unset optional ones take their defaults.
     pub fn from_env(env: &Env<'_>) -> Result<Self, SettingsError> {
         let probe = ProbeSettings::default();
         let timeout_ms = u64::try_from(probe.timeout.as_millis()).unwrap_or(u64::MAX);
@@ -246,28 +254,36 @@ impl HealthCheckerSettings {
 /// The AWS clients a [`HealthChecker`] uses, built by the binary from one configuration.
 #[derive(Debug, Clone)]
 pub struct HealthCheckerClients {
+    /// The backends and clients tables.
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// The config bucket (the last rendered plan).
     pub s3: aws_sdk_s3::Client,
+    /// The round's metrics.
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    /// Invokes the config renderer.
     pub lambda: aws_sdk_lambda::Client,
 }
 
 /// Everything a round needs; build once per process.
 #[derive(Debug, Clone)]
 pub struct HealthChecker {
+    /// The backends table: scanned, then written with the verdicts.
     pub store: BackendStore,
     /// The clients table (only read: the clients the gate should admit).
     pub clients: ClientStore,
+    /// Probes the backends.
     pub prober: Prober,
+    /// Publishes the round's metrics.
     pub metrics: MetricsPublisher,
     /// The config bucket (for the last rendered plan).
     pub bucket: ConfigBucket,
+    /// Requests a render when the rendered configuration is missing or out of date.
     pub trigger: RendererTrigger,
     /// `DIFF_TOLERANCE`, `UNHEALTHY_AFTER`, `HEALTHY_AFTER`, `EXPECTED_CHAIN_ID`.
     pub policy: HealthPolicy,
     /// `ROUNDS_PER_INVOCATION`, `ROUND_INTERVAL_SECS`.
     pub schedule: RoundSchedule,
+    /// `STACK_NAME`: the healthy-node and leader-stalled metrics' dimension.
     pub stack_name: String,
     /// Table writes in flight at once.
     pub write_concurrency: usize,

@@ -92,6 +92,7 @@ pub enum ChainSource {
 /// The chain every backend is held to this round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedChain {
+    /// The chain id.
     pub chain_id: u64,
     /// Where it came from.
     pub source: ChainSource,
@@ -105,15 +106,20 @@ pub enum LeaderStatus {
     /// The leader gave no usable height (no answer, wrong chain or syncing).
     Unavailable,
     /// The leader is current: its height is the reference.
-    Current { height: u64 },
+    Current {
+        /// The leader's block number.
+        height: u64,
+    },
     /// The leader trails the corroborated head by more than the tolerance: not followed.
     Stalled {
+        /// The leader's block number.
         height: u64,
         /// Blocks behind the corroborated head.
         behind: u64,
     },
     /// The leader claims a height more than the tolerance above the corroborated head.
     Ahead {
+        /// The leader's block number.
         height: u64,
         /// Blocks ahead of the corroborated head.
         ahead: u64,
@@ -150,20 +156,30 @@ pub enum UnhealthyReason {
     /// The probe got no block number.
     Probe(ProbeFailure),
     /// Its `eth_chainId` is not the expected chain.
-    WrongChain { chain_id: u64, expected: u64 },
+    WrongChain {
+        /// The chain id it answered.
+        chain_id: u64,
+        /// The chain id the round holds backends to.
+        expected: u64,
+    },
     /// `eth_syncing` says it is syncing.
     Syncing,
     /// It claims a height far above what the others corroborate.
     ImplausiblyAhead {
+        /// The block number it answered.
         block: u64,
         /// Blocks above the corroborated head.
         ahead: u64,
+        /// The corroborated head.
         head: u64,
     },
     /// It answered but trails the reference by more than the tolerance.
     Lagging {
+        /// Blocks behind the reference.
         lag: u64,
+        /// The reference block number.
         reference: u64,
+        /// The lag allowed (`DIFF_TOLERANCE`).
         tolerance: u64,
     },
 }
@@ -282,6 +298,7 @@ pub struct Verdict {
     pub url: String,
     /// Whether it is the leader.
     pub is_leader: bool,
+    /// Whether it is healthy after this round.
     pub is_healthy: bool,
     /// Whether health changed from what the table held.
     pub health_changed: bool,

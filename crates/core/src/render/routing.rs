@@ -15,6 +15,7 @@ pub fn plan_id(fingerprint: &str) -> &str {
 /// A backend the plan routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTarget {
+    /// The backend's URL.
     pub url: BackendUrl,
     /// Whether it is the leader.
     pub is_leader: bool,

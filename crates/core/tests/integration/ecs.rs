@@ -59,7 +59,7 @@ async fn active_revisions(stack: &TestStack, family: &str) -> Vec<String> {
         .status(TaskDefinitionStatus::Active)
         .send()
         .await
-        .unwrap();
+        .expect("ListTaskDefinitions");
     let mut arns: Vec<String> = listed.task_definition_arns().to_vec();
     arns.sort_by_key(|arn| revision(arn));
     arns
@@ -81,8 +81,11 @@ async fn running(stack: &TestStack, updater: &EcsUpdater) -> (String, Option<Str
         .services(&updater.service)
         .send()
         .await
-        .unwrap();
-    let arn = services.services()[0].task_definition().unwrap().to_owned();
+        .expect("DescribeServices");
+    let arn = services.services()[0]
+        .task_definition()
+        .expect("service has a task definition")
+        .to_owned();
     let definition = stack
         .aws
         .ecs
@@ -90,9 +93,9 @@ async fn running(stack: &TestStack, updater: &EcsUpdater) -> (String, Option<Str
         .task_definition(&arn)
         .send()
         .await
-        .unwrap()
+        .expect("DescribeTaskDefinition")
         .task_definition
-        .unwrap();
+        .expect("task definition in the answer");
     (arn, config_path_of(&definition))
 }
 

@@ -46,7 +46,7 @@ async fn render_case(stack: &TestStack, renderer: &ConfigRenderer, request_id: &
     let summary = renderer
         .render_and_publish(request_id, false)
         .await
-        .unwrap();
+        .expect("render and publish");
     assert!(summary.written, "{request_id}: {summary:?}");
     let key = format!("{request_id}_nginx.conf");
     assert_eq!(summary.key, key);
@@ -55,21 +55,21 @@ async fn render_case(stack: &TestStack, renderer: &ConfigRenderer, request_id: &
             .bucket()
             .get(&key)
             .await
-            .unwrap()
+            .expect("S3 GetObject of the config")
             .expect("config object"),
     )
-    .unwrap();
+    .expect("config is UTF-8");
     assert_eq!(summary.sha256, hex::encode(Sha256::digest(text.as_bytes())));
 
     let pointer = stack
         .bucket()
         .read_pointer()
         .await
-        .unwrap()
+        .expect("S3 GetObject of the pointer")
         .expect("pointer");
     assert_eq!(pointer.key, key);
     assert_eq!(pointer.sha256, summary.sha256);
-    let plan = RoutingPlan::from_backends(&stack.store().scan_all().await.unwrap());
+    let plan = RoutingPlan::from_backends(&stack.store().scan_all().await.expect("scan backends"));
     assert_eq!(pointer.plan_fingerprint, plan.fingerprint());
     assert_eq!(pointer.backends, plan.labels());
 
@@ -323,7 +323,12 @@ async fn rendered_nginx_balances_retries_and_falls_back_to_the_leader() {
 async fn bucket_text(stack: &TestStack) -> String {
     let mut all = String::new();
     for key in stack.object_keys().await {
-        let body = stack.bucket().get(&key).await.unwrap().unwrap_or_default();
+        let body = stack
+            .bucket()
+            .get(&key)
+            .await
+            .expect("S3 GetObject")
+            .unwrap_or_default();
         all.push_str(&String::from_utf8_lossy(&body));
     }
     all
