@@ -3,9 +3,9 @@
 // Local Serverless plugin: builds the functions' zips with cargo lambda before packaging, so
 // that `sls package` / `sls deploy` / `sls deploy function` always ship the current code.
 //
-// Each function key is the name of its crate in the Cargo workspace; cargo lambda writes
-// ${CARGO_TARGET_DIR:-target}/lambda/<crate>/bootstrap.zip. The plugin then copies it to
-// <crate>.zip beside it, the function's `package.artifact` in serverless.yml: the framework
+// Each function key is the name of its binary (crates/functions/src/bin/<function>.rs); cargo
+// lambda writes ${CARGO_TARGET_DIR:-target}/lambda/<function>/bootstrap.zip. The plugin then
+// copies it to <function>.zip beside it, the function's `package.artifact` in serverless.yml: the framework
 // uploads every artifact under its file name, so the functions' `bootstrap.zip`s would
 // overwrite each other in the deployment bucket and every function would get the last one.
 // SKIP_CARGO_LAMBDA_BUILD=1 skips the build (the zips must then exist already); the copy
@@ -43,7 +43,7 @@ class CargoLambdaBuild {
       return;
     }
     const args = ['lambda', 'build', '--release', '--arm64', '--output-format', 'zip'];
-    for (const name of packages) args.push('--package', name);
+    for (const name of packages) args.push('--bin', name);
     this.log.notice(`cargo ${args.join(' ')}`);
     const result = spawnSync('cargo', args, {
       cwd: this.serverless.serviceDir,

@@ -8,7 +8,7 @@ AWS::Lambda::Function of its template:
   under its file name: equal names overwrite each other in the deployment bucket);
 - the artifact the framework uploads under that key (serverless-state.json names it) holds an
   executable AArch64 ELF `bootstrap` identical to the binary cargo lambda built for the
-  function's own crate (`<target>/aarch64-unknown-linux-gnu/release/<function>`).
+  function's own binary (`<target>/aarch64-unknown-linux-gnu/release/<function>`).
 Exits 1 with one line per problem.
 """
 
@@ -64,10 +64,10 @@ def problems(package_dir, target_dir):
             with open(built, "rb") as f:
                 own = f.read()
         except OSError as error:
-            found.append(f"{name}: cannot read its crate's binary ({error})")
+            found.append(f"{name}: cannot read its binary ({error})")
             continue
         if hashlib.sha256(code).digest() != hashlib.sha256(own).digest():
-            found.append(f"{name}: bootstrap in {artifact} is not the binary of the crate {name}")
+            found.append(f"{name}: bootstrap in {artifact} is not the binary {name}")
     if not keys:
         found.append("the template has no Lambda function")
     return found

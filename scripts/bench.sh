@@ -52,15 +52,11 @@ if $wants_proxy && ! { [ -x "$BLUTGANG_BIN" ] &&
   fi
 fi
 
-mapfile -t functions < <(scripts/functions.sh)
-packages=()
-for f in "${functions[@]}"; do packages+=(-p "$f"); done
-
 log "building the bench, the functions and the config agent (release)"
-cargo build --release -p bench -p config_agent "${packages[@]}"
+cargo build --release -p bench -p config_agent -p functions
 
 log "building the deployment zips (cargo lambda build --release --arm64 --output-format zip)"
-if ! cargo lambda build --release --arm64 --output-format zip "${packages[@]}" >&2; then
+if ! cargo lambda build --release --arm64 --output-format zip -p functions >&2; then
   log "cargo lambda build failed: the report will say the zips are not built"
 fi
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints the Lambda functions of the service, one per line: the keys under `functions:` in
-# serverless.yml, the one list of them (each is also the name of its crate). Scripts read it
+# serverless.yml, the one list of them (each is also the name of its binary, crates/functions/src/bin/<function>.rs). Scripts read it
 # with `mapfile -t functions < <(scripts/functions.sh)`; Rust code with devstack::functions().
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -30,17 +30,13 @@ echo "[local-stack] 4 steps; the first run builds for a long while (README.md, \
 
 step 1 "tools (scripts/install-deps.sh)"
 bash scripts/install-deps.sh
-mapfile -t functions < <(scripts/functions.sh)
-packages=()
-zips=()
-for function in "${functions[@]}"; do packages+=(-p "$function"); zips+=(--package "$function"); done
 
 step 2 "host builds of the functions, the config agent and the local stack (cargo build --release)"
-cargo build --release "${packages[@]}" -p config_agent -p local_stack
+cargo build --release -p functions -p config_agent -p local_stack
 
 # sls deploy -s local builds the zips again, in seconds once they are current.
 step 3 "the functions' arm64 zips (cargo lambda build --release --arm64)"
-cargo lambda build --release --arm64 --output-format zip "${zips[@]}"
+cargo lambda build --release --arm64 --output-format zip -p functions
 
 step 4 "start: local AWS endpoint, sls deploy -s local, nodes, nginx, functions"
 echo "[local-stack] built in $(minutes $((SECONDS - started)))" >&2

@@ -42,10 +42,7 @@ $beside && { cargo test --workspace --no-run --quiet || exit 1; }
 # The local stacks deploy the arm64 zips, building them when they are older than the code: once
 # here, so that no round's time limit pays for it.
 echo "[soak] building the deployment zips"
-mapfile -t functions < <(scripts/functions.sh)
-packages=()
-for function in "${functions[@]}"; do packages+=(--package "$function"); done
-cargo lambda build --release --arm64 --output-format zip "${packages[@]}" >"$logs/zips.log" 2>&1 || exit 1
+cargo lambda build --release --arm64 --output-format zip -p functions >"$logs/zips.log" 2>&1 || exit 1
 
 runs=0
 failed=0

@@ -4,7 +4,7 @@
 #     including the cargo lambda build of the arm64 zips (the infra/cargo-lambda-build.js
 #     hook). Cargo's cache makes it take seconds when the code is unchanged; on a cold target
 #     directory the release builds take about 15 minutes on 2 cores.
-#     Every function has its own artifact (a distinct S3 key) holding its own crate's arm64
+#     Every function has its own artifact (a distinct S3 key) holding its own arm64
 #     binary (infra/check_artifacts.py).
 #     The dev template is the same with and without the serverless-localstack plugin.
 #  2. cfn-lint on the generated CloudFormation template: no errors and no warnings (W3005 is
@@ -64,7 +64,7 @@ step "sls package -s dev (config.yml.sample; builds the zips with cargo lambda)"
 cp config.yml.sample "$work/config.dev.yml"
 package dev "$work/config.dev.yml" "$work/dev"
 python3 infra/check_artifacts.py "$work/dev" "$CARGO_TARGET_DIR" \
-  || fail "the packaged functions do not each get their own crate's arm64 binary"
+  || fail "the packaged functions do not each get their own arm64 binary"
 step "cfn-lint and template checks (dev)"
 lint_and_check "$work/dev/cloudformation-template-update-stack.json" "$work/config.dev.yml" dev
 

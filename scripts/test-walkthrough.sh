@@ -96,15 +96,11 @@ PY
 # code): a cold release build of the host binaries would add a quarter of an hour to CI.
 step "build the function binaries, the config agent and the local stack"
 mapfile -t functions < <(scripts/functions.sh)
-packages=()
-for function in "${functions[@]}" config_agent local_stack; do packages+=(-p "$function"); done
-cargo build --quiet "${packages[@]}"
+cargo build --quiet -p functions -p config_agent -p local_stack
 
 # As scripts/local-stack.sh does before it starts: the stack's `sls deploy` then finds them current.
 step "the functions' arm64 zips (cargo lambda build --release --arm64)"
-zips=()
-for function in "${functions[@]}"; do zips+=(--package "$function"); done
-run zips cargo lambda build --release --arm64 --output-format zip "${zips[@]}"
+run zips cargo lambda build --release --arm64 --output-format zip -p functions
 
 step "start the local stack (sls deploy -s local on the local AWS endpoint)"
 "$CARGO_TARGET_DIR/debug/jsonrpc-proxy-local" --no-view --no-register --interval 3600 \

@@ -50,7 +50,8 @@ fn asked_by(from_env: impl FnOnce(&Env<'_>) -> Result<(), String>) -> Names {
     asked.into_inner()
 }
 
-/// What a Lambda function reads: its settings (as its `main.rs` builds them) and the logging.
+/// What a Lambda function reads: its settings (as its binary,
+/// `crates/functions/src/bin/<function>.rs`, builds them) and the logging.
 fn read_by(function: &str) -> Names {
     fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<(), String> {
         result.map(drop).map_err(|e| e.to_string())
@@ -64,7 +65,7 @@ fn read_by(function: &str) -> Names {
         "config_renderer" => ok(ConfigRendererSettings::from_env(env)),
         "ecs_updater" => ok(EcsUpdaterSettings::from_env(env)),
         "slack_notifier" => ok(SlackSettings::from_env(env)),
-        other => panic!("{other}: say here which settings its main.rs reads"),
+        other => panic!("{other}: say here which settings its binary reads"),
     });
     names.extend(LOGGING.map(String::from));
     names

@@ -24,8 +24,6 @@ pub fn target_dir() -> PathBuf {
 
 /// Builds the function binaries and the config agent (quick when up to date).
 pub fn ensure_binaries(dir: &std::path::Path) {
-    let mut crates = devstack::functions().expect("the functions of serverless.yml");
-    crates.push("config_agent".to_owned());
     // Always: cargo does nothing when they are current, and `cargo test` itself does not
     // rebuild another package's binaries, so a stale one (older than the code under test)
     // would run.
@@ -35,9 +33,7 @@ pub fn ensure_binaries(dir: &std::path::Path) {
     if dir.ends_with("release") {
         command.arg("--release");
     }
-    for name in &crates {
-        command.arg("-p").arg(name);
-    }
+    command.args(["-p", "functions", "-p", "config_agent"]);
     let status = command
         .status()
         .expect("running cargo build for the function binaries");
