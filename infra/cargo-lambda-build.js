@@ -42,7 +42,9 @@ class CargoLambdaBuild {
       this.log.notice('cargo lambda build skipped (SKIP_CARGO_LAMBDA_BUILD=1)');
       return;
     }
-    const args = ['lambda', 'build', '--release', '--arm64', '--output-format', 'zip'];
+    // `-p functions` as well as each `--bin`: without it cargo resolves features over the whole
+    // workspace (the tools too) and rebuilds every dependency the scripts just built.
+    const args = ['lambda', 'build', '--release', '--arm64', '--output-format', 'zip', '-p', 'functions'];
     for (const name of packages) args.push('--bin', name);
     this.log.notice(`cargo ${args.join(' ')}`);
     const result = spawnSync('cargo', args, {
