@@ -4,11 +4,8 @@
 //! uncacheable call, a cacheable one, a 10-call and a 100-call batch); then what a node's death
 //! costs clients of each, before any control plane reacts.
 //!
-//! nginx runs with a main configuration like the official `nginx:stable` image's (the one
-//! `docker/Dockerfile` builds on): `worker_processes auto`, `worker_connections 1024`, the
-//! `main` access log, `sendfile on`, `keepalive_timeout 65`; only paths differ, and the Lua
-//! module is loaded as in our image. The rendered configuration (or the original's style) is
-//! included in `http { }`.
+//! nginx runs on [`devstack::prepare_prefix`]'s main configuration with `worker_processes auto`;
+//! the rendered configuration (or the original's style) is included in `http { }`.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
