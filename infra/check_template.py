@@ -20,7 +20,7 @@ SERVICE = "jsonrpc-proxy"
 # The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
 GATE_KEYS = ("open_without_key", "default_calls_per_second", "default_concurrent_requests",
              "deny_methods", "max_body_bytes", "max_batch_calls", "max_get_logs_blocks",
-             "trusted_proxy_cidrs", "lua_dir", "access_log", "shared_dict_mib")
+             "trusted_proxy_cidrs", "lua_dir", "access_log", "shared_dict_mib", "head_poll_ms")
 # The keys of its `proxy:` section; each reaches config_renderer as PROXY_<KEY>.
 PROXY_KEYS = ("connect_timeout_secs", "read_timeout_secs", "retry_tries", "retry_timeout_secs",
               "max_fails", "fail_timeout_secs", "keepalive", "websocket_timeout_secs")
@@ -128,6 +128,7 @@ def main():
             "NGINX_LISTEN_ADDRESS": optional_value(config.get("nginx_listen_address")),
             "NGINX_SOCKET_DIR": socket_dir,
             "NGINX_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+            "DIFF_TOLERANCE": str(config.get("diff_tolerance", 10)),
             **{f"GATE_{key.upper()}": optional_value(gate.get(key)) for key in GATE_KEYS},
             **{f"PROXY_{key.upper()}": optional_value(proxy.get(key)) for key in PROXY_KEYS},
         }),

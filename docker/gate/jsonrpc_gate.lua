@@ -4,6 +4,7 @@
 -- Rationale: docs/architecture.md, "The JSON-RPC gate".
 
 local json = require "jsonrpc_gate.json"
+local chain = require "jsonrpc_gate.chain"
 local ffi = require "ffi"
 
 local ngx = ngx
@@ -91,7 +92,9 @@ function M.configure(text)
     client_variable = data.client_variable,
     slot_variable = data.slot_variable,
     cors_variable = data.cors_variable,
+    upstream_location = data.upstream_location,
   }
+  chain.configure(data)
 end
 
 ffi.cdef [[unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);]]
@@ -176,32 +179,7 @@ local function allowed(client, method)
   return not matches(config.deny, m) or matches(client.allow, m)
 end
 
--- A block number the way nodes read one, or nil when it is a tag other than "earliest" (or
--- not a block number at all): only ranges with both ends known are limited.
-local function block_number(v)
-  if type(v) == "number" then
-    if v >= 0 and v == math.floor(v) then return v end
-    return nil
-  end
-  if type(v) ~= "string" then return nil end
-  local s = lower(v)
-  if s == "earliest" then return 0 end
-  local hex = s:match("^0x(%x+)$")
-  if hex then
-    hex = hex:gsub("^0+", "")
-    if #hex > 13 then return 2 ^ 53 end
-    return #hex == 0 and 0 or tonumber(hex, 16)
-  end
-  local dec = s:match("^(%d+)$")
-  if dec then
-    dec = dec:gsub("^0+", "")
-    if #dec > 15 then return 2 ^ 53 end
-    return #dec == 0 and 0 or tonumber(dec)
-  end
-  return nil
-end
-
-local RANGE_METHODS = { eth_getlogs = true, eth_newfilter = true }
+local RANGE_METHODS = { eth_getlogs = true, eth_newfilter = true, trace_filter = true }
 local MEMBERS = { "jsonrpc", "method", "params", "id" }
 
 -- nil when the call may go to a node; else its error code and message.
@@ -223,8 +201,9 @@ local function check_call(client, call)
   if RANGE_METHODS[lower(method)] then
     local params = call.params
     local filter = type(params) == "table" and json.is_array(params) and params[1]
-    if type(filter) == "table" and filter ~= json.null and not json.is_array(filter) then
-      local from, to = block_number(filter.fromblock), block_number(filter.toblock)
+    if type(filter) == "table" and filter ~= json.null and not json.is_array(filter)
+      and filter.blockhash == nil then
+      local from, to = chain.range_end(filter.fromblock, true), chain.range_end(filter.toblock)
       if from and to and to - from + 1 > config.max_get_logs_blocks then
         return -32005, "limit exceeded: eth_getLogs block range " .. config.max_get_logs_blocks
           .. " blocks"
@@ -241,7 +220,8 @@ end
 local REASONS = { [-32601] = "method", [-32600] = "invalid", [-32005] = "get_logs_range" }
 
 -- Judges one JSON-RPC body for `client` (rate counted under `rate_id`).
--- Returns nil, calls when it may go to a node; else status, answer, reason, calls.
+-- Returns nil, the number of calls, the calls (decoded) and whether they came as a batch when
+-- it may go on; else status, answer, reason, the number of calls.
 function M.judge(client, rate_id, body)
   local value, kind, message = json.decode(body)
   if value == nil then
@@ -295,7 +275,7 @@ function M.judge(client, rate_id, body)
     for i = 1, n do out[i] = error_object(id_of(calls[i]), -32005, text) end
     return 429, "[" .. concat(out, ",") .. "]", "rate", n
   end
-  return nil, n
+  return nil, n, calls, batch
 end
 
 -- nginx adds the request line (which holds the key) to every error line it writes for a
@@ -318,10 +298,11 @@ local function flush_log()
   if lost > 0 then ngx.log(ngx.WARN, "jsonrpc_gate: ", lost, " log lines dropped") end
 end
 
--- init_worker_by_lua: starts the worker's log writer.
+-- init_worker_by_lua: starts the worker's log writer, and the head tracking (one worker).
 function M.init_worker()
   local ok, err = ngx.timer.every(0.5, flush_log)
   if not ok then ngx.log(ngx.ERR, "jsonrpc_gate: no log timer: ", err) end
+  chain.init_worker()
 end
 
 M.log_detached = log_detached
@@ -417,6 +398,29 @@ local function read_body()
   return body
 end
 
+-- A batch some of whose calls the gate answered: the others go to a node through the
+-- internal location, and the answers are put back in the batch's order (a call without an
+-- id, a notification, gets none).
+local function answer_in_part(plan, calls)
+  local res = ngx.location.capture(config.upstream_location, { method = ngx.HTTP_POST,
+    body = plan.forward, ctx = { chain_need = plan.need } })
+  local got = res.status == 200 and chain.split_answers(res.body, calls, plan.forwarded) or {}
+  if res.status ~= 200 then
+    log_detached(ngx.WARN, "jsonrpc_gate: client " .. ngx.var[config.client_variable]
+      .. ": the nodes answered " .. res.status .. " to a batch answered in part")
+  end
+  local out = {}
+  for i = 1, calls.n do
+    local text = plan.answers[i] or got[i]
+    local id = id_of(calls[i])
+    if not text and id then
+      text = error_object(id, -32603, "internal error: no answer from the node")
+    end
+    out[#out + 1] = text
+  end
+  return respond(200, "[" .. concat(out, ",") .. "]")
+end
+
 -- access_by_lua of the public location: judges the request, then forwards it to "/" (the key
 -- never reaches a node) or answers it.
 function M.http()
@@ -436,7 +440,16 @@ function M.http()
     count_refused(client.name, reason, n)
     return respond(status, answer)
   end
-  count_served(client, answer)
+  local count, calls, batch = answer, reason, n
+  count_served(client, count)
+  local plan = chain.plan(calls, batch, body)
+  if #plan.forwarded == 0 then
+    if not batch then return respond(200, plan.answers[1]) end
+    return respond(200, "[" .. concat(plan.answers, ",") .. "]")
+  end
+  if next(plan.answers) then return answer_in_part(plan, calls) end
+  ngx.ctx.chain_need = plan.need
+  if plan.forward ~= body then ngx.req.set_body_data(plan.forward) end
   ngx.req.set_uri("/")
   -- A key path has no query (identify refuses one); only the open mode may carry one.
   if config.open then ngx.req.set_uri_args("") end
@@ -610,6 +623,7 @@ function M.policy()
     { "client_variable", config.client_variable },
     { "slot_variable", config.slot_variable },
     { "cors_variable", config.cors_variable },
+    unpack(chain.held()),
   }))
 end
 

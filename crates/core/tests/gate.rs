@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use devstack::testkit::GatedNginx;
 use devstack::{free_port, Anvil, AnvilOptions, FaultProxy, Nginx};
 use jsonrpc_proxy::model::backend::Backend;
-use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, LuaConfig, USAGE_SOCKET};
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, LuaConfig, LuaMember};
 use jsonrpc_proxy::render::nginx::render_gated;
 use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::RoutingPlan;
@@ -106,18 +106,7 @@ impl Stack {
 
     /// The body of a `GET` on the internal usage server.
     fn internal(&self, path: &str) -> String {
-        let socket = self.socket_dir().join(USAGE_SOCKET);
-        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("usage socket");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .expect("write");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read");
-        let answer = parse_answer(&raw);
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.body
+        self.0.internal(path).expect("internal server")
     }
 
     fn logs_text(&self) -> String {
@@ -283,8 +272,8 @@ fn keys_open_mode_and_paths() {
     // The other client's key works, with its own policy.
     let answer = stack.post(&format!("/v3/{OTHER_KEY}"), &call(5, "evm_mine"));
     assert_refused(&answer, 200, -32601, &node, 1, "evm_mine for other");
-    let answer = stack.post(&format!("/v3/{OTHER_KEY}"), &call(6, "eth_blockNumber"));
-    assert_eq!(answer.json()["result"], "0x1");
+    let answer = stack.post(&format!("/v3/{OTHER_KEY}"), &call(6, "eth_chainId"));
+    assert_eq!(answer.json()["result"], "0x7a69");
 
     // A removed client's key is refused.
     stack.reload(GatePolicy {
@@ -398,6 +387,8 @@ fn the_lua_module_holds_the_policy_the_renderer_wrote() {
         max_body_bytes: 12_345,
         max_batch_calls: 17,
         max_get_logs_blocks: 19,
+        head_poll_ms: 1234,
+        head_tolerance_blocks: 23,
         ..GatePolicy::default()
     };
     policy.clients[0].allow_methods = vec!["EVM_mine".into(), "debug_".into()];
@@ -411,7 +402,11 @@ fn the_lua_module_holds_the_policy_the_renderer_wrote() {
         ..RenderOptions::default()
     };
     let held: LuaConfig = serde_json::from_str(&stack.internal("/policy")).expect("policy JSON");
-    let written = policy.lua_config(&options);
+    let members = vec![LuaMember {
+        address: format!("127.0.0.1:{}", node.port()),
+        backup: false,
+    }];
+    let written = policy.lua_config(&options, members);
     assert_eq!(held, written.as_held());
     assert_eq!(held.clients[0].name, "app");
     assert_eq!(held.clients[0].allow_methods, ["evm_mine", "debug_"]);
@@ -1375,6 +1370,8 @@ fn one_client_cannot_hold_more_than_its_requests_at_once() {
 
     let mut first = slow_upload(stack.port, &path, body_len, 1000);
     let mut second = slow_upload(stack.port, &path, body_len, 1000);
+    // Both take their places before the first call below could take one of them.
+    std::thread::sleep(Duration::from_millis(300));
     let refused = until_status(429, || stack.post(&path, &call_text));
     if refused.status != 429 {
         let mut seen = String::new();

@@ -9,7 +9,10 @@
 -- Objects decode to tables keyed by the folded member name; M.raw_keys(obj)[folded] is the
 -- member's name as written where that differs from the folded name, M.raw_id(obj) the exact
 -- text of a member written "id". Arrays decode to tables with an `n` field; null decodes to
--- M.null.
+-- M.null. M.spans(v) of an array or object says where its parts are in the text (0-based
+-- offsets: `close` of the closing bracket; an array's elements from starts[i] to ends[i], an
+-- object's member values by folded name), so a caller can splice the text instead of
+-- re-encoding it (jsonrpc_gate.chain pins block tags that way).
 --
 -- The reader walks the bytes through an FFI pointer, so LuaJIT compiles its loops (string
 -- patterns and closures would keep it in the interpreter). Reading one byte past the end is
@@ -28,12 +31,13 @@ local M = {}
 M.null = setmetatable({}, { __tostring = function() return "null" end })
 
 -- Metadata of decoded tables, under keys no member name (a string) can equal.
-local RAW, ID, ARRAY = {}, {}, {}
+local RAW, ID, ARRAY, SPANS = {}, {}, {}, {}
 local NO_RAW = setmetatable({}, { __newindex = function() error("read-only") end })
 
 function M.raw_keys(obj) return obj[RAW] or NO_RAW end
 function M.raw_id(obj) return obj[ID] end
 function M.is_array(v) return type(v) == "table" and v[ARRAY] == true end
+function M.spans(v) return v[SPANS] end
 
 local function fold(name)
   -- U+017F (LATIN SMALL LETTER LONG S) = C5 BF, U+212A (KELVIN SIGN) = E2 84 AA
@@ -207,9 +211,13 @@ local MAX_DEPTH = 128
 local decode_value
 
 local function read_object(i, depth)
-  local obj, raw = {}, nil
+  local starts, ends = {}, {}
+  local obj, raw = { [SPANS] = { starts = starts, ends = ends } }, nil
   local pos = skip_ws(i + 1)
-  if p[pos] == 125 then return obj, pos + 1 end
+  if p[pos] == 125 then
+    obj[SPANS].close = pos
+    return obj, pos + 1
+  end
   while true do
     if p[pos] ~= 34 then fail("expected a member name") end
     local name, after, foldable = read_string(pos)
@@ -223,6 +231,7 @@ local function read_object(i, depth)
     if foldable then folded = fold(name) end
     if obj[folded] ~= nil then fail('duplicate member "' .. folded .. '"', "duplicate") end
     obj[folded] = value
+    starts[folded], ends[folded] = value_start, pos
     if folded ~= name then
       raw = raw or {}
       raw[folded] = name
@@ -233,6 +242,7 @@ local function read_object(i, depth)
     local c = p[pos]
     if c == 125 then
       if raw then obj[RAW] = raw end
+      obj[SPANS].close = pos
       return obj, pos + 1
     end
     if c ~= 44 then fail("expected ',' or '}'") end
@@ -241,21 +251,26 @@ local function read_object(i, depth)
 end
 
 local function read_array(i, depth)
-  local arr, n = { [ARRAY] = true }, 0
+  local starts, ends = {}, {}
+  local arr, n = { [ARRAY] = true, [SPANS] = { starts = starts, ends = ends } }, 0
   local pos = skip_ws(i + 1)
   if p[pos] == 93 then
     arr.n = 0
+    arr[SPANS].close = pos
     return arr, pos + 1
   end
   while true do
     local value
+    local value_start = pos
     value, pos = decode_value(pos, depth)
     n = n + 1
     arr[n] = value
+    starts[n], ends[n] = value_start, pos
     pos = skip_ws(pos)
     local c = p[pos]
     if c == 93 then
       arr.n = n
+      arr[SPANS].close = pos
       return arr, pos + 1
     end
     if c ~= 44 then fail("expected ',' or ']'") end

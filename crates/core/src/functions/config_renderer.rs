@@ -113,6 +113,13 @@ fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
         lua_dir: env.string_or("GATE_LUA_DIR", &defaults.lua_dir),
         access_log: env.string_or("GATE_ACCESS_LOG", &defaults.access_log),
         shared_dict_mib: env.number("GATE_SHARED_DICT_MIB", defaults.shared_dict_mib, 1)?,
+        head_poll_ms: env.bounded_number(
+            "GATE_HEAD_POLL_MS",
+            defaults.head_poll_ms,
+            100,
+            60_000,
+        )?,
+        head_tolerance_blocks: env.number("DIFF_TOLERANCE", defaults.head_tolerance_blocks, 0)?,
     };
     gate.validate().map_err(|error| {
         let name = match &error {
@@ -467,6 +474,8 @@ mod tests {
             ("GATE_LUA_DIR", "/repo/docker/gate"),
             ("GATE_ACCESS_LOG", "/tmp/run/access.log"),
             ("GATE_SHARED_DICT_MIB", "2"),
+            ("GATE_HEAD_POLL_MS", "250"),
+            ("DIFF_TOLERANCE", "4"),
         ])
         .unwrap()
         .gate;
@@ -485,6 +494,8 @@ mod tests {
                 lua_dir: "/repo/docker/gate".into(),
                 access_log: "/tmp/run/access.log".into(),
                 shared_dict_mib: 2,
+                head_poll_ms: 250,
+                head_tolerance_blocks: 4,
             }
         );
         for (name, value) in [

@@ -18,10 +18,40 @@ use crate::render::options::RenderOptions;
 pub const RATE_DICT: &str = "jsonrpc_gate_rate";
 /// Shared dictionary of the usage counters (monotonic, read through [`USAGE_SOCKET`]).
 pub const USAGE_DICT: &str = "jsonrpc_gate_usage";
+/// Shared dictionary of the nodes' heads and the served head (docs/architecture.md, "One
+/// chain, as a client sees it"); a few keys per node.
+pub const HEADS_DICT: &str = "jsonrpc_gate_heads";
+/// The internal location that forwards the calls of a batch the gate answers in part.
+pub const UPSTREAM_LOCATION: &str = "/_jsonrpc_gate/upstream";
+/// Seconds the served head holds while no node has it (a rollback deeper than the nodes'
+/// lead, or a chain that was reset) before it follows the nodes back.
+pub const HEAD_RESET_SECS: u32 = 60;
+/// Polls a node may miss before the data plane stops counting on its head.
+const HEAD_STALE_POLLS: u32 = 3;
+/// Methods with a block parameter, and its position: `latest` there (written, `null`, or
+/// implied by a missing last parameter) is pinned to the served head.
+pub const BLOCK_PARAMS: &[(&str, u32)] = &[
+    ("eth_getBalance", 1),
+    ("eth_getCode", 1),
+    ("eth_getTransactionCount", 1),
+    ("eth_getStorageAt", 2),
+    ("eth_call", 1),
+    ("eth_estimateGas", 1),
+    ("eth_createAccessList", 1),
+    ("eth_getProof", 2),
+    ("eth_feeHistory", 1),
+    ("eth_getBlockByNumber", 0),
+    ("eth_getBlockTransactionCountByNumber", 0),
+    ("eth_getBlockReceipts", 0),
+    ("eth_getTransactionByBlockNumberAndIndex", 0),
+    ("eth_getUncleByBlockNumberAndIndex", 0),
+    ("eth_getUncleCountByBlockNumber", 0),
+];
 /// The access-log variable naming the caller: a client's name, `(open)` or `(unknown)`.
 pub const CLIENT_VARIABLE: &str = "$jsonrpc_gate_client";
-/// Socket (in the socket directory) of the internal server answering `GET /usage` and
-/// `GET /policy` (the policy as the Lua module holds it, [`LuaConfig`]'s shape).
+/// Socket (in the socket directory) of the internal server answering `GET /usage`,
+/// `GET /policy` (the policy as the Lua module holds it, [`LuaConfig`]'s shape) and
+/// `GET /heads` (the served head, safe and finalized blocks, and each member's head).
 pub const USAGE_SOCKET: &str = "gate-usage.sock";
 /// Socket (in the socket directory) of the internal server the WebSocket relay reaches the
 /// nodes through.
@@ -156,6 +186,11 @@ pub struct GatePolicy {
     pub access_log: String,
     /// Size of each shared dictionary, MiB.
     pub shared_dict_mib: u32,
+    /// Milliseconds between two polls of every routed node's head (`GATE_HEAD_POLL_MS`).
+    pub head_poll_ms: u32,
+    /// Blocks a routed node may trail the highest one and still hold the served head back
+    /// (`DIFF_TOLERANCE`, the health checker's own: a node that far behind is still in sync).
+    pub head_tolerance_blocks: u64,
 }
 
 impl Default for GatePolicy {
@@ -198,6 +233,8 @@ impl Default for GatePolicy {
             lua_dir: IMAGE_LUA_DIR.into(),
             access_log: "/var/log/nginx/access.log".into(),
             shared_dict_mib: 10,
+            head_poll_ms: 1000,
+            head_tolerance_blocks: crate::health::judgement::DEFAULT_DIFF_TOLERANCE,
         }
     }
 }
@@ -365,6 +402,7 @@ impl GatePolicy {
             ("max batch calls", u64::from(self.max_batch_calls)),
             ("max eth_getLogs blocks", self.max_get_logs_blocks),
             ("shared dictionary size", u64::from(self.shared_dict_mib)),
+            ("head poll interval", u64::from(self.head_poll_ms)),
         ] {
             if value == 0 {
                 return Err(GatePolicyError::Zero(name));
@@ -396,8 +434,9 @@ impl GatePolicy {
         }
     }
 
-    /// The policy as the Lua module's `configure` reads it.
-    pub fn lua_config(&self, options: &RenderOptions) -> LuaConfig {
+    /// The policy as the Lua module's `configure` reads it, for a configuration whose public
+    /// upstream has `members`.
+    pub fn lua_config(&self, options: &RenderOptions, members: Vec<LuaMember>) -> LuaConfig {
         let bare = |variable: &str| variable.trim_start_matches('$').to_owned();
         LuaConfig {
             clients: self.clients.clone(),
@@ -415,8 +454,32 @@ impl GatePolicy {
             client_variable: bare(CLIENT_VARIABLE),
             slot_variable: bare(SLOT_VARIABLE),
             cors_variable: bare(CORS_VARIABLE),
+            members,
+            heads_dict: HEADS_DICT.into(),
+            head_poll_ms: self.head_poll_ms,
+            head_stale_ms: self.head_poll_ms.saturating_mul(HEAD_STALE_POLLS),
+            head_reset_secs: HEAD_RESET_SECS,
+            head_tolerance_blocks: self.head_tolerance_blocks,
+            block_params: BLOCK_PARAMS
+                .iter()
+                .map(|(method, index)| (method.to_lowercase(), *index))
+                .collect(),
+            upstream_location: UPSTREAM_LOCATION.into(),
+            retry_tries: options.retry_tries,
+            fail_timeout_secs: options.fail_timeout_secs,
         }
     }
+}
+
+/// A member of the public upstream as the gate's balancer reaches it: `host:port` (an IP
+/// address) or `unix:<socket>` of its internal server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuaMember {
+    /// `ip:port`, `[ipv6]:port` or `unix:/path`.
+    pub address: String,
+    /// Tried only when no other member can take the request (the leader beside nodes).
+    pub backup: bool,
 }
 
 /// The JSON the Lua module's `configure` reads (`docker/gate/jsonrpc_gate.lua`), the one
@@ -425,7 +488,11 @@ impl GatePolicy {
 /// ([`LuaConfig::as_held`]). A field means what its namesake in [`GatePolicy`] or
 /// [`RenderOptions`] means; the last five name the shared dictionaries ([`RATE_DICT`],
 /// [`USAGE_DICT`]) and the variables ([`CLIENT_VARIABLE`], [`SLOT_VARIABLE`],
-/// [`CORS_VARIABLE`], without `$`) the module uses.
+/// [`CORS_VARIABLE`], without `$`) the module uses. The rest is the data plane's chain
+/// (`docker/gate/jsonrpc_gate/chain.lua`): the upstream's members, where heads are kept
+/// ([`HEADS_DICT`]), how often they are polled and when a node's is stale, [`HEAD_RESET_SECS`],
+/// the tolerance, [`BLOCK_PARAMS`] (lowercased), [`UPSTREAM_LOCATION`] and the retry policy of
+/// [`RenderOptions`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
@@ -445,11 +512,21 @@ pub struct LuaConfig {
     pub client_variable: String,
     pub slot_variable: String,
     pub cors_variable: String,
+    pub members: Vec<LuaMember>,
+    pub heads_dict: String,
+    pub head_poll_ms: u32,
+    pub head_stale_ms: u32,
+    pub head_reset_secs: u32,
+    pub head_tolerance_blocks: u64,
+    pub block_params: std::collections::BTreeMap<String, u32>,
+    pub upstream_location: String,
+    pub retry_tries: u32,
+    pub fail_timeout_secs: u32,
 }
 
 impl LuaConfig {
     /// This configuration as the Lua module holds it once read: clients in name order, method
-    /// names and prefixes lowercased, origins sorted.
+    /// names and prefixes lowercased, origins sorted, backup members after the others.
     pub fn as_held(&self) -> Self {
         let lowered = |list: &[String]| list.iter().map(|m| m.to_lowercase()).collect();
         let mut clients: Vec<GateClient> = self
@@ -467,8 +544,12 @@ impl LuaConfig {
             })
             .collect();
         clients.sort_by(|a, b| a.name.cmp(&b.name));
+        let (mut members, backups): (Vec<LuaMember>, Vec<LuaMember>) =
+            self.members.iter().cloned().partition(|m| !m.backup);
+        members.extend(backups);
         Self {
             clients,
+            members,
             deny_methods: lowered(&self.deny_methods),
             ..self.clone()
         }
@@ -482,8 +563,13 @@ fn socket(options: &RenderOptions, name: &str) -> String {
 /// The http-level directives: the Lua path, the shared dictionaries, the policy (handed to
 /// the module at every load: a reload re-reads it, the dictionaries' counters survive) and
 /// the access-log format.
-pub(crate) fn render_http_level(out: &mut String, policy: &GatePolicy, options: &RenderOptions) {
-    let config = serde_json::to_string(&policy.lua_config(options)).unwrap_or_default();
+pub(crate) fn render_http_level(
+    out: &mut String,
+    policy: &GatePolicy,
+    options: &RenderOptions,
+    members: Vec<LuaMember>,
+) {
+    let config = serde_json::to_string(&policy.lua_config(options, members)).unwrap_or_default();
     // Only validated names, digests, methods and origins: the text holds no `]==]`.
     debug_assert!(!config.contains("]==]"));
     // nginx reads a configuration in 4 KiB buffers and refuses a Lua string longer than one
@@ -503,6 +589,7 @@ pub(crate) fn render_http_level(out: &mut String, policy: &GatePolicy, options: 
         "lua_package_path \"{lua}/?.lua;;\";
 lua_shared_dict {RATE_DICT} {mib}m;
 lua_shared_dict {USAGE_DICT} {mib}m;
+lua_shared_dict {HEADS_DICT} 1m;
 init_by_lua_block {{
     require(\"jsonrpc_gate\").configure(table.concat({{
 {pieces}    }}))
@@ -554,6 +641,10 @@ pub(crate) const ACCESS_LINE: &str = "        error_page 413 = @jsonrpc_gate_too
         log_by_lua_block { require(\"jsonrpc_gate\").log() }
 ";
 
+/// The public upstream's balancer: the gate picks each request's member.
+pub(crate) const BALANCER_LINE: &str =
+    "    balancer_by_lua_block { require(\"jsonrpc_gate.chain\").balance() }\n";
+
 /// The public server's WebSocket location: the relay.
 pub(crate) const WEBSOCKET_LOCATION_BODY: &str =
     "        content_by_lua_block { require(\"jsonrpc_gate\").websocket() }
@@ -603,6 +694,10 @@ pub(crate) fn render_internal_servers(
         content_by_lua_block {{ require(\"jsonrpc_gate\").policy() }}
     }}
 
+    location = /heads {{
+        content_by_lua_block {{ require(\"jsonrpc_gate.chain\").report() }}
+    }}
+
     location / {{
         return 404;
     }}
@@ -647,7 +742,7 @@ mod tests {
     fn the_gate_is_closed_without_clients_unless_the_deployment_opens_it() {
         let options = RenderOptions::default();
         let read = |policy: &GatePolicy| -> serde_json::Value {
-            serde_json::to_value(policy.lua_config(&options)).expect("JSON")
+            serde_json::to_value(policy.lua_config(&options, Vec::new())).expect("JSON")
         };
         let closed = GatePolicy::default();
         assert!(!closed.open_without_key);
@@ -752,7 +847,7 @@ mod tests {
             ..GatePolicy::default()
         };
         let mut out = String::new();
-        render_http_level(&mut out, &policy, &RenderOptions::default());
+        render_http_level(&mut out, &policy, &RenderOptions::default(), Vec::new());
         assert!(!out.contains(key));
         assert!(out.contains(&key_sha256(key)));
         assert_eq!(

@@ -4,9 +4,10 @@
 //! "The nginx configuration".
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use crate::model::backend_url::BackendUrl;
-use crate::render::gate::{self, GatePolicy};
+use crate::render::gate::{self, GatePolicy, LuaMember};
 use crate::render::options::RenderOptions;
 use crate::render::routing::{plan_id, RouteTarget, RoutingPlan};
 
@@ -72,8 +73,30 @@ pub fn render_gated(
         let _ = writeln!(out, "#   {label}");
     }
     out.push('\n');
+
+    // Each target with its direct address (`None`: through its internal servers). Behind the
+    // gate, whose balancer reaches members by address, only an IP address is direct.
+    let members: Vec<Member<'_>> = plan
+        .targets()
+        .map(|(target, backup)| Member {
+            target,
+            backup,
+            direct: direct_address(&target.url)
+                .filter(|_| gate.is_none() || target.url.host_name().parse::<IpAddr>().is_ok()),
+        })
+        .collect();
     if let Some(policy) = gate {
-        gate::render_http_level(&mut out, policy, options);
+        let lua_members = members
+            .iter()
+            .map(|member| LuaMember {
+                address: member
+                    .direct
+                    .clone()
+                    .unwrap_or_else(|| format!("unix:{}", options.socket_path(member.target))),
+                backup: member.backup,
+            })
+            .collect();
+        gate::render_http_level(&mut out, policy, options, lua_members);
     }
 
     if plan.is_empty() {
@@ -96,18 +119,24 @@ pub fn render_gated(
 "
     );
 
-    // Each target with its direct address (`None`: through its internal servers).
-    let members: Vec<Member<'_>> = plan
-        .targets()
-        .map(|(target, backup)| Member {
-            target,
-            backup,
-            direct: direct_address(&target.url),
-        })
-        .collect();
-    render_upstream(&mut out, options, UPSTREAM_NAME, &members, |target| {
-        format!("unix:{}", options.socket_path(target))
-    });
+    if gate.is_some() {
+        let _ = write!(
+            out,
+            "upstream {UPSTREAM_NAME} {{
+    # Never used: the gate's balancer picks every request's member.
+    server 0.0.0.1;
+{balancer}    keepalive {keepalive};
+}}
+
+",
+            balancer = gate::BALANCER_LINE,
+            keepalive = options.keepalive,
+        );
+    } else {
+        render_upstream(&mut out, options, UPSTREAM_NAME, &members, |target| {
+            format!("unix:{}", options.socket_path(target))
+        });
+    }
     render_upstream(
         &mut out,
         options,
@@ -236,15 +265,31 @@ fn render_public_server(
     plan_id: &str,
     gate: Option<&GatePolicy>,
 ) {
+    let proxy = plain_proxy_directives(options);
     // With the gate, plain requests are judged before they are proxied, and WebSocket
-    // upgrades go to its relay instead of straight to the upstream.
-    let (gate_server, gate_access, websocket) = match gate {
+    // upgrades go to its relay instead of straight to the upstream; the calls of a batch it
+    // answers in part go on through its internal location.
+    let (gate_server, gate_access, websocket, gate_location) = match gate {
         Some(policy) => (
             gate::public_server_directives(policy),
             gate::ACCESS_LINE,
             gate::WEBSOCKET_LOCATION_BODY.to_owned(),
+            format!(
+                "
+    location = {location} {{
+        internal;
+        proxy_pass http://{UPSTREAM_NAME}/;
+{proxy}    }}
+",
+                location = gate::UPSTREAM_LOCATION
+            ),
         ),
-        None => (String::new(), "", websocket_proxy_directives(options)),
+        None => (
+            String::new(),
+            "",
+            websocket_proxy_directives(options),
+            String::new(),
+        ),
     };
     let _ = write!(
         out,
@@ -265,7 +310,22 @@ fn render_public_server(
             return 418;
         }}
 {gate_access}        proxy_pass http://{UPSTREAM_NAME};
-        proxy_http_version 1.1;
+{proxy}    }}
+{gate_location}
+    location @websocket {{
+{websocket}    }}
+}}
+
+",
+        port = options.listen_target(),
+    );
+}
+
+/// The proxy directives of plain JSON-RPC requests to the public upstream (inside a location
+/// block, after its `proxy_pass`).
+fn plain_proxy_directives(options: &RenderOptions) -> String {
+    format!(
+        "        proxy_http_version 1.1;
         proxy_set_header Host {DIRECT_HOST_HEADER};
         proxy_set_header Upgrade \"\";
         proxy_set_header Connection {CONNECTION_UPGRADE_VARIABLE};
@@ -275,19 +335,12 @@ fn render_public_server(
         proxy_connect_timeout {connect}s;
         proxy_send_timeout {read}s;
         proxy_read_timeout {read}s;
-    }}
-
-    location @websocket {{
-{websocket}    }}
-}}
-
 ",
-        port = options.listen_target(),
         tries = options.retry_tries,
         retry_timeout = options.retry_timeout_secs,
         connect = options.connect_timeout_secs,
         read = options.read_timeout_secs,
-    );
+    )
 }
 
 /// The origin upstream of one backend and its two internal servers: plain JSON-RPC on

@@ -1,0 +1,317 @@
+//! The endpoint as one chain, on a real nginx with the gate in front of two real anvil nodes
+//! whose heads the tests set by mining: the served head (the lowest head of the nodes in sync,
+//! never going back), `latest` pinned to it, calls routed to nodes that have the blocks they
+//! name, a node below the served head left out until it catches up, batches the gate answers
+//! in part, and the `eth_getLogs` range limit for tags.
+
+use std::time::{Duration, Instant};
+
+use devstack::testkit::GatedNginx;
+use devstack::{Anvil, AnvilOptions};
+use jsonrpc_proxy::render::gate::GatePolicy;
+use serde_json::{json, Value};
+
+/// Open mode (no keys), quick polls, two workers.
+fn start(nodes: &[&Anvil], policy: GatePolicy) -> GatedNginx {
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    GatedNginx::start_nodes(
+        &urls,
+        GatePolicy {
+            open_without_key: true,
+            default_calls_per_second: 100_000,
+            head_poll_ms: 200,
+            ..policy
+        },
+        2,
+    )
+}
+
+fn anvil() -> Anvil {
+    Anvil::start(AnvilOptions::default()).expect("anvil")
+}
+
+fn call(stack: &GatedNginx, method: &str, params: &Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (status, text) = stack.post("/", &body.to_string()).expect("answer");
+    assert_eq!(status, 200, "{method}: {text}");
+    serde_json::from_str(&text).expect("JSON answer")
+}
+
+fn result(stack: &GatedNginx, method: &str, params: &Value) -> Value {
+    let answer = call(stack, method, params);
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+fn heads(stack: &GatedNginx) -> Value {
+    serde_json::from_str(&stack.internal("/heads").expect("heads")).expect("heads JSON")
+}
+
+/// Waits (at most 10 s) until the served head is `block`.
+fn wait_served(stack: &GatedNginx, block: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = heads(stack);
+        if now["served"] == json!(block) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "served head not {block}: {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The head the data plane last heard from `node` (null: none fresh).
+fn head_of(stack: &GatedNginx, node: &Anvil) -> Value {
+    let address = format!("127.0.0.1:{}", node.port());
+    heads(stack)["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["address"] == json!(address)))
+        .map(|m| m["head"].clone())
+        .unwrap_or_default()
+}
+
+fn hex(n: u64) -> String {
+    format!("0x{n:x}")
+}
+
+/// How many requests the access log shows each node got, once the log stopped growing (nginx
+/// writes a request's line after its answer).
+fn served_by(stack: &GatedNginx, nodes: &[&Anvil]) -> Vec<usize> {
+    let count = || {
+        let log = std::fs::read_to_string(stack.access_log()).unwrap_or_default();
+        nodes
+            .iter()
+            .map(|n| {
+                let address = format!(" 127.0.0.1:{} ", n.port());
+                log.lines().filter(|l| l.contains(&address)).count()
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut last = count();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn the_served_head_is_the_lowest_in_sync_and_never_goes_back() {
+    let (mut a, b) = (anvil(), anvil());
+    a.mine(20).expect("mine");
+    b.mine(15).expect("mine");
+    let stack = start(&[&a, &b], GatePolicy::default());
+    wait_served(&stack, 15);
+    for _ in 0..10 {
+        assert_eq!(
+            result(&stack, "eth_blockNumber", &json!([])),
+            json!(hex(15))
+        );
+        let block = result(&stack, "eth_getBlockByNumber", &json!(["latest", false]));
+        assert_eq!(block["number"], json!(hex(15)), "latest is the served head");
+    }
+    // Both nodes still in sync: the lower one holds the head back.
+    b.mine(15).expect("mine");
+    wait_served(&stack, 20);
+    // A node that stops answering no longer holds it back.
+    a.stop();
+    wait_served(&stack, 30);
+    // The one node left rolls back: the head holds.
+    b.rpc("anvil_rollback", json!([5])).expect("rollback");
+    assert_eq!(b.block_number().expect("height"), 25);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        result(&stack, "eth_blockNumber", &json!([])),
+        json!(hex(30))
+    );
+    assert_eq!(heads(&stack)["served"], json!(30));
+}
+
+#[test]
+fn calls_are_pinned_to_the_served_head_and_routed_to_nodes_that_have_their_blocks() {
+    let (a, b) = (anvil(), anvil());
+    b.mine(15).expect("mine");
+    a.mine(20).expect("mine");
+    // Block 21 of the node ahead sends 1 wei to `to`; no other block of either chain does.
+    let from = a.rpc("eth_accounts", json!([])).expect("accounts")[0].clone();
+    let to = "0x00000000000000000000000000000000000f00d1";
+    a.rpc(
+        "eth_sendTransaction",
+        json!([{"from": from, "to": to, "value": "0x1"}]),
+    )
+    .expect("transfer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.block_number().expect("height") != 21 {
+        assert!(Instant::now() < deadline, "the transfer was not mined");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stack = start(
+        &[&a, &b],
+        GatePolicy {
+            max_get_logs_blocks: 100,
+            ..GatePolicy::default()
+        },
+    );
+    wait_served(&stack, 15);
+
+    for round in 0..20 {
+        // At the served head the transfer has not happened, whichever node answers.
+        for params in [json!([to]), json!([to, "latest"]), json!([to, null])] {
+            assert_eq!(
+                result(&stack, "eth_getBalance", &params),
+                json!("0x0"),
+                "round {round}: {params}"
+            );
+        }
+        // A block the client names above the served head goes to the node that has it.
+        assert_eq!(
+            result(&stack, "eth_getBalance", &json!([to, hex(21)])),
+            json!("0x1")
+        );
+        // The block eth_blockNumber names is found.
+        let head = result(&stack, "eth_blockNumber", &json!([]));
+        let block = result(&stack, "eth_getBlockByNumber", &json!([head, false]));
+        assert_eq!(block["number"], head, "round {round}");
+        // A log range up to `latest` ends at the served head.
+        let logs = result(&stack, "eth_getLogs", &json!([{"fromBlock": "0x0"}]));
+        assert_eq!(logs, json!([]), "no log at or below the served head");
+    }
+    let [at_a, at_b] = served_by(&stack, &[&a, &b])[..] else {
+        unreachable!()
+    };
+    // 20 rounds of 6 pinned calls spread over both; the 20 of block 21 went to `a`.
+    assert!(at_b >= 30 && at_a >= 50, "a {at_a}, b {at_b}");
+}
+
+#[test]
+fn a_node_below_the_served_head_gets_nothing_until_it_catches_up() {
+    let (a, mut b) = (anvil(), anvil());
+    a.mine(20).expect("mine");
+    b.mine(20).expect("mine");
+    let stack = start(&[&a, &b], GatePolicy::default());
+    wait_served(&stack, 20);
+    // `b` comes back as a new chain at block 0: out of sync, and below the served head.
+    b.restart().expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while head_of(&stack, &b) != json!(0) {
+        assert!(Instant::now() < deadline, "b's head: {}", heads(&stack));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = served_by(&stack, &[&a, &b]);
+    for _ in 0..20 {
+        assert_eq!(result(&stack, "eth_chainId", &json!([])), json!("0x7a69"));
+        assert_eq!(
+            result(&stack, "eth_blockNumber", &json!([])),
+            json!(hex(20))
+        );
+    }
+    let after = served_by(&stack, &[&a, &b]);
+    assert_eq!(after[1], before[1], "b got calls below the served head");
+    assert_eq!(after[0], before[0] + 20);
+    // Caught up (and in sync): `b` is served again; the head stays 20, a's.
+    b.mine(25).expect("mine");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while head_of(&stack, &b) != json!(25) {
+        assert!(Instant::now() < deadline, "b's head: {}", heads(&stack));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..20 {
+        result(&stack, "eth_chainId", &json!([]));
+    }
+    let last = served_by(&stack, &[&a, &b]);
+    assert!(last[1] >= after[1] + 5, "b is served again: {last:?}");
+    assert_eq!(heads(&stack)["served"], json!(20));
+}
+
+#[test]
+fn a_batch_answered_in_part_keeps_its_order() {
+    let node = anvil();
+    node.mine(7).expect("mine");
+    let stack = start(&[&node], GatePolicy::default());
+    wait_served(&stack, 7);
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
+        {"jsonrpc": "2.0", "id": "head", "method": "eth_blockNumber"},
+        {"jsonrpc": "2.0", "method": "eth_chainId"},
+        {"jsonrpc": "2.0", "id": 3, "method": "eth_getBlockByNumber", "params": ["latest", false]},
+        {"jsonrpc": "2.0", "id": 4, "method": "eth_blockNumber", "params": []},
+    ]);
+    let (status, text) = stack.post("/", &batch.to_string()).expect("answer");
+    assert_eq!(status, 200, "{text}");
+    let answers: Value = serde_json::from_str(&text).expect("JSON");
+    let ids: Vec<Value> = answers
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!("head"), json!(3), json!(4)], "{text}");
+    assert_eq!(answers[0]["result"], "0x7a69");
+    assert_eq!(answers[1]["result"], "0x7");
+    assert_eq!(answers[2]["result"]["number"], "0x7");
+    assert_eq!(answers[3]["result"], "0x7");
+    // Only calls the gate answers: no node is asked.
+    let before = served_by(&stack, &[&node])[0];
+    let only_here = json!([
+        {"jsonrpc": "2.0", "id": 9, "method": "eth_blockNumber"},
+        {"jsonrpc": "2.0", "id": 8, "method": "eth_blockNumber"},
+    ]);
+    let (_, text) = stack.post("/", &only_here.to_string()).expect("answer");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("JSON"),
+        json!([{"jsonrpc":"2.0","id":9,"result":"0x7"},{"jsonrpc":"2.0","id":8,"result":"0x7"}])
+    );
+    assert_eq!(served_by(&stack, &[&node])[0], before);
+}
+
+#[test]
+fn log_ranges_with_tags_are_judged_against_the_served_head() {
+    let node = anvil();
+    node.mine(20).expect("mine");
+    let hash = node
+        .rpc("eth_getBlockByNumber", json!(["0x3", false]))
+        .expect("block")["hash"]
+        .clone();
+    let stack = start(
+        &[&node],
+        GatePolicy {
+            max_get_logs_blocks: 10,
+            ..GatePolicy::default()
+        },
+    );
+    wait_served(&stack, 20);
+    for filter in [
+        json!({"fromBlock": "0x0"}),
+        json!({"fromBlock": "earliest", "toBlock": "latest"}),
+        json!({"fromBlock": "0x1", "toBlock": "pending"}),
+        json!({"fromBlock": "finalized"}),
+        json!({"fromBlock": "safe", "toBlock": "latest"}),
+        json!({}),
+    ] {
+        for method in ["eth_getLogs", "eth_newFilter"] {
+            let answer = call(&stack, method, &json!([filter]));
+            if filter == json!({}) {
+                assert!(answer.get("error").is_none(), "{method} {filter}: {answer}");
+                continue;
+            }
+            assert_eq!(
+                answer["error"]["code"],
+                json!(-32005),
+                "{method} {filter}: {answer}"
+            );
+        }
+    }
+    for filter in [
+        json!({"fromBlock": "0xf"}),
+        json!({"fromBlock": "latest"}),
+        json!({"fromBlock": "0x12", "toBlock": "pending"}),
+        json!({"blockHash": hash}),
+    ] {
+        let answer = call(&stack, "eth_getLogs", &json!([filter]));
+        assert_eq!(answer["result"], json!([]), "{filter}: {answer}");
+    }
+}

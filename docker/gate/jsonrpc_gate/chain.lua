@@ -1,0 +1,586 @@
+-- The endpoint as one chain: one worker polls every routed node's head, safe and finalized
+-- blocks; the served head (the highest block every node in sync has) only moves forward; calls
+-- are pinned to it, eth_blockNumber is answered with it, and each request goes to a node that
+-- has every block the endpoint named (balancer_by_lua). Rationale: docs/architecture.md,
+-- "One chain, as a client sees it".
+
+local json = require "jsonrpc_gate.json"
+
+local ngx = ngx
+local sub, lower, format, find, concat = string.sub, string.lower, string.format, string.find,
+  table.concat
+local huge, max, min, floor = math.huge, math.max, math.min, math.floor
+
+local M = {}
+
+-- What configure read (crates/core/src/render/gate.rs, `LuaConfig`).
+local config = {
+  primaries = {},
+  backups = {},
+  dict = nil,
+  poll_secs = 1,
+  stale_secs = 3,
+  reset_secs = 60,
+  tolerance = 0,
+  block_params = {},
+  tries = 1,
+  fail_timeout = 1,
+}
+
+local SEP = "\t"
+
+-- A member: { address = "host:port" or "unix:/path", host, port, backup }.
+local function member(m)
+  local host, port = m.address, nil
+  if sub(host, 1, 5) ~= "unix:" then
+    host, port = m.address:match("^(.*):(%d+)$")
+    port = tonumber(port)
+  end
+  return { address = m.address, host = host, port = port, backup = m.backup,
+    head_key = "h" .. SEP .. m.address, safe_key = "s" .. SEP .. m.address,
+    finalized_key = "f" .. SEP .. m.address }
+end
+
+-- Called by jsonrpc_gate.configure with the decoded configuration.
+function M.configure(data)
+  local primaries, backups = {}, {}
+  local list = data.members
+  for i = 1, list.n do
+    local m = member(list[i])
+    if m.backup then backups[#backups + 1] = m else primaries[#primaries + 1] = m end
+  end
+  config = {
+    data = data,
+    primaries = primaries,
+    backups = backups,
+    dict = data.heads_dict,
+    poll_secs = data.head_poll_ms / 1000,
+    stale_secs = data.head_stale_ms / 1000,
+    reset_secs = data.head_reset_secs,
+    tolerance = data.head_tolerance_blocks,
+    block_params = data.block_params,
+    tries = data.retry_tries,
+    fail_timeout = data.fail_timeout_secs,
+  }
+end
+
+---------------------------------------------------------------------------------------------
+-- Block numbers
+
+local MAX_HEX_DIGITS = 13 -- 2^52: every such number is exact in a Lua number
+
+-- A block number written as nodes read one ("0x..." or decimal digits, or a JSON number), or
+-- nil; `2^53` for a number too large to be exact.
+local function block_number(v)
+  if type(v) == "number" then
+    if v >= 0 and v == floor(v) then return v end
+    return nil
+  end
+  if type(v) ~= "string" then return nil end
+  local hex = v:match("^0[xX](%x+)$")
+  if hex then
+    hex = hex:gsub("^0+", "")
+    if #hex > MAX_HEX_DIGITS then return 2 ^ 53 end
+    return #hex == 0 and 0 or tonumber(hex, 16)
+  end
+  local dec = v:match("^(%d+)$")
+  if dec then
+    dec = dec:gsub("^0+", "")
+    if #dec > 15 then return 2 ^ 53 end
+    return #dec == 0 and 0 or tonumber(dec)
+  end
+  return nil
+end
+M.block_number = block_number
+
+local function quantity(n) return format('"0x%x"', n) end
+
+---------------------------------------------------------------------------------------------
+-- What the data plane knows
+
+local function dict() return config.dict and ngx.shared[config.dict] end
+
+-- The served head, or nil while no node has been heard.
+function M.served()
+  local d = dict()
+  return d and d:get("served")
+end
+
+-- The served head, safe and finalized blocks (each nil when unknown).
+local function known()
+  local d = dict()
+  if not d then return nil end
+  return d:get("served"), d:get("safe"), d:get("finalized")
+end
+
+-- The block an end of an eth_getLogs/eth_newFilter range stands for, for judging its width:
+-- tags are resolved against what the data plane knows; an end it cannot know is `huge`
+-- (`unknown_low` for the range's start), so that such a range is refused rather than served
+-- unbounded.
+function M.range_end(v, is_start)
+  local served, safe, finalized = known()
+  local unknown = is_start and 0 or huge
+  if v == nil or v == json.null then return served or unknown end
+  local n = block_number(v)
+  if n then return n end
+  if type(v) ~= "string" then return nil end
+  local tag = lower(v)
+  if tag == "earliest" then return 0 end
+  if tag == "latest" then return served or unknown end
+  if tag == "pending" then return served and served + 1 or unknown end
+  if tag == "safe" then return safe or served or unknown end
+  if tag == "finalized" then return finalized or served or unknown end
+  return nil
+end
+
+---------------------------------------------------------------------------------------------
+-- Pinning: which calls the data plane answers, and `latest` rewritten to the served head
+
+-- Edits of the request text: { start, end, replacement } (0-based, end exclusive).
+local function replace(edits, spans, i, text)
+  edits[#edits + 1] = { spans.starts[i], spans.ends[i], text }
+end
+
+local function insert(edits, at, text)
+  edits[#edits + 1] = { at, at, text }
+end
+
+local function is_latest(v)
+  return v == json.null or (type(v) == "string" and lower(v) == "latest")
+end
+
+local FILTER_ENDS = { { "fromblock", "fromBlock" }, { "toblock", "toBlock" } }
+
+-- Pins one call's `latest` (written, null or implied by a missing block parameter) to `head`;
+-- returns the highest block number the call names (or 0).
+local function pin(call, head, edits)
+  local method = lower(call.method)
+  local params = call.params
+  local at = head and quantity(head)
+  local index = config.block_params[method]
+  if index then
+    if not json.is_array(params) then return 0 end
+    local spans = json.spans(params)
+    if params.n > index then
+      local v = params[index + 1]
+      if is_latest(v) then
+        if at then replace(edits, spans, index + 1, at) end
+        return 0
+      end
+      return block_number(v) or 0
+    elseif params.n == index and at then
+      insert(edits, spans.close, (index > 0 and "," or "") .. at)
+    end
+    return 0
+  end
+  if method == "eth_getlogs" and json.is_array(params) then
+    local filter = params[1]
+    if type(filter) ~= "table" or filter == json.null or json.is_array(filter)
+      or filter.blockhash ~= nil then
+      return 0
+    end
+    local spans = json.spans(filter)
+    local highest = 0
+    local members = next(spans.starts) ~= nil
+    for _, names in ipairs(FILTER_ENDS) do
+      local v = filter[names[1]]
+      if v == nil then
+        if at then
+          insert(edits, spans.close, (members and "," or "") .. '"' .. names[2] .. '":' .. at)
+          members = true
+        end
+      elseif is_latest(v) then
+        if at then
+          edits[#edits + 1] = { spans.starts[names[1]], spans.ends[names[1]], at }
+        end
+      else
+        highest = max(highest, block_number(v) or 0)
+      end
+    end
+    return highest
+  end
+  return 0
+end
+
+-- `text` from `first` to `last` (0-based, last exclusive) with the edits inside it applied.
+local function spliced(text, first, last, edits)
+  table.sort(edits, function(a, b) return a[1] < b[1] end)
+  local out, pos = {}, first
+  for _, e in ipairs(edits) do
+    if e[1] >= first and e[2] <= last then
+      out[#out + 1] = sub(text, pos + 1, e[1])
+      out[#out + 1] = e[3]
+      pos = e[2]
+    end
+  end
+  out[#out + 1] = sub(text, pos + 1, last)
+  return concat(out)
+end
+
+local function answered_here(call)
+  if lower(call.method) ~= "eth_blocknumber" or json.raw_id(call) == nil then return false end
+  local params = call.params
+  return params == nil or (json.is_array(params) and params.n == 0)
+end
+
+-- What to do with a judged request (`calls` decoded from `body`, a batch or one call):
+-- returns { answers = { [i] = text } of the calls answered here, forward = the body to send
+-- on (nil: nothing), forwarded = the indices it holds, need = the lowest head a node needs }.
+function M.plan(calls, batch, body)
+  local head = M.served()
+  local answers, forwarded, edits, need = {}, {}, {}, head or 0
+  local any_answer = false
+  for i = 1, calls.n do
+    local call = calls[i]
+    if head and answered_here(call) then
+      answers[i] = '{"jsonrpc":"2.0","id":' .. json.raw_id(call) .. ',"result":'
+        .. quantity(head) .. "}"
+      any_answer = true
+    else
+      forwarded[#forwarded + 1] = i
+      need = max(need, pin(call, head, edits))
+    end
+  end
+  local plan = { answers = answers, forwarded = forwarded, need = need > 0 and need or nil }
+  if #forwarded == 0 then return plan end
+  if not any_answer then
+    plan.forward = #edits == 0 and body or spliced(body, 0, #body, edits)
+    return plan
+  end
+  local spans = json.spans(calls)
+  local parts = {}
+  for k, i in ipairs(forwarded) do
+    parts[k] = spliced(body, spans.starts[i], spans.ends[i], edits)
+  end
+  plan.forward = "[" .. concat(parts, ",") .. "]"
+  return plan
+end
+
+-- The answers of a batch the node answered (`text`) for the forwarded calls: a table index ->
+-- answer text (missing ones absent). Matched by id where the forwarded calls' ids are
+-- distinct, else in order; a notification (no id) gets no answer.
+function M.split_answers(text, calls, forwarded)
+  local out = {}
+  local value = json.decode(text)
+  if not json.is_array(value) then return out end
+  local spans = json.spans(value)
+  local asked, distinct = {}, true
+  for _, i in ipairs(forwarded) do
+    local id = json.raw_id(calls[i])
+    if id ~= nil then
+      if asked[id] then distinct = false end
+      asked[id] = true
+    end
+  end
+  local function answer(j) return sub(text, spans.starts[j] + 1, spans.ends[j]) end
+  if distinct then
+    local found = {}
+    for j = 1, value.n do
+      local a = value[j]
+      local id = type(a) == "table" and json.raw_id(a)
+      if id and found[id] == nil then found[id] = answer(j) end
+    end
+    for _, i in ipairs(forwarded) do
+      local id = json.raw_id(calls[i])
+      if id ~= nil then out[i] = found[id] end
+    end
+  else
+    local j = 0
+    for _, i in ipairs(forwarded) do
+      if json.raw_id(calls[i]) ~= nil then
+        j = j + 1
+        if j <= value.n then out[i] = answer(j) end
+      end
+    end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- Tracking heads (one worker)
+
+local POLL = '[{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]},'
+  .. '{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber","params":["safe",false]},'
+  .. '{"jsonrpc":"2.0","id":3,"method":"eth_getBlockByNumber","params":["finalized",false]}]'
+local POLL_REQUEST = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+  .. "Content-Length: " .. #POLL .. "\r\nConnection: close\r\n\r\n" .. POLL
+local MAX_ANSWER_BYTES = 256 * 1024
+
+-- POSTs the poll to a member (directly, or through its internal server's socket); the body
+-- of a 200 answer, or nil, why.
+local function post(m, timeout_ms)
+  local sock = ngx.socket.tcp()
+  sock:settimeouts(timeout_ms, timeout_ms, timeout_ms)
+  local ok, err
+  if m.port then ok, err = sock:connect(m.host, m.port) else ok, err = sock:connect(m.host) end
+  if not ok then return nil, "connect: " .. tostring(err) end
+  local answer
+  answer, err = (function()
+    local sent, e = sock:send(POLL_REQUEST)
+    if not sent then return nil, "send: " .. tostring(e) end
+    local line = sock:receive("*l")
+    local status = line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
+    if status ~= 200 then return nil, "status " .. tostring(status) end
+    local length, chunked
+    while true do
+      local header = sock:receive("*l")
+      if not header then return nil, "headers" end
+      if header == "" then break end
+      local name, value = header:match("^([^:]+):%s*(.-)%s*$")
+      name = name and lower(name)
+      if name == "content-length" then length = tonumber(value) end
+      if name == "transfer-encoding" and find(lower(value), "chunked", 1, true) then
+        chunked = true
+      end
+    end
+    if chunked then
+      local parts, total = {}, 0
+      while true do
+        local size = tonumber((sock:receive("*l") or ""):match("^(%x+)"), 16)
+        if not size then return nil, "chunk" end
+        if size == 0 then break end
+        total = total + size
+        if total > MAX_ANSWER_BYTES then return nil, "too large" end
+        parts[#parts + 1] = sock:receive(size)
+        sock:receive(2)
+      end
+      return concat(parts)
+    end
+    if not length or length > MAX_ANSWER_BYTES then return nil, "length" end
+    return sock:receive(length)
+  end)()
+  sock:close()
+  return answer, err
+end
+
+local function result_number(answer, kind)
+  if type(answer) ~= "table" or answer == json.null then return nil end
+  local result = answer.result
+  if kind == "block" then
+    if type(result) ~= "table" or result == json.null then return nil end
+    result = result.number
+  end
+  if type(result) ~= "string" then return nil end
+  local n = block_number(result)
+  return n and n < 2 ^ 53 and n or nil
+end
+
+-- head, safe, finalized of a member (the last two nil when it does not say), or nil.
+local function poll(m, timeout_ms)
+  local text = post(m, timeout_ms)
+  local value = text and json.decode(text)
+  if not json.is_array(value) then return nil end
+  local by_id = {}
+  for j = 1, value.n do
+    local a = value[j]
+    if type(a) == "table" and not json.is_array(a) and a ~= json.null then
+      by_id[json.raw_id(a) or ""] = a
+    end
+  end
+  local head = result_number(by_id["1"], "number")
+  if not head then return nil end
+  return head, result_number(by_id["2"], "block"), result_number(by_id["3"], "block")
+end
+
+-- The lowest of `key` over the members in sync, or nil.
+local function lowest(d, in_sync, key)
+  local low
+  for _, m in ipairs(in_sync) do
+    local v = d:get(m[key])
+    if v then low = low and min(low, v) or v end
+  end
+  return low
+end
+
+-- Moves the served head (and safe, finalized) forward from what the members last said.
+local function advance(d)
+  local top
+  local heads = {}
+  for _, m in ipairs(config.primaries) do
+    local h = d:get(m.head_key)
+    heads[m] = h
+    if h then top = top and max(top, h) or h end
+  end
+  if not top then return end
+  local in_sync = {}
+  for _, m in ipairs(config.primaries) do
+    if heads[m] and heads[m] + config.tolerance >= top then in_sync[#in_sync + 1] = m end
+  end
+  local values = {
+    served = lowest(d, in_sync, "head_key"),
+    safe = lowest(d, in_sync, "safe_key"),
+    finalized = lowest(d, in_sync, "finalized_key"),
+  }
+  -- One writer at a time: a reload briefly runs two trackers.
+  if not d:add("lock", true, config.poll_secs) then return end
+  local now = ngx.now()
+  local served = d:get("served")
+  if served and top < served then
+    -- No node has the served head any more (a rollback, or a chain that was reset): it holds
+    -- for reset_secs, then follows the nodes.
+    local since = d:get("behind_since")
+    if not since then
+      d:set("behind_since", now)
+    elseif now - since >= config.reset_secs then
+      ngx.log(ngx.WARN, "jsonrpc_gate: no node has reached block ", served, " for ",
+        config.reset_secs, " s; the served head goes back to ", values.served)
+      for name, v in pairs(values) do d:set(name, v) end
+      d:delete("behind_since")
+    end
+  else
+    d:delete("behind_since")
+    for name, v in pairs(values) do
+      local held = d:get(name)
+      if v and (not held or v > held) then d:set(name, v) end
+    end
+  end
+  d:delete("lock")
+end
+
+local function track(premature)
+  if premature or ngx.worker.exiting() then return end
+  local d = dict()
+  local timeout_ms = max(200, floor(config.poll_secs * 1000))
+  local threads = {}
+  for i, m in ipairs(config.primaries) do
+    threads[i] = ngx.thread.spawn(function() return poll(m, timeout_ms) end)
+  end
+  for i, m in ipairs(config.primaries) do
+    local ok, head, safe, finalized = ngx.thread.wait(threads[i])
+    if ok and head then
+      d:set(m.head_key, head, config.stale_secs)
+      if safe then d:set(m.safe_key, safe, config.stale_secs) end
+      if finalized then d:set(m.finalized_key, finalized, config.stale_secs) end
+    end
+  end
+  advance(d)
+  local ok, err = ngx.timer.at(config.poll_secs, track)
+  if not ok and not ngx.worker.exiting() then
+    ngx.log(ngx.ERR, "jsonrpc_gate: head tracking stopped: ", err)
+  end
+end
+
+-- init_worker_by_lua: worker 0 tracks the heads.
+function M.init_worker()
+  if ngx.worker.id() ~= 0 or #config.primaries == 0 or not dict() then return end
+  local ok, err = ngx.timer.at(0, track)
+  if not ok then ngx.log(ngx.ERR, "jsonrpc_gate: no head tracking: ", err) end
+end
+
+---------------------------------------------------------------------------------------------
+-- Choosing a node (balancer_by_lua of the public upstream)
+
+local failed_until = {} -- address -> ngx.now() until which this worker skips it
+local turn = 0
+
+-- Members in the order a request tries them: in-sync primaries that have block `need`
+-- (rotated), the backups, then the other primaries; members that just failed last.
+local function order(need)
+  local d = dict()
+  local now = ngx.now()
+  local first, later, failed = {}, {}, {}
+  local n = #config.primaries
+  turn = turn + 1
+  for k = 0, n - 1 do
+    local m = config.primaries[(turn + k) % n + 1]
+    local head = need and d and d:get(m.head_key)
+    if (failed_until[m.address] or 0) > now then
+      failed[#failed + 1] = m
+    elseif not need or (head and head >= need) then
+      first[#first + 1] = m
+    else
+      later[#later + 1] = m
+    end
+  end
+  for _, m in ipairs(config.backups) do
+    if (failed_until[m.address] or 0) > now then failed[#failed + 1] = m
+    else first[#first + 1] = m end
+  end
+  for _, m in ipairs(later) do first[#first + 1] = m end
+  for _, m in ipairs(failed) do first[#first + 1] = m end
+  return first
+end
+
+function M.balance()
+  local balancer = require "ngx.balancer"
+  local ctx = ngx.ctx
+  local state = ctx.chain_balance
+  if not state then
+    state = { order = order(ctx.chain_need), next = 1 }
+    ctx.chain_balance = state
+    local more = min(config.tries, #state.order) - 1
+    if more > 0 then balancer.set_more_tries(more) end
+  else
+    local failure = balancer.get_last_failure()
+    if failure and state.current then
+      failed_until[state.current] = ngx.now() + config.fail_timeout
+    end
+  end
+  local m = state.order[state.next]
+  if not m then return ngx.exit(502) end
+  state.next = state.next + 1
+  state.current = m.address
+  local ok, err
+  if m.port then ok, err = balancer.set_current_peer(m.host, m.port)
+  else ok, err = balancer.set_current_peer(m.host) end
+  if not ok then
+    ngx.log(ngx.ERR, "jsonrpc_gate: cannot route to ", m.address, ": ", err)
+    return ngx.exit(502)
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- Reading it back
+
+-- The chain's part of GET /policy: { name, value } pairs in LuaConfig's shape (members as
+-- held: the others, then the backups).
+function M.held()
+  local data = config.data or {}
+  local members = {}
+  for _, list in ipairs({ config.primaries, config.backups }) do
+    for _, m in ipairs(list) do
+      members[#members + 1] = '{"address":' .. json.quote(m.address) .. ',"backup":'
+        .. tostring(m.backup == true) .. "}"
+    end
+  end
+  local methods = {}
+  for method, index in pairs(config.block_params) do
+    if type(method) == "string" then
+      methods[#methods + 1] = json.quote(method) .. ":" .. format("%d", index)
+    end
+  end
+  table.sort(methods)
+  return {
+    { "members", { raw = "[" .. concat(members, ",") .. "]" } },
+    { "heads_dict", config.dict },
+    { "head_poll_ms", data.head_poll_ms },
+    { "head_stale_ms", data.head_stale_ms },
+    { "head_reset_secs", data.head_reset_secs },
+    { "head_tolerance_blocks", data.head_tolerance_blocks },
+    { "block_params", { raw = "{" .. concat(methods, ",") .. "}" } },
+    { "upstream_location", data.upstream_location },
+    { "retry_tries", data.retry_tries },
+    { "fail_timeout_secs", data.fail_timeout_secs },
+  }
+end
+
+-- content_by_lua of the internal GET /heads: what the data plane knows of the chain
+-- ({"served":n,"safe":n,"finalized":n,"members":[{"address":a,"backup":b,"head":n}]}, null
+-- where unknown).
+function M.report()
+  local d = dict()
+  local function number(v) return v and format("%d", v) or "null" end
+  local members = {}
+  for _, list in ipairs({ config.primaries, config.backups }) do
+    for _, m in ipairs(list) do
+      members[#members + 1] = '{"address":' .. json.quote(m.address) .. ',"backup":'
+        .. tostring(m.backup == true) .. ',"head":' .. number(d and d:get(m.head_key)) .. "}"
+    end
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print('{"served":' .. number(d and d:get("served")) .. ',"safe":'
+    .. number(d and d:get("safe")) .. ',"finalized":' .. number(d and d:get("finalized"))
+    .. ',"members":[' .. concat(members, ",") .. "]}")
+end
+
+return M
