@@ -497,7 +497,8 @@ function M.websocket()
     end
     count_served(client, answer)
     return nil
-  end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms },
+  end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms,
+    lowest_head = chain.served() },
   log_detached)
 end
 

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use devstack::testkit::websocket::{read_frame, text, websocket};
 use devstack::testkit::GatedNginx;
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::render::gate::GatePolicy;
@@ -314,4 +315,33 @@ fn log_ranges_with_tags_are_judged_against_the_served_head() {
         let answer = call(&stack, "eth_getLogs", &json!([filter]));
         assert_eq!(answer["result"], json!([]), "{filter}: {answer}");
     }
+}
+
+#[test]
+fn a_subscriber_never_gets_a_head_lower_than_one_it_was_sent() {
+    let node = anvil();
+    node.mine(15).expect("mine");
+    let stack = start(&[&node], GatePolicy::default());
+    wait_served(&stack, 15);
+    let (head, mut ws) = websocket(stack.port, "/ws/v3/any");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let subscribed = text(
+        &mut ws,
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
+    );
+    assert!(subscribed["result"].is_string(), "{subscribed}");
+    let mut next_head = |ws: &mut std::net::TcpStream| {
+        let (_, payload) = read_frame(ws);
+        let value: Value = serde_json::from_str(&payload).expect("JSON");
+        value["params"]["result"]["number"].clone()
+    };
+    node.mine(1).expect("mine");
+    assert_eq!(next_head(&mut ws), json!(hex(16)));
+    // A rollback: the node's next heads (15, then 16 again) are not lower than 16, sent.
+    node.rpc("anvil_rollback", json!([2])).expect("rollback");
+    node.mine(1).expect("mine");
+    node.mine(1).expect("mine");
+    node.mine(1).expect("mine");
+    assert_eq!(next_head(&mut ws), json!(hex(16)), "15 was dropped");
+    assert_eq!(next_head(&mut ws), json!(hex(17)));
 }

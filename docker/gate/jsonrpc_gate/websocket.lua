@@ -3,10 +3,12 @@
 -- WebSockets to the nodes, then two light threads. Client to node: every message (fragments
 -- reassembled) is judged first; allowed ones are forwarded as one masked frame, refused ones
 -- answered here. Node to client: frames are copied as they come, a frame at a time, so an
--- answer of the gate never lands inside a node's message.
+-- answer of the gate never lands inside a node's message; a newHeads notification lower than
+-- one the connection was already sent (or than the served head when it opened) is dropped.
 
 local ffi = require "ffi"
 local semaphore = require "ngx.semaphore"
+local json = require "jsonrpc_gate.json"
 
 local ngx = ngx
 local byte, char, concat = string.byte, string.char, table.concat
@@ -16,6 +18,23 @@ local M = {}
 
 local GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 local CHUNK = 65536
+-- Largest node message read whole to be judged as a possible newHeads notification.
+local NOTIFICATION_BYTES = 65536
+
+-- The subscription and block number of a newHeads notification, or nil.
+local function new_head(payload)
+  if not payload:find('"eth_subscription"', 1, true) then return nil end
+  local value = json.decode(payload)
+  local params = type(value) == "table" and value.params
+  local result = type(params) == "table" and params.result
+  if type(result) ~= "table" or type(params.subscription) ~= "string"
+    or type(result.number) ~= "string" or result.parenthash == nil then
+    return nil
+  end
+  local hex = result.number:match("^0x(%x+)$")
+  if not hex or #hex > 13 then return nil end
+  return params.subscription, tonumber(hex, 16)
+end
 
 -- payload XOR the 4-byte mask (RFC 6455 5.3), through a byte buffer.
 local function apply_mask(payload, mask)
@@ -86,7 +105,7 @@ end
 
 -- Runs the relay for the current request. `upstream` is the internal server's address
 -- ("unix:/path"), `judge(message)` returns nil to forward a message or the answer to send back,
--- `limits` = { max_message_bytes, timeout_ms }.
+-- `limits` = { max_message_bytes, timeout_ms, lowest_head (nil: none) }.
 function M.run(upstream, judge, limits, log_detached)
   local headers = ngx.req.get_headers()
   local key = headers["sec-websocket-key"]
@@ -133,34 +152,55 @@ function M.run(upstream, judge, limits, log_detached)
   -- One writer at a time on the client socket, a whole message at a time.
   local lock = semaphore.new(1)
 
+  local floor = limits.lowest_head or 0
+  local sent = {} -- subscription -> highest head sent
+
   local function to_client()
     local holding, fragmented = false, false
     while true do
       local h, e = read_header(node)
       if not h then return "node: " .. tostring(e) end
-      if not holding then
-        lock:wait(limits.timeout_ms / 1000)
-        holding = true
-      end
-      local _, se = client:send(encode_header(h))
-      if se then return "client: " .. se end
-      local left = h.length
-      while left > 0 do
-        local piece
-        piece, e = node:receive(math.min(left, CHUNK))
-        if not piece then return "node: " .. tostring(e) end
-        _, se = client:send(piece)
+      if h.opcode == 1 and h.fin and not fragmented and h.length <= NOTIFICATION_BYTES then
+        -- A whole text message (no other message is in flight on this side): read, judged.
+        local whole = ""
+        if h.length > 0 then
+          whole, e = node:receive(h.length)
+          if not whole then return "node: " .. tostring(e) end
+        end
+        local subscription, number = new_head(whole)
+        local lower = subscription and number < math.max(floor, sent[subscription] or 0)
+        if subscription and not lower then sent[subscription] = number end
+        if not lower then
+          lock:wait(limits.timeout_ms / 1000)
+          local _, se = client:send(encode_header(h) .. whole)
+          lock:post(1)
+          if se then return "client: " .. se end
+        end
+      else
+        if not holding then
+          lock:wait(limits.timeout_ms / 1000)
+          holding = true
+        end
+        local _, se = client:send(encode_header(h))
         if se then return "client: " .. se end
-        left = left - #piece
+        local left = h.length
+        while left > 0 do
+          local piece
+          piece, e = node:receive(math.min(left, CHUNK))
+          if not piece then return "node: " .. tostring(e) end
+          _, se = client:send(piece)
+          if se then return "client: " .. se end
+          left = left - #piece
+        end
+        -- A data message is whole at its final frame; a control frame inside a fragmented
+        -- message keeps the lock until the message's end.
+        if h.opcode < 8 then fragmented = not h.fin end
+        if not fragmented then
+          lock:post(1)
+          holding = false
+        end
+        if h.opcode == 8 then return "closed by the node" end
       end
-      -- A data message is whole at its final frame; a control frame inside a fragmented
-      -- message keeps the lock until the message's end.
-      if h.opcode < 8 then fragmented = not h.fin end
-      if not fragmented then
-        lock:post(1)
-        holding = false
-      end
-      if h.opcode == 8 then return "closed by the node" end
     end
   end
 

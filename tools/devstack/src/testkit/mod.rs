@@ -1,6 +1,7 @@
 //! The test kit every test crate shares: the binary's moto and CloudWatch recorder, unique
 //! names, a [`TestStack`] of what `serverless.yml` creates (optionally behind fault proxies),
-//! a [`CheckerBuilder`], item helpers, and a scripted JSON-RPC [`Node`] on axum.
+//! a [`CheckerBuilder`], item helpers, a scripted JSON-RPC [`Node`] on axum, [`GatedNginx`] and
+//! a raw [`websocket`] client.
 //!
 //! How tests use it: "Build and test" in `CONTRIBUTING.md`.
 
@@ -8,6 +9,7 @@ mod checker;
 mod gated;
 mod node;
 mod stack;
+pub mod websocket;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
