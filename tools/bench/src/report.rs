@@ -867,10 +867,10 @@ impl Results {
         let _ = writeln!(
             out,
             "Zips: `cargo lambda build --release --arm64 --output-format zip` ({}). Start-up and \
-             memory: the {} release binaries (the same code; arm64 cannot run here) on a minimal \
-             Runtime API, {} fresh processes per function, {} events each; `health_checker` \
-             checks {} fake nodes. init = spawn → first `GET /next`; first event = that → its \
-             response; peak RSS = `VmHWM` of the process.\n",
+             memory: the {} release binaries (the same code; arm64 cannot run here) on the local \
+             stack's Lambda emulator, {} fresh processes per function, {} events each; \
+             `health_checker` checks {} fake nodes. init = spawn → first `GET /next`; an event \
+             = the process taking it → its response; peak RSS = `VmHWM` of the process.\n",
             lambda.zip_dir, lambda.run_arch, lambda.runs, lambda.events, lambda.backends
         );
         out.push_str("| function | zip (arm64) | binary (x86_64) | init (median / max) | first event | warm event | peak RSS after 1 / after all | errors |\n");
