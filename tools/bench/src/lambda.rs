@@ -2,30 +2,24 @@
 //!
 //! - Deployment zip sizes: `target/lambda/<function>/bootstrap.zip` as
 //!   `cargo lambda build --release --arm64 --output-format zip` leaves them.
-//! - Start-up and memory: each function's release binary (this machine's architecture) runs
-//!   against a minimal Lambda Runtime API served here. Timed: process spawn → its first
-//!   `GET …/invocation/next` (init), → its first response (first event). Memory: the process's
-//!   `VmHWM` after the first event and after the last of several.
+//! - Start-up and memory: each function's release binary (this machine's architecture), a
+//!   fresh process per run on the local stack's Lambda emulator
+//!   (`local_stack::lambda_emulator`). Timed: process start → its first
+//!   `GET …/invocation/next` (init), then each invocation from the process taking it to its
+//!   answer. Memory: the process's `VmHWM` after the first event and after the last of several.
+//!   What the figures mean: docs/benchmarks.md, part 4.
 
-use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use devstack::{MetricsRecorder, Moto};
+use local_stack::lambda_emulator::{FunctionSpec, LambdaEmulator};
 use local_stack::stack::{s3_created_event, scheduled_event};
 use local_stack::webhook::SlackStandIn;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
-use crate::count_proxy::now_ns;
 use crate::stub::StubFleet;
 use crate::sys;
 
@@ -95,156 +89,32 @@ pub struct LambdaReport {
     pub backends: usize,
 }
 
-#[derive(Default)]
-struct RuntimeState {
-    queue: VecDeque<(String, Bytes)>,
-    first_next_ns: Option<u128>,
-    next_times: Vec<u128>,
-    answers: Vec<(u128, bool, String)>,
-}
-
-struct Runtime {
-    state: Mutex<RuntimeState>,
-    queued: Notify,
-    answered: Notify,
-}
-
-fn lock(runtime: &Runtime) -> std::sync::MutexGuard<'_, RuntimeState> {
-    runtime
-        .state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-async fn next(State(runtime): State<Arc<Runtime>>) -> Response {
-    {
-        let mut state = lock(&runtime);
-        let now = now_ns();
-        state.first_next_ns.get_or_insert(now);
-        state.next_times.push(now);
-    }
-    // Bounded: the process is killed long before this gives up.
-    for _ in 0..600 {
-        let notified = runtime.queued.notified();
-        if let Some((id, payload)) = lock(&runtime).queue.pop_front() {
-            let mut response = (StatusCode::OK, payload).into_response();
-            let deadline = (now_ns() / 1_000_000 + 30_000).to_string();
-            let headers = response.headers_mut();
-            for (name, value) in [
-                ("lambda-runtime-aws-request-id", id),
-                ("lambda-runtime-deadline-ms", deadline),
-                (
-                    "lambda-runtime-invoked-function-arn",
-                    "arn:aws:lambda:us-east-1:123456789012:function:bench".to_owned(),
-                ),
-                (
-                    "lambda-runtime-trace-id",
-                    "Root=1-00000000-000000000000000000000000;Sampled=0".to_owned(),
-                ),
-                ("content-type", "application/json".to_owned()),
-            ] {
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    headers.insert(name, value);
-                }
-            }
-            return response;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-fn record(runtime: &Runtime, ok: bool, body: &Bytes) -> StatusCode {
-    lock(runtime).answers.push((
-        now_ns(),
-        ok,
-        String::from_utf8_lossy(body).chars().take(300).collect(),
-    ));
-    runtime.answered.notify_waiters();
-    StatusCode::ACCEPTED
-}
-
-async fn response(
-    State(runtime): State<Arc<Runtime>>,
-    UrlPath(_id): UrlPath<String>,
-    body: Bytes,
-) -> StatusCode {
-    record(&runtime, true, &body)
-}
-
-async fn error(
-    State(runtime): State<Arc<Runtime>>,
-    UrlPath(_id): UrlPath<String>,
-    body: Bytes,
-) -> StatusCode {
-    record(&runtime, false, &body)
-}
-
-async fn init_error(State(runtime): State<Arc<Runtime>>, body: Bytes) -> StatusCode {
-    record(&runtime, false, &body)
-}
-
-impl Runtime {
-    async fn start() -> Result<(Arc<Self>, String, tokio::task::JoinHandle<()>), String> {
-        let runtime = Arc::new(Self {
-            state: Mutex::new(RuntimeState::default()),
-            queued: Notify::new(),
-            answered: Notify::new(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("binding the Runtime API: {e}"))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| e.to_string())?
-            .to_string();
-        let app = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(runtime.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((runtime, address, task))
-    }
-
-    fn push(&self, id: String, payload: &Value) {
-        lock(self)
-            .queue
-            .push_back((id, Bytes::from(payload.to_string())));
-        self.queued.notify_waiters();
-    }
-
-    async fn wait_answers(&self, count: usize) -> bool {
-        let deadline = tokio::time::Instant::now() + INVOKE_TIMEOUT;
-        loop {
-            let notified = self.answered.notified();
-            if lock(self).answers.len() >= count {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return lock(self).answers.len() >= count;
-            }
-        }
-    }
-}
-
 /// What the functions need: moto with the table, bucket, ECS service and renderer record, the
 /// recorder, and a few fake nodes.
 struct Rig {
-    _moto: Moto,
+    moto: Moto,
     _recorder: MetricsRecorder,
     _fleet: StubFleet,
     _slack: SlackStandIn,
     s3: aws_sdk_s3::Client,
     env: Vec<(String, String)>,
-    /// Where the functions' output goes (`BENCH_KEEP_LOGS`), else nowhere.
-    log_dir: Option<PathBuf>,
+    /// Where the functions' output goes: kept with `BENCH_KEEP_LOGS`, else removed at the end.
+    logs: Logs,
+}
+
+/// The functions' log directory.
+enum Logs {
+    Kept(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl Logs {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Kept(path) => path,
+            Self::Temporary(dir) => dir.path(),
+        }
+    }
 }
 
 impl Rig {
@@ -297,9 +167,7 @@ impl Rig {
             ("ECS_SERVICE", ecs.service_name.clone()),
             ("NGINX_SOCKET_DIR", "/tmp/jrp-lambda-bench".to_owned()),
             ("SLACK_WEBHOOK_URL", slack.url()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -307,12 +175,12 @@ impl Rig {
         env.extend(function_env);
         Ok(Self {
             s3: aws_sdk_s3::Client::new(&sdk),
-            _moto: moto,
+            moto,
             _recorder: recorder,
             _fleet: fleet,
             _slack: slack,
             env,
-            log_dir: keep_logs_dir()?,
+            logs: logs()?,
         })
     }
 
@@ -381,18 +249,18 @@ async fn create_clients_table(client: &aws_sdk_dynamodb::Client) -> Result<(), S
     Ok(())
 }
 
-/// A kept directory for the functions' output when `BENCH_KEEP_LOGS` is set.
-fn keep_logs_dir() -> Result<Option<PathBuf>, String> {
-    if std::env::var_os("BENCH_KEEP_LOGS").is_none() {
-        return Ok(None);
-    }
+/// The functions' log directory: kept when `BENCH_KEEP_LOGS` is set.
+fn logs() -> Result<Logs, String> {
     let mut dir = tempfile::Builder::new()
         .prefix("jsonrpc-proxy-bench-lambda-")
         .tempdir()
         .map_err(|e| format!("creating a log directory: {e}"))?;
+    if std::env::var_os("BENCH_KEEP_LOGS").is_none() {
+        return Ok(Logs::Temporary(dir));
+    }
     dir.disable_cleanup(true);
     eprintln!("[bench] function logs kept in {}", dir.path().display());
-    Ok(Some(dir.path().to_path_buf()))
+    Ok(Logs::Kept(dir.path().to_path_buf()))
 }
 
 struct RunFigures {
@@ -404,6 +272,25 @@ struct RunFigures {
     errors: Vec<String>,
 }
 
+/// One invocation: its duration in ms; an error document the function reported goes to
+/// `errors`.
+async fn invoke(
+    emulator: &LambdaEmulator,
+    function: &str,
+    event: &Value,
+    errors: &mut Vec<String>,
+) -> Result<f64, String> {
+    let timed = emulator
+        .invoke_timed(function, event)
+        .await
+        .map_err(|e| format!("{function}: {e}"))?;
+    if let Err(error) = timed.answer {
+        errors.push(error.chars().take(300).collect());
+    }
+    Ok(timed.duration.as_secs_f64() * 1e3)
+}
+
+/// One fresh process of `function` on its own emulator (a cold start), `events` invocations.
 async fn one_run(
     rig: &Rig,
     binary: &Path,
@@ -411,91 +298,59 @@ async fn one_run(
     events: usize,
     counter: &mut usize,
 ) -> Result<RunFigures, String> {
-    let (runtime, address, server) = Runtime::start().await?;
+    // The first event is ready before the process starts, so it waits in the queue for the
+    // process's first request.
     *counter += 1;
-    runtime.push(
-        format!("req-{counter}"),
-        &rig.event(function, *counter).await?,
-    );
-    let (stdout, stderr) = match &rig.log_dir {
-        Some(dir) => {
-            let path = dir.join(format!("{function}-{counter}.log"));
-            let file = std::fs::File::create(&path)
-                .map_err(|e| format!("creating {}: {e}", path.display()))?;
-            let copy = file
-                .try_clone()
-                .map_err(|e| format!("duplicating a log handle: {e}"))?;
-            (
-                std::process::Stdio::from(file),
-                std::process::Stdio::from(copy),
-            )
-        }
-        None => (std::process::Stdio::null(), std::process::Stdio::null()),
-    };
-    let spawned_ns = now_ns();
-    let mut child = tokio::process::Command::new(binary)
-        .env_clear()
-        .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME"))
-        .envs(rig.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("AWS_LAMBDA_RUNTIME_API", &address)
-        .env("AWS_LAMBDA_FUNCTION_NAME", function)
-        .env(
-            "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/aws/lambda/{function}"),
-        )
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-    let pid = child.id().unwrap_or(0);
+    let first = rig.event(function, *counter).await?;
+    let emulator = LambdaEmulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(rig.moto.endpoint()),
+        rig.logs.path(),
+    )
+    .await
+    .map_err(|e| format!("starting the Lambda emulator: {e}"))?;
     let result = async {
-        if !runtime.wait_answers(1).await {
-            return Err(format!(
-                "{function} gave no answer within {INVOKE_TIMEOUT:?}"
-            ));
-        }
+        emulator
+            .add_functions(vec![FunctionSpec {
+                name: function.to_owned(),
+                binary: binary.to_owned(),
+                env: rig.env.clone(),
+                timeout: INVOKE_TIMEOUT,
+                memory_mb: 128,
+            }])
+            .await
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let mut errors = Vec::new();
+        let first_event_ms = invoke(&emulator, function, &first, &mut errors).await?;
+        let sandbox = emulator.sandbox(function).unwrap_or_default();
+        let pid = sandbox
+            .pid
+            .ok_or_else(|| format!("{function}: no process"))?;
         let rss_first_kb = sys::proc_status_kb(pid, "VmHWM").unwrap_or(0);
+        let mut warm_event_ms = Vec::new();
         for _ in 1..events {
             *counter += 1;
-            runtime.push(
-                format!("req-{counter}"),
-                &rig.event(function, *counter).await?,
-            );
-        }
-        if !runtime.wait_answers(events).await {
-            return Err(format!("{function} did not answer {events} events"));
+            let event = rig.event(function, *counter).await?;
+            warm_event_ms.push(invoke(&emulator, function, &event, &mut errors).await?);
         }
         let rss_last_kb = sys::proc_status_kb(pid, "VmHWM").unwrap_or(0);
-        let state = lock(&runtime);
-        let first_next = state.first_next_ns.unwrap_or(spawned_ns);
-        let ms = |a: u128, b: u128| b.saturating_sub(a) as f64 / 1e6;
-        let answers = &state.answers;
-        // Event i (i ≥ 1) starts when the process asks for it: the (i+1)th next request.
-        let warm_event_ms = answers
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter_map(|(i, (at, _, _))| state.next_times.get(i).map(|n| ms(*n, *at)))
-            .collect();
+        let sandbox = emulator.sandbox(function).unwrap_or_default();
+        if sandbox.starts != 1 {
+            return Err(format!(
+                "{function}'s process ended during the run and was restarted"
+            ));
+        }
         Ok(RunFigures {
-            init_ms: ms(spawned_ns, first_next),
-            first_event_ms: ms(first_next, answers[0].0),
+            init_ms: sandbox.init.unwrap_or_default().as_secs_f64() * 1e3,
+            first_event_ms,
             warm_event_ms,
             rss_first_kb,
             rss_last_kb,
-            errors: answers
-                .iter()
-                .filter(|(_, ok, _)| !ok)
-                .map(|(_, _, body)| body.clone())
-                .collect(),
+            errors,
         })
     }
     .await;
-    let _ = child.kill().await;
-    server.abort();
+    emulator.shutdown().await;
     result
 }
 

@@ -10,7 +10,9 @@
 //! function and are handed out one at a time, like a function with reserved concurrency 1.
 //! `InvocationType: Event` invocations are answered 202 at once and retried twice on error,
 //! as Lambda does. A process that exits is restarted (a new sandbox) after a short pause, and
-//! the invocation it held fails.
+//! the invocation it held fails. An `Invoke` of a function the emulator does not run goes on to
+//! moto too. [`LambdaEmulator::invoke_timed`] and [`LambdaEmulator::sandbox`] give what the bench
+//! measures: each invocation's duration, and the process's pid and init time.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -81,20 +83,61 @@ pub struct FunctionStats {
     pub last_error: Option<String>,
 }
 
+/// One answered invocation, timed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    /// The function's answer, or the error document it reported.
+    pub answer: Result<Value, String>,
+    /// From the process taking the invocation (its `GET …/invocation/next`) to its answer:
+    /// how long the function ran it, without the time it waited in the queue.
+    pub duration: Duration,
+}
+
+/// The process that runs a function now (its sandbox).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Its process id (`None` until it is started).
+    pub pid: Option<u32>,
+    /// Processes started for the function so far, this one included (1: never restarted).
+    pub starts: u64,
+    /// From starting the process to its first `GET …/invocation/next`: its init phase
+    /// (`None` until it asks).
+    pub init: Option<Duration>,
+}
+
 type Outcome = Result<Bytes, String>;
+
+/// What became of one invocation, and how long the process held it.
+struct Answer {
+    outcome: Outcome,
+    held: Duration,
+}
 
 struct Invocation {
     request_id: String,
     payload: Bytes,
-    responder: oneshot::Sender<Outcome>,
+    responder: oneshot::Sender<Answer>,
+}
+
+/// An invocation a process has taken: who waits for it, and since when.
+struct Held {
+    responder: oneshot::Sender<Answer>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct SandboxState {
+    started: Option<Instant>,
+    info: Sandbox,
 }
 
 struct FunctionSlot {
     spec: FunctionSpec,
     queue: Mutex<VecDeque<Invocation>>,
     ready: Notify,
-    in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    in_flight: Mutex<HashMap<String, Held>>,
     stats: Mutex<FunctionStats>,
+    sandbox: Mutex<SandboxState>,
 }
 
 impl FunctionSlot {
@@ -117,9 +160,23 @@ impl FunctionSlot {
     /// Fails every invocation the (dead) process held.
     fn fail_in_flight(&self, why: &str) {
         let held: Vec<_> = lock(&self.in_flight).drain().collect();
-        for (_, responder) in held {
-            let _ = responder.send(Err(why.to_owned()));
+        for (_, held) in held {
+            let _ = held.responder.send(Answer {
+                outcome: Err(why.to_owned()),
+                held: held.since.elapsed(),
+            });
         }
+    }
+
+    /// A new process is being started: a new sandbox.
+    fn starting(&self) {
+        let mut sandbox = lock(&self.sandbox);
+        sandbox.started = Some(Instant::now());
+        sandbox.info = Sandbox {
+            pid: None,
+            starts: sandbox.info.starts + 1,
+            init: None,
+        };
     }
 }
 
@@ -221,6 +278,7 @@ impl LambdaEmulator {
                 ready: Notify::new(),
                 in_flight: Mutex::new(HashMap::new()),
                 stats: Mutex::new(FunctionStats::default()),
+                sandbox: Mutex::new(SandboxState::default()),
             });
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let runtime_api = listener.local_addr()?.to_string();
@@ -273,6 +331,23 @@ impl LambdaEmulator {
         Ok(serde_json::from_slice(&answer).unwrap_or(Value::Null))
     }
 
+    /// Invokes a function and waits for its answer, timed; an error document the function
+    /// reports is an answer here, not an error.
+    pub async fn invoke_timed(
+        &self,
+        function: &str,
+        payload: &Value,
+    ) -> Result<Timed, InvokeError> {
+        let answer =
+            invoke_answer(&self.shared, function, Bytes::from(payload.to_string())).await?;
+        Ok(Timed {
+            answer: answer
+                .outcome
+                .map(|bytes| serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
+            duration: answer.held,
+        })
+    }
+
     /// Queues an invocation without waiting (InvocationType `Event`), retried twice on error.
     pub fn invoke_async(&self, function: &str, payload: &Value) -> Result<(), InvokeError> {
         invoke_event(&self.shared, function, Bytes::from(payload.to_string()))
@@ -283,6 +358,13 @@ impl LambdaEmulator {
         self.shared
             .slot(function)
             .map(|slot| lock(&slot.stats).clone())
+    }
+
+    /// The process that runs a function now.
+    pub fn sandbox(&self, function: &str) -> Option<Sandbox> {
+        self.shared
+            .slot(function)
+            .map(|slot| lock(&slot.sandbox).info)
     }
 
     /// Stops every function process and server.
@@ -379,11 +461,12 @@ fn new_request_id(shared: &Shared) -> String {
     )
 }
 
-async fn invoke_sync(
+/// Runs one invocation and waits for what became of it.
+async fn invoke_answer(
     shared: &Shared,
     function: &str,
     payload: Bytes,
-) -> Result<Bytes, InvokeError> {
+) -> Result<Answer, InvokeError> {
     let slot = shared
         .slot(function)
         .ok_or_else(|| InvokeError::UnknownFunction(function.to_owned()))?;
@@ -394,14 +477,24 @@ async fn invoke_sync(
         responder: tx,
     });
     match tokio::time::timeout(slot.spec.timeout + Duration::from_secs(5), rx).await {
-        Ok(Ok(Ok(answer))) => Ok(answer),
-        Ok(Ok(Err(error))) => Err(InvokeError::Function {
-            function: slot.spec.name.clone(),
-            error,
-        }),
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(InvokeError::Stopped),
         Err(_) => Err(InvokeError::Timeout(slot.spec.name.clone())),
     }
+}
+
+async fn invoke_sync(
+    shared: &Shared,
+    function: &str,
+    payload: Bytes,
+) -> Result<Bytes, InvokeError> {
+    invoke_answer(shared, function, payload)
+        .await?
+        .outcome
+        .map_err(|error| InvokeError::Function {
+            function: function.to_owned(),
+            error,
+        })
 }
 
 fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<(), InvokeError> {
@@ -418,9 +511,11 @@ fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<
                 payload: payload.clone(),
                 responder: tx,
             });
-            match tokio::time::timeout(slot.spec.timeout + Duration::from_secs(5), rx).await {
-                Ok(Ok(Ok(_))) => return,
-                Ok(Err(_)) => return,
+            match tokio::time::timeout(slot.spec.timeout + Duration::from_secs(5), rx)
+                .await
+                .map(|answer| answer.map(|a| a.outcome))
+            {
+                Ok(Ok(Ok(_)) | Err(_)) => return,
                 Ok(Ok(Err(error))) => {
                     tracing::warn!(function = %slot.spec.name, attempt, %error, "asynchronous invocation failed");
                 }
@@ -437,9 +532,15 @@ fn invoke_event(shared: &Arc<Shared>, function: &str, payload: Bytes) -> Result<
 async fn invoke_api(
     State(shared): State<Arc<Shared>>,
     UrlPath(name): UrlPath<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if shared.upstream.is_some() && shared.slot(&name).is_none() {
+        // Not one of ours: the upstream's (moto's) to answer.
+        return forward_upstream(State(shared), method, uri, headers, body).await;
+    }
     let invocation_type = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
@@ -485,6 +586,12 @@ async fn invoke_api(
 }
 
 async fn runtime_next(State(slot): State<Arc<FunctionSlot>>) -> Response {
+    {
+        let mut sandbox = lock(&slot.sandbox);
+        if let (Some(started), None) = (sandbox.started, sandbox.info.init) {
+            sandbox.info.init = Some(started.elapsed());
+        }
+    }
     loop {
         let notified = slot.ready.notified();
         let next = lock(&slot.queue).pop_front();
@@ -494,7 +601,13 @@ async fn runtime_next(State(slot): State<Arc<FunctionSlot>>) -> Response {
                 .map(|d| d + slot.spec.timeout)
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
-            lock(&slot.in_flight).insert(invocation.request_id.clone(), invocation.responder);
+            lock(&slot.in_flight).insert(
+                invocation.request_id.clone(),
+                Held {
+                    responder: invocation.responder,
+                    since: Instant::now(),
+                },
+            );
             let mut response = (StatusCode::OK, invocation.payload).into_response();
             let headers = response.headers_mut();
             let arn = format!(
@@ -523,9 +636,13 @@ async fn runtime_next(State(slot): State<Arc<FunctionSlot>>) -> Response {
 
 fn finish(slot: &FunctionSlot, id: &str, outcome: Outcome) -> StatusCode {
     slot.record(&outcome);
-    match lock(&slot.in_flight).remove(id) {
-        Some(responder) => {
-            let _ = responder.send(outcome);
+    let held = lock(&slot.in_flight).remove(id);
+    match held {
+        Some(held) => {
+            let _ = held.responder.send(Answer {
+                outcome,
+                held: held.since.elapsed(),
+            });
             StatusCode::ACCEPTED
         }
         None => StatusCode::BAD_REQUEST,
@@ -602,9 +719,13 @@ async fn supervise(
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        slot.starting();
         let mut child = match command.spawn() {
-            Ok(child) => child,
+            Ok(child) => {
+                lock(&slot.sandbox).info.pid = child.id();
+                child
+            }
             Err(error) => {
                 tracing::error!(function = %slot.spec.name, binary = %slot.spec.binary.display(), %error, "cannot start the function");
                 slot.record(&Err(format!("cannot start: {error}")));
@@ -629,5 +750,131 @@ async fn supervise(
             (pause * 2).min(Duration::from_secs(5))
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A function in sh and curl: answers each event with itself, or reports an error for an
+    /// event holding `fail`.
+    const ECHO: &str = r#"#!/bin/sh
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+while true; do
+  body=$(curl -sS -D "$WORK/headers" "$api/invocation/next") || exit 1
+  id=$(grep -i '^lambda-runtime-aws-request-id:' "$WORK/headers" | cut -d' ' -f2 | tr -d '\r')
+  case "$body" in
+    *fail*) curl -sS -o /dev/null -X POST -d '{"errorMessage":"failed"}' "$api/invocation/$id/error" ;;
+    *) curl -sS -o /dev/null -X POST -d "$body" "$api/invocation/$id/response" ;;
+  esac
+done
+"#;
+
+    async fn echo_emulator(dir: &Path, upstream: Option<String>) -> LambdaEmulator {
+        let binary = dir.join("echo");
+        std::fs::write(&binary, ECHO).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let emulator = LambdaEmulator::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream,
+            &dir.join("logs"),
+        )
+        .await
+        .unwrap();
+        emulator
+            .add_functions(vec![FunctionSpec {
+                name: "echo".into(),
+                binary,
+                env: vec![("WORK".into(), dir.display().to_string())],
+                timeout: Duration::from_secs(10),
+                memory_mb: 128,
+            }])
+            .await
+            .unwrap();
+        emulator
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timed_invocations_and_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let emulator = echo_emulator(dir.path(), None).await;
+        let first = emulator
+            .invoke_timed("echo", &json!({"n": 1}))
+            .await
+            .unwrap();
+        assert_eq!(first.answer, Ok(json!({"n": 1})));
+        assert!(first.duration > Duration::ZERO);
+        let sandbox = emulator.sandbox("echo").unwrap();
+        assert!(sandbox.pid.is_some());
+        assert_eq!(sandbox.starts, 1);
+        assert!(sandbox.init.is_some_and(|init| init > Duration::ZERO));
+
+        let failed = emulator
+            .invoke_timed("echo", &json!({"fail": true}))
+            .await
+            .unwrap();
+        assert!(failed.answer.unwrap_err().contains("failed"));
+        assert!(matches!(
+            emulator.invoke("echo", &json!({"fail": true})).await,
+            Err(InvokeError::Function { .. })
+        ));
+        assert_eq!(
+            emulator.invoke("echo", &json!([2])).await.unwrap(),
+            json!([2])
+        );
+        assert_eq!(emulator.sandbox("echo").unwrap(), sandbox);
+        assert!(matches!(
+            emulator.invoke_timed("other", &json!({})).await,
+            Err(InvokeError::UnknownFunction(_))
+        ));
+        let stats = emulator.stats("echo").unwrap();
+        assert_eq!((stats.succeeded, stats.failed), (2, 2));
+        emulator.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invoke_of_another_function_goes_upstream() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+        let app = Router::new().fallback(|uri: Uri| async move {
+            (StatusCode::ACCEPTED, format!("upstream: {}", uri.path()))
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(upstream, app).await;
+        });
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let invoke = |endpoint: &str, function: &str| {
+            client
+                .post(format!(
+                    "{endpoint}/2015-03-31/functions/{function}/invocations"
+                ))
+                .header("x-amz-invocation-type", "Event")
+                .body("{}")
+                .send()
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let emulator = echo_emulator(dir.path(), Some(upstream_url)).await;
+        let answer = invoke(emulator.endpoint(), "config_renderer")
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            answer.text().await.unwrap(),
+            "upstream: /2015-03-31/functions/config_renderer/invocations"
+        );
+        let ours = invoke(emulator.endpoint(), "echo").await.unwrap();
+        assert_eq!(ours.status(), StatusCode::ACCEPTED);
+        assert_eq!(ours.text().await.unwrap(), "");
+        emulator.shutdown().await;
+
+        let alone = echo_emulator(dir.path(), None).await;
+        let answer = invoke(alone.endpoint(), "config_renderer").await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        alone.shutdown().await;
+        server.abort();
     }
 }
