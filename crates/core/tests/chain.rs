@@ -330,7 +330,7 @@ fn a_subscriber_never_gets_a_head_lower_than_one_it_was_sent() {
         r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
     );
     assert!(subscribed["result"].is_string(), "{subscribed}");
-    let mut next_head = |ws: &mut std::net::TcpStream| {
+    let next_head = |ws: &mut std::net::TcpStream| {
         let (_, payload) = read_frame(ws);
         let value: Value = serde_json::from_str(&payload).expect("JSON");
         value["params"]["result"]["number"].clone()
