@@ -20,7 +20,8 @@ SERVICE = "jsonrpc-proxy"
 # The keys of config.<stage>.yml's `gate:` section; each reaches config_renderer as GATE_<KEY>.
 GATE_KEYS = ("open_without_key", "default_calls_per_second", "default_concurrent_requests",
              "deny_methods", "max_body_bytes", "max_batch_calls", "max_get_logs_blocks",
-             "trusted_proxy_cidrs", "lua_dir", "access_log", "shared_dict_mib", "head_poll_ms")
+             "trusted_proxy_cidrs", "lua_dir", "access_log", "shared_dict_mib", "head_poll_ms",
+             "cache_mib", "finality_depth")
 # The keys of its `proxy:` section; each reaches config_renderer as PROXY_<KEY>.
 PROXY_KEYS = ("connect_timeout_secs", "read_timeout_secs", "retry_tries", "retry_timeout_secs",
               "max_fails", "fail_timeout_secs", "keepalive", "websocket_timeout_secs")

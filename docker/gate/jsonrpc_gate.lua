@@ -398,12 +398,20 @@ local function read_body()
   return body
 end
 
--- A batch some of whose calls the gate answered: the others go to a node through the
--- internal location, and the answers are put back in the batch's order (a call without an
--- id, a notification, gets none).
-local function answer_in_part(plan, calls)
+-- A request the gate answered in part, or whose answers it may keep: the calls it did not
+-- answer go to a node through the internal location; answers that cannot change are kept,
+-- and a batch gets its answers back in its order (a call without an id, a notification,
+-- gets none).
+local function forward_and_keep(plan, calls, batch)
   local res = ngx.location.capture(config.upstream_location, { method = ngx.HTTP_POST,
     body = plan.forward, ctx = { chain_need = plan.need } })
+  if not batch then
+    if res.status == 200 and plan.keep and plan.keep[1] then chain.keep(plan.keep[1], res.body) end
+    ngx.status = res.status
+    ngx.header["Content-Type"] = res.header["Content-Type"] or "application/json"
+    ngx.print(res.body)
+    return ngx.exit(ngx.HTTP_OK)
+  end
   local got = res.status == 200 and chain.split_answers(res.body, calls, plan.forwarded) or {}
   if res.status ~= 200 then
     log_detached(ngx.WARN, "jsonrpc_gate: client " .. ngx.var[config.client_variable]
@@ -413,6 +421,7 @@ local function answer_in_part(plan, calls)
   for i = 1, calls.n do
     local text = plan.answers[i] or got[i]
     local id = id_of(calls[i])
+    if got[i] and plan.keep and plan.keep[i] then chain.keep(plan.keep[i], got[i]) end
     if not text and id then
       text = error_object(id, -32603, "internal error: no answer from the node")
     end
@@ -440,14 +449,15 @@ function M.http()
     count_refused(client.name, reason, n)
     return respond(status, answer)
   end
-  local count, calls, batch = answer, reason, n
-  count_served(client, count)
+  local calls, batch = reason, n
+  count_served(client, answer)
   local plan = chain.plan(calls, batch, body)
+  if plan.hits > 0 then count(client.name, "cached", plan.hits) end
   if #plan.forwarded == 0 then
     if not batch then return respond(200, plan.answers[1]) end
     return respond(200, "[" .. concat(plan.answers, ",") .. "]")
   end
-  if next(plan.answers) then return answer_in_part(plan, calls) end
+  if next(plan.answers) or plan.keep then return forward_and_keep(plan, calls, batch) end
   ngx.ctx.chain_need = plan.need
   if plan.forward ~= body then ngx.req.set_body_data(plan.forward) end
   ngx.req.set_uri("/")
@@ -528,7 +538,8 @@ function M.cors()
 end
 
 -- content_by_lua of the internal usage endpoint: every counter, monotonic since nginx started
--- ({"clients":{"<name>":{"served":n,"refused":{"<reason>":n}}}}).
+-- ({"clients":{"<name>":{"served":n,"cached":n,"refused":{"<reason>":n}}}}; cached calls are
+-- among those served).
 function M.usage()
   local usage = ngx.shared[config.usage_dict]
   local clients = {}
@@ -538,13 +549,15 @@ function M.usage()
     if name then
       local entry = clients[name]
       if not entry then
-        entry = { served = 0, refused = {} }
+        entry = { served = 0, cached = 0, refused = {} }
         clients[name] = entry
         names[#names + 1] = name
       end
       local value = usage:get(key) or 0
       if what == "served" then
         entry.served = value
+      elseif what == "cached" then
+        entry.cached = value
       elseif reason ~= "" then
         entry.refused[#entry.refused + 1] = json.quote(reason) .. ":" .. format("%d", value)
       end
@@ -556,7 +569,8 @@ function M.usage()
     local entry = clients[name]
     table.sort(entry.refused)
     parts[i] = json.quote(name) .. ':{"served":' .. format("%d", entry.served)
-      .. ',"refused":{' .. concat(entry.refused, ",") .. "}}"
+      .. ',"cached":' .. format("%d", entry.cached) .. ',"refused":{'
+      .. concat(entry.refused, ",") .. "}}"
   end
   ngx.header["Content-Type"] = "application/json"
   ngx.print('{"clients":{' .. concat(parts, ",") .. "}}")

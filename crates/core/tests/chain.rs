@@ -203,8 +203,10 @@ fn a_node_below_the_served_head_gets_nothing_until_it_catches_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = served_by(&stack, &[&a, &b]);
+    let latest =
+        || result(&stack, "eth_getBlockByNumber", &json!(["latest", false]))["number"].clone();
     for _ in 0..20 {
-        assert_eq!(result(&stack, "eth_chainId", &json!([])), json!("0x7a69"));
+        assert_eq!(latest(), json!(hex(20)));
         assert_eq!(
             result(&stack, "eth_blockNumber", &json!([])),
             json!(hex(20))
@@ -221,7 +223,7 @@ fn a_node_below_the_served_head_gets_nothing_until_it_catches_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for _ in 0..20 {
-        result(&stack, "eth_chainId", &json!([]));
+        latest();
     }
     let last = served_by(&stack, &[&a, &b]);
     assert!(last[1] >= after[1] + 5, "b is served again: {last:?}");
@@ -344,4 +346,114 @@ fn a_subscriber_never_gets_a_head_lower_than_one_it_was_sent() {
     node.mine(1).expect("mine");
     assert_eq!(next_head(&mut ws), json!(hex(16)), "15 was dropped");
     assert_eq!(next_head(&mut ws), json!(hex(17)));
+}
+
+/// Calls of the open caller the gate answered from its cache so far.
+fn cache_hits(stack: &GatedNginx) -> u64 {
+    let usage: Value =
+        serde_json::from_str(&stack.internal("/usage").expect("usage")).expect("usage JSON");
+    usage["clients"]["(open)"]["cached"].as_u64().unwrap_or(0)
+}
+
+/// `eth_getBlockByNumber(number)`'s hash, through the proxy (with id `id`) or from the node.
+fn block_hash(stack: &GatedNginx, number: u64, id: u64) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "eth_getBlockByNumber",
+        "params": [hex(number), false]});
+    let (status, text) = stack.post("/", &body.to_string()).expect("answer");
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["id"], json!(id), "{text}");
+    answer["result"]["hash"].clone()
+}
+
+fn own_hash(node: &Anvil, number: u64) -> Value {
+    node.rpc("eth_getBlockByNumber", json!([hex(number), false]))
+        .expect("block")["hash"]
+        .clone()
+}
+
+#[test]
+fn answers_that_cannot_change_are_kept_and_no_reorg_leaves_a_wrong_one() {
+    let node = anvil();
+    let from = node.rpc("eth_accounts", json!([])).expect("accounts")[0].clone();
+    let send = || {
+        node.rpc(
+            "eth_sendTransaction",
+            json!([{"from": from, "to": "0x00000000000000000000000000000000000f00d2", "value": "0x1"}]),
+        )
+        .expect("transfer")
+    };
+    let mined = |height: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.block_number().expect("height") != height {
+            assert!(Instant::now() < deadline, "block {height} was not mined");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let early = send();
+    mined(1);
+    node.mine(98).expect("mine");
+    let late = send();
+    // anvil names block head - 64 finalized: 36 of 100.
+    mined(100);
+    let stack = start(&[&node], GatePolicy::default());
+    wait_served(&stack, 100);
+
+    // Kept: the chain id, a finalized block, the receipt of a transaction in one.
+    let hits = cache_hits(&stack);
+    for id in 1..=3 {
+        assert_eq!(result(&stack, "eth_chainId", &json!([])), json!("0x7a69"));
+        assert_eq!(block_hash(&stack, 16, id), own_hash(&node, 16));
+        let receipt = result(&stack, "eth_getTransactionReceipt", &json!([early]));
+        assert_eq!(receipt["blockNumber"], json!("0x1"));
+    }
+    assert_eq!(cache_hits(&stack), hits + 6, "the second and third of each");
+    // Not kept: a block above finality, the receipt of a transaction in one.
+    let hits = cache_hits(&stack);
+    for id in 1..=3 {
+        assert_eq!(block_hash(&stack, 96, id), own_hash(&node, 96));
+        let receipt = result(&stack, "eth_getTransactionReceipt", &json!([late]));
+        assert_eq!(receipt["blockNumber"], json!("0x64"));
+    }
+    assert_eq!(cache_hits(&stack), hits);
+
+    // A batch mixes kept and forwarded answers, in its order, each with its own id.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": "a", "method": "eth_getBlockByNumber", "params": ["0x10", false]},
+        {"jsonrpc": "2.0", "id": "b", "method": "eth_getBlockByNumber", "params": ["0x61", false]},
+        {"jsonrpc": "2.0", "id": "c", "method": "eth_chainId"},
+    ]);
+    let (_, text) = stack.post("/", &batch.to_string()).expect("answer");
+    let answers: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answers[0]["id"], "a");
+    assert_eq!(answers[0]["result"]["hash"], own_hash(&node, 16));
+    assert_eq!(answers[1]["id"], "b");
+    assert_eq!(answers[1]["result"]["hash"], own_hash(&node, 97));
+    assert_eq!(
+        answers[2],
+        json!({"jsonrpc": "2.0", "id": "c", "result": "0x7a69"})
+    );
+
+    // A reorg above finality: the new block 96 is served, the final block 16 kept.
+    let before = own_hash(&node, 96);
+    node.rpc("anvil_reorg", json!([10, []])).expect("reorg");
+    assert_ne!(own_hash(&node, 96), before, "anvil replaced block 96");
+    assert_eq!(block_hash(&stack, 96, 7), own_hash(&node, 96));
+    let hits = cache_hits(&stack);
+    assert_eq!(block_hash(&stack, 16, 8), own_hash(&node, 16));
+    assert_eq!(cache_hits(&stack), hits + 1);
+
+    // A reorg below finality (no final chain has one) replaces the finalized block: the cache
+    // is emptied within a poll, and block 16 is the node's new one.
+    let before = own_hash(&node, 16);
+    node.rpc("anvil_reorg", json!([90, []])).expect("reorg");
+    assert_ne!(own_hash(&node, 16), before, "anvil replaced block 16");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while block_hash(&stack, 16, 9) != own_hash(&node, 16) {
+        assert!(
+            Instant::now() < deadline,
+            "the cache still names the old block 16"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,8 +1,9 @@
 -- The endpoint as one chain: one worker polls every routed node's head, safe and finalized
 -- blocks; the served head (the highest block every node in sync has) only moves forward; calls
 -- are pinned to it, eth_blockNumber is answered with it, and each request goes to a node that
--- has every block the endpoint named (balancer_by_lua). Rationale: docs/architecture.md,
--- "One chain, as a client sees it".
+-- has every block the endpoint named (balancer_by_lua). Answers that cannot change (the chain
+-- id, what a block hash names, what a finalized block holds) are kept in a shared dictionary.
+-- Rationale: docs/architecture.md, "One chain, as a client sees it".
 
 local json = require "jsonrpc_gate.json"
 
@@ -61,6 +62,10 @@ function M.configure(data)
     block_params = data.block_params,
     tries = data.retry_tries,
     fail_timeout = data.fail_timeout_secs,
+    cache = data.cache_dict,
+    cache_scope = data.cache_scope,
+    finality_depth = data.finality_depth,
+    cache_max = data.cache_max_answer_bytes,
   }
 end
 
@@ -223,27 +228,136 @@ local function answered_here(call)
   return params == nil or (json.is_array(params) and params.n == 0)
 end
 
+---------------------------------------------------------------------------------------------
+-- The cache: answers that cannot change
+
+-- Methods whose answer depends on the chain alone.
+local CHAIN = { eth_chainid = true, net_version = true }
+-- Methods of a block hash: what the hash names never changes ("block"); a transaction's block
+-- may ("transaction": kept once that block is final).
+local BY_HASH = {
+  eth_getblockbyhash = "block",
+  eth_getblocktransactioncountbyhash = "block",
+  eth_gettransactionbyblockhashandindex = "block",
+  eth_getunclebyblockhashandindex = "block",
+  eth_getunclecountbyblockhash = "block",
+  eth_gettransactionbyhash = "transaction",
+  eth_gettransactionreceipt = "transaction",
+}
+
+-- The highest block the cache treats as final: the nodes' finalized block, else the served
+-- head less the configured depth; nil while unknown.
+local function final_block()
+  local served, _, finalized = known()
+  if finalized then return finalized end
+  if served and served >= config.finality_depth then return served - config.finality_depth end
+  return nil
+end
+
+-- How a call's answer may be kept ("chain", "block", "transaction", "final", "logs"), or nil.
+local function cache_kind(call, final)
+  local method = lower(call.method)
+  if CHAIN[method] then return "chain" end
+  if BY_HASH[method] then return BY_HASH[method] end
+  local params = call.params
+  if not json.is_array(params) or not final then return nil end
+  local index = config.block_params[method]
+  if index then
+    local n = params.n > index and block_number(params[index + 1])
+    return n and n <= final and "final" or nil
+  end
+  if method == "eth_getlogs" then
+    local filter = params[1]
+    if type(filter) ~= "table" or filter == json.null or json.is_array(filter) then return nil end
+    if filter.blockhash ~= nil then return "logs" end
+    local from, to = block_number(filter.fromblock), block_number(filter.toblock)
+    return from and to and to <= final and "final" or nil
+  end
+  return nil
+end
+
+local function cache_key(call, text, edits)
+  local spans = json.spans(call)
+  local params = ""
+  if spans.starts.params then params = spliced(text, spans.starts.params, spans.ends.params, edits) end
+  return config.cache_scope .. SEP .. lower(call.method) .. SEP .. params
+end
+
+-- Keeps a node's answer (`text`, one call's) under `key` when it is one that cannot change.
+function M.keep(entry, text)
+  local d = config.cache and ngx.shared[config.cache]
+  if not d or #text > config.cache_max then return end
+  local answer = json.decode(text)
+  if type(answer) ~= "table" or answer == json.null or json.is_array(answer)
+    or answer.error ~= nil then
+    return
+  end
+  local result = answer.result
+  if result == nil or result == json.null then return end
+  local kind = entry.kind
+  if kind == "transaction" then
+    local final = final_block()
+    local n = type(result) == "table" and block_number(result.blocknumber)
+    if not (n and final and n <= final) then return end
+  elseif kind == "logs" and not (json.is_array(result) and result.n > 0) then
+    return
+  end
+  local spans = json.spans(answer)
+  d:set(entry.key, sub(text, spans.starts.result + 1, spans.ends.result))
+end
+
+-- Empties the cache (a finalized block changed: a reorg no final block should see).
+local function forget_all(why)
+  local d = config.cache and ngx.shared[config.cache]
+  if d then
+    d:flush_all()
+    ngx.log(ngx.WARN, "jsonrpc_gate: cache emptied: ", why)
+  end
+end
+
 -- What to do with a judged request (`calls` decoded from `body`, a batch or one call):
--- returns { answers = { [i] = text } of the calls answered here, forward = the body to send
--- on (nil: nothing), forwarded = the indices it holds, need = the lowest head a node needs }.
+-- returns { answers = { [i] = text } of the calls answered here (the head, the cache),
+-- hits = how many came from the cache, keep = { [i] = { key, kind } } of forwarded calls
+-- whose answers may be kept, forward = the body to send on (nil: nothing), forwarded = the
+-- indices it holds, need = the lowest head a node needs }.
 function M.plan(calls, batch, body)
-  local head = M.served()
-  local answers, forwarded, edits, need = {}, {}, {}, head or 0
-  local any_answer = false
+  local d = dict()
+  local served = d and d:get("served")
+  -- While no node has the served head (see advance), eth_blockNumber still names it, but
+  -- nothing is pinned to it: the nodes answer of what they have.
+  local head = served and not d:get("behind_since") and served or nil
+  local cache = config.cache and ngx.shared[config.cache]
+  local final = cache and final_block()
+  local answers, forwarded, edits, keep, need = {}, {}, {}, {}, head or 0
+  local hits, any_answer, any_keep = 0, false, false
   for i = 1, calls.n do
     local call = calls[i]
-    if head and answered_here(call) then
-      answers[i] = '{"jsonrpc":"2.0","id":' .. json.raw_id(call) .. ',"result":'
-        .. quantity(head) .. "}"
+    local id = json.raw_id(call)
+    if served and answered_here(call) then
+      answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. quantity(served) .. "}"
       any_answer = true
     else
-      forwarded[#forwarded + 1] = i
       need = max(need, pin(call, head, edits))
+      local kind = cache and id ~= nil and cache_kind(call, final)
+      local key = kind and cache_key(call, body, edits)
+      local held = key and cache:get(key)
+      if held then
+        answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. held .. "}"
+        hits = hits + 1
+        any_answer = true
+      else
+        if key then
+          keep[i] = { key = key, kind = kind }
+          any_keep = true
+        end
+        forwarded[#forwarded + 1] = i
+      end
     end
   end
-  local plan = { answers = answers, forwarded = forwarded, need = need > 0 and need or nil }
+  local plan = { answers = answers, hits = hits, keep = any_keep and keep or nil,
+    forwarded = forwarded, need = need > 0 and need or nil }
   if #forwarded == 0 then return plan end
-  if not any_answer then
+  if not any_answer and (not batch or not any_keep) then
     plan.forward = #edits == 0 and body or spliced(body, 0, #body, edits)
     return plan
   end
@@ -365,7 +479,8 @@ local function result_number(answer, kind)
   return n and n < 2 ^ 53 and n or nil
 end
 
--- head, safe, finalized of a member (the last two nil when it does not say), or nil.
+-- head, safe, finalized of a member (the last two nil when it does not say) and the
+-- finalized block's hash, or nil.
 local function poll(m, timeout_ms)
   local text = post(m, timeout_ms)
   local value = text and json.decode(text)
@@ -379,7 +494,10 @@ local function poll(m, timeout_ms)
   end
   local head = result_number(by_id["1"], "number")
   if not head then return nil end
-  return head, result_number(by_id["2"], "block"), result_number(by_id["3"], "block")
+  local finalized = result_number(by_id["3"], "block")
+  local hash = finalized and by_id["3"].result.hash
+  return head, result_number(by_id["2"], "block"), finalized,
+    type(hash) == "string" and hash or nil
 end
 
 -- The lowest of `key` over the members in sync, or nil.
@@ -437,6 +555,20 @@ local function advance(d)
   d:delete("lock")
 end
 
+-- A node whose finalized block went back, or changed at the same number, saw a reorg no
+-- final block should: nothing the cache kept as final can be trusted.
+local function check_final(d, m, finalized, hash)
+  local key = "fb" .. SEP .. m.address
+  local before = d:get(key)
+  local n, h = (before or ""):match("^(%d+):(.*)$")
+  n = tonumber(n)
+  if n and (finalized < n or (finalized == n and hash and h ~= "" and hash ~= h)) then
+    forget_all("the finalized block of " .. m.address .. " changed (" .. n .. " to " .. finalized
+      .. ")")
+  end
+  d:set(key, finalized .. ":" .. (hash or ""))
+end
+
 local function track(premature)
   if premature or ngx.worker.exiting() then return end
   local d = dict()
@@ -446,11 +578,14 @@ local function track(premature)
     threads[i] = ngx.thread.spawn(function() return poll(m, timeout_ms) end)
   end
   for i, m in ipairs(config.primaries) do
-    local ok, head, safe, finalized = ngx.thread.wait(threads[i])
+    local ok, head, safe, finalized, hash = ngx.thread.wait(threads[i])
     if ok and head then
       d:set(m.head_key, head, config.stale_secs)
       if safe then d:set(m.safe_key, safe, config.stale_secs) end
-      if finalized then d:set(m.finalized_key, finalized, config.stale_secs) end
+      if finalized then
+        d:set(m.finalized_key, finalized, config.stale_secs)
+        check_final(d, m, finalized, hash)
+      end
     end
   end
   advance(d)

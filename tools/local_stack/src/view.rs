@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use jsonrpc_proxy::functions::usage::{read_usage, UsageSnapshot};
+use jsonrpc_proxy::functions::usage::{read_usage, Count, UsageSnapshot};
 use jsonrpc_proxy::model::backend::Backend;
 use jsonrpc_proxy::render::gate::USAGE_SOCKET;
 
@@ -47,34 +47,35 @@ pub async fn read_frame_usage(socket_dir: &Path) -> Option<UsageSnapshot> {
         .ok()
 }
 
-/// Calls served and refused (by reason) per client.
+/// Calls served (from the cache among them) and refused (by reason) per client.
 fn render_usage(out: &mut String, usage: &UsageSnapshot) {
     let _ = writeln!(
         out,
-        "{:<24} {:>10} {:>10}  REFUSED BY REASON",
-        "CLIENT", "SERVED", "REFUSED"
+        "{:<24} {:>10} {:>10} {:>10}  REFUSED BY REASON",
+        "CLIENT", "SERVED", "CACHED", "REFUSED"
     );
     let mut clients: Vec<&str> = usage.keys().map(|c| c.client.as_str()).collect();
     clients.dedup();
     for client in &clients {
-        let mut served = 0;
-        let mut refused = 0;
+        let (mut served, mut cached, mut refused) = (0, 0, 0);
         let mut reasons = Vec::new();
         for (counter, &count) in usage.iter().filter(|(c, _)| c.client == *client) {
-            match &counter.refused {
-                None => served += count,
-                Some(reason) if count > 0 => {
+            match &counter.count {
+                Count::Served => served += count,
+                Count::Cached => cached += count,
+                Count::Refused(reason) if count > 0 => {
                     refused += count;
                     reasons.push(format!("{reason} {count}"));
                 }
-                Some(_) => {}
+                Count::Refused(_) => {}
             }
         }
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>10}  {}",
+            "{:<24} {:>10} {:>10} {:>10}  {}",
             truncate(client, 24),
             served,
+            cached,
             refused,
             reasons.join(", ")
         );

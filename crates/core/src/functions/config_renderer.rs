@@ -120,6 +120,8 @@ fn gate_from_env(env: &Env<'_>) -> Result<GatePolicy, SettingsError> {
             60_000,
         )?,
         head_tolerance_blocks: env.number("DIFF_TOLERANCE", defaults.head_tolerance_blocks, 0)?,
+        cache_mib: env.number("GATE_CACHE_MIB", defaults.cache_mib, 1)?,
+        finality_depth: env.number("GATE_FINALITY_DEPTH", defaults.finality_depth, 0)?,
     };
     gate.validate().map_err(|error| {
         let name = match &error {
@@ -476,6 +478,8 @@ mod tests {
             ("GATE_SHARED_DICT_MIB", "2"),
             ("GATE_HEAD_POLL_MS", "250"),
             ("DIFF_TOLERANCE", "4"),
+            ("GATE_CACHE_MIB", "5"),
+            ("GATE_FINALITY_DEPTH", "12"),
         ])
         .unwrap()
         .gate;
@@ -496,6 +500,8 @@ mod tests {
                 shared_dict_mib: 2,
                 head_poll_ms: 250,
                 head_tolerance_blocks: 4,
+                cache_mib: 5,
+                finality_depth: 12,
             }
         );
         for (name, value) in [

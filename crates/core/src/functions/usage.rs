@@ -13,8 +13,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::aws::metrics::{MetricPoint, MetricUnit, DIMENSION_STACK_NAME};
 
-/// `Gate calls served`, per `Stack name` and `Client`: JSON-RPC calls passed to a node.
+/// `Gate calls served`, per `Stack name` and `Client`: JSON-RPC calls the gate let through
+/// (answered by a node, or by the data plane itself).
 pub const METRIC_CALLS_SERVED: &str = "Gate calls served";
+/// `Gate cache hits`, per `Stack name` and `Client`: calls of those served that the data plane
+/// answered from its cache (docs/architecture.md, "One chain, as a client sees it").
+pub const METRIC_CACHE_HITS: &str = "Gate cache hits";
 /// `Gate calls refused`, per `Stack name`, `Client` and `Reason` (the gate's names: `key`,
 /// `method`, `rate`, `batch_size`, `body_size`, `get_logs_range`, `parse`, `invalid`,
 /// `duplicate`).
@@ -26,13 +30,24 @@ pub const DIMENSION_REASON: &str = "Reason";
 /// Longest answer of the usage endpoint read (a few hundred bytes per client).
 const MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 
+/// What a counter counts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Count {
+    /// Calls served.
+    Served,
+    /// Calls served from the data plane's cache (also counted as served).
+    Cached,
+    /// Calls refused for this reason.
+    Refused(String),
+}
+
 /// One counter of the gate.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Counter {
     /// The client's name, `(open)` or `(unknown)`.
     pub client: String,
-    /// `None`: calls served; `Some(reason)`: calls refused for that reason.
-    pub refused: Option<String>,
+    /// What it counts.
+    pub count: Count,
 }
 
 impl Counter {
@@ -40,7 +55,15 @@ impl Counter {
     pub fn served(client: &str) -> Self {
         Self {
             client: client.to_owned(),
-            refused: None,
+            count: Count::Served,
+        }
+    }
+
+    /// Calls of `client` served from the cache.
+    pub fn cached(client: &str) -> Self {
+        Self {
+            client: client.to_owned(),
+            count: Count::Cached,
         }
     }
 
@@ -48,7 +71,7 @@ impl Counter {
     pub fn refused(client: &str, reason: &str) -> Self {
         Self {
             client: client.to_owned(),
-            refused: Some(reason.to_owned()),
+            count: Count::Refused(reason.to_owned()),
         }
     }
 }
@@ -81,7 +104,7 @@ pub enum UsageError {
 }
 
 /// Parses the body of `GET /usage`:
-/// `{"clients":{"<name>":{"served":n,"refused":{"<reason>":n}}}}`.
+/// `{"clients":{"<name>":{"served":n,"cached":n,"refused":{"<reason>":n}}}}`.
 pub fn parse_usage(body: &[u8]) -> Result<UsageSnapshot, UsageError> {
     let invalid = |what: &str| UsageError::Invalid(what.to_owned());
     let document: Value =
@@ -102,6 +125,9 @@ pub fn parse_usage(body: &[u8]) -> Result<UsageSnapshot, UsageError> {
         }
         if let Some(served) = entry.get("served") {
             snapshot.insert(Counter::served(name), count(served, "served")?);
+        }
+        if let Some(cached) = entry.get("cached") {
+            snapshot.insert(Counter::cached(name), count(cached, "cached")?);
         }
         if let Some(refused) = entry.get("refused") {
             let refused = refused
@@ -171,9 +197,10 @@ fn point(counter: &Counter, count: u64, stack_name: &str) -> MetricPoint {
         (DIMENSION_STACK_NAME, stack_name.to_owned()),
         (DIMENSION_CLIENT, counter.client.clone()),
     ];
-    let name = match &counter.refused {
-        None => METRIC_CALLS_SERVED,
-        Some(reason) => {
+    let name = match &counter.count {
+        Count::Served => METRIC_CALLS_SERVED,
+        Count::Cached => METRIC_CACHE_HITS,
+        Count::Refused(reason) => {
             dimensions.push((DIMENSION_REASON, reason.clone()));
             METRIC_CALLS_REFUSED
         }
@@ -252,7 +279,13 @@ mod tests {
         deltas
             .pending()
             .iter()
-            .map(|(c, &n)| (c.client.clone(), c.refused.clone(), n))
+            .map(|(c, &n)| {
+                let refused = match &c.count {
+                    Count::Refused(reason) => Some(reason.clone()),
+                    _ => None,
+                };
+                (c.client.clone(), refused, n)
+            })
             .collect()
     }
 
@@ -260,10 +293,11 @@ mod tests {
     fn the_gate_document_is_read_counter_by_counter() {
         let usage = snapshot(
             r#"{"clients":{"(unknown)":{"served":0,"refused":{"key":15}},
-                "app":{"served":7,"refused":{"method":2,"rate":1}}}}"#,
+                "app":{"served":7,"cached":3,"refused":{"method":2,"rate":1}}}}"#,
         );
-        assert_eq!(usage.len(), 5);
+        assert_eq!(usage.len(), 6);
         assert_eq!(usage[&Counter::served("app")], 7);
+        assert_eq!(usage[&Counter::cached("app")], 3);
         assert_eq!(usage[&Counter::refused("app", "rate")], 1);
         assert_eq!(usage[&Counter::refused("(unknown)", "key")], 15);
         assert!(snapshot(r#"{"clients":{}}"#).is_empty());

@@ -21,7 +21,12 @@ pub const USAGE_DICT: &str = "jsonrpc_gate_usage";
 /// Shared dictionary of the nodes' heads and the served head (docs/architecture.md, "One
 /// chain, as a client sees it"); a few keys per node.
 pub const HEADS_DICT: &str = "jsonrpc_gate_heads";
-/// The internal location that forwards the calls of a batch the gate answers in part.
+/// Shared dictionary of the answers that cannot change (its size: [`GatePolicy::cache_mib`]).
+pub const CACHE_DICT: &str = "jsonrpc_gate_cache";
+/// Largest answer (its `result`, bytes) the cache keeps.
+pub const CACHE_MAX_ANSWER_BYTES: u32 = 512 * 1024;
+/// The internal location that forwards the calls of a request the gate answers in part, or
+/// whose answers it may keep.
 pub const UPSTREAM_LOCATION: &str = "/_jsonrpc_gate/upstream";
 /// Seconds the served head holds while no node has it (a rollback deeper than the nodes'
 /// lead, or a chain that was reset) before it follows the nodes back.
@@ -191,6 +196,11 @@ pub struct GatePolicy {
     /// Blocks a routed node may trail the highest one and still hold the served head back
     /// (`DIFF_TOLERANCE`, the health checker's own: a node that far behind is still in sync).
     pub head_tolerance_blocks: u64,
+    /// Size of the cache of answers that cannot change, MiB (`GATE_CACHE_MIB`).
+    pub cache_mib: u32,
+    /// Blocks below the served head taken as final where the nodes name no `finalized` block
+    /// (`GATE_FINALITY_DEPTH`).
+    pub finality_depth: u64,
 }
 
 impl Default for GatePolicy {
@@ -235,6 +245,8 @@ impl Default for GatePolicy {
             shared_dict_mib: 10,
             head_poll_ms: 1000,
             head_tolerance_blocks: crate::health::judgement::DEFAULT_DIFF_TOLERANCE,
+            cache_mib: 32,
+            finality_depth: 64,
         }
     }
 }
@@ -403,6 +415,7 @@ impl GatePolicy {
             ("max eth_getLogs blocks", self.max_get_logs_blocks),
             ("shared dictionary size", u64::from(self.shared_dict_mib)),
             ("head poll interval", u64::from(self.head_poll_ms)),
+            ("cache size", u64::from(self.cache_mib)),
         ] {
             if value == 0 {
                 return Err(GatePolicyError::Zero(name));
@@ -438,6 +451,10 @@ impl GatePolicy {
     /// upstream has `members`.
     pub fn lua_config(&self, options: &RenderOptions, members: Vec<LuaMember>) -> LuaConfig {
         let bare = |variable: &str| variable.trim_start_matches('$').to_owned();
+        // Answers are kept per set of members: a new set (another chain, say) starts afresh.
+        let mut addresses: Vec<&str> = members.iter().map(|m| m.address.as_str()).collect();
+        addresses.sort_unstable();
+        let cache_scope = hex::encode(&Sha256::digest(addresses.join("\n").as_bytes())[..8]);
         LuaConfig {
             clients: self.clients.clone(),
             open_without_key: self.open_without_key,
@@ -467,6 +484,10 @@ impl GatePolicy {
             upstream_location: UPSTREAM_LOCATION.into(),
             retry_tries: options.retry_tries,
             fail_timeout_secs: options.fail_timeout_secs,
+            cache_dict: CACHE_DICT.into(),
+            cache_scope,
+            finality_depth: self.finality_depth,
+            cache_max_answer_bytes: CACHE_MAX_ANSWER_BYTES,
         }
     }
 }
@@ -491,8 +512,9 @@ pub struct LuaMember {
 /// [`CORS_VARIABLE`], without `$`) the module uses. The rest is the data plane's chain
 /// (`docker/gate/jsonrpc_gate/chain.lua`): the upstream's members, where heads are kept
 /// ([`HEADS_DICT`]), how often they are polled and when a node's is stale, [`HEAD_RESET_SECS`],
-/// the tolerance, [`BLOCK_PARAMS`] (lowercased), [`UPSTREAM_LOCATION`] and the retry policy of
-/// [`RenderOptions`].
+/// the tolerance, [`BLOCK_PARAMS`] (lowercased), [`UPSTREAM_LOCATION`], the retry policy of
+/// [`RenderOptions`], and the cache: [`CACHE_DICT`], the scope its keys start with (a digest of
+/// the members' addresses), the finality depth and [`CACHE_MAX_ANSWER_BYTES`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
@@ -522,6 +544,10 @@ pub struct LuaConfig {
     pub upstream_location: String,
     pub retry_tries: u32,
     pub fail_timeout_secs: u32,
+    pub cache_dict: String,
+    pub cache_scope: String,
+    pub finality_depth: u64,
+    pub cache_max_answer_bytes: u32,
 }
 
 impl LuaConfig {
@@ -590,6 +616,7 @@ pub(crate) fn render_http_level(
 lua_shared_dict {RATE_DICT} {mib}m;
 lua_shared_dict {USAGE_DICT} {mib}m;
 lua_shared_dict {HEADS_DICT} 1m;
+lua_shared_dict {CACHE_DICT} {cache_mib}m;
 init_by_lua_block {{
     require(\"jsonrpc_gate\").configure(table.concat({{
 {pieces}    }}))
@@ -603,6 +630,7 @@ log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_m
 ",
         lua = policy.lua_dir,
         mib = policy.shared_dict_mib,
+        cache_mib = policy.cache_mib,
     );
 }
 
