@@ -390,6 +390,8 @@ fn the_lua_module_holds_the_policy_the_renderer_wrote() {
         max_get_logs_blocks: 19,
         head_poll_ms: 1234,
         head_tolerance_blocks: 23,
+        cache_mib: 3,
+        finality_depth: 29,
         ..GatePolicy::default()
     };
     policy.clients[0].allow_methods = vec!["EVM_mine".into(), "debug_".into()];

@@ -696,6 +696,10 @@ function M.held()
     { "upstream_location", data.upstream_location },
     { "retry_tries", data.retry_tries },
     { "fail_timeout_secs", data.fail_timeout_secs },
+    { "cache_dict", config.cache },
+    { "cache_scope", config.cache_scope },
+    { "finality_depth", config.finality_depth },
+    { "cache_max_answer_bytes", config.cache_max },
   }
 end
 
