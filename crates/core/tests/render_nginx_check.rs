@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use devstack::testkit::websocket::{read_frame, text, websocket};
 use devstack::{free_port, Anvil, AnvilOptions, Nginx};
 use jsonrpc_proxy::model::backend::Backend;
 use jsonrpc_proxy::render::nginx::render;
@@ -191,56 +192,11 @@ fn post(port: u16, body: &str) -> (u16, String) {
     )
 }
 
-/// A masked client text frame (payloads under 126 bytes).
-fn text_frame(payload: &str) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let bytes = payload.as_bytes();
-    assert!(bytes.len() < 126);
-    let mut frame = vec![0x81, 0x80 | bytes.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(bytes.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
-/// Reads one unmasked server text frame.
-fn read_text_frame(stream: &mut TcpStream) -> String {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).expect("frame head");
-    assert_eq!(head[0] & 0x0f, 1, "a text frame");
-    let length = match head[1] & 0x7f {
-        126 => {
-            let mut ext = [0u8; 2];
-            stream.read_exact(&mut ext).expect("length");
-            usize::from(u16::from_be_bytes(ext))
-        }
-        127 => panic!("unexpectedly long frame"),
-        n => usize::from(n),
-    };
-    let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).expect("payload");
-    String::from_utf8(payload).expect("utf-8")
-}
-
 /// A WebSocket upgrade through the proxy: handshake, JSON-RPC frames, an `eth_subscribe`
 /// notification, then a plain request next to the open WebSocket.
 fn websocket_round_trip(port: u16, anvil: &Anvil, chain_id: &str, nginx: &Nginx) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("handshake answer");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let (head, mut stream) = websocket(port, "/");
+    let head = head.to_ascii_lowercase();
     assert!(
         head.starts_with("http/1.1 101"),
         "{head}\n{}",
@@ -248,28 +204,25 @@ fn websocket_round_trip(port: u16, anvil: &Anvil, chain_id: &str, nginx: &Nginx)
     );
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="));
-    stream
-        .write_all(&text_frame(
-            r#"{"jsonrpc":"2.0","id":7,"method":"eth_chainId","params":[]}"#,
-        ))
-        .expect("frame");
-    let answer = read_text_frame(&mut stream);
+    let answer = text(
+        &mut stream,
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_chainId","params":[]}"#,
+    );
     assert!(
-        answer.contains(chain_id) && answer.contains("\"id\":7"),
+        answer["result"] == chain_id && answer["id"] == 7,
         "{answer}"
     );
-    stream
-        .write_all(&text_frame(
-            r#"{"jsonrpc":"2.0","id":8,"method":"eth_subscribe","params":["newHeads"]}"#,
-        ))
-        .expect("subscribe");
-    let subscribed = read_text_frame(&mut stream);
+    let subscribed = text(
+        &mut stream,
+        r#"{"jsonrpc":"2.0","id":8,"method":"eth_subscribe","params":["newHeads"]}"#,
+    );
     assert!(
-        subscribed.contains("\"id\":8") && subscribed.contains("result"),
+        subscribed["id"] == 8 && subscribed["result"].is_string(),
         "{subscribed}"
     );
     anvil.rpc("evm_mine", serde_json::json!([])).expect("mine");
-    let notification = read_text_frame(&mut stream);
+    let (opcode, notification) = read_frame(&mut stream);
+    assert_eq!(opcode, 1, "a text frame");
     assert!(notification.contains("eth_subscription"), "{notification}");
 
     // Plain requests still work next to the open WebSocket.
