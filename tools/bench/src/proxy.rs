@@ -1574,7 +1574,7 @@ mod tests {
         let block: Value = serde_json::from_str(&Workload::FinalizedBlock.body()).expect("JSON");
         assert_eq!(block["params"], json!(["0x1", false]));
         // anvil's finalized block is its head minus 64.
-        assert!(SEED_BLOCK + 64 <= SEED_HEAD);
+        const { assert!(SEED_BLOCK + 64 <= SEED_HEAD) };
         let receipt: Value = serde_json::from_str(&Workload::Receipt.body()).expect("JSON");
         assert_eq!(receipt["params"], json!([SEED_TX]));
         let answer =
