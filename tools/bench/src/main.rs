@@ -3,8 +3,9 @@
 //! 1. **fanout**: one health-check round against 1 to 10 000 fake nodes (and 10 % hanging),
 //!    in a child process: wall time, phases, peak RSS, DynamoDB and CloudWatch calls, verdicts.
 //! 2. **proxy**: wrk straight to anvil, through the rendered nginx configuration, the
-//!    original's style and a peer (blutgang), interleaved round by round, for an uncacheable
-//!    call, a cacheable one and a batch; a node killed under load behind each of them.
+//!    original's style and a peer (blutgang), interleaved round by round, for the head, a
+//!    forwarded call, calls that never change (cacheable) and batches; a node killed under
+//!    load behind each of them.
 //! 3. **switch**: node death and lag through the local stack, under client load.
 //! 4. **lambda**: deployment zip sizes, start-up time and peak memory of each function.
 //! 5. **uploads**: nginx's memory under slow uploads, and another client's calls meanwhile.

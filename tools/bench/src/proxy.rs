@@ -1,8 +1,13 @@
 //! Part 2: proxy overhead and a peer. wrk against anvil straight, through our rendered nginx
 //! (open, and gated: a client's key URL through the JSON-RPC gate), through nginx in the
-//! original's style and through blutgang, interleaved round by round, for four workloads (an
-//! uncacheable call, a cacheable one, a 10-call and a 100-call batch); then what a node's death
-//! costs clients of each, before any control plane reacts.
+//! original's style and through blutgang, interleaved round by round, for the workloads of
+//! [`Workload::ALL`] (the head, a call every proxy forwards, calls that never change and may be
+//! cached, a 10-call and a 100-call batch); then what a node's death costs clients of each,
+//! before any control plane reacts.
+//!
+//! Every anvil is seeded alike ([`seed`]): one transfer and [`SEED_BLOCKS`] more blocks, so
+//! that the gate's head poll finds a head, safe and finalized blocks, and the cacheable
+//! workloads name a block and a receipt at or below the finalized block.
 //!
 //! nginx runs on [`devstack::prepare_prefix`]'s main configuration with `worker_processes auto`;
 //! the rendered configuration (or the original's style) is included in `http { }`.
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::model::backend_url::BackendUrl;
-use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy};
+use jsonrpc_proxy::render::gate::{key_sha256, GateClient, GatePolicy, USAGE_SOCKET};
 use jsonrpc_proxy::render::nginx::render_gated;
 use jsonrpc_proxy::render::options::RenderOptions;
 use jsonrpc_proxy::render::routing::{RouteTarget, RoutingPlan};
@@ -28,6 +33,21 @@ use crate::sys;
 
 /// An address with a balance on every fresh anvil (its first dev account).
 const ACCOUNT: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+/// The seed transfer's sender: anvil's second dev account (unlocked on every fresh anvil), so
+/// that [`ACCOUNT`]'s balance and nonce stay those of a fresh chain.
+const SEED_FROM: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+/// The seed transfer's recipient: anvil's third dev account.
+const SEED_TO: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
+/// The seed transfer's hash: every field of it is fixed and anvil signs it with the same dev
+/// key, so every fresh anvil gives it this hash (checked by [`seed`]).
+pub const SEED_TX: &str = "0xafcb3db4cc1f7965fff64debb6254620f3edb91568c479ba5032fbd81c12ad9b";
+/// The block the seed transfer is mined in (anvil mines each transaction at once).
+pub const SEED_BLOCK: u64 = 1;
+/// Blocks mined after it: anvil's `finalized` is its head minus 64 and `safe` its head minus
+/// 32, so the head is 129, safe 97, finalized 65, and [`SEED_BLOCK`] is final.
+pub const SEED_BLOCKS: u64 = 128;
+/// The head of a seeded node.
+pub const SEED_HEAD: u64 = SEED_BLOCK + SEED_BLOCKS;
 /// The bench client's key (the gated row's URL is `/v3/<key>`).
 const BENCH_KEY: &str = "bench-client-key-0123456789abcdefghijklmnop";
 /// The bench client's rate limit: high enough never to refuse a call of the bench.
@@ -38,32 +58,53 @@ const BENCH_CONCURRENT_REQUESTS: u32 = 100_000;
 /// What the clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Workload {
-    /// `eth_blockNumber`: changes with every block, so no proxy may cache it.
+    /// `eth_blockNumber`: changes with every block, so no proxy may cache it; the gate answers
+    /// it itself with its served head.
     BlockNumber,
     /// `eth_chainId`: never changes, so a caching proxy may answer it itself.
     ChainId,
+    /// `eth_getBalance` of [`ACCOUNT`] at `latest`: not cacheable, answered by a node through
+    /// every proxy (the gate pins `latest` to its served head and forwards it).
+    Balance,
     /// One POST holding 10 calls (a JSON-RPC batch), some cacheable, some not.
     Batch,
     /// One POST holding 100 calls (the gate's default batch limit): the 10 calls ten times.
     Batch100,
+    /// `eth_getBlockByNumber` of [`SEED_BLOCK`] (at or below the finalized block), without
+    /// transactions: an answer that cannot change.
+    FinalizedBlock,
+    /// `eth_getTransactionReceipt` of [`SEED_TX`], mined in [`SEED_BLOCK`]: an answer that
+    /// cannot change.
+    Receipt,
 }
 
 impl Workload {
     /// Every workload, in the order they are run and reported.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 7] = [
         Self::BlockNumber,
         Self::ChainId,
+        Self::Balance,
         Self::Batch,
         Self::Batch100,
+        Self::FinalizedBlock,
+        Self::Receipt,
     ];
+
+    /// The workloads whose answers never change: served from a cache where a proxy has one.
+    pub const CACHEABLE: [Workload; 3] = [Self::ChainId, Self::FinalizedBlock, Self::Receipt];
 
     /// How the report names it.
     pub fn title(self) -> &'static str {
         match self {
-            Self::BlockNumber => "`eth_blockNumber` (not cacheable)",
+            Self::BlockNumber => "`eth_blockNumber` (the head: the gate answers it itself)",
             Self::ChainId => "`eth_chainId` (cacheable)",
+            Self::Balance => "`eth_getBalance` at `latest` (not cacheable: every path forwards it)",
             Self::Batch => "a batch of 10 calls in one POST",
             Self::Batch100 => "a batch of 100 calls in one POST",
+            Self::FinalizedBlock => {
+                "`eth_getBlockByNumber` of a finalized block, without transactions (cacheable)"
+            }
+            Self::Receipt => "`eth_getTransactionReceipt` of a finalized transfer (cacheable)",
         }
     }
 
@@ -72,17 +113,32 @@ impl Workload {
         match self {
             Self::BlockNumber => "eth_blockNumber",
             Self::ChainId => "eth_chainId",
+            Self::Balance => "eth_getBalance",
             Self::Batch => "10-call batch",
             Self::Batch100 => "100-call batch",
+            Self::FinalizedBlock => "finalized block",
+            Self::Receipt => "receipt",
+        }
+    }
+
+    /// Whether the path of `role` is measured with this workload: every path for the first
+    /// workloads; the forwarded call only where it tells the gate's cost (direct, ours,
+    /// gated); the cacheable calls where a cache may answer them (the gate, the peer) beside
+    /// the node and ours without the gate.
+    pub fn measures(self, role: Role) -> bool {
+        match self {
+            Self::BlockNumber | Self::ChainId | Self::Batch | Self::Batch100 => true,
+            Self::Balance => matches!(role, Role::Direct | Role::Ours | Role::Gated),
+            Self::FinalizedBlock | Self::Receipt => role != Role::Original,
         }
     }
 
     /// Calls in one request.
     pub fn calls(self) -> u64 {
         match self {
-            Self::BlockNumber | Self::ChainId => 1,
             Self::Batch => 10,
             Self::Batch100 => 100,
+            _ => 1,
         }
     }
 
@@ -104,6 +160,14 @@ impl Workload {
         match self {
             Self::BlockNumber => call(1, "eth_blockNumber", json!([])).to_string(),
             Self::ChainId => call(1, "eth_chainId", json!([])).to_string(),
+            Self::Balance => call(1, "eth_getBalance", json!([ACCOUNT, "latest"])).to_string(),
+            Self::FinalizedBlock => call(
+                1,
+                "eth_getBlockByNumber",
+                json!([format!("{SEED_BLOCK:#x}"), false]),
+            )
+            .to_string(),
+            Self::Receipt => call(1, "eth_getTransactionReceipt", json!([SEED_TX])).to_string(),
             Self::Batch | Self::Batch100 => {
                 Value::Array((1..=self.calls()).map(batch_call).collect()).to_string()
             }
@@ -111,7 +175,7 @@ impl Workload {
     }
 
     /// Whether `answer` is a right answer to [`Self::body`]: a result for every call, under
-    /// its id.
+    /// its id; for the block and the receipt, the object asked for (never `null`).
     pub fn check(self, answer: &[u8]) -> Result<(), String> {
         let value: Value = serde_json::from_slice(answer).map_err(|_| {
             format!(
@@ -129,8 +193,22 @@ impl Workload {
                 (None, None) => Err("no result".into()),
             }
         };
+        let field = |value: &Value, name: &str, expected: &str| -> Result<(), String> {
+            let found = value.get("result").and_then(|r| r.get(name));
+            if found.and_then(Value::as_str) == Some(expected) {
+                Ok(())
+            } else {
+                Err(format!("result {name} {found:?} instead of {expected}"))
+            }
+        };
         match self {
-            Self::BlockNumber | Self::ChainId => one(&value, 1),
+            Self::BlockNumber | Self::ChainId | Self::Balance => one(&value, 1),
+            Self::FinalizedBlock => {
+                one(&value, 1).and_then(|()| field(&value, "number", &format!("{SEED_BLOCK:#x}")))
+            }
+            Self::Receipt => {
+                one(&value, 1).and_then(|()| field(&value, "transactionHash", SEED_TX))
+            }
             Self::Batch | Self::Batch100 => {
                 let calls = value
                     .as_array()
@@ -247,6 +325,47 @@ pub struct Run {
     pub wrk: WrkResult,
     /// CPU time of the proxy's processes per request, µs; `None` without a proxy.
     pub cpu_us: Option<f64>,
+    /// What the gate's access log says of the run; `None` without a gate, and for batches.
+    pub gate_log: Option<GateLog>,
+}
+
+/// Requests the gate logged, and how many of them went on to a node (the rest it answered
+/// itself: the served head, or its cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GateLog {
+    /// Requests logged.
+    pub requests: u64,
+    /// Requests with an upstream address (`$upstream_addr` other than `-`).
+    pub forwarded: u64,
+}
+
+impl GateLog {
+    /// Counts the lines of the gate's access log (`jsonrpc_gate` format: the upstream address
+    /// is the last field before the quoted user agent).
+    pub fn count(lines: impl Iterator<Item = String>) -> Self {
+        let mut log = Self::default();
+        for line in lines {
+            let Some((head, _agent)) = line.rsplit_once(" \"") else {
+                continue;
+            };
+            log.requests += 1;
+            if head
+                .rsplit(' ')
+                .next()
+                .is_some_and(|upstream| upstream != "-")
+            {
+                log.forwarded += 1;
+            }
+        }
+        log
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            requests: self.requests + other.requests,
+            forwarded: self.forwarded + other.forwarded,
+        }
+    }
 }
 
 /// One path of the interleaved comparison, over every round.
@@ -314,6 +433,14 @@ impl ComparedRow {
     pub fn cpu_us(&self) -> Option<f64> {
         let cpu: Vec<f64> = self.runs.iter().filter_map(|r| r.cpu_us).collect();
         (!cpu.is_empty()).then(|| median(cpu))
+    }
+
+    /// What the gate logged over every round; `None` without a gate.
+    pub fn gate_log(&self) -> Option<GateLog> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.gate_log)
+            .reduce(GateLog::add)
     }
 
     /// Whether it was measured and answered right.
@@ -413,8 +540,10 @@ impl ProxyReport {
     }
 }
 
-/// The workloads also measured with one connection: a single call and the largest batch.
-pub const UNLOADED_WORKLOADS: [Workload; 2] = [Workload::BlockNumber, Workload::Batch100];
+/// The workloads also measured with one connection: the head, a single forwarded call (the
+/// gate's latency) and the largest batch.
+pub const UNLOADED_WORKLOADS: [Workload; 3] =
+    [Workload::BlockNumber, Workload::Balance, Workload::Batch100];
 
 /// How part 2 runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +565,8 @@ pub struct BenchNginx {
     child: Child,
     prefix: tempfile::TempDir,
     socket_dir: PathBuf,
+    /// The gate's access log, for a gated configuration.
+    gate_log: Option<PathBuf>,
 }
 
 impl BenchNginx {
@@ -487,6 +618,7 @@ impl BenchNginx {
             child,
             prefix,
             socket_dir: socket_dir.to_owned(),
+            gate_log: None,
         };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
@@ -511,6 +643,64 @@ impl BenchNginx {
     /// The master's pid, which is also the process group of its workers.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The size of the gate's access log now; `None` without a gate.
+    fn gate_log_offset(&self) -> Option<u64> {
+        let path = self.gate_log.as_ref()?;
+        Some(std::fs::metadata(path).map_or(0, |m| m.len()))
+    }
+
+    /// What the gate logged after `offset` (from [`Self::gate_log_offset`]).
+    fn gate_log_since(&self, offset: u64) -> Option<GateLog> {
+        use std::io::{BufRead, Seek};
+        let path = self.gate_log.as_ref()?;
+        let mut file = std::fs::File::open(path).ok()?;
+        file.seek(std::io::SeekFrom::Start(offset)).ok()?;
+        Some(GateLog::count(
+            std::io::BufReader::new(file).lines().map_while(Result::ok),
+        ))
+    }
+
+    /// The gate's `GET /heads` on its internal socket (HTTP/1.0: the body unchunked).
+    fn heads(&self) -> Result<Value, String> {
+        use std::io::{Read, Write};
+        let socket = self.socket_dir.join(USAGE_SOCKET);
+        let failed = |e: std::io::Error| format!("GET /heads on {}: {e}", socket.display());
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(failed)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(failed)?;
+        stream
+            .write_all(b"GET /heads HTTP/1.0\r\nHost: x\r\n\r\n")
+            .map_err(failed)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(failed)?;
+        let text = String::from_utf8_lossy(&raw);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body).map_err(|e| format!("GET /heads: {e}: {text:?}"))
+    }
+
+    /// Waits until the gate serves `head` (its head poll has heard every node), at most
+    /// `timeout`: until then it would forward `eth_blockNumber` instead of answering it.
+    fn wait_served(&self, head: u64, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let heads = self.heads();
+            if let Ok(heads) = &heads {
+                if heads.get("served").and_then(Value::as_u64) >= Some(head) {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "the gate served no head of {head} within {} s: {}",
+                    timeout.as_secs(),
+                    heads.map_or_else(|e| e, |h| h.to_string())
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -692,6 +882,22 @@ enum Server {
 }
 
 impl Server {
+    /// The size of the gate's access log now; `None` without a gate.
+    fn gate_log_offset(&self) -> Option<u64> {
+        match self {
+            Self::Nginx(nginx) => nginx.gate_log_offset(),
+            _ => None,
+        }
+    }
+
+    /// What the gate logged after `offset`; `None` without a gate.
+    fn gate_log_since(&self, offset: Option<u64>) -> Option<GateLog> {
+        match self {
+            Self::Nginx(nginx) => nginx.gate_log_since(offset?),
+            _ => None,
+        }
+    }
+
     /// CPU seconds of the proxy so far; `None` without a proxy.
     fn cpu_seconds(&self) -> Option<f64> {
         match self {
@@ -760,12 +966,16 @@ impl Nodes {
         BenchNginx::start(&fragment, 0, port, &dir)
     }
 
-    /// Our rendered configuration with the JSON-RPC gate and one client ([`bench_gate`]).
+    /// Our rendered configuration with the JSON-RPC gate and one client ([`bench_gate`]),
+    /// once its head poll has heard the seeded nodes.
     fn gated(&mut self, port: u16) -> Result<BenchNginx, String> {
         let dir = self.socket_dir();
         let gate = bench_gate(&dir);
         let fragment = ours_fragment(port, &dir, &self.urls(), &self.leader.url(), Some(&gate))?;
-        BenchNginx::start(&fragment, 0, port, &dir)
+        let mut nginx = BenchNginx::start(&fragment, 0, port, &dir)?;
+        nginx.gate_log = Some(PathBuf::from(&gate.access_log));
+        nginx.wait_served(SEED_HEAD, Duration::from_secs(15))?;
+        Ok(nginx)
     }
 
     /// nginx in the original's style on `port`.
@@ -849,8 +1059,12 @@ async fn compare(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| e.to_string())?;
+    let contenders: Vec<&Contender> = contenders
+        .iter()
+        .filter(|c| workload.measures(c.role))
+        .collect();
     let mut rows = Vec::new();
-    for contender in contenders {
+    for contender in &contenders {
         let mut row = ComparedRow {
             name: contender.name.clone(),
             role: contender.role,
@@ -884,13 +1098,23 @@ async fn compare(
                 "[bench] proxy: {workload:?}, {connections} connection(s), round {round}/{}: {}",
                 options.rounds, contender.name
             );
+            let log_offset = server.gate_log_offset();
             let cpu_before = server.cpu_seconds();
             let wrk = block(|| run_wrk(&contender.url, &body, options.seconds, connections))?;
             let cpu_us = server
                 .cpu_seconds()
                 .zip(cpu_before)
                 .map(|(after, before)| (after - before) * 1e6 / wrk.requests.max(1) as f64);
-            row.runs.push(Run { wrk, cpu_us });
+            // A batch the gate answers in part is forwarded from Lua, which its access log
+            // does not show as an upstream: the log tells single calls only.
+            let gate_log = server
+                .gate_log_since(log_offset)
+                .filter(|_| workload.calls() == 1);
+            row.runs.push(Run {
+                wrk,
+                cpu_us,
+                gate_log,
+            });
         }
     }
     Ok(Comparison {
@@ -903,7 +1127,11 @@ async fn compare(
 /// Runs part 2.
 pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     let load_before = sys::load_average();
-    let start_anvil = || block(|| Anvil::start(AnvilOptions::default())).map_err(|e| e.to_string());
+    let start_anvil = || {
+        let node = block(|| Anvil::start(AnvilOptions::default())).map_err(|e| e.to_string())?;
+        block(|| seed(&node))?;
+        Ok::<_, String>(node)
+    };
     let mut nodes = Nodes {
         leader: start_anvil()?,
         a: start_anvil()?,
@@ -1068,6 +1296,7 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
         let row = death_run(&name, role, &url, &mut nodes.a, options.death_seconds).await;
         drop(server);
         block(|| nodes.a.restart()).map_err(|e| e.to_string())?;
+        block(|| seed(&nodes.a))?;
         deaths.push(row?);
     }
     Ok(ProxyReport {
@@ -1095,6 +1324,40 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
         load_before,
         load_after: sys::load_average(),
     })
+}
+
+/// Seeds a fresh anvil as every node of part 2 is: the transfer [`SEED_TX`] (mined at once in
+/// [`SEED_BLOCK`]), then [`SEED_BLOCKS`] empty blocks, so every node has the same head, safe
+/// and finalized blocks, and the same transaction.
+fn seed(node: &Anvil) -> Result<(), String> {
+    let failed = |e: devstack::Error| format!("seeding anvil on {}: {e}", node.url());
+    let transfer = json!({
+        "from": SEED_FROM,
+        "to": SEED_TO,
+        "value": "0x1",
+        "gas": "0x5208",
+        "maxFeePerGas": "0x77359400",
+        "maxPriorityFeePerGas": "0x3b9aca00",
+        "nonce": "0x0",
+        "chainId": "0x7a69",
+    });
+    let hash = node
+        .rpc("eth_sendTransaction", json!([transfer]))
+        .map_err(failed)?;
+    if hash.as_str() != Some(SEED_TX) {
+        return Err(format!(
+            "anvil on {} gave the seed transfer the hash {hash}, not {SEED_TX}",
+            node.url()
+        ));
+    }
+    node.mine(SEED_BLOCKS).map_err(failed)?;
+    match node.block_number().map_err(failed)? {
+        SEED_HEAD => Ok(()),
+        other => Err(format!(
+            "anvil on {} is at block {other} after seeding, not {SEED_HEAD}",
+            node.url()
+        )),
+    }
 }
 
 /// Client load through `url` (4 connections, back to back, `eth_blockNumber`); node A is
@@ -1242,6 +1505,7 @@ mod tests {
                 ..WrkResult::default()
             },
             cpu_us: Some(requests as f64),
+            gate_log: None,
         };
         let row = ComparedRow {
             name: "x".into(),
@@ -1303,6 +1567,66 @@ mod tests {
         assert!(gated.contains(&key_sha256(BENCH_KEY)));
         assert!(!gated.contains(BENCH_KEY));
         assert!(gated.contains("server 127.0.0.1:1 max_fails=1 fail_timeout=10s;"));
+    }
+
+    #[test]
+    fn the_cacheable_calls_name_the_final_block_and_its_transfer() {
+        let block: Value = serde_json::from_str(&Workload::FinalizedBlock.body()).expect("JSON");
+        assert_eq!(block["params"], json!(["0x1", false]));
+        // anvil's finalized block is its head minus 64.
+        const { assert!(SEED_BLOCK + 64 <= SEED_HEAD) };
+        let receipt: Value = serde_json::from_str(&Workload::Receipt.body()).expect("JSON");
+        assert_eq!(receipt["params"], json!([SEED_TX]));
+        let answer =
+            |result: Value| json!({"jsonrpc": "2.0", "id": 1, "result": result}).to_string();
+        let ok_block = answer(json!({"number": "0x1", "hash": "0xab"}));
+        assert!(Workload::FinalizedBlock.check(ok_block.as_bytes()).is_ok());
+        for wrong in [answer(Value::Null), answer(json!({"number": "0x2"}))] {
+            assert!(Workload::FinalizedBlock.check(wrong.as_bytes()).is_err());
+        }
+        let ok_receipt = answer(json!({"transactionHash": SEED_TX, "blockNumber": "0x1"}));
+        assert!(Workload::Receipt.check(ok_receipt.as_bytes()).is_ok());
+        assert!(Workload::Receipt
+            .check(answer(Value::Null).as_bytes())
+            .is_err());
+    }
+
+    #[test]
+    fn the_new_workloads_run_where_they_tell_something() {
+        for workload in Workload::CACHEABLE {
+            assert!(workload.measures(Role::Gated) && workload.measures(Role::Peer));
+            assert!(workload.measures(Role::Direct));
+        }
+        assert!(!Workload::Balance.measures(Role::Peer));
+        assert!(!Workload::Receipt.measures(Role::Original));
+        for role in [
+            Role::Direct,
+            Role::Ours,
+            Role::Gated,
+            Role::Original,
+            Role::Peer,
+        ] {
+            assert!(Workload::BlockNumber.measures(role) && Workload::Batch100.measures(role));
+        }
+    }
+
+    #[test]
+    fn the_gate_log_tells_forwarded_requests_from_answered_ones() {
+        let lines = [
+            r#"127.0.0.1 bench [07/Dec/2026:06:06:31 +0000] POST 200 40 0.000 - "wrk""#,
+            r#"127.0.0.1 bench [07/Dec/2026:06:06:31 +0000] POST 200 40 0.001 127.0.0.1:8545 "wrk""#,
+            r#"127.0.0.1 bench [07/Dec/2026:06:06:31 +0000] POST 200 40 0.002 127.0.0.1:1, 127.0.0.1:2 "-""#,
+            "a torn line",
+        ];
+        let log = GateLog::count(lines.iter().map(|l| (*l).to_owned()));
+        assert_eq!(
+            log,
+            GateLog {
+                requests: 3,
+                forwarded: 2
+            }
+        );
+        assert_eq!(log.add(log).requests, 6);
     }
 
     #[test]
