@@ -28,6 +28,15 @@ fn start(nodes: &[&Anvil], policy: GatePolicy) -> GatedNginx {
     )
 }
 
+/// One node at block `height` behind the gate, its served head there.
+fn one_node_at(height: u64, policy: GatePolicy) -> (Anvil, GatedNginx) {
+    let node = anvil();
+    node.mine(height).expect("mine");
+    let stack = start(&[&node], policy);
+    wait_served(&stack, height);
+    (node, stack)
+}
+
 fn anvil() -> Anvil {
     Anvil::start(AnvilOptions::default()).expect("anvil")
 }
@@ -232,10 +241,7 @@ fn a_node_below_the_served_head_gets_nothing_until_it_catches_up() {
 
 #[test]
 fn a_batch_answered_in_part_keeps_its_order() {
-    let node = anvil();
-    node.mine(7).expect("mine");
-    let stack = start(&[&node], GatePolicy::default());
-    wait_served(&stack, 7);
+    let (node, stack) = one_node_at(7, GatePolicy::default());
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
         {"jsonrpc": "2.0", "id": "head", "method": "eth_blockNumber"},
@@ -321,10 +327,7 @@ fn log_ranges_with_tags_are_judged_against_the_served_head() {
 
 #[test]
 fn a_subscriber_never_gets_a_head_lower_than_one_it_was_sent() {
-    let node = anvil();
-    node.mine(15).expect("mine");
-    let stack = start(&[&node], GatePolicy::default());
-    wait_served(&stack, 15);
+    let (node, stack) = one_node_at(15, GatePolicy::default());
     let (head, mut ws) = websocket(stack.port, "/ws/v3/any");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let subscribed = text(

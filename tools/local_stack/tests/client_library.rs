@@ -7,9 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use devstack::testkit::wait_until;
 use local_stack::stack::{LocalStack, StackOptions};
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethers_calls_batches_and_subscribes_through_a_key_url() {
@@ -22,18 +20,8 @@ async fn ethers_calls_batches_and_subscribes_through_a_key_url() {
     })
     .await
     .expect("the local stack starts");
-    let endpoint = stack.endpoint_url();
-    assert!(endpoint.contains("/v3/"), "a key URL: the demo client");
     let client = reqwest::Client::new();
-    wait_until(
-        "the demo client's key URL answers",
-        Duration::from_secs(60),
-        || async {
-            matches!(rpc(&client, &endpoint, "eth_blockNumber", json!([])).await,
-                Ok((200, body)) if body["result"].is_string())
-        },
-    )
-    .await;
+    let endpoint = key_url_answering(&stack, &client).await;
 
     let nodes: Vec<String> = stack.nodes.iter().map(|n| n.anvil.url()).collect();
     let script = devstack::repo_root().join("tools/local_stack/tests/ethers/client.cjs");

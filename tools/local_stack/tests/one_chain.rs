@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use devstack::testkit::wait_until;
 use local_stack::stack::{LocalStack, StackOptions};
 use serde_json::{json, Value};
 
@@ -35,17 +34,8 @@ async fn the_head_never_goes_back_and_the_block_it_names_is_found() {
     let (leader, a, b) = (&stack.nodes[0], &stack.nodes[1], &stack.nodes[2]);
     blocking(|| b.anvil.mine(5)).expect("node b goes 5 blocks ahead");
     wait_until_fully_routed(&stack, &leader.anvil.url(), &a.anvil.url(), &b.anvil.url()).await;
-    let endpoint = stack.endpoint_url();
     let client = reqwest::Client::new();
-    wait_until(
-        "the demo client's key URL answers",
-        Duration::from_secs(60),
-        || async {
-            matches!(rpc(&client, &endpoint, "eth_blockNumber", json!([])).await,
-                Ok((200, body)) if body["result"].is_string())
-        },
-    )
-    .await;
+    let endpoint = key_url_answering(&stack, &client).await;
 
     let (mut regressions, mut nulls, mut errors) = (0, 0, Vec::new());
     let mut last = 0;

@@ -155,3 +155,19 @@ pub async fn wait_until_fully_routed(stack: &LocalStack, leader: &str, node_a: &
     )
     .await;
 }
+
+/// Waits (at most 60 s) until the demo client's key URL answers `eth_blockNumber`; returns it.
+pub async fn key_url_answering(stack: &LocalStack, client: &reqwest::Client) -> String {
+    let endpoint = stack.endpoint_url();
+    assert!(endpoint.contains("/v3/"), "a key URL: the demo client");
+    wait_until(
+        "the demo client's key URL answers",
+        Duration::from_secs(60),
+        || async {
+            matches!(rpc(client, &endpoint, "eth_blockNumber", json!([])).await,
+                Ok((200, body)) if body["result"].is_string())
+        },
+    )
+    .await;
+    endpoint
+}
