@@ -242,7 +242,7 @@ mod tests {
         };
         let usage = jsonrpc_proxy::functions::usage::parse_usage(
             br#"{"clients":{"(unknown)":{"served":0,"refused":{"key":2}},
-                "demo":{"served":12,"refused":{"method":1,"rate":3}}}}"#,
+                "demo":{"served":12,"cached":5,"refused":{"method":1,"rate":3}}}}"#,
         )
         .unwrap();
         let transitions = vec![Transition {
@@ -279,12 +279,12 @@ mod tests {
         let demo = text.lines().find(|l| l.starts_with("demo")).unwrap();
         assert_eq!(
             demo.split_whitespace().collect::<Vec<_>>(),
-            ["demo", "12", "4", "method", "1,", "rate", "3"]
+            ["demo", "12", "5", "4", "method", "1,", "rate", "3"]
         );
         let unknown = text.lines().find(|l| l.starts_with("(unknown)")).unwrap();
         assert_eq!(
             unknown.split_whitespace().collect::<Vec<_>>(),
-            ["(unknown)", "0", "2", "key", "2"]
+            ["(unknown)", "0", "0", "2", "key", "2"]
         );
         let without = render_frame(&Frame::default());
         assert!(without.contains("gate usage: not available"));
