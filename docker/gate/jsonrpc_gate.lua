@@ -203,7 +203,7 @@ local function check_call(client, call)
     local filter = type(params) == "table" and json.is_array(params) and params[1]
     if type(filter) == "table" and filter ~= json.null and not json.is_array(filter)
       and filter.blockhash == nil then
-      local from, to = chain.range_end(filter.fromblock, true), chain.range_end(filter.toblock)
+      local from, to = chain.range(filter.fromblock, filter.toblock)
       if from and to and to - from + 1 > config.max_get_logs_blocks then
         return -32005, "limit exceeded: eth_getLogs block range " .. config.max_get_logs_blocks
           .. " blocks"

@@ -118,12 +118,7 @@ local function known()
   return d:get("served"), d:get("safe"), d:get("finalized")
 end
 
--- The block an end of an eth_getLogs/eth_newFilter range stands for, for judging its width:
--- tags are resolved against what the data plane knows; an end it cannot know is `huge`
--- (`unknown_low` for the range's start), so that such a range is refused rather than served
--- unbounded.
-function M.range_end(v, is_start)
-  local served, safe, finalized = known()
+local function range_end(v, is_start, served, safe, finalized)
   local unknown = is_start and 0 or huge
   if v == nil or v == json.null then return served or unknown end
   local n = block_number(v)
@@ -136,6 +131,16 @@ function M.range_end(v, is_start)
   if tag == "safe" then return safe or served or unknown end
   if tag == "finalized" then return finalized or served or unknown end
   return nil
+end
+
+-- The two ends of an eth_getLogs/eth_newFilter range, as blocks, for judging its width: tags
+-- are resolved against what the data plane knows; an end it cannot know is `huge` (0 for the
+-- start), so that such a range is refused rather than served unbounded. nil for an end that
+-- is no block at all.
+function M.range(from, to)
+  local served, safe, finalized = known()
+  return range_end(from, true, served, safe, finalized),
+    range_end(to, false, served, safe, finalized)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -254,24 +259,26 @@ local function final_block()
   return nil
 end
 
--- How a call's answer may be kept ("chain", "block", "transaction", "final", "logs"), or nil.
-local function cache_kind(call, final)
+-- How a call's answer may be kept ("chain", "block", "transaction", "final", "logs"), or nil;
+-- for "final", the block that must be final too.
+local function cache_kind(call)
   local method = lower(call.method)
   if CHAIN[method] then return "chain" end
   if BY_HASH[method] then return BY_HASH[method] end
   local params = call.params
-  if not json.is_array(params) or not final then return nil end
+  if not json.is_array(params) then return nil end
   local index = config.block_params[method]
   if index then
     local n = params.n > index and block_number(params[index + 1])
-    return n and n <= final and "final" or nil
+    if n then return "final", n end
+    return nil
   end
   if method == "eth_getlogs" then
     local filter = params[1]
     if type(filter) ~= "table" or filter == json.null or json.is_array(filter) then return nil end
     if filter.blockhash ~= nil then return "logs" end
     local from, to = block_number(filter.fromblock), block_number(filter.toblock)
-    return from and to and to <= final and "final" or nil
+    if from and to then return "final", to end
   end
   return nil
 end
@@ -327,7 +334,7 @@ function M.plan(calls, batch, body)
   -- nothing is pinned to it: the nodes answer of what they have.
   local head = served and not d:get("behind_since") and served or nil
   local cache = config.cache and ngx.shared[config.cache]
-  local final = cache and final_block()
+  local final -- read once, by the first call that needs it
   local answers, forwarded, edits, keep, need = {}, {}, {}, {}, head or 0
   local hits, any_answer, any_keep = 0, false, false
   for i = 1, calls.n do
@@ -338,7 +345,12 @@ function M.plan(calls, batch, body)
       any_answer = true
     else
       need = max(need, pin(call, head, edits))
-      local kind = cache and id ~= nil and cache_kind(call, final)
+      local kind, block
+      if cache and id ~= nil then kind, block = cache_kind(call) end
+      if block then
+        if final == nil then final = final_block() or false end
+        if not (final and block <= final) then kind = nil end
+      end
       local key = kind and cache_key(call, body, edits)
       local held = key and cache:get(key)
       if held then
@@ -667,17 +679,24 @@ end
 ---------------------------------------------------------------------------------------------
 -- Reading it back
 
+-- The members as a JSON array, the others then the backups, each
+-- {"address":a,"backup":b<more(m)>}.
+local function members_json(more)
+  local out = {}
+  for _, list in ipairs({ config.primaries, config.backups }) do
+    for _, m in ipairs(list) do
+      out[#out + 1] = '{"address":' .. json.quote(m.address) .. ',"backup":'
+        .. tostring(m.backup == true) .. more(m) .. "}"
+    end
+  end
+  return "[" .. concat(out, ",") .. "]"
+end
+
 -- The chain's part of GET /policy: { name, value } pairs in LuaConfig's shape (members as
 -- held: the others, then the backups).
 function M.held()
   local data = config.data or {}
-  local members = {}
-  for _, list in ipairs({ config.primaries, config.backups }) do
-    for _, m in ipairs(list) do
-      members[#members + 1] = '{"address":' .. json.quote(m.address) .. ',"backup":'
-        .. tostring(m.backup == true) .. "}"
-    end
-  end
+  local members = members_json(function() return "" end)
   local methods = {}
   for method, index in pairs(config.block_params) do
     if type(method) == "string" then
@@ -686,7 +705,7 @@ function M.held()
   end
   table.sort(methods)
   return {
-    { "members", { raw = "[" .. concat(members, ",") .. "]" } },
+    { "members", { raw = members } },
     { "heads_dict", config.dict },
     { "head_poll_ms", data.head_poll_ms },
     { "head_stale_ms", data.head_stale_ms },
@@ -709,17 +728,13 @@ end
 function M.report()
   local d = dict()
   local function number(v) return v and format("%d", v) or "null" end
-  local members = {}
-  for _, list in ipairs({ config.primaries, config.backups }) do
-    for _, m in ipairs(list) do
-      members[#members + 1] = '{"address":' .. json.quote(m.address) .. ',"backup":'
-        .. tostring(m.backup == true) .. ',"head":' .. number(d and d:get(m.head_key)) .. "}"
-    end
-  end
+  local members = members_json(function(m)
+    return ',"head":' .. number(d and d:get(m.head_key))
+  end)
   ngx.header["Content-Type"] = "application/json"
   ngx.print('{"served":' .. number(d and d:get("served")) .. ',"safe":'
     .. number(d and d:get("safe")) .. ',"finalized":' .. number(d and d:get("finalized"))
-    .. ',"members":[' .. concat(members, ",") .. "]}")
+    .. ',"members":' .. members .. "}")
 end
 
 return M

@@ -9,6 +9,7 @@
 local ffi = require "ffi"
 local semaphore = require "ngx.semaphore"
 local json = require "jsonrpc_gate.json"
+local chain = require "jsonrpc_gate.chain"
 
 local ngx = ngx
 local byte, char, concat = string.byte, string.char, table.concat
@@ -31,9 +32,9 @@ local function new_head(payload)
     or type(result.number) ~= "string" or result.parenthash == nil then
     return nil
   end
-  local hex = result.number:match("^0x(%x+)$")
-  if not hex or #hex > 13 then return nil end
-  return params.subscription, tonumber(hex, 16)
+  local number = result.number:sub(1, 2) == "0x" and chain.block_number(result.number)
+  if not number or number >= 2 ^ 53 then return nil end
+  return params.subscription, number
 end
 
 -- payload XOR the 4-byte mask (RFC 6455 5.3), through a byte buffer.
