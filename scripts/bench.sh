@@ -6,6 +6,8 @@
 # start-up, memory). Prints one report; takes ~20 minutes.
 #
 # Usage: scripts/bench.sh [jsonrpc-proxy-bench options]   (e.g. --only proxy; see --help)
+# With --only, docs/benchmarks.md keeps the other parts' results (their sections, each with
+# its own provenance line, and their goal rows) from earlier runs.
 # Installs what it needs: the project's tools (scripts/install-deps.sh), wrk (apt) and, for the
 # proxy part, blutgang (crates.io, pinned below; built once into $CARGO_TARGET_DIR/tools).
 # Measure on a quiet machine: the load average is printed first and recorded in the report.

@@ -11,7 +11,8 @@
 //! 5. **uploads**: nginx's memory under slow uploads, and another client's calls meanwhile.
 //!
 //! Prints one Markdown report and, with `--out`, writes it between the markers of
-//! `docs/benchmarks.md`. `scripts/bench.sh` builds what is needed and runs everything.
+//! `docs/benchmarks.md`, keeping there the results of the parts not run (`--only`).
+//! `scripts/bench.sh` builds what is needed and runs everything.
 
 mod blutgang;
 mod count_proxy;
@@ -33,7 +34,7 @@ use report::Results;
 const USAGE: &str = "usage: jsonrpc-proxy-bench [options]
 
   --only LIST          parts to run, comma-separated: fanout,proxy,switch,lambda,uploads
-                       (default all)
+                       (default all); with --out, the others' results in PATH are kept
   --sizes LIST         fleet sizes of the fan-out rounds (default 1,100,1000,10000)
   --hang-sizes LIST    sizes also run with 10 % of the nodes hanging (default 100,1000,10000)
   --listeners N        loopback ports of the fake fleet (default: the largest size)
@@ -308,11 +309,15 @@ fn main() -> ExitCode {
         }
     };
     let results = runtime.block_on(run_all(&options));
-    let markdown = results.markdown();
+    // Read after the run: what the file holds now is what gets rewritten.
+    let existing = options
+        .out
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok());
+    let markdown = results.markdown(existing.as_deref());
     println!("{markdown}");
     let mut failed = false;
     if let Some(path) = &options.out {
-        let existing = std::fs::read_to_string(path).ok();
         let text = report::splice(existing.as_deref(), &markdown);
         if let Err(error) = std::fs::write(path, text) {
             eprintln!(
