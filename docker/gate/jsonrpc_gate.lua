@@ -27,7 +27,8 @@ local function served_key(name) return name .. SEP .. "served" end
 -- open_without_key set).
 local function open_client(calls_per_second, concurrent_requests)
   return { name = M.OPEN, calls_per_second = calls_per_second,
-    concurrent_requests = concurrent_requests, allow = {}, served_key = served_key(M.OPEN) }
+    concurrent_requests = concurrent_requests, allow = {}, served_key = served_key(M.OPEN),
+    memo = {}, memo_size = 0 }
 end
 
 -- What configure read; the names of the shared dictionaries and variables come with it from
@@ -72,6 +73,8 @@ function M.configure(text)
       origins = set_of(c.allowed_origins),
       rate_id = "c" .. SEP .. c.name,
       served_key = served_key(c.name),
+      memo = {},
+      memo_size = 0,
     }
     any = true
   end
@@ -174,9 +177,22 @@ local function matches(list, method)
   return false
 end
 
+-- Each client's judgements of the method names it sent, remembered up to a bound (names are
+-- the caller's to choose): short names, and so many of them.
+local MEMO_METHODS, MEMO_NAME_BYTES = 256, 64
+
 local function allowed(client, method)
-  local m = lower(method)
-  return not matches(config.deny, m) or matches(client.allow, m)
+  local memo = client.memo
+  local verdict = memo[method]
+  if verdict == nil then
+    local m = lower(method)
+    verdict = not matches(config.deny, m) or matches(client.allow, m)
+    if client.memo_size < MEMO_METHODS and #method <= MEMO_NAME_BYTES then
+      memo[method] = verdict
+      client.memo_size = client.memo_size + 1
+    end
+  end
+  return verdict
 end
 
 local RANGE_METHODS = { eth_getlogs = true, eth_newfilter = true, trace_filter = true }

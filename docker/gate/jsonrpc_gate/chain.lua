@@ -8,8 +8,8 @@
 local json = require "jsonrpc_gate.json"
 
 local ngx = ngx
-local sub, lower, format, find, concat = string.sub, string.lower, string.format, string.find,
-  table.concat
+local byte, sub, lower, format, find, concat = string.byte, string.sub, string.lower,
+  string.format, string.find, table.concat
 local huge, max, min, floor = math.huge, math.max, math.min, math.floor
 
 local M = {}
@@ -73,32 +73,50 @@ end
 -- Block numbers
 
 local MAX_HEX_DIGITS = 13 -- 2^52: every such number is exact in a Lua number
+local MAX_DECIMAL_DIGITS = 15
 
 -- A block number written as nodes read one ("0x..." or decimal digits, or a JSON number), or
--- nil; `2^53` for a number too large to be exact.
+-- nil; `2^53` for a number too large to be exact. (Byte by byte, so that LuaJIT compiles it.)
 local function block_number(v)
   if type(v) == "number" then
     if v >= 0 and v == floor(v) then return v end
     return nil
   end
   if type(v) ~= "string" then return nil end
-  local hex = v:match("^0[xX](%x+)$")
-  if hex then
-    hex = hex:gsub("^0+", "")
-    if #hex > MAX_HEX_DIGITS then return 2 ^ 53 end
-    return #hex == 0 and 0 or tonumber(hex, 16)
+  local n = #v
+  local first, second = byte(v, 1, 2)
+  local base, from, most = 10, 1, MAX_DECIMAL_DIGITS
+  if first == 48 and (second == 120 or second == 88) then
+    base, from, most = 16, 3, MAX_HEX_DIGITS
   end
-  local dec = v:match("^(%d+)$")
-  if dec then
-    dec = dec:gsub("^0+", "")
-    if #dec > 15 then return 2 ^ 53 end
-    return #dec == 0 and 0 or tonumber(dec)
+  if n < from then return nil end
+  local value, digits = 0, 0
+  for i = from, n do
+    local c = byte(v, i)
+    local d
+    if c >= 48 and c <= 57 then
+      d = c - 48
+    elseif base == 16 and c >= 97 and c <= 102 then
+      d = c - 87
+    elseif base == 16 and c >= 65 and c <= 70 then
+      d = c - 55
+    else
+      return nil
+    end
+    if digits > 0 or d > 0 then digits = digits + 1 end
+    value = value * base + d
   end
-  return nil
+  if digits > most then return 2 ^ 53 end
+  return value
 end
 M.block_number = block_number
 
-local function quantity(n) return format('"0x%x"', n) end
+-- A block number as a JSON quantity; the last one is remembered (most are the served head).
+local last_number, last_quantity
+local function quantity(n)
+  if n ~= last_number then last_number, last_quantity = n, format('"0x%x"', n) end
+  return last_quantity
+end
 
 ---------------------------------------------------------------------------------------------
 -- What the data plane knows
@@ -146,89 +164,76 @@ end
 ---------------------------------------------------------------------------------------------
 -- Pinning: which calls the data plane answers, and `latest` rewritten to the served head
 
--- Edits of the request text: { start, end, replacement } (0-based, end exclusive).
-local function replace(edits, spans, i, text)
-  edits[#edits + 1] = { spans.starts[i], spans.ends[i], text }
-end
-
-local function insert(edits, at, text)
-  edits[#edits + 1] = { at, at, text }
-end
-
+-- An edit of the request text: { first, last, replacement } (0-based, last exclusive).
 local function is_latest(v)
   return v == json.null or (type(v) == "string" and lower(v) == "latest")
 end
 
 local FILTER_ENDS = { { "fromblock", "fromBlock" }, { "toblock", "toBlock" } }
 
--- Pins one call's `latest` (written, null or implied by a missing block parameter) to `head`;
--- returns the highest block number the call names (or 0).
-local function pin(call, head, edits)
-  local method = lower(call.method)
+-- Pins one call's `latest` (written, null or implied by a missing block parameter) to `head`
+-- (nil: nothing is pinned). Returns the highest block number the call names (or 0), and the
+-- edits of `body` that pin it (nil when none).
+local function pin(call, method, head, body)
   local params = call.params
-  local at = head and quantity(head)
   local index = config.block_params[method]
   if index then
     if not json.is_array(params) then return 0 end
-    local spans = json.spans(params)
     if params.n > index then
       local v = params[index + 1]
-      if is_latest(v) then
-        if at then replace(edits, spans, index + 1, at) end
-        return 0
-      end
-      return block_number(v) or 0
-    elseif params.n == index and at then
-      insert(edits, spans.close, (index > 0 and "," or "") .. at)
+      if not is_latest(v) then return block_number(v) or 0 end
+      if not head then return 0 end
+      local spans = json.spans(params, body)
+      return 0, { { spans.starts[index + 1], spans.ends[index + 1], quantity(head) } }
+    end
+    if params.n == index and head then
+      local _, last = json.bounds(params)
+      return 0, { { last - 1, last - 1, (index > 0 and "," or "") .. quantity(head) } }
     end
     return 0
   end
-  if method == "eth_getlogs" and json.is_array(params) then
-    local filter = params[1]
-    if type(filter) ~= "table" or filter == json.null or json.is_array(filter)
-      or filter.blockhash ~= nil then
-      return 0
-    end
-    local spans = json.spans(filter)
-    local highest = 0
-    local members = next(spans.starts) ~= nil
-    for _, names in ipairs(FILTER_ENDS) do
-      local v = filter[names[1]]
+  if method ~= "eth_getlogs" or not json.is_array(params) then return 0 end
+  local filter = params[1]
+  if type(filter) ~= "table" or filter == json.null or json.is_array(filter)
+    or filter.blockhash ~= nil then
+    return 0
+  end
+  local highest, edits, spans = 0, nil, nil
+  for _, names in ipairs(FILTER_ENDS) do
+    local v = filter[names[1]]
+    if v ~= nil and not is_latest(v) then
+      highest = max(highest, block_number(v) or 0)
+    elseif head then
+      spans = spans or json.spans(filter, body)
+      edits = edits or {}
       if v == nil then
-        if at then
-          insert(edits, spans.close, (members and "," or "") .. '"' .. names[2] .. '":' .. at)
-          members = true
-        end
-      elseif is_latest(v) then
-        if at then
-          edits[#edits + 1] = { spans.starts[names[1]], spans.ends[names[1]], at }
-        end
+        local members = next(spans.starts) ~= nil or #edits > 0
+        edits[#edits + 1] = { spans.close, spans.close,
+          (members and "," or "") .. '"' .. names[2] .. '":' .. quantity(head) }
       else
-        highest = max(highest, block_number(v) or 0)
+        edits[#edits + 1] = { spans.starts[names[1]], spans.ends[names[1]], quantity(head) }
       end
     end
-    return highest
   end
-  return 0
+  return highest, edits
 end
 
--- `text` from `first` to `last` (0-based, last exclusive) with the edits inside it applied.
+-- `text` from `first` to `last` (0-based, last exclusive) with `edits` (inside it) applied.
 local function spliced(text, first, last, edits)
-  table.sort(edits, function(a, b) return a[1] < b[1] end)
+  if not edits then return sub(text, first + 1, last) end
+  if #edits > 1 then table.sort(edits, function(a, b) return a[1] < b[1] end) end
   local out, pos = {}, first
   for _, e in ipairs(edits) do
-    if e[1] >= first and e[2] <= last then
-      out[#out + 1] = sub(text, pos + 1, e[1])
-      out[#out + 1] = e[3]
-      pos = e[2]
-    end
+    out[#out + 1] = sub(text, pos + 1, e[1])
+    out[#out + 1] = e[3]
+    pos = e[2]
   end
   out[#out + 1] = sub(text, pos + 1, last)
   return concat(out)
 end
 
-local function answered_here(call)
-  if lower(call.method) ~= "eth_blocknumber" or json.raw_id(call) == nil then return false end
+local function answered_here(call, method)
+  if method ~= "eth_blocknumber" then return false end
   local params = call.params
   return params == nil or (json.is_array(params) and params.n == 0)
 end
@@ -261,8 +266,7 @@ end
 
 -- How a call's answer may be kept ("chain", "block", "transaction", "final", "logs"), or nil;
 -- for "final", the block that must be final too.
-local function cache_kind(call)
-  local method = lower(call.method)
+local function cache_kind(call, method)
   if CHAIN[method] then return "chain" end
   if BY_HASH[method] then return BY_HASH[method] end
   local params = call.params
@@ -283,11 +287,17 @@ local function cache_kind(call)
   return nil
 end
 
-local function cache_key(call, text, edits)
-  local spans = json.spans(call)
-  local params = ""
-  if spans.starts.params then params = spliced(text, spans.starts.params, spans.ends.params, edits) end
-  return config.cache_scope .. SEP .. lower(call.method) .. SEP .. params
+-- The cache key of a call whose answer may be kept (its parameters as sent: a call that may be
+-- kept is never pinned), or nil.
+local function cache_key(call, method, body)
+  local params = call.params
+  local text = ""
+  if params ~= nil then
+    if type(params) ~= "table" or params == json.null then return nil end
+    local first, last = json.bounds(params)
+    text = sub(body, first + 1, last)
+  end
+  return config.cache_scope .. SEP .. method .. SEP .. text
 end
 
 -- Keeps a node's answer (`text`, one call's) under `key` when it is one that cannot change.
@@ -309,7 +319,7 @@ function M.keep(entry, text)
   elseif kind == "logs" and not (json.is_array(result) and result.n > 0) then
     return
   end
-  local spans = json.spans(answer)
+  local spans = json.spans(answer, text)
   d:set(entry.key, sub(text, spans.starts.result + 1, spans.ends.result))
 end
 
@@ -329,29 +339,38 @@ end
 -- indices it holds, need = the lowest head a node needs }.
 function M.plan(calls, batch, body)
   local d = dict()
-  local served = d and d:get("served")
-  -- While no node has the served head (see advance), eth_blockNumber still names it, but
-  -- nothing is pinned to it: the nodes answer of what they have.
-  local head = served and not d:get("behind_since") and served or nil
+  -- The served head while some node has it (see advance): while none has, eth_blockNumber
+  -- still names the served head, but nothing is pinned to it.
+  local head = d and d:get("pin")
+  local served -- read once, by the first eth_blockNumber
   local cache = config.cache and ngx.shared[config.cache]
   local final -- read once, by the first call that needs it
-  local answers, forwarded, edits, keep, need = {}, {}, {}, {}, head or 0
-  local hits, any_answer, any_keep = 0, false, false
+  local answers, forwarded, edits, keep, need = {}, {}, {}, nil, head or 0
+  local hits, any_answer, any_edit = 0, false, false
   for i = 1, calls.n do
     local call = calls[i]
+    local method = lower(call.method)
     local id = json.raw_id(call)
-    if served and answered_here(call) then
+    if id ~= nil and served == nil and answered_here(call, method) then
+      served = d and d:get("served") or false
+    end
+    if id ~= nil and served and answered_here(call, method) then
       answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. quantity(served) .. "}"
       any_answer = true
     else
-      need = max(need, pin(call, head, edits))
+      local highest, pinned = pin(call, method, head, body)
+      if highest > need then need = highest end
+      if pinned then
+        edits[i] = pinned
+        any_edit = true
+      end
       local kind, block
-      if cache and id ~= nil then kind, block = cache_kind(call) end
+      if cache and id ~= nil and not pinned then kind, block = cache_kind(call, method) end
       if block then
         if final == nil then final = final_block() or false end
         if not (final and block <= final) then kind = nil end
       end
-      local key = kind and cache_key(call, body, edits)
+      local key = kind and cache_key(call, method, body)
       local held = key and cache:get(key)
       if held then
         answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. held .. "}"
@@ -359,24 +378,36 @@ function M.plan(calls, batch, body)
         any_answer = true
       else
         if key then
+          keep = keep or {}
           keep[i] = { key = key, kind = kind }
-          any_keep = true
         end
         forwarded[#forwarded + 1] = i
       end
     end
   end
-  local plan = { answers = answers, hits = hits, keep = any_keep and keep or nil,
-    forwarded = forwarded, need = need > 0 and need or nil }
+  local plan = { answers = answers, hits = hits, keep = keep, forwarded = forwarded,
+    need = need > 0 and need or nil }
   if #forwarded == 0 then return plan end
-  if not any_answer and (not batch or not any_keep) then
-    plan.forward = #edits == 0 and body or spliced(body, 0, #body, edits)
+  if not batch then
+    plan.forward = any_edit and spliced(body, 0, #body, edits[1]) or body
     return plan
   end
-  local spans = json.spans(calls)
+  if not any_answer and not keep then
+    if not any_edit then
+      plan.forward = body
+      return plan
+    end
+    local all = {}
+    for _, list in pairs(edits) do
+      for _, e in ipairs(list) do all[#all + 1] = e end
+    end
+    plan.forward = spliced(body, 0, #body, all)
+    return plan
+  end
   local parts = {}
   for k, i in ipairs(forwarded) do
-    parts[k] = spliced(body, spans.starts[i], spans.ends[i], edits)
+    local first, last = json.bounds(calls[i])
+    parts[k] = spliced(body, first, last, edits[i])
   end
   plan.forward = "[" .. concat(parts, ",") .. "]"
   return plan
@@ -389,7 +420,7 @@ function M.split_answers(text, calls, forwarded)
   local out = {}
   local value = json.decode(text)
   if not json.is_array(value) then return out end
-  local spans = json.spans(value)
+  local spans = json.spans(value, text)
   local asked, distinct = {}, true
   for _, i in ipairs(forwarded) do
     local id = json.raw_id(calls[i])
@@ -548,14 +579,18 @@ local function advance(d)
   if served and top < served then
     -- No node has the served head any more (a rollback, or a chain that was reset): it holds
     -- for reset_secs, then follows the nodes.
+    -- Meanwhile nothing is pinned ("pin", what requests pin to, is the served head while some
+    -- node has it).
     local since = d:get("behind_since")
     if not since then
       d:set("behind_since", now)
+      d:delete("pin")
     elseif now - since >= config.reset_secs then
       ngx.log(ngx.WARN, "jsonrpc_gate: no node has reached block ", served, " for ",
         config.reset_secs, " s; the served head goes back to ", values.served)
       for name, v in pairs(values) do d:set(name, v) end
       d:delete("behind_since")
+      d:set("pin", values.served)
     end
   else
     d:delete("behind_since")
@@ -563,6 +598,7 @@ local function advance(d)
       local held = d:get(name)
       if v and (not held or v > held) then d:set(name, v) end
     end
+    d:set("pin", d:get("served"))
   end
   d:delete("lock")
 end

@@ -9,10 +9,11 @@
 -- Objects decode to tables keyed by the folded member name; M.raw_keys(obj)[folded] is the
 -- member's name as written where that differs from the folded name, M.raw_id(obj) the exact
 -- text of a member written "id". Arrays decode to tables with an `n` field; null decodes to
--- M.null. M.spans(v) of an array or object says where its parts are in the text (0-based
--- offsets: `close` of the closing bracket; an array's elements from starts[i] to ends[i], an
--- object's member values by folded name), so a caller can splice the text instead of
--- re-encoding it (jsonrpc_gate.chain pins block tags that way).
+-- M.null. M.bounds(v) of an array or object says where it is in the text, and M.spans(v, text)
+-- where its parts are (0-based offsets: `close` of the closing bracket; an array's elements
+-- from starts[i] to ends[i], an object's member values by folded name), so a caller can splice
+-- the text instead of re-encoding it (jsonrpc_gate.chain pins block tags that way). Spans are
+-- found when asked for, by scanning the one container again: most requests never need them.
 --
 -- The reader walks the bytes through an FFI pointer, so LuaJIT compiles its loops (string
 -- patterns and closures would keep it in the interpreter). Reading one byte past the end is
@@ -26,18 +27,21 @@ local floor = math.floor
 local cast, setmetatable, getmetatable, pcall, error, tostring = ffi.cast, setmetatable,
   getmetatable, pcall, error, tostring
 local BYTES = ffi.typeof("const uint8_t *")
+-- Tables made with room for a JSON-RPC call's members and the reader's own keys, so that
+-- filling them never grows them.
+local new_table = require "table.new"
 
 local M = {}
 M.null = setmetatable({}, { __tostring = function() return "null" end })
 
 -- Metadata of decoded tables, under keys no member name (a string) can equal.
-local RAW, ID, ARRAY, SPANS = {}, {}, {}, {}
+local RAW, ID, ARRAY, FIRST, LAST = {}, {}, {}, {}, {}
 local NO_RAW = setmetatable({}, { __newindex = function() error("read-only") end })
 
 function M.raw_keys(obj) return obj[RAW] or NO_RAW end
 function M.raw_id(obj) return obj[ID] end
 function M.is_array(v) return type(v) == "table" and v[ARRAY] == true end
-function M.spans(v) return v[SPANS] end
+function M.bounds(v) return v[FIRST], v[LAST] end
 
 local function fold(name)
   -- U+017F (LATIN SMALL LETTER LONG S) = C5 BF, U+212A (KELVIN SIGN) = E2 84 AA
@@ -211,11 +215,11 @@ local MAX_DEPTH = 128
 local decode_value
 
 local function read_object(i, depth)
-  local starts, ends = {}, {}
-  local obj, raw = { [SPANS] = { starts = starts, ends = ends } }, nil
+  local obj, raw = new_table(0, 8), nil
+  obj[FIRST] = i
   local pos = skip_ws(i + 1)
   if p[pos] == 125 then
-    obj[SPANS].close = pos
+    obj[LAST] = pos + 1
     return obj, pos + 1
   end
   while true do
@@ -231,7 +235,6 @@ local function read_object(i, depth)
     if foldable then folded = fold(name) end
     if obj[folded] ~= nil then fail('duplicate member "' .. folded .. '"', "duplicate") end
     obj[folded] = value
-    starts[folded], ends[folded] = value_start, pos
     if folded ~= name then
       raw = raw or {}
       raw[folded] = name
@@ -242,7 +245,7 @@ local function read_object(i, depth)
     local c = p[pos]
     if c == 125 then
       if raw then obj[RAW] = raw end
-      obj[SPANS].close = pos
+      obj[LAST] = pos + 1
       return obj, pos + 1
     end
     if c ~= 44 then fail("expected ',' or '}'") end
@@ -251,26 +254,24 @@ local function read_object(i, depth)
 end
 
 local function read_array(i, depth)
-  local starts, ends = {}, {}
-  local arr, n = { [ARRAY] = true, [SPANS] = { starts = starts, ends = ends } }, 0
+  local arr, n = new_table(4, 4), 0
+  arr[ARRAY], arr[FIRST] = true, i
   local pos = skip_ws(i + 1)
   if p[pos] == 93 then
     arr.n = 0
-    arr[SPANS].close = pos
+    arr[LAST] = pos + 1
     return arr, pos + 1
   end
   while true do
     local value
-    local value_start = pos
     value, pos = decode_value(pos, depth)
     n = n + 1
     arr[n] = value
-    starts[n], ends[n] = value_start, pos
     pos = skip_ws(pos)
     local c = p[pos]
     if c == 93 then
       arr.n = n
-      arr[SPANS].close = pos
+      arr[LAST] = pos + 1
       return arr, pos + 1
     end
     if c ~= 44 then fail("expected ',' or ']'") end
@@ -320,6 +321,67 @@ function M.decode(s)
   if ok then return value end
   if getmetatable(value) == Failure then return nil, value.kind, value.message end
   return nil, "parse", tostring(value)
+end
+
+-- The offset after the value at offset i of a text already read (valid JSON): `value` is what
+-- decode made of it (a container knows where it ends; a scalar is scanned).
+local function skip_string(i)
+  i = i + 1
+  while i < len do
+    local c = p[i]
+    if c == 34 then return i + 1 end
+    i = i + (c == 92 and 2 or 1)
+  end
+  return len
+end
+
+local function skip(i, value)
+  if type(value) == "table" and value[LAST] then return value[LAST] end
+  if p[i] == 34 then return skip_string(i) end
+  while i < len do
+    local c = p[i]
+    if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9 then
+      return i
+    end
+    i = i + 1
+  end
+  return len
+end
+
+local function scan(v)
+  local starts, ends = {}, {}
+  local pos = skip_ws(v[FIRST] + 1)
+  if v[ARRAY] then
+    for k = 1, v.n do
+      starts[k] = pos
+      pos = skip(pos, v[k])
+      ends[k] = pos
+      pos = skip_ws(pos)
+      if k < v.n then pos = skip_ws(pos + 1) end
+    end
+  elseif p[pos] ~= 125 then
+    while true do
+      local name, after, foldable = read_string(pos)
+      local folded = foldable and fold(name) or name
+      pos = skip_ws(skip_ws(after) + 1)
+      starts[folded] = pos
+      pos = skip(pos, v[folded])
+      ends[folded] = pos
+      pos = skip_ws(pos)
+      if p[pos] ~= 44 then break end
+      pos = skip_ws(pos + 1)
+    end
+  end
+  return { starts = starts, ends = ends, close = pos }
+end
+
+-- Where the parts of `v` (an array or object decode made of `s`) are in `s`.
+function M.spans(v, s)
+  text, p, len = s, cast(BYTES, s), #s
+  local ok, spans = pcall(scan, v)
+  text, p = nil, nil
+  if not ok then error(spans, 2) end
+  return spans
 end
 
 -- Encodes a Lua string as a JSON string (for error messages; ASCII control characters and
