@@ -326,6 +326,19 @@ M.log_detached = log_detached
 ---------------------------------------------------------------------------------------------
 -- Phases
 
+-- A batch's answer from its calls' answers (strings, or arrays of strings), as ngx.print takes
+-- it.
+local function batch_of(answers)
+  local out = { "[" }
+  for i = 1, #answers do
+    if i > 1 then out[#out + 1] = "," end
+    out[#out + 1] = answers[i]
+  end
+  out[#out + 1] = "]"
+  return out
+end
+
+-- `body`: a string, or an array of strings (nested arrays too), as ngx.print takes it.
 local function respond(status, body)
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
@@ -367,7 +380,6 @@ local function preflight(client)
   h["Access-Control-Allow-Headers"] = (asked and #asked <= 256 and find(asked, REQUEST_HEADERS))
     and asked or "content-type"
   h["Access-Control-Max-Age"] = "7200"
-  ngx.ctx.jsonrpc_gate_preflight = true
   ngx.status = 204
   return ngx.exit(204)
 end
@@ -435,15 +447,15 @@ local function forward_and_keep(plan, calls, batch)
   end
   local out = {}
   for i = 1, calls.n do
-    local text = plan.answers[i] or got[i]
+    local answer = plan.answers[i] or got[i]
     local id = id_of(calls[i])
     if got[i] and plan.keep and plan.keep[i] then chain.keep(plan.keep[i], got[i]) end
-    if not text and id then
-      text = error_object(id, -32603, "internal error: no answer from the node")
+    if not answer and id then
+      answer = error_object(id, -32603, "internal error: no answer from the node")
     end
-    out[#out + 1] = text
+    out[#out + 1] = answer
   end
-  return respond(200, "[" .. concat(out, ",") .. "]")
+  return respond(200, batch_of(out))
 end
 
 -- access_by_lua of the public location: judges the request, then forwards it to "/" (the key
@@ -471,7 +483,7 @@ function M.http()
   if plan.hits > 0 then count(client.name, "cached", plan.hits) end
   if #plan.forwarded == 0 then
     if not batch then return respond(200, plan.answers[1]) end
-    return respond(200, "[" .. concat(plan.answers, ",") .. "]")
+    return respond(200, batch_of(plan.answers))
   end
   if next(plan.answers) or plan.keep then return forward_and_keep(plan, calls, batch) end
   ngx.ctx.chain_need = plan.need
@@ -526,31 +538,6 @@ function M.websocket()
   end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms,
     lowest_head = chain.served() },
   log_detached)
-end
-
--- CORS headers a node may send, replaced by the gate's so that every answer carries the same.
-local NODE_CORS = { "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
-  "Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Expose-Headers",
-  "Access-Control-Max-Age" }
-
--- header_filter_by_lua of the public server: every answer, errors and the nodes' included,
--- allows the origin the access phase settled ("*" unless the client names its origins).
-function M.cors()
-  local h = ngx.header
-  if not ngx.ctx.jsonrpc_gate_preflight then
-    for i = 1, #NODE_CORS do h[NODE_CORS[i]] = nil end
-  end
-  local origin = ngx.var[config.cors_variable]
-  if not origin or origin == "" then origin = "*" end
-  h["Access-Control-Allow-Origin"] = origin
-  if origin ~= "*" then
-    local vary = h["Vary"]
-    if type(vary) == "string" and vary ~= "" then
-      if not find(lower(vary), "origin", 1, true) then h["Vary"] = vary .. ", Origin" end
-    elseif type(vary) ~= "table" then
-      h["Vary"] = "Origin"
-    end
-  end
 end
 
 -- content_by_lua of the internal usage endpoint: every counter, monotonic since nginx started

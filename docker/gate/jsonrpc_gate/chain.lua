@@ -258,8 +258,11 @@ local BY_HASH = {
 -- The highest block the cache treats as final: the nodes' finalized block, else the served
 -- head less the configured depth; nil while unknown.
 local function final_block()
-  local served, _, finalized = known()
+  local d = dict()
+  if not d then return nil end
+  local finalized = d:get("finalized")
   if finalized then return finalized end
+  local served = d:get("served")
   if served and served >= config.finality_depth then return served - config.finality_depth end
   return nil
 end
@@ -300,6 +303,27 @@ local function cache_key(call, method, body)
   return config.cache_scope .. SEP .. method .. SEP .. text
 end
 
+-- Each worker keeps its most used answers as Lua strings, so that a hit copies nothing out of
+-- the shared dictionary: a bounded count of answers up to a bounded size.
+local lrucache = require "resty.lrucache"
+local WORKER_ANSWERS, WORKER_ANSWER_BYTES = 512, 16 * 1024
+local worker_cache, worker_generation
+
+-- The kept answer of `key` (the result's text), or nil.
+local function kept(cache, key)
+  local d = dict()
+  local generation = d and d:get("generation") or 0
+  if generation ~= worker_generation or not worker_cache then
+    worker_cache = lrucache.new(WORKER_ANSWERS)
+    worker_generation = generation
+  end
+  local held = worker_cache:get(key)
+  if held then return held end
+  held = cache:get(key)
+  if held and #held <= WORKER_ANSWER_BYTES then worker_cache:set(key, held) end
+  return held
+end
+
 -- Keeps a node's answer (`text`, one call's) under `key` when it is one that cannot change.
 function M.keep(entry, text)
   local d = config.cache and ngx.shared[config.cache]
@@ -323,17 +347,20 @@ function M.keep(entry, text)
   d:set(entry.key, sub(text, spans.starts.result + 1, spans.ends.result))
 end
 
--- Empties the cache (a finalized block changed: a reorg no final block should see).
+-- Empties the cache (a finalized block changed: a reorg no final block should see): the shared
+-- dictionary, and (through the generation they watch) every worker's own copies.
 local function forget_all(why)
   local d = config.cache and ngx.shared[config.cache]
   if d then
     d:flush_all()
+    dict():incr("generation", 1, 0)
     ngx.log(ngx.WARN, "jsonrpc_gate: cache emptied: ", why)
   end
 end
 
 -- What to do with a judged request (`calls` decoded from `body`, a batch or one call):
--- returns { answers = { [i] = text } of the calls answered here (the head, the cache),
+-- returns { answers = { [i] = answer } of the calls answered here (the head, the cache; each
+-- an array of strings, as ngx.print takes it: a kept answer is never copied into another),
 -- hits = how many came from the cache, keep = { [i] = { key, kind } } of forwarded calls
 -- whose answers may be kept, forward = the body to send on (nil: nothing), forwarded = the
 -- indices it holds, need = the lowest head a node needs }.
@@ -355,7 +382,7 @@ function M.plan(calls, batch, body)
       served = d and d:get("served") or false
     end
     if id ~= nil and served and answered_here(call, method) then
-      answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. quantity(served) .. "}"
+      answers[i] = { '{"jsonrpc":"2.0","id":', id, ',"result":', quantity(served), "}" }
       any_answer = true
     else
       local highest, pinned = pin(call, method, head, body)
@@ -371,9 +398,9 @@ function M.plan(calls, batch, body)
         if not (final and block <= final) then kind = nil end
       end
       local key = kind and cache_key(call, method, body)
-      local held = key and cache:get(key)
+      local held = key and kept(cache, key)
       if held then
-        answers[i] = '{"jsonrpc":"2.0","id":' .. id .. ',"result":' .. held .. "}"
+        answers[i] = { '{"jsonrpc":"2.0","id":', id, ',"result":', held, "}" }
         hits = hits + 1
         any_answer = true
       else

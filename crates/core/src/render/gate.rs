@@ -70,6 +70,19 @@ pub const BODY_BUFFER_BYTES: u32 = 16 * 1024;
 pub const SLOT_VARIABLE: &str = "$jsonrpc_gate_slot";
 /// The variable holding the `Access-Control-Allow-Origin` value of an answer.
 pub const CORS_VARIABLE: &str = "$jsonrpc_gate_cors";
+/// The answers' `Access-Control-Allow-Origin`: [`CORS_VARIABLE`], or `*` when it is empty.
+const ALLOW_ORIGIN_VARIABLE: &str = "$jsonrpc_gate_allow_origin";
+/// The answers' `Vary`: `Origin` when [`CORS_VARIABLE`] names one (no header otherwise).
+const VARY_VARIABLE: &str = "$jsonrpc_gate_vary";
+/// CORS headers a node may send, dropped so that every answer carries the gate's.
+const NODE_CORS_HEADERS: [&str; 6] = [
+    "Access-Control-Allow-Origin",
+    "Access-Control-Allow-Credentials",
+    "Access-Control-Allow-Methods",
+    "Access-Control-Allow-Headers",
+    "Access-Control-Expose-Headers",
+    "Access-Control-Max-Age",
+];
 /// Longest piece of the policy's text in one Lua string of the configuration (nginx's
 /// configuration buffer is 4 KiB).
 const LUA_PIECE_BYTES: usize = 3072;
@@ -626,6 +639,14 @@ init_worker_by_lua_block {{
 }}
 log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_method $status '
     '$body_bytes_sent $request_time $upstream_addr \"$http_user_agent\"';
+map {CORS_VARIABLE} {ALLOW_ORIGIN_VARIABLE} {{
+    \"\" \"*\";
+    default {CORS_VARIABLE};
+}}
+map {CORS_VARIABLE} {VARY_VARIABLE} {{
+    \"\" \"\";
+    default Origin;
+}}
 
 ",
         lua = policy.lua_dir,
@@ -638,8 +659,17 @@ log_format jsonrpc_gate '$remote_addr {CLIENT_VARIABLE} [$time_local] $request_m
 pub(crate) fn public_server_directives(policy: &GatePolicy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "    set {CLIENT_VARIABLE} \"-\";");
-    // Every answer of the public server, the nodes' included, carries the gate's CORS headers.
-    out.push_str("    header_filter_by_lua_block { require(\"jsonrpc_gate\").cors() }\n");
+    // Every answer of the public server, the nodes' included, carries the gate's CORS headers
+    // (the origin the access phase settled, "*" unless the client names its origins); the
+    // nodes' own are dropped.
+    let _ = writeln!(
+        out,
+        "    add_header Access-Control-Allow-Origin {ALLOW_ORIGIN_VARIABLE} always;"
+    );
+    let _ = writeln!(out, "    add_header Vary {VARY_VARIABLE} always;");
+    for header in NODE_CORS_HEADERS {
+        let _ = writeln!(out, "    proxy_hide_header {header};");
+    }
     let _ = writeln!(out, "    access_log {} jsonrpc_gate;", policy.access_log);
     // nginx's error lines for a request name its request line, the key included; the gate
     // logs upstream failures itself, without it.
