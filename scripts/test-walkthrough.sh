@@ -9,7 +9,8 @@
 #  3. two anvil nodes registered with `sls invoke`, one health round (`sls invoke -f
 #     health_checker -s local`): both healthy, a config rendered into the deployed bucket, the
 #     deployed ECS service moved onto it, nginx answering JSON-RPC through it at the demo
-#     client's key URL the stack printed (401 without a key);
+#     client's key URL the stack printed (401 without a key), as one chain (a head that never
+#     goes back, blocks it names found);
 #  4. the healthy-node metric below the alarm's threshold: the alarm's SNS message reaches
 #     slack_notifier, which posts to the Slack stand-in;
 #  5. after the renders, a second `sls deploy -s local` (a tolerance and nginx_desired_count
@@ -208,6 +209,27 @@ done
 status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -X POST -H 'Content-Type: application/json' \
   --data '{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1}' http://127.0.0.1:18545)
 [ "$status" = 401 ] || fail "a call without a key got HTTP $status, not 401"
+
+step "the endpoint answers as one chain: its head never goes back, the blocks it names are found"
+python3 - "$demo" "$node" <<'PY' || fail "the demo client's URL did not answer as one chain"
+import json, sys, time, urllib.request
+url, node = sys.argv[1], sys.argv[2]
+def call(target, method, params):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    request = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return json.load(answer)["result"]
+last = 0
+for _ in range(20):
+    head = int(call(url, "eth_blockNumber", []), 16)
+    assert head >= last, f"the head went back from {last} to {head}"
+    last = head
+    block = call(url, "eth_getBlockByNumber", [hex(head), False])
+    assert block and int(block["number"], 16) == head, f"block {head}, just named, answered {block}"
+    time.sleep(0.1)
+its = int(call(node, "eth_blockNumber", []), 16)
+assert its - 3 <= last <= its, f"the endpoint's head {last}, the node's own {its}"
+PY
 
 step "the healthy-node metric below the alarm threshold reaches Slack"
 # Rounds every few seconds keep a datapoint in every 10 s period (missing data breaches).
