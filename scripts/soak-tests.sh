@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test that starts a local stack or nginx N times in a row (default 10), to find
 # what fails one run in many: the local_stack and config_agent tests, core's tests that run
-# nginx (gate, render_nginx_check, integration) and the walkthrough. A failure is counted and
+# nginx (gate, chain, render_nginx_check, integration) and the walkthrough. A failure is counted and
 # its log kept, never retried. With --beside, the rest of the suite (`cargo test --workspace`)
 # runs alongside every round, as on a loaded CI machine, and counts as one more run. Prints a line per run and a summary;
 # exits 1 when anything failed.
@@ -28,6 +28,7 @@ targets=(
   "-p local_stack --tests"
   "-p config_agent --tests"
   "-p jsonrpc-proxy-core --test gate"
+  "-p jsonrpc-proxy-core --test chain"
   "-p jsonrpc-proxy-core --test render_nginx_check"
   "-p jsonrpc-proxy-core --test integration"
 )

@@ -323,6 +323,33 @@ fn log_ranges_with_tags_are_judged_against_the_served_head() {
         let answer = call(&stack, "eth_getLogs", &json!([filter]));
         assert_eq!(answer["result"], json!([]), "{filter}: {answer}");
     }
+    // A batch of calls whose missing ends are all pinned (each filter gets its ends at its
+    // closing brace): the node reads every call, alone in the batch or beside a cached one.
+    for cached in [false, true] {
+        let mut batch: Vec<Value> = (0..12)
+            .map(|id| {
+                let filter = if id % 2 == 0 {
+                    json!({})
+                } else {
+                    json!({"toBlock": "latest"})
+                };
+                json!({"jsonrpc": "2.0", "id": id, "method": "eth_getLogs", "params": [filter]})
+            })
+            .collect();
+        if cached {
+            batch.push(json!({"jsonrpc": "2.0", "id": 12, "method": "eth_chainId"}));
+        }
+        let (status, text) = stack
+            .post("/", &Value::Array(batch).to_string())
+            .expect("answer");
+        assert_eq!(status, 200, "{text}");
+        let answers: Value = serde_json::from_str(&text).expect("JSON");
+        let answers = answers.as_array().expect("an array");
+        assert_eq!(answers.len(), 12 + usize::from(cached), "{text}");
+        for answer in &answers[..12] {
+            assert_eq!(answer["result"], json!([]), "{text}");
+        }
+    }
 }
 
 #[test]

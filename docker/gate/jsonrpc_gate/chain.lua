@@ -198,7 +198,9 @@ local function pin(call, method, head, body)
     or filter.blockhash ~= nil then
     return 0
   end
-  local highest, edits, spans = 0, nil, nil
+  -- Missing ends are added together, as one edit at the closing brace (two edits at one
+  -- offset would have no order).
+  local highest, edits, spans, added = 0, nil, nil, nil
   for _, names in ipairs(FILTER_ENDS) do
     local v = filter[names[1]]
     if v ~= nil and not is_latest(v) then
@@ -207,14 +209,15 @@ local function pin(call, method, head, body)
       spans = spans or json.spans(filter, body)
       edits = edits or {}
       if v == nil then
-        local members = next(spans.starts) ~= nil or #edits > 0
-        edits[#edits + 1] = { spans.close, spans.close,
-          (members and "," or "") .. '"' .. names[2] .. '":' .. quantity(head) }
+        local members = next(spans.starts) ~= nil or added ~= nil
+        added = (added or "") .. (members and "," or "") .. '"' .. names[2] .. '":'
+          .. quantity(head)
       else
         edits[#edits + 1] = { spans.starts[names[1]], spans.ends[names[1]], quantity(head) }
       end
     end
   end
+  if added then edits[#edits + 1] = { spans.close, spans.close, added } end
   return highest, edits
 end
 
