@@ -312,18 +312,23 @@ local lrucache = require "resty.lrucache"
 local WORKER_ANSWERS, WORKER_ANSWER_BYTES = 512, 16 * 1024
 local worker_cache, worker_generation
 
--- The kept answer of `key` (the result's text), or nil.
-local function kept(cache, key)
+-- This worker's copies, emptied when the cache was (read once per request).
+local function worker_copies()
   local d = dict()
   local generation = d and d:get("generation") or 0
   if generation ~= worker_generation or not worker_cache then
     worker_cache = lrucache.new(WORKER_ANSWERS)
     worker_generation = generation
   end
-  local held = worker_cache:get(key)
+  return worker_cache
+end
+
+-- The kept answer of `key` (the result's text), or nil.
+local function kept(copies, cache, key)
+  local held = copies:get(key)
   if held then return held end
   held = cache:get(key)
-  if held and #held <= WORKER_ANSWER_BYTES then worker_cache:set(key, held) end
+  if held and #held <= WORKER_ANSWER_BYTES then copies:set(key, held) end
   return held
 end
 
@@ -375,6 +380,7 @@ function M.plan(calls, batch, body)
   local served -- read once, by the first eth_blockNumber
   local cache = config.cache and ngx.shared[config.cache]
   local final -- read once, by the first call that needs it
+  local copies -- the worker's kept answers, looked up by the first call that may be kept
   local answers, forwarded, edits, keep, need = {}, {}, {}, nil, head or 0
   local hits, any_answer, any_edit = 0, false, false
   for i = 1, calls.n do
@@ -401,7 +407,8 @@ function M.plan(calls, batch, body)
         if not (final and block <= final) then kind = nil end
       end
       local key = kind and cache_key(call, method, body)
-      local held = key and kept(cache, key)
+      if key and not copies then copies = worker_copies() end
+      local held = key and kept(copies, cache, key)
       if held then
         answers[i] = { '{"jsonrpc":"2.0","id":', id, ',"result":', held, "}" }
         hits = hits + 1
