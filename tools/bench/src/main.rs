@@ -340,7 +340,8 @@ fn main() -> ExitCode {
     let part_failed = matches!(results.fanout, Some(Err(_)))
         || matches!(results.proxy, Some(Err(_)))
         || matches!(results.switch, Some(Err(_)))
-        || matches!(results.lambda, Some(Err(_)));
+        || matches!(results.lambda, Some(Err(_)))
+        || matches!(results.uploads, Some(Err(_)));
     if failed || part_failed {
         ExitCode::FAILURE
     } else {
