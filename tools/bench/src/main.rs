@@ -279,6 +279,19 @@ async fn run_all(options: &Options) -> Results {
     results
 }
 
+/// Resolves on SIGINT or SIGTERM, naming it (never, when SIGTERM cannot be watched).
+async fn stopped() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => "interrupted",
+        Some(()) = terminate.recv() => "terminated",
+        else => std::future::pending().await,
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -308,7 +321,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let results = runtime.block_on(run_all(&options));
+    // Stopped by a signal, the run's future is dropped, and with it the servers it started
+    // (nginx, anvil, the peer), which would otherwise outlive the bench.
+    let results = runtime.block_on(async {
+        tokio::select! {
+            results = run_all(&options) => Some(results),
+            signal = stopped() => {
+                eprintln!("jsonrpc-proxy-bench: {signal}: stopping the servers it started");
+                None
+            }
+        }
+    });
+    let Some(results) = results else {
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        return ExitCode::from(130);
+    };
     // Read after the run: what the file holds now is what gets rewritten.
     let existing = options
         .out
