@@ -7,16 +7,23 @@ It adds, before the server starts:
   on every stack operation of a template that asks for them;
 - a CloudFormation model of `AWS::CloudWatch::Alarm`: moto skips the resource, so
   `Fn::GetAtt [<alarm>, Arn]` fails the stack. The model creates the alarm with
-  `PutMetricAlarm`, so `DescribeAlarms` shows what the template declared.
+  `PutMetricAlarm`, so `DescribeAlarms` shows what the template declared;
+- DynamoDB writes one at a time: the server answers requests on threads, and moto checks a
+  write's condition and then writes, so two concurrent conditional puts of one new item could
+  both succeed (seen: two `add_client` of one name both answered 201), which DynamoDB never
+  allows.
 
 Nothing else of moto changes. docs/architecture.md ("The local AWS endpoint") says why and
 lists what moto still leaves out.
 """
 
+import functools
 import sys
+import threading
 
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.common_models import CloudFormationModel
+from moto.dynamodb.models import DynamoDBBackend
 from moto.elbv2.models import FakeTargetGroup
 
 
@@ -122,8 +129,24 @@ class CloudWatchAlarm(CloudFormationModel):
         cloudwatch_backends[account_id][region_name].delete_alarms([resource_name])
 
 
+def _atomic_dynamodb_writes():
+    """One DynamoDB write at a time, so a condition holds until its write is done."""
+    lock = threading.RLock()
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items",
+                 "batch_write_item"):
+        write = getattr(DynamoDBBackend, name)
+
+        @functools.wraps(write)
+        def one_at_a_time(self, *args, _write=write, **kwargs):
+            with lock:
+                return _write(self, *args, **kwargs)
+
+        setattr(DynamoDBBackend, name, one_at_a_time)
+
+
 def main():
     _target_group_attributes()
+    _atomic_dynamodb_writes()
     from moto.server import main as moto_server
 
     return moto_server(sys.argv[1:])
