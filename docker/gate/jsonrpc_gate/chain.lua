@@ -164,7 +164,6 @@ end
 ---------------------------------------------------------------------------------------------
 -- Pinning: which calls the data plane answers, and `latest` rewritten to the served head
 
--- An edit of the request text: { first, last, replacement } (0-based, last exclusive).
 local function is_latest(v)
   return v == json.null or (type(v) == "string" and lower(v) == "latest")
 end
@@ -173,7 +172,8 @@ local FILTER_ENDS = { { "fromblock", "fromBlock" }, { "toblock", "toBlock" } }
 
 -- Pins one call's `latest` (written, null or implied by a missing block parameter) to `head`
 -- (nil: nothing is pinned). Returns the highest block number the call names (or 0), and the
--- edits of `body` that pin it (nil when none).
+-- edits of `body` that pin it (nil when none), each { first, last, replacement } (0-based,
+-- last exclusive).
 local function pin(call, method, head, body)
   local params = call.params
   local index = config.block_params[method]
@@ -387,10 +387,9 @@ function M.plan(calls, batch, body)
     local call = calls[i]
     local method = lower(call.method)
     local id = json.raw_id(call)
-    if id ~= nil and served == nil and answered_here(call, method) then
-      served = d and d:get("served") or false
-    end
-    if id ~= nil and served and answered_here(call, method) then
+    local here = id ~= nil and answered_here(call, method)
+    if here and served == nil then served = d and d:get("served") or false end
+    if here and served then
       answers[i] = { '{"jsonrpc":"2.0","id":', id, ',"result":', quantity(served), "}" }
       any_answer = true
     else

@@ -323,8 +323,9 @@ function M.decode(s)
   return nil, "parse", tostring(value)
 end
 
--- The offset after the value at offset i of a text already read (valid JSON): `value` is what
--- decode made of it (a container knows where it ends; a scalar is scanned).
+-- Scanning a text already read (valid JSON) again, to find where the parts of a container are.
+
+-- The offset after the string whose opening quote is at offset i.
 local function skip_string(i)
   i = i + 1
   while i < len do
@@ -335,6 +336,8 @@ local function skip_string(i)
   return len
 end
 
+-- The offset after the value at offset i: `value` is what decode made of it (a container knows
+-- where it ends; a scalar is scanned).
 local function skip(i, value)
   if type(value) == "table" and value[LAST] then return value[LAST] end
   if p[i] == 34 then return skip_string(i) end
