@@ -5,13 +5,16 @@
 //! cached, a 10-call and a 100-call batch); then what a node's death costs clients of each,
 //! before any control plane reacts.
 //!
-//! Every anvil is seeded alike ([`seed`]): one transfer and [`SEED_BLOCKS`] more blocks, so
-//! that the gate's head poll finds a head, safe and finalized blocks, and the cacheable
-//! workloads name a block and a receipt at or below the finalized block.
+//! Every anvil is seeded alike ([`seed`]): one transfer, a block of [`FULL_BLOCK_TXS`]
+//! transfers and [`SEED_BLOCKS`] more blocks, so that the gate's head poll finds a head, safe
+//! and finalized blocks, and the cacheable workloads name blocks and a receipt at or below the
+//! finalized block. For those workloads nginx alone, answering from its configuration
+//! ([`ceiling_fragment`]), tells the most any cache inside nginx could serve here.
 //!
 //! nginx runs on [`devstack::prepare_prefix`]'s main configuration with `worker_processes auto`;
 //! the rendered configuration (or the original's style) is included in `http { }`.
 
+use std::fmt::Write as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,11 +46,16 @@ const SEED_TO: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
 pub const SEED_TX: &str = "0xafcb3db4cc1f7965fff64debb6254620f3edb91568c479ba5032fbd81c12ad9b";
 /// The block the seed transfer is mined in (anvil mines each transaction at once).
 pub const SEED_BLOCK: u64 = 1;
+/// The next block holds [`FULL_BLOCK_TXS`] transfers from [`SEED_FROM`] (nonces 1 on), as a
+/// busy chain's blocks hold many.
+pub const FULL_BLOCK: u64 = SEED_BLOCK + 1;
+/// Transfers in [`FULL_BLOCK`].
+pub const FULL_BLOCK_TXS: u64 = 100;
 /// Blocks mined after it: anvil's `finalized` is its head minus 64 and `safe` its head minus
-/// 32, so the head is 129, safe 97, finalized 65, and [`SEED_BLOCK`] is final.
+/// 32, so the head is 130, safe 98, finalized 66, and both blocks above are final.
 pub const SEED_BLOCKS: u64 = 128;
 /// The head of a seeded node.
-pub const SEED_HEAD: u64 = SEED_BLOCK + SEED_BLOCKS;
+pub const SEED_HEAD: u64 = FULL_BLOCK + SEED_BLOCKS;
 /// The bench client's key (the gated row's URL is `/v3/<key>`).
 const BENCH_KEY: &str = "bench-client-key-0123456789abcdefghijklmnop";
 /// The bench client's rate limit: high enough never to refuse a call of the bench.
@@ -76,11 +84,14 @@ pub enum Workload {
     /// `eth_getTransactionReceipt` of [`SEED_TX`], mined in [`SEED_BLOCK`]: an answer that
     /// cannot change.
     Receipt,
+    /// `eth_getBlockByNumber` of [`FULL_BLOCK`] with its transactions' hashes: an answer that
+    /// cannot change, and costs the node more than the others.
+    FullBlock,
 }
 
 impl Workload {
     /// Every workload, in the order they are run and reported.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Self::BlockNumber,
         Self::ChainId,
         Self::Balance,
@@ -88,10 +99,16 @@ impl Workload {
         Self::Batch100,
         Self::FinalizedBlock,
         Self::Receipt,
+        Self::FullBlock,
     ];
 
     /// The workloads whose answers never change: served from a cache where a proxy has one.
-    pub const CACHEABLE: [Workload; 3] = [Self::ChainId, Self::FinalizedBlock, Self::Receipt];
+    pub const CACHEABLE: [Workload; 4] = [
+        Self::ChainId,
+        Self::FinalizedBlock,
+        Self::Receipt,
+        Self::FullBlock,
+    ];
 
     /// How the report names it.
     pub fn title(self) -> &'static str {
@@ -105,6 +122,9 @@ impl Workload {
                 "`eth_getBlockByNumber` of a finalized block, without transactions (cacheable)"
             }
             Self::Receipt => "`eth_getTransactionReceipt` of a finalized transfer (cacheable)",
+            Self::FullBlock => {
+                "`eth_getBlockByNumber` of a finalized block of 100 transfers, their hashes (cacheable)"
+            }
         }
     }
 
@@ -118,19 +138,28 @@ impl Workload {
             Self::Batch100 => "100-call batch",
             Self::FinalizedBlock => "finalized block",
             Self::Receipt => "receipt",
+            Self::FullBlock => "block of 100 transfers",
         }
     }
 
-    /// Whether the path of `role` is measured with this workload: every path for the first
+    /// Whether the path of `role` is measured with this workload: every proxy for the first
     /// workloads; the forwarded call only where it tells the gate's cost (direct, ours,
     /// gated); the cacheable calls where a cache may answer them (the gate, the peer) beside
-    /// the node and ours without the gate.
+    /// the node, ours without the gate and nginx's ceiling, measured for them alone.
     pub fn measures(self, role: Role) -> bool {
+        if role == Role::Ceiling {
+            return Self::CACHEABLE.contains(&self);
+        }
         match self {
             Self::BlockNumber | Self::ChainId | Self::Batch | Self::Batch100 => true,
             Self::Balance => matches!(role, Role::Direct | Role::Ours | Role::Gated),
-            Self::FinalizedBlock | Self::Receipt => role != Role::Original,
+            Self::FinalizedBlock | Self::Receipt | Self::FullBlock => role != Role::Original,
         }
+    }
+
+    /// The path nginx's ceiling answers it on (its configuration holds one answer per path).
+    fn ceiling_path(self) -> String {
+        self.short().replace(' ', "-")
     }
 
     /// Calls in one request.
@@ -168,6 +197,12 @@ impl Workload {
             )
             .to_string(),
             Self::Receipt => call(1, "eth_getTransactionReceipt", json!([SEED_TX])).to_string(),
+            Self::FullBlock => call(
+                1,
+                "eth_getBlockByNumber",
+                json!([format!("{FULL_BLOCK:#x}"), false]),
+            )
+            .to_string(),
             Self::Batch | Self::Batch100 => {
                 Value::Array((1..=self.calls()).map(batch_call).collect()).to_string()
             }
@@ -208,6 +243,16 @@ impl Workload {
             }
             Self::Receipt => {
                 one(&value, 1).and_then(|()| field(&value, "transactionHash", SEED_TX))
+            }
+            Self::FullBlock => {
+                one(&value, 1)
+                    .and_then(|()| field(&value, "number", &format!("{FULL_BLOCK:#x}")))?;
+                let held = value["result"]["transactions"].as_array().map(Vec::len);
+                if held == Some(FULL_BLOCK_TXS as usize) {
+                    Ok(())
+                } else {
+                    Err(format!("{held:?} transactions instead of {FULL_BLOCK_TXS}"))
+                }
             }
             Self::Batch | Self::Batch100 => {
                 let calls = value
@@ -316,6 +361,9 @@ pub enum Role {
     Original,
     /// Another JSON-RPC proxy (blutgang).
     Peer,
+    /// nginx alone answering each cacheable workload from its configuration, no Lua: the most
+    /// any cache inside nginx could serve here.
+    Ceiling,
 }
 
 /// One wrk run of a compared row.
@@ -863,6 +911,44 @@ pub fn original_fragment(port: u16, node_ports: &[u16], keepalive: bool) -> Stri
     out
 }
 
+/// nginx answering each of `answers` ((workload, answer text)) on its
+/// [`Workload::ceiling_path`] from its configuration (`return 200`), no Lua and no node: the
+/// ceiling of a cache inside nginx. An answer longer than one configuration token may be is
+/// put together from variables set in its location. An answer nginx would read as more than
+/// text (a `'`, `\` or `$`) is refused.
+pub fn ceiling_fragment(port: u16, answers: &[(Workload, String)]) -> Result<String, String> {
+    // nginx reads a token of at most 4 KiB (NGX_CONF_BUFFER).
+    const TOKEN_BYTES: usize = 4000;
+    let mut out = format!("server {{\n    listen {port} default_server;\n    server_name _;\n");
+    for (index, (workload, answer)) in answers.iter().enumerate() {
+        if !answer.is_ascii() || answer.contains(['\'', '\\', '$']) {
+            return Err(format!(
+                "the {} answer holds a character nginx would not keep as text",
+                workload.short()
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "    location = /{} {{\n        default_type application/json;",
+            workload.ceiling_path()
+        );
+        if answer.len() <= TOKEN_BYTES {
+            let _ = writeln!(out, "        return 200 '{answer}';");
+        } else {
+            let mut names = String::new();
+            for (k, piece) in answer.as_bytes().chunks(TOKEN_BYTES).enumerate() {
+                let piece = std::str::from_utf8(piece).map_err(|e| e.to_string())?;
+                let _ = writeln!(out, "        set $ceiling_{index}_{k} '{piece}';");
+                let _ = write!(names, "$ceiling_{index}_{k}");
+            }
+            let _ = writeln!(out, "        return 200 \"{names}\";");
+        }
+        out.push_str("    }\n");
+    }
+    out.push_str("}\n");
+    Ok(out)
+}
+
 /// The rendered configuration with the public server's access log buffered (64 KiB, flushed
 /// every second) instead of one write per request.
 fn with_buffered_access_log(fragment: &str) -> String {
@@ -914,6 +1000,16 @@ struct Contender {
     role: Role,
     url: String,
     server: Result<Server, String>,
+}
+
+impl Contender {
+    /// Where `workload` is sent: the contender's URL, or its workload's path on the ceiling.
+    fn url(&self, workload: Workload) -> String {
+        match self.role {
+            Role::Ceiling => format!("{}{}", self.url, workload.ceiling_path()),
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// The nodes and what part 2 knows of them.
@@ -976,6 +1072,29 @@ impl Nodes {
         nginx.gate_log = Some(PathBuf::from(&gate.access_log));
         nginx.wait_served(SEED_HEAD, Duration::from_secs(15))?;
         Ok(nginx)
+    }
+
+    /// nginx answering every cacheable workload from its configuration on `port`, each with
+    /// node A's answer.
+    fn ceiling(&mut self, port: u16) -> Result<BenchNginx, String> {
+        let answers = Workload::CACHEABLE
+            .into_iter()
+            .map(|workload| {
+                let call: Value =
+                    serde_json::from_str(&workload.body()).map_err(|e| e.to_string())?;
+                let result = self
+                    .a
+                    .rpc(
+                        call["method"].as_str().unwrap_or_default(),
+                        call["params"].clone(),
+                    )
+                    .map_err(|e| format!("asking anvil for the ceiling's answers: {e}"))?;
+                let answer = json!({"jsonrpc": "2.0", "id": call["id"], "result": result});
+                Ok((workload, answer.to_string()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let dir = self.socket_dir();
+        BenchNginx::start(&ceiling_fragment(port, &answers)?, 0, port, &dir)
     }
 
     /// nginx in the original's style on `port`.
@@ -1075,7 +1194,7 @@ async fn compare(
         };
         if row.not_run.is_none() {
             (row.wrong_answers, row.wrong_answer) =
-                spot_check(&client, &contender.url, workload).await;
+                spot_check(&client, &contender.url(workload), workload).await;
             if row.wrong_answers == SPOT_CHECKS {
                 row.not_run = Some(format!(
                     "every answer wrong: {}",
@@ -1100,7 +1219,8 @@ async fn compare(
             );
             let log_offset = server.gate_log_offset();
             let cpu_before = server.cpu_seconds();
-            let wrk = block(|| run_wrk(&contender.url, &body, options.seconds, connections))?;
+            let url = contender.url(workload);
+            let wrk = block(|| run_wrk(&url, &body, options.seconds, connections))?;
             let cpu_us = server
                 .cpu_seconds()
                 .zip(cpu_before)
@@ -1143,8 +1263,13 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
     let peer_name = peer_version.clone().unwrap_or_else(|_| "blutgang".into());
 
     let proxy_url = |port: u16| format!("http://127.0.0.1:{port}/");
-    let (ours_port, gated_port, original_port, peer_port) =
-        (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (ours_port, gated_port, original_port, peer_port, ceiling_port) = (
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    );
     let gated_url = |port: u16| format!("http://127.0.0.1:{port}{}", bench_key_path());
     let mut contenders = vec![
         Contender {
@@ -1185,6 +1310,12 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
         role: Role::Peer,
         url: proxy_url(peer_port),
         server: peer,
+    });
+    contenders.push(Contender {
+        name: "nginx alone, the answer in its configuration (the ceiling)".into(),
+        role: Role::Ceiling,
+        url: proxy_url(ceiling_port),
+        server: Ok(Server::Nginx(block(|| nodes.ceiling(ceiling_port))?)),
     });
 
     let mut comparisons = Vec::new();
@@ -1267,7 +1398,7 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
                 "original's style".to_owned(),
                 block(|| nodes.original(port, false)).map(Server::Nginx),
             ),
-            Role::Direct | Role::Peer => (
+            Role::Direct | Role::Peer | Role::Ceiling => (
                 format!("peer: {peer_name}"),
                 match &peer_version {
                     Ok(_) => block(|| Blutgang::start(&blutgang_bin, port, &nodes.urls()))
@@ -1327,26 +1458,49 @@ pub async fn run(options: &ProxyOptions) -> Result<ProxyReport, String> {
 }
 
 /// Seeds a fresh anvil as every node of part 2 is: the transfer [`SEED_TX`] (mined at once in
-/// [`SEED_BLOCK`]), then [`SEED_BLOCKS`] empty blocks, so every node has the same head, safe
-/// and finalized blocks, and the same transaction.
+/// [`SEED_BLOCK`]), [`FULL_BLOCK_TXS`] transfers mined together in [`FULL_BLOCK`], then
+/// [`SEED_BLOCKS`] empty blocks, so every node has the same head, safe and finalized blocks,
+/// and the same transactions.
 fn seed(node: &Anvil) -> Result<(), String> {
     let failed = |e: devstack::Error| format!("seeding anvil on {}: {e}", node.url());
-    let transfer = json!({
-        "from": SEED_FROM,
-        "to": SEED_TO,
-        "value": "0x1",
-        "gas": "0x5208",
-        "maxFeePerGas": "0x77359400",
-        "maxPriorityFeePerGas": "0x3b9aca00",
-        "nonce": "0x0",
-        "chainId": "0x7a69",
-    });
+    let transfer = |nonce: u64| {
+        json!({
+            "from": SEED_FROM,
+            "to": SEED_TO,
+            "value": "0x1",
+            "gas": "0x5208",
+            "maxFeePerGas": "0x77359400",
+            "maxPriorityFeePerGas": "0x3b9aca00",
+            "nonce": format!("{nonce:#x}"),
+            "chainId": "0x7a69",
+        })
+    };
     let hash = node
-        .rpc("eth_sendTransaction", json!([transfer]))
+        .rpc("eth_sendTransaction", json!([transfer(0)]))
         .map_err(failed)?;
     if hash.as_str() != Some(SEED_TX) {
         return Err(format!(
             "anvil on {} gave the seed transfer the hash {hash}, not {SEED_TX}",
+            node.url()
+        ));
+    }
+    node.rpc("evm_setAutomine", json!([false]))
+        .map_err(failed)?;
+    for nonce in 1..=FULL_BLOCK_TXS {
+        node.rpc("eth_sendTransaction", json!([transfer(nonce)]))
+            .map_err(failed)?;
+    }
+    node.mine(1).map_err(failed)?;
+    node.rpc("evm_setAutomine", json!([true])).map_err(failed)?;
+    let held = node
+        .rpc(
+            "eth_getBlockTransactionCountByNumber",
+            json!([format!("{FULL_BLOCK:#x}")]),
+        )
+        .map_err(failed)?;
+    if held != json!(format!("{FULL_BLOCK_TXS:#x}")) {
+        return Err(format!(
+            "anvil on {} mined {held} transfers in block {FULL_BLOCK}, not {FULL_BLOCK_TXS}",
             node.url()
         ));
     }
@@ -1589,6 +1743,61 @@ mod tests {
         assert!(Workload::Receipt
             .check(answer(Value::Null).as_bytes())
             .is_err());
+        const { assert!(FULL_BLOCK + 64 <= SEED_HEAD) };
+        let full: Value = serde_json::from_str(&Workload::FullBlock.body()).expect("JSON");
+        assert_eq!(full["params"], json!(["0x2", false]));
+        let hashes = |n: usize| vec![json!("0xab"); n];
+        let ok_full = answer(json!({"number": "0x2", "transactions": hashes(100)}));
+        assert!(Workload::FullBlock.check(ok_full.as_bytes()).is_ok());
+        for wrong in [
+            answer(json!({"number": "0x2", "transactions": hashes(99)})),
+            answer(json!({"number": "0x1", "transactions": hashes(100)})),
+            answer(json!({"number": "0x2"})),
+        ] {
+            assert!(Workload::FullBlock.check(wrong.as_bytes()).is_err());
+        }
+    }
+
+    #[test]
+    fn the_ceiling_answers_each_cacheable_call_on_its_own_path() {
+        let answers = vec![
+            (
+                Workload::ChainId,
+                r#"{"jsonrpc":"2.0","id":1,"result":"0x7a69"}"#.to_owned(),
+            ),
+            (
+                Workload::FullBlock,
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#.to_owned(),
+            ),
+        ];
+        let conf = ceiling_fragment(8080, &answers).expect("rendered");
+        assert!(conf.contains(
+            "location = /eth_chainId {\n        default_type application/json;\n        \
+             return 200 '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"0x7a69\"}';"
+        ));
+        assert!(conf.contains("location = /block-of-100-transfers {"));
+        let long = format!(r#"{{"result":"{}"}}"#, "a".repeat(9000));
+        let conf =
+            ceiling_fragment(8080, &[(Workload::FullBlock, long.clone())]).expect("rendered");
+        let pieces: Vec<&str> = conf
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("set $ceiling_0_"))
+            .map(|l| &l[l.find('\'').expect("quoted") + 1..l.len() - 2])
+            .collect();
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces.iter().all(|p| p.len() <= 4000));
+        assert_eq!(pieces.concat(), long);
+        assert!(conf.contains(r#"return 200 "$ceiling_0_0$ceiling_0_1$ceiling_0_2";"#));
+        for bad in ["it's", "a\\b", "$uri"] {
+            assert!(ceiling_fragment(8080, &[(Workload::ChainId, bad.to_owned())]).is_err());
+        }
+        let ceiling = Contender {
+            name: "ceiling".into(),
+            role: Role::Ceiling,
+            url: "http://127.0.0.1:1/".into(),
+            server: Err("not started".into()),
+        };
+        assert_eq!(ceiling.url(Workload::Receipt), "http://127.0.0.1:1/receipt");
     }
 
     #[test]
@@ -1599,6 +1808,12 @@ mod tests {
         }
         assert!(!Workload::Balance.measures(Role::Peer));
         assert!(!Workload::Receipt.measures(Role::Original));
+        for workload in Workload::ALL {
+            assert_eq!(
+                workload.measures(Role::Ceiling),
+                Workload::CACHEABLE.contains(&workload)
+            );
+        }
         for role in [
             Role::Direct,
             Role::Ours,

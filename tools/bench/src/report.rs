@@ -195,9 +195,15 @@ fn cache_goal(comparison: &Comparison) -> (String, Option<bool>) {
         }
         None => ("the peer not measured".to_owned(), true),
     };
+    let ceiling = valid(Role::Ceiling).map_or_else(String::new, |ceiling| {
+        format!(
+            " (nginx alone, the answer in its configuration: {:.2}× direct)",
+            ceiling.rps() / direct.rps().max(1.0)
+        )
+    });
     (
         format!(
-            "{over_direct:.2}× direct, {over_peer}{}",
+            "{over_direct:.2}× direct{ceiling}, {over_peer}{}",
             reached_node(gated)
         ),
         Some(over_direct >= 2.0 && ahead),
