@@ -221,10 +221,17 @@ local function pin(call, method, head, body)
   return highest, edits
 end
 
+-- (Not a closure where it is used: LuaJIT does not compile a function that makes one.)
+local function by_offset(a, b) return a[1] < b[1] end
+
 -- `text` from `first` to `last` (0-based, last exclusive) with `edits` (inside it) applied.
 local function spliced(text, first, last, edits)
   if not edits then return sub(text, first + 1, last) end
-  if #edits > 1 then table.sort(edits, function(a, b) return a[1] < b[1] end) end
+  if #edits == 1 then
+    local e = edits[1]
+    return sub(text, first + 1, e[1]) .. e[3] .. sub(text, e[2] + 1, last)
+  end
+  table.sort(edits, by_offset)
   local out, pos = {}, first
   for _, e in ipairs(edits) do
     out[#out + 1] = sub(text, pos + 1, e[1])
@@ -465,13 +472,13 @@ function M.split_answers(text, calls, forwarded)
       asked[id] = true
     end
   end
-  local function answer(j) return sub(text, spans.starts[j] + 1, spans.ends[j]) end
+  local starts, ends = spans.starts, spans.ends
   if distinct then
     local found = {}
     for j = 1, value.n do
       local a = value[j]
       local id = type(a) == "table" and json.raw_id(a)
-      if id and found[id] == nil then found[id] = answer(j) end
+      if id and found[id] == nil then found[id] = sub(text, starts[j] + 1, ends[j]) end
     end
     for _, i in ipairs(forwarded) do
       local id = json.raw_id(calls[i])
@@ -482,7 +489,7 @@ function M.split_answers(text, calls, forwarded)
     for _, i in ipairs(forwarded) do
       if json.raw_id(calls[i]) ~= nil then
         j = j + 1
-        if j <= value.n then out[i] = answer(j) end
+        if j <= value.n then out[i] = sub(text, starts[j] + 1, ends[j]) end
       end
     end
   end
