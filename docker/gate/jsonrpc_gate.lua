@@ -338,10 +338,21 @@ local function batch_of(answers)
   return out
 end
 
--- `body`: a string, or an array of strings (nested arrays too), as ngx.print takes it.
+-- The length of `body`, a string or an array of strings (nested arrays too).
+local function length(body)
+  if type(body) == "string" then return #body end
+  local n = 0
+  for i = 1, #body do n = n + length(body[i]) end
+  return n
+end
+
+-- `body`: a string, or an array of strings (nested arrays too), as ngx.print takes it. With its
+-- length said, the answer goes out in one write (chunked, a long one took two).
 local function respond(status, body)
   ngx.status = status
-  ngx.header["Content-Type"] = "application/json"
+  local h = ngx.header
+  h["Content-Type"] = "application/json"
+  h["Content-Length"] = length(body)
   ngx.print(body)
   return ngx.exit(ngx.HTTP_OK)
 end
@@ -436,7 +447,9 @@ local function forward_and_keep(plan, calls, batch)
   if not batch then
     if res.status == 200 and plan.keep and plan.keep[1] then chain.keep(plan.keep[1], res.body) end
     ngx.status = res.status
-    ngx.header["Content-Type"] = res.header["Content-Type"] or "application/json"
+    local h = ngx.header
+    h["Content-Type"] = res.header["Content-Type"] or "application/json"
+    h["Content-Length"] = #res.body
     ngx.print(res.body)
     return ngx.exit(ngx.HTTP_OK)
   end

@@ -4,6 +4,8 @@
 //! name, a node below the served head left out until it catches up, batches the gate answers
 //! in part, and the `eth_getLogs` range limit for tags.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use devstack::testkit::websocket::{read_frame, text, websocket};
@@ -396,6 +398,25 @@ fn block_hash(stack: &GatedNginx, number: u64, id: u64) -> Value {
     answer["result"]["hash"].clone()
 }
 
+/// The status line and headers (lower-cased) of the answer to `eth_getBlockByNumber` of
+/// `number`.
+fn answer_head(stack: &GatedNginx, number: u64) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber",
+        "params": [hex(number), false]})
+    .to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", stack.port)).expect("connect");
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).to_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
 fn own_hash(node: &Anvil, number: u64) -> Value {
     node.rpc("eth_getBlockByNumber", json!([hex(number), false]))
         .expect("block")["hash"]
@@ -438,6 +459,10 @@ fn answers_that_cannot_change_are_kept_and_no_reorg_leaves_a_wrong_one() {
         assert_eq!(receipt["blockNumber"], json!("0x1"));
     }
     assert_eq!(cache_hits(&stack), hits + 6, "the second and third of each");
+    // An answer the gate gives says its length (one write; chunked, a long one took two).
+    let head = answer_head(&stack, 16);
+    assert!(head.contains("\r\ncontent-length: "), "{head}");
+    assert!(!head.contains("chunked"), "{head}");
     // Not kept: a block above finality, the receipt of a transaction in one.
     let hits = cache_hits(&stack);
     for id in 1..=3 {
