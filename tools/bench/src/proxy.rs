@@ -913,8 +913,8 @@ pub fn original_fragment(port: u16, node_ports: &[u16], keepalive: bool) -> Stri
 
 /// nginx answering each of `answers` ((workload, answer text)) on its
 /// [`Workload::ceiling_path`] from its configuration (`return 200`), no Lua and no node: the
-/// ceiling of a cache inside nginx. An answer longer than one configuration token may be is
-/// put together from variables set in its location. An answer nginx would read as more than
+/// ceiling of a cache inside nginx. An answer longer than nginx takes in one configuration
+/// token is put together from variables set in its location. An answer nginx would read as more than
 /// text (a `'`, `\` or `$`) is refused.
 pub fn ceiling_fragment(port: u16, answers: &[(Workload, String)]) -> Result<String, String> {
     // nginx reads a token of at most 4 KiB (NGX_CONF_BUFFER).
