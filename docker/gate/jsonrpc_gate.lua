@@ -348,10 +348,10 @@ end
 
 -- `body`: a string, or an array of strings (nested arrays too), as ngx.print takes it. With its
 -- length said, the answer goes out in one write (chunked, a long one took two).
-local function respond(status, body)
+local function respond(status, body, content_type)
   ngx.status = status
   local h = ngx.header
-  h["Content-Type"] = "application/json"
+  h["Content-Type"] = content_type or "application/json"
   h["Content-Length"] = length(body)
   ngx.print(body)
   return ngx.exit(ngx.HTTP_OK)
@@ -446,12 +446,7 @@ local function forward_and_keep(plan, calls, batch)
     body = plan.forward, ctx = { chain_need = plan.need } })
   if not batch then
     if res.status == 200 and plan.keep and plan.keep[1] then chain.keep(plan.keep[1], res.body) end
-    ngx.status = res.status
-    local h = ngx.header
-    h["Content-Type"] = res.header["Content-Type"] or "application/json"
-    h["Content-Length"] = #res.body
-    ngx.print(res.body)
-    return ngx.exit(ngx.HTTP_OK)
+    return respond(res.status, res.body, res.header["Content-Type"])
   end
   local got = res.status == 200 and chain.split_answers(res.body, calls, plan.forwarded) or {}
   if res.status ~= 200 then
