@@ -20,14 +20,15 @@ M.OPEN = "(open)"
 M.UNKNOWN = "(unknown)"
 local SEP = "\t"
 
--- The usage counter of calls served to `name`.
-local function served_key(name) return name .. SEP .. "served" end
+-- The usage counter `what` ("served", "cached") of `name`.
+local function usage_key(name, what) return name .. SEP .. what end
 
 -- The caller of every request in open mode (no client registered, and the deployment's
 -- open_without_key set).
 local function open_client(calls_per_second, concurrent_requests)
   return { name = M.OPEN, calls_per_second = calls_per_second,
-    concurrent_requests = concurrent_requests, allow = {}, served_key = served_key(M.OPEN),
+    concurrent_requests = concurrent_requests, allow = {}, served_key = usage_key(M.OPEN, "served"),
+    cached_key = usage_key(M.OPEN, "cached"),
     memo = {}, memo_size = 0 }
 end
 
@@ -72,7 +73,8 @@ function M.configure(text)
       concurrent_requests = c.concurrent_requests,
       origins = set_of(c.allowed_origins),
       rate_id = "c" .. SEP .. c.name,
-      served_key = served_key(c.name),
+      served_key = usage_key(c.name, "served"),
+      cached_key = usage_key(c.name, "cached"),
       memo = {},
       memo_size = 0,
     }
@@ -121,18 +123,13 @@ local function error_object(id, code, message)
 end
 M.error_object = error_object
 
-local function count(name, what, n)
+local function count(key, n)
   local usage = ngx.shared[config.usage_dict]
-  if usage then usage:incr(name .. SEP .. what, n, 0) end
-end
-
-local function count_served(client, n)
-  local usage = ngx.shared[config.usage_dict]
-  if usage then usage:incr(client.served_key, n, 0) end
+  if usage then usage:incr(key, n, 0) end
 end
 
 local function count_refused(name, reason, n)
-  count(name, "refused" .. SEP .. reason, n)
+  count(usage_key(name, "refused" .. SEP .. reason), n)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -486,9 +483,9 @@ function M.http()
     return respond(status, answer)
   end
   local calls, batch = reason, n
-  count_served(client, answer)
+  count(client.served_key, answer)
   local plan = chain.plan(calls, batch, body)
-  if plan.hits > 0 then count(client.name, "cached", plan.hits) end
+  if plan.hits > 0 then count(client.cached_key, plan.hits) end
   if #plan.forwarded == 0 then
     if not batch then return respond(200, plan.answers[1]) end
     return respond(200, batch_of(plan.answers))
@@ -541,7 +538,7 @@ function M.websocket()
       count_refused(client.name, reason, n)
       return answer
     end
-    count_served(client, answer)
+    count(client.served_key, answer)
     return nil
   end, { max_message_bytes = config.max_body_bytes, timeout_ms = config.websocket_timeout_ms,
     lowest_head = chain.served() },

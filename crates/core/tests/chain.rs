@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use devstack::testkit::websocket::{read_frame, text, websocket};
-use devstack::testkit::GatedNginx;
+use devstack::testkit::{GatedNginx, Node};
 use devstack::{Anvil, AnvilOptions};
 use jsonrpc_proxy::render::gate::GatePolicy;
 use serde_json::{json, Value};
@@ -277,6 +277,81 @@ fn a_batch_answered_in_part_keeps_its_order() {
         json!([{"jsonrpc":"2.0","id":9,"result":"0x7"},{"jsonrpc":"2.0","id":8,"result":"0x7"}])
     );
     assert_eq!(served_by(&stack, &[&node])[0], before);
+}
+
+/// A node may answer a batch in any order, laid out as it likes, or break off: the calls the
+/// gate forwarded get their own answers, or a clear error each, and the gate's stand.
+#[test]
+fn a_batch_answered_in_part_takes_any_order_and_survives_a_cut_answer() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let node = runtime.block_on(Node::start());
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": "chain", "method": "eth_chainId", "params": []},
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_syncing"},
+        {"jsonrpc": "2.0", "id": "two", "method": "eth_blockNumber"},
+        {"jsonrpc": "2.0", "method": "eth_syncing"},
+        {"jsonrpc": "2.0", "id": 3, "method": "eth_syncing"},
+    ])
+    .to_string();
+
+    let reversed = GatedNginx::start_nodes(
+        &[&node.url("/reversed/9")],
+        GatePolicy {
+            open_without_key: true,
+            head_poll_ms: 200,
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    wait_served(&reversed, 9);
+    result(&reversed, "eth_chainId", &json!([]));
+    let hits = cache_hits(&reversed);
+    let (status, text) = reversed.post("/", &batch).expect("answer");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("JSON"),
+        json!([
+            {"jsonrpc": "2.0", "id": "chain", "result": "0x1"},
+            {"jsonrpc": "2.0", "id": 1, "result": false},
+            {"jsonrpc": "2.0", "id": "two", "result": "0x9"},
+            {"jsonrpc": "2.0", "id": 3, "result": false},
+        ]),
+        "{text}"
+    );
+    assert_eq!(
+        cache_hits(&reversed),
+        hits + 1,
+        "the chain id from the cache"
+    );
+
+    // The cut node's head is never heard (the poll is a batch too): eth_blockNumber goes on.
+    let cut = GatedNginx::start_nodes(
+        &[&node.url("/cut/9")],
+        GatePolicy {
+            open_without_key: true,
+            ..GatePolicy::default()
+        },
+        1,
+    );
+    result(&cut, "eth_chainId", &json!([]));
+    let hits = cache_hits(&cut);
+    let (status, text) = cut.post("/", &batch).expect("answer");
+    assert_eq!(status, 200, "{text}");
+    let no_answer = |id: Value| {
+        json!({"jsonrpc": "2.0", "id": id,
+            "error": {"code": -32603, "message": "internal error: no answer from the node"}})
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("JSON"),
+        json!([
+            {"jsonrpc": "2.0", "id": "chain", "result": "0x1"},
+            no_answer(json!(1)),
+            no_answer(json!("two")),
+            no_answer(json!(3)),
+        ]),
+        "{text}"
+    );
+    assert_eq!(cache_hits(&cut), hits + 1, "the chain id from the cache");
 }
 
 #[test]

@@ -183,8 +183,8 @@ local function pin(call, method, head, body)
       local v = params[index + 1]
       if not is_latest(v) then return block_number(v) or 0 end
       if not head then return 0 end
-      local spans = json.spans(params, body)
-      return 0, { { spans.starts[index + 1], spans.ends[index + 1], quantity(head) } }
+      local first, last = json.element(params, body, index + 1)
+      return 0, { { first, last, quantity(head) } }
     end
     if params.n == index and head then
       local _, last = json.bounds(params)
@@ -461,9 +461,8 @@ end
 -- distinct, else in order; a notification (no id) gets no answer.
 function M.split_answers(text, calls, forwarded)
   local out = {}
-  local value = json.decode(text)
-  if not json.is_array(value) then return out end
-  local spans = json.spans(value, text)
+  local starts, ends, ids, n = json.elements(text)
+  if not starts then return out end
   local asked, distinct = {}, true
   for _, i in ipairs(forwarded) do
     local id = json.raw_id(calls[i])
@@ -472,12 +471,10 @@ function M.split_answers(text, calls, forwarded)
       asked[id] = true
     end
   end
-  local starts, ends = spans.starts, spans.ends
   if distinct then
     local found = {}
-    for j = 1, value.n do
-      local a = value[j]
-      local id = type(a) == "table" and json.raw_id(a)
+    for j = 1, n do
+      local id = ids[j]
       if id and found[id] == nil then found[id] = sub(text, starts[j] + 1, ends[j]) end
     end
     for _, i in ipairs(forwarded) do
@@ -489,7 +486,7 @@ function M.split_answers(text, calls, forwarded)
     for _, i in ipairs(forwarded) do
       if json.raw_id(calls[i]) ~= nil then
         j = j + 1
-        if j <= value.n then out[i] = sub(text, starts[j] + 1, ends[j]) end
+        if j <= n then out[i] = sub(text, starts[j] + 1, ends[j]) end
       end
     end
   end

@@ -12,12 +12,15 @@
 -- M.null. M.bounds(v) of an array or object says where it is in the text, and M.spans(v, text)
 -- where its parts are (0-based offsets: `close` of the closing bracket; an array's elements
 -- from starts[i] to ends[i], an object's member values by folded name), so a caller can splice
--- the text instead of re-encoding it (jsonrpc_gate.chain pins block tags that way). Spans are
--- found when asked for, by scanning the one container again: most requests never need them.
+-- the text instead of re-encoding it (jsonrpc_gate.chain pins block tags that way); M.element
+-- finds one element's. Spans are found when asked for, by scanning the one container again:
+-- most requests never need them. M.elements(text) lays out an array another reader wrote (a
+-- node's answer) without decoding it.
 --
--- The reader walks the bytes through an FFI pointer, so LuaJIT compiles its loops (string
--- patterns and closures would keep it in the interpreter). Reading one byte past the end is
--- safe: LuaJIT keeps a NUL after every string's bytes, and every loop stops at it.
+-- The reader walks the bytes through an FFI pointer in one loop with its own stack, so that
+-- LuaJIT compiles it (string patterns, closures and recursion would keep it in the
+-- interpreter). Reading one byte past the end is safe: LuaJIT keeps a NUL after every string's
+-- bytes, and every loop stops at it.
 
 local ffi = require "ffi"
 local sub, char, lower, gsub, find = string.sub, string.char, string.lower, string.gsub,
@@ -212,83 +215,12 @@ local function read_number(i)
 end
 
 local MAX_DEPTH = 128
-local decode_value
 
-local function read_object(i, depth)
-  local obj, raw = new_table(0, 8), nil
-  obj[FIRST] = i
-  local pos = skip_ws(i + 1)
-  if p[pos] == 125 then
-    obj[LAST] = pos + 1
-    return obj, pos + 1
-  end
-  while true do
-    if p[pos] ~= 34 then fail("expected a member name") end
-    local name, after, foldable = read_string(pos)
-    pos = skip_ws(after)
-    if p[pos] ~= 58 then fail("expected ':'") end
-    pos = skip_ws(pos + 1)
-    local value_start = pos
-    local value
-    value, pos = decode_value(pos, depth)
-    local folded = name
-    if foldable then folded = fold(name) end
-    if obj[folded] ~= nil then fail('duplicate member "' .. folded .. '"', "duplicate") end
-    obj[folded] = value
-    if folded ~= name then
-      raw = raw or {}
-      raw[folded] = name
-    elseif name == "id" then
-      obj[ID] = sub(text, value_start + 1, pos)
-    end
-    pos = skip_ws(pos)
-    local c = p[pos]
-    if c == 125 then
-      if raw then obj[RAW] = raw end
-      obj[LAST] = pos + 1
-      return obj, pos + 1
-    end
-    if c ~= 44 then fail("expected ',' or '}'") end
-    pos = skip_ws(pos + 1)
-  end
-end
-
-local function read_array(i, depth)
-  local arr, n = new_table(4, 4), 0
-  arr[ARRAY], arr[FIRST] = true, i
-  local pos = skip_ws(i + 1)
-  if p[pos] == 93 then
-    arr.n = 0
-    arr[LAST] = pos + 1
-    return arr, pos + 1
-  end
-  while true do
-    local value
-    value, pos = decode_value(pos, depth)
-    n = n + 1
-    arr[n] = value
-    pos = skip_ws(pos)
-    local c = p[pos]
-    if c == 93 then
-      arr.n = n
-      arr[LAST] = pos + 1
-      return arr, pos + 1
-    end
-    if c ~= 44 then fail("expected ',' or ']'") end
-    pos = skip_ws(pos + 1)
-  end
-end
-
-decode_value = function(i, depth)
+-- A scalar at offset i: its value and the offset after it (strings, numbers, literals).
+local function read_scalar(i)
   local c = p[i]
   if c == 34 then
     return read_string(i)
-  elseif c == 123 then
-    if depth >= MAX_DEPTH then fail("nested too deeply") end
-    return read_object(i, depth + 1)
-  elseif c == 91 then
-    if depth >= MAX_DEPTH then fail("nested too deeply") end
-    return read_array(i, depth + 1)
   elseif c == 116 then
     if i + 4 <= len and p[i + 1] == 114 and p[i + 2] == 117 and p[i + 3] == 101 then
       return true, i + 4
@@ -308,9 +240,126 @@ decode_value = function(i, depth)
   fail("unexpected character")
 end
 
+-- The containers being read, one level each: the container, and for an object the name of the
+-- member whose value is being read (its folded form, as written, whether it may be the id)
+-- and where that value starts. Kept between calls (decode never yields), so that reading
+-- allocates only what it returns.
+local open_containers, member_names, written_names, value_starts = {}, {}, {}, {}
+
+-- The offset of the next member's value in the object at `depth` whose name's opening quote is
+-- at `pos`.
+local function member_name(pos, depth)
+  if p[pos] ~= 34 then fail("expected a member name") end
+  local name, after, foldable = read_string(pos)
+  pos = skip_ws(after)
+  if p[pos] ~= 58 then fail("expected ':'") end
+  member_names[depth] = foldable and fold(name) or name
+  written_names[depth] = name
+  pos = skip_ws(pos + 1)
+  value_starts[depth] = pos
+  return pos
+end
+
+-- One value, read with an explicit stack instead of recursion, so that LuaJIT compiles the
+-- loop (a trace cannot return to a frame below the one it started in).
+local function read_value(pos)
+  local depth = 0
+  while true do
+    local c = p[pos]
+    local value
+    -- Open a container, or read a scalar.
+    if c == 123 or c == 91 then
+      if depth >= MAX_DEPTH then fail("nested too deeply") end
+      local first = pos
+      pos = skip_ws(pos + 1)
+      if c == 123 then
+        value = new_table(0, 8)
+        value[FIRST] = first
+        if p[pos] == 125 then
+          value[LAST] = pos + 1
+          pos = pos + 1
+        else
+          depth = depth + 1
+          open_containers[depth] = value
+          pos = member_name(pos, depth)
+          value = nil
+        end
+      else
+        value = new_table(4, 4)
+        value[ARRAY], value[FIRST] = true, first
+        if p[pos] == 93 then
+          value.n = 0
+          value[LAST] = pos + 1
+          pos = pos + 1
+        else
+          value.n = 0
+          depth = depth + 1
+          open_containers[depth] = value
+          value = nil
+        end
+      end
+    else
+      value, pos = read_scalar(pos)
+    end
+    -- Put the value where it belongs, closing every container it completes.
+    while value ~= nil do
+      if depth == 0 then return value, pos end
+      local container = open_containers[depth]
+      local value_end = pos
+      pos = skip_ws(pos)
+      c = p[pos]
+      if container[ARRAY] then
+        local n = container.n + 1
+        container[n] = value
+        container.n = n
+        value = nil
+        if c == 93 then
+          container[LAST] = pos + 1
+          pos = pos + 1
+          open_containers[depth] = nil
+          depth = depth - 1
+          value = container
+        elseif c ~= 44 then
+          fail("expected ',' or ']'")
+        else
+          pos = skip_ws(pos + 1)
+        end
+      else
+        local folded, name = member_names[depth], written_names[depth]
+        if container[folded] ~= nil then
+          fail('duplicate member "' .. folded .. '"', "duplicate")
+        end
+        container[folded] = value
+        if folded ~= name then
+          local raw = container[RAW]
+          if not raw then
+            raw = {}
+            container[RAW] = raw
+          end
+          raw[folded] = name
+        elseif name == "id" then
+          container[ID] = sub(text, value_starts[depth] + 1, value_end)
+        end
+        value = nil
+        if c == 125 then
+          container[LAST] = pos + 1
+          pos = pos + 1
+          open_containers[depth] = nil
+          depth = depth - 1
+          value = container
+        elseif c ~= 44 then
+          fail("expected ',' or '}'")
+        else
+          pos = member_name(skip_ws(pos + 1), depth)
+        end
+      end
+    end
+  end
+end
+
 local function decode_text(s)
   text, p, len = s, cast(BYTES, s), #s
-  local v, after = decode_value(skip_ws(0), 0)
+  local v, after = read_value(skip_ws(0))
   if skip_ws(after) < len then fail("trailing data after the JSON value") end
   return v
 end
@@ -325,7 +374,7 @@ end
 
 -- Scanning a text already read (valid JSON) again, to find where the parts of a container are.
 
--- The offset after the string whose opening quote is at offset i.
+-- The offset after the string whose opening quote is at offset i; nil when the text ends first.
 local function skip_string(i)
   i = i + 1
   while i < len do
@@ -333,7 +382,7 @@ local function skip_string(i)
     if c == 34 then return i + 1 end
     i = i + (c == 92 and 2 or 1)
   end
-  return len
+  return nil
 end
 
 -- The offset after the value at offset i: `value` is what decode made of it (a container knows
@@ -385,6 +434,130 @@ function M.spans(v, s)
   text, p = nil, nil
   if not ok then error(spans, 2) end
   return spans
+end
+
+local function element_bounds(v, k)
+  local pos = skip_ws(v[FIRST] + 1)
+  for j = 1, k - 1 do
+    pos = skip_ws(skip_ws(skip(pos, v[j])) + 1)
+  end
+  return pos, skip(pos, v[k])
+end
+
+-- Where element k of `v` (an array decode made of `s`, with at least k elements) is in `s`:
+-- first, last (0-based, last exclusive). Cheaper than spans when one element is wanted.
+function M.element(v, s, k)
+  text, p, len = s, cast(BYTES, s), #s
+  local first, last = element_bounds(v, k)
+  text, p = nil, nil
+  return first, last
+end
+
+-- Reading a text another reader made (a node's answer) for its layout only: brackets and
+-- strings are followed, nothing is decoded.
+
+local closers = {} -- the closing bracket each open container waits for
+
+-- The offset after the value at offset i, or nil where brackets do not match or the text ends.
+local function skip_value(i)
+  local c = p[i]
+  if c == 34 then return skip_string(i) end
+  if c ~= 123 and c ~= 91 then
+    while i < len do
+      c = p[i]
+      if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9 then
+        return i
+      end
+      i = i + 1
+    end
+    return i
+  end
+  local depth = 0
+  while i < len do
+    c = p[i]
+    if c == 34 then
+      i = skip_string(i)
+      if not i then return nil end
+    else
+      if c == 123 or c == 91 then
+        depth = depth + 1
+        closers[depth] = c + 2
+      elseif c == 125 or c == 93 then
+        if closers[depth] ~= c then return nil end
+        depth = depth - 1
+        if depth == 0 then return i + 1 end
+      end
+      i = i + 1
+    end
+  end
+  return nil
+end
+
+-- The array's elements: their bounds and the text of each one's "id" member (false for none).
+local function layout()
+  local starts, ends, ids, n = {}, {}, {}, 0
+  local pos = skip_ws(0)
+  if p[pos] ~= 91 then return nil end
+  pos = skip_ws(pos + 1)
+  if p[pos] == 93 then
+    if skip_ws(pos + 1) ~= len then return nil end
+    return starts, ends, ids, 0
+  end
+  while true do
+    local first, id = pos, false
+    if p[pos] == 123 then
+      pos = skip_ws(pos + 1)
+      if p[pos] == 125 then
+        pos = pos + 1
+      else
+        while true do
+          if p[pos] ~= 34 then return nil end
+          local after = skip_string(pos)
+          if not after then return nil end
+          local is_id = after == pos + 4 and p[pos + 1] == 105 and p[pos + 2] == 100
+            and p[pos + 3] == 34
+          pos = skip_ws(after)
+          if p[pos] ~= 58 then return nil end
+          local value = skip_ws(pos + 1)
+          pos = skip_value(value)
+          if not pos or pos == value then return nil end
+          if is_id then id = sub(text, value + 1, pos) end
+          pos = skip_ws(pos)
+          local c = p[pos]
+          if c == 125 then
+            pos = pos + 1
+            break
+          end
+          if c ~= 44 then return nil end
+          pos = skip_ws(pos + 1)
+        end
+      end
+    else
+      pos = skip_value(pos)
+      if not pos or pos == first then return nil end
+    end
+    n = n + 1
+    starts[n], ends[n], ids[n] = first, pos, id
+    pos = skip_ws(pos)
+    local c = p[pos]
+    if c == 93 then
+      if skip_ws(pos + 1) ~= len then return nil end
+      return starts, ends, ids, n
+    end
+    if c ~= 44 then return nil end
+    pos = skip_ws(pos + 1)
+  end
+end
+
+-- Where the elements of the JSON array `s` are (0-based; element k from starts[k] to ends[k]),
+-- and the "id" member of each as written (false where it has none): starts, ends, ids, n; nil
+-- when `s` is not an array of whole values. Brackets and strings are checked, scalars are
+-- not: this reads what a node answered, which goes to the client as the node wrote it.
+function M.elements(s)
+  text, p, len = s, cast(BYTES, s), #s
+  local starts, ends, ids, n = layout()
+  text, p = nil, nil
+  return starts, ends, ids, n
 end
 
 -- Encodes a Lua string as a JSON string (for error messages; ASCII control characters and

@@ -163,6 +163,8 @@ fn count(state: &Shared, key: &str) -> u64 {
 /// | `/n/<name>` | as set with [`Node::set`]; 404 for a name never set |
 /// | `/block/<n>/...` | 200 `application/json` at height n |
 /// | `/text-plain/<n>` | the same as `text/plain` |
+/// | `/reversed/<n>` | the same, a batch's answers in reverse order and pretty-printed |
+/// | `/cut/<n>` | the same, a batch's answer cut in half (not JSON) |
 /// | `/hang/...` | nothing for 30 s |
 /// | `/endless` | a chunked answer that never ends (ten spaces every 25 ms) |
 /// | `/huge-length` | 100 MB announced by Content-Length and streamed |
@@ -292,6 +294,8 @@ async fn answer(State(state): State<Shared>, uri: Uri, request: Bytes) -> Respon
             }
         }
         ["block", n, ..] => json_reply(200, node_answer(&request, height(n))),
+        ["reversed", n, ..] => json_reply(200, reversed(&node_answer(&request, height(n)))),
+        ["cut", n, ..] => json_reply(200, cut(node_answer(&request, height(n)))),
         ["text-plain", n, ..] => reply(
             200,
             "text/plain",
@@ -440,6 +444,30 @@ pub fn rpc_answer(request: &[u8], result: impl Fn(&str) -> Option<Value>) -> Str
         Ok(call) => single(call.get("id").cloned().unwrap_or(json!(1)), &method(&call)).to_string(),
         Err(_) => single(json!(1), "eth_blockNumber").to_string(),
     }
+}
+
+/// A batch's answer (`text`, an array) with its answers in reverse order, pretty-printed;
+/// anything else as it is.
+fn reversed(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(mut answers)) => {
+            answers.reverse();
+            serde_json::to_string_pretty(&Value::Array(answers)).unwrap_or_default()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// A batch's answer (`text`, an array) cut in half; anything else as it is.
+fn cut(mut text: String) -> String {
+    if text.starts_with('[') {
+        let mut half = text.len() / 2;
+        while !text.is_char_boundary(half) {
+            half -= 1;
+        }
+        text.truncate(half);
+    }
+    text
 }
 
 /// A well-behaved node's answer at `height` ([`node_result`] through [`rpc_answer`]).
