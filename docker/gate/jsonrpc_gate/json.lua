@@ -308,22 +308,11 @@ local function read_value(pos)
       local value_end = pos
       pos = skip_ws(pos)
       c = p[pos]
-      if container[ARRAY] then
+      local array = container[ARRAY]
+      if array then
         local n = container.n + 1
         container[n] = value
         container.n = n
-        value = nil
-        if c == 93 then
-          container[LAST] = pos + 1
-          pos = pos + 1
-          open_containers[depth] = nil
-          depth = depth - 1
-          value = container
-        elseif c ~= 44 then
-          fail("expected ',' or ']'")
-        else
-          pos = skip_ws(pos + 1)
-        end
       else
         local folded, name = member_names[depth], written_names[depth]
         if container[folded] ~= nil then
@@ -340,18 +329,20 @@ local function read_value(pos)
         elseif name == "id" then
           container[ID] = sub(text, value_starts[depth] + 1, value_end)
         end
-        value = nil
-        if c == 125 then
-          container[LAST] = pos + 1
-          pos = pos + 1
-          open_containers[depth] = nil
-          depth = depth - 1
-          value = container
-        elseif c ~= 44 then
-          fail("expected ',' or '}'")
-        else
-          pos = member_name(skip_ws(pos + 1), depth)
-        end
+      end
+      value = nil
+      if c == (array and 93 or 125) then
+        container[LAST] = pos + 1
+        pos = pos + 1
+        open_containers[depth] = nil
+        depth = depth - 1
+        value = container
+      elseif c ~= 44 then
+        fail(array and "expected ',' or ']'" or "expected ',' or '}'")
+      elseif array then
+        pos = skip_ws(pos + 1)
+      else
+        pos = member_name(skip_ws(pos + 1), depth)
       end
     end
   end
@@ -387,9 +378,8 @@ end
 
 -- The offset after the value at offset i: `value` is what decode made of it (a container knows
 -- where it ends; a scalar is scanned).
-local function skip(i, value)
-  if type(value) == "table" and value[LAST] then return value[LAST] end
-  if p[i] == 34 then return skip_string(i) end
+-- The offset after the scalar (a number or literal) at offset i: the next delimiter.
+local function scalar_end(i)
   while i < len do
     local c = p[i]
     if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9 then
@@ -398,6 +388,12 @@ local function skip(i, value)
     i = i + 1
   end
   return len
+end
+
+local function skip(i, value)
+  if type(value) == "table" and value[LAST] then return value[LAST] end
+  if p[i] == 34 then return skip_string(i) end
+  return scalar_end(i)
 end
 
 local function scan(v)
@@ -462,16 +458,7 @@ local closers = {} -- the closing bracket each open container waits for
 local function skip_value(i)
   local c = p[i]
   if c == 34 then return skip_string(i) end
-  if c ~= 123 and c ~= 91 then
-    while i < len do
-      c = p[i]
-      if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9 then
-        return i
-      end
-      i = i + 1
-    end
-    return i
-  end
+  if c ~= 123 and c ~= 91 then return scalar_end(i) end
   local depth = 0
   while i < len do
     c = p[i]
