@@ -241,8 +241,7 @@ local function read_scalar(i)
 end
 
 -- The containers being read, one level each: the container, and for an object the name of the
--- member whose value is being read (its folded form, as written, whether it may be the id)
--- and where that value starts. Kept between calls (decode never yields), so that reading
+-- member whose value is being read (folded, and as written) and where that value starts. Kept between calls (decode never yields), so that reading
 -- allocates only what it returns.
 local open_containers, member_names, written_names, value_starts = {}, {}, {}, {}
 
@@ -286,13 +285,11 @@ local function read_value(pos)
         end
       else
         value = new_table(4, 4)
-        value[ARRAY], value[FIRST] = true, first
+        value[ARRAY], value[FIRST], value.n = true, first, 0
         if p[pos] == 93 then
-          value.n = 0
           value[LAST] = pos + 1
           pos = pos + 1
         else
-          value.n = 0
           depth = depth + 1
           open_containers[depth] = value
           value = nil
