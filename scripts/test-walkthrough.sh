@@ -97,7 +97,7 @@ PY
 # code): a cold release build of the host binaries would add a quarter of an hour to CI.
 step "build the function binaries, the config agent and the local stack"
 mapfile -t functions < <(scripts/functions.sh)
-cargo build --quiet -p functions -p config_agent -p local_stack
+bash scripts/build-test-binaries.sh
 
 # As scripts/local-stack.sh does before it starts: the stack's `sls deploy` then finds them current.
 step "the functions' arm64 zips (cargo lambda build --release --arm64)"

@@ -22,21 +22,21 @@ pub fn target_dir() -> PathBuf {
         .expect("target dir")
 }
 
-/// Builds the function binaries and the config agent (quick when up to date).
+/// Builds the function binaries, the config agent and the local stack
+/// (`scripts/build-test-binaries.sh`: only a link after `cargo test --workspace`).
 pub fn ensure_binaries(dir: &std::path::Path) {
-    // Always: cargo does nothing when they are current, and `cargo test` itself does not
-    // rebuild another package's binaries, so a stale one (older than the code under test)
-    // would run.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command.arg("build").arg("--quiet");
+    // Always: `cargo test` itself does not rebuild another package's binaries, so a stale one
+    // (older than the code under test) would run.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/build-test-binaries.sh");
+    let mut command = std::process::Command::new("bash");
+    command.arg(script);
     if dir.ends_with("release") {
         command.arg("--release");
     }
-    command.args(["-p", "functions", "-p", "config_agent"]);
     let status = command
         .status()
-        .expect("running cargo build for the function binaries");
+        .expect("running scripts/build-test-binaries.sh");
     assert!(status.success(), "building the function binaries failed");
 }
 
