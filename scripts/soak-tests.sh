@@ -24,20 +24,35 @@ done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jsonrpc-proxy-target}"
 export CARGO_TERM_COLOR=never
 
+# The integration tests of a package, as cargo finds them (tests/*.rs, tests/*/main.rs), as
+# --test arguments.
+tests_of() {
+  local f args=()
+  for f in "$1"/tests/*.rs "$1"/tests/*/main.rs; do
+    [ -e "$f" ] || continue
+    [[ $f == */main.rs ]] && f=${f%/main.rs}
+    f=${f##*/}
+    args+=(--test "${f%.rs}")
+  done
+  echo "${args[*]}"
+}
+# name|cargo test arguments. Always --workspace (test names are unique in it): the features
+# `cargo test --workspace` resolves, so its build serves these (a -p build compiles the
+# dependency graph again, several minutes each).
 targets=(
-  "-p local_stack --tests"
-  "-p config_agent --tests"
-  "-p jsonrpc-proxy-core --test gate"
-  "-p jsonrpc-proxy-core --test chain"
-  "-p jsonrpc-proxy-core --test render_nginx_check"
-  "-p jsonrpc-proxy-core --test integration"
+  "local_stack|--workspace $(tests_of tools/local_stack)"
+  "config_agent|--workspace $(tests_of crates/config_agent)"
+  "core gate|--workspace --test gate"
+  "core chain|--workspace --test chain"
+  "core render_nginx_check|--workspace --test render_nginx_check"
+  "core integration|--workspace --test integration"
 )
 logs="$CARGO_TARGET_DIR/soak/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$logs"
 echo "[soak] building the test binaries"
 for target in "${targets[@]}"; do
   # shellcheck disable=SC2086 # a target is several arguments
-  cargo test $target --no-run --quiet || exit 1
+  cargo test ${target#*|} --no-run --quiet || exit 1
 done
 $beside && { cargo test --workspace --no-run --quiet || exit 1; }
 # The local stacks deploy the arm64 zips, building them when they are older than the code: once
@@ -68,11 +83,11 @@ for round in $(seq 1 "$rounds"); do
     beside_pid=$!
   fi
   for target in "${targets[@]}"; do
-    name=${target//[^a-z_-]/}
-    log="$logs/round$round-$name.log"
+    name=${target%%|*}
+    log="$logs/round$round-${name// /-}.log"
     # shellcheck disable=SC2086
-    cargo test $target >"$log" 2>&1
-    record "$target" $? "$log"
+    cargo test ${target#*|} >"$log" 2>&1
+    record "$name" $? "$log"
   done
   log="$logs/round$round-walkthrough.log"
   bash scripts/test-walkthrough.sh >"$log" 2>&1
