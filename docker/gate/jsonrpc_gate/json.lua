@@ -241,8 +241,8 @@ local function read_scalar(i)
 end
 
 -- The containers being read, one level each: the container, and for an object the name of the
--- member whose value is being read (folded, and as written) and where that value starts. Kept between calls (decode never yields), so that reading
--- allocates only what it returns.
+-- member whose value is being read (folded, and as written) and where that value starts. Kept
+-- between calls (decode never yields), so that reading allocates only what it returns.
 local open_containers, member_names, written_names, value_starts = {}, {}, {}, {}
 
 -- The offset of the next member's value in the object at `depth` whose name's opening quote is
